@@ -144,6 +144,45 @@ class SmokeSpec(_Model):
         return self
 
 
+class HookSpec(_Model):
+    """A pre- or post-traffic check. Exactly one kind: a built-in check set, a function of the
+    service (returns "Succeeded"/"Failed" like a CodeDeploy hook), a shell command, an HTTP GET."""
+
+    builtin: Literal["checks", "smoke"] | None = None
+    function: str | None = None
+    command: str | None = None
+    http: str | None = Field(default=None, description="'GET /path' through the gateway, or a full URL")
+    timeout: Duration = 60.0
+    name: str = ""
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> object:
+        return parse_duration(v)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _one(self) -> HookSpec:
+        kinds = [k for k in ("builtin", "function", "command", "http") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a hook has exactly one of 'builtin', 'function', 'command' or 'http'")
+        if not self.name:
+            self.name = f"{kinds[0]}:{getattr(self, kinds[0])}"
+        return self
+
+
+def _default_pre() -> list[HookSpec]:
+    return [HookSpec(builtin="checks")]
+
+
+def _default_post() -> list[HookSpec]:
+    return [HookSpec(builtin="checks"), HookSpec(builtin="smoke")]
+
+
+class HooksSpec(_Model):
+    pre_traffic: list[HookSpec] = Field(default_factory=_default_pre)
+    post_traffic: list[HookSpec] = Field(default_factory=_default_post)
+
+
 class EnvironmentSpec(_Model):
     gateway_port: int = Field(ge=0, le=65535)
     control_port: int = Field(ge=0, le=65535)
@@ -160,10 +199,17 @@ class EnvironmentSpec(_Model):
     api_5xx_threshold: int = Field(default=5, ge=0)
     api_5xx_period: Duration = 300.0
     rollback_window: Duration = 900.0
+    duration_p99_limits: dict[str, float] = Field(
+        default_factory=dict, description="function → p99 duration limit of the new version, ms"
+    )
+    queue_age_limits: dict[str, float] = Field(
+        default_factory=dict, description="queue → age-of-oldest-message limit, seconds"
+    )
+    deadline_margin: Duration = 120.0
     notify: list[NotifySpec] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict, description="extra function env vars")
 
-    @field_validator("api_5xx_period", "rollback_window", mode="before")
+    @field_validator("api_5xx_period", "rollback_window", "deadline_margin", mode="before")
     @classmethod
     def _dur(cls, v: object) -> object:
         return parse_duration(v)  # type: ignore[arg-type]
@@ -176,6 +222,7 @@ class Manifest(_Model):
     environments: dict[str, EnvironmentSpec] = Field(min_length=1)
     strategies: dict[str, StrategySpec] = Field(default_factory=dict)
     smoke: list[SmokeSpec] = Field(default_factory=list)
+    hooks: HooksSpec = Field(default_factory=HooksSpec)
     path: Path = Field(default=Path("backout.toml"), exclude=True)
 
     @model_validator(mode="after")
@@ -186,6 +233,17 @@ class Manifest(_Model):
                     raise ValueError(f"queues.{qname}.dead_letter_queue: no queue named {q.dead_letter_queue!r}")
                 if q.max_receive_count is None:
                     raise ValueError(f"queues.{qname}.max_receive_count: required with a dead_letter_queue")
+        for ename, e in self.environments.items():
+            for fname in e.duration_p99_limits:
+                if fname not in self.functions:
+                    raise ValueError(f"environments.{ename}.duration_p99_limits: no function named {fname!r}")
+            for qname in e.queue_age_limits:
+                if qname not in self.queues:
+                    raise ValueError(f"environments.{ename}.queue_age_limits: no queue named {qname!r}")
+        for phase in ("pre_traffic", "post_traffic"):
+            for i, h in enumerate(getattr(self.hooks, phase)):
+                if h.function is not None and h.function not in self.functions:
+                    raise ValueError(f"hooks.{phase}[{i}].function: no function named {h.function!r}")
         routes: dict[tuple[str, str], str] = {}
         for fname, f in self.functions.items():
             for e in f.queue_events:

@@ -1,0 +1,264 @@
+"""The `backout` command line: parse, call the supervisor's control API, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
+from backout.cli.render import console, emit_json, err_console, fmt_weights, table
+from backout.errors import OperationFailed, UsageError
+from backout.manifest import parse_duration
+
+app = typer.Typer(
+    help="Deploy a serverless job service under watch and back it out in seconds.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+queue_app = typer.Typer(help="SQS-style queues: stats and DLQ redrive.", no_args_is_help=True)
+app.add_typer(queue_app, name="queue")
+
+
+@app.callback()
+def _global(
+    manifest: Annotated[Path, typer.Option("--manifest", "-m", envvar="BACKOUT_MANIFEST", help="the service's backout.toml")] = Path(
+        "backout.toml"
+    ),
+) -> None:
+    SETTINGS.manifest_path = manifest
+    SETTINGS._manifest = None
+
+
+@app.command()
+def up(env: EnvOpt = None, detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False) -> None:
+    """Start the environment: gateway, queue pollers, warm workers, control API."""
+    import logging
+
+    name = env_name(env)
+    m = SETTINGS.manifest
+    if detach:
+        from backout.platforms.local.supervisor import read_endpoints, start_detached
+
+        if read_endpoints(m.state_dir(name)):
+            from backout.platforms.local.supervisor import supervisor_lock
+
+            with supervisor_lock(m.state_dir(name), name):
+                pass
+        ep = start_detached(m.path, name, m.state_dir(name))
+        console.print(f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}")
+        return
+    from backout.platforms.local.supervisor import Supervisor
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    Supervisor(m, name).run()
+
+
+@app.command()
+def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
+    """Stop the environment: stop accepting, drain in-flight work, exit."""
+    from backout.platforms.local.supervisor import read_endpoints
+
+    c = Client(env)
+    c.call("POST", "/shutdown")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if read_endpoints(c.state_dir) is None:
+            console.print(f"{c.env} down")
+            return
+        time.sleep(0.1)
+    raise OperationFailed(f"{c.env} did not stop within {timeout:.0f} s")
+
+
+@app.command()
+def publish(
+    source: Annotated[Path | None, typer.Argument(help="code root (default: the manifest's source)")] = None,
+    env: EnvOpt = None,
+    description: str = "",
+    set_env: Annotated[list[str], typer.Option("--set-env", help="KEY=VALUE added to the release's environment")] = [],  # noqa: B006
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish an immutable version of the service's code (same content → same version)."""
+    c = Client(env)
+    extra = _pairs(set_env)
+    src = str(source.resolve()) if source else None
+    r = c.call("POST", "/publish", {"source": src, "environment": extra, "description": description})
+    emit_json(r) if as_json else console.print(f"version {r['version']}")
+
+
+@app.command()
+def versions(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Published versions."""
+    rows = Client(env).call("GET", "/versions")
+    if as_json:
+        return emit_json(rows)
+    table("versions", ["version", "digest", "created", "description", "environment"],
+          [(v["version"], v["digest"][:12], _ts(v["created_at"]), v["description"], json.dumps(v["environment"]) if v["environment"] else "") for v in rows])
+
+
+@app.command()
+def invoke(
+    function: str,
+    env: EnvOpt = None,
+    version: Annotated[int | None, typer.Option(help="a version (default: the live alias)")] = None,
+    payload: Annotated[str, typer.Option(help="the event, JSON")] = "{}",
+    as_json: JsonOpt = False,
+) -> None:
+    """Invoke a function once and print its result; exit 1 when it errors."""
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--payload is not JSON: {e}") from None
+    r = Client(env).call("POST", f"/invoke/{function}", {"version": version, "payload": event})
+    if as_json:
+        emit_json(r)
+    else:
+        console.print(f"{function} v{r['version']} {r['request_id']} {r['duration_ms']:.1f} ms"
+                      + (" [red]THROTTLED[/]" if r["throttled"] else "")
+                      + (f" [red]{r['error']}[/]" if r["error"] else ""))
+        console.print_json(json.dumps(r["payload"], default=str))
+    if r["error"] or r["throttled"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def alias(
+    function: str,
+    env: EnvOpt = None,
+    stable: Annotated[int | None, typer.Option(help="version taking the rest of the traffic")] = None,
+    canary: Annotated[int | None, typer.Option(help="version taking --weight percent")] = None,
+    weight: Annotated[float, typer.Option(help="canary percent, 0..100")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show or set a function's live alias weights."""
+    c = Client(env)
+    if stable is None and canary is not None:
+        raise UsageError("--canary needs --stable")
+    if stable is not None:
+        r = c.call("PUT", f"/aliases/{function}", {"stable": stable, "canary": canary, "weight": weight})
+    else:
+        r = c.call("GET", f"/aliases/{function}")
+    if as_json:
+        return emit_json(r)
+    w = {str(r["stable"]): 100.0 - (r["canary_weight"] if r["canary"] else 0.0)}
+    if r["canary"]:
+        w[str(r["canary"])] = r["canary_weight"]
+    console.print(f"{function}:live → {fmt_weights(w)}")
+
+
+@queue_app.command("stats")
+def queue_stats(name: Annotated[str | None, typer.Argument()] = None, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Queue attributes: visible, in flight, age of oldest, counters, DLQ arrivals."""
+    c = Client(env)
+    rows = [c.call("GET", f"/queues/{name}")] if name else c.call("GET", "/queues")
+    if as_json:
+        return emit_json(rows if not name else rows[0])
+    table("queues", ["queue", "visible", "in flight", "delayed", "oldest (s)", "sent", "received", "deleted", "to DLQ", "DLQ arrivals"],
+          [(q["name"], q["visible"], q["in_flight"], q["delayed"], f"{q['age_of_oldest']:.1f}", q["sent"], q["received"], q["deleted"], q["moved_to_dlq"], q["dlq_arrivals"]) for q in rows])
+
+
+@queue_app.command("redrive")
+def queue_redrive(name: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Move every message of a dead-letter queue back to its source queue."""
+    r = Client(env).call("POST", f"/queues/{name}/redrive")
+    emit_json(r) if as_json else console.print(f"moved {r['moved']} message(s) from {name} back to its source queue")
+
+
+@app.command()
+def metrics(
+    function: str,
+    env: EnvOpt = None,
+    version: Annotated[int | None, typer.Option()] = None,
+    since: Annotated[str, typer.Option(help="window, e.g. 5m, 30s, 1h")] = "5m",
+    as_json: JsonOpt = False,
+) -> None:
+    """Invocations, errors, throttles and duration percentiles of a function (or one version)."""
+    try:
+        secs = parse_duration(since)
+    except ValueError as e:
+        raise UsageError(f"--since: {e}") from None
+    r = Client(env).call("GET", f"/metrics/summary/{function}", since=secs, version=version)
+    if as_json:
+        return emit_json(r)
+    title = f"{function}{f' v{version}' if version else ''} over the last {since}"
+    table(title, ["metric", "value"], [(k, _num(v)) for k, v in r.items() if k not in {"function", "version", "window_seconds"}])
+
+
+@app.command()
+def logs(
+    function: str,
+    env: EnvOpt = None,
+    version: Annotated[int | None, typer.Option()] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+) -> None:
+    """A function version's stdout/stderr (read from the state dir; works while the env is down)."""
+    m = SETTINGS.manifest
+    name = env_name(env)
+    if function not in m.functions:
+        raise UsageError(f"no function named {function!r} (known: {', '.join(m.functions)})")
+    d = m.state_dir(name) / "logs" / function
+    files = sorted(d.glob("v*.log"), key=lambda p: int(p.stem[1:])) if d.exists() else []
+    if version is not None:
+        files = [p for p in files if p.stem == f"v{version}"]
+    if not files:
+        raise UsageError(f"no logs for {function}{f' v{version}' if version else ''} in {name} yet")
+    path = files[-1]
+    with path.open("r", errors="replace") as f:
+        for line in f.readlines()[-lines:]:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        while follow:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise UsageError(f"--set-env {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _ts(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def run() -> None:
+    """Console entry point: user errors are one line and exit 2, failed operations exit 1."""
+    try:
+        app()
+    except UsageError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OperationFailed as e:
+        err_console.print(f"[red]failed:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,167 @@
+"""The control plane's HTTP API (FastAPI), used by the CLI and by dashboards.
+
+Every route needs the environment's bearer token (`state_dir/token`, mode
+0600). User errors come back as 400 `{"error": "..."}` so the CLI can print
+them on one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
+
+from backout.control.controller import Controller
+from backout.errors import OperationFailed, UsageError
+from backout.platforms.base import MetricQuery
+
+
+class PublishBody(BaseModel):
+    source: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+
+class AliasBody(BaseModel):
+    stable: int
+    canary: int | None = None
+    weight: float = Field(default=0.0, ge=0, le=100)
+
+
+class InvokeBody(BaseModel):
+    version: int | None = None
+    payload: Any = Field(default_factory=dict)
+
+
+class ThrottleBody(BaseModel):
+    rate: float = Field(ge=0)
+    burst: int = Field(ge=0)
+
+
+class ProcessingBody(BaseModel):
+    enabled: bool
+
+
+class MetricQueryBody(BaseModel):
+    namespace: str
+    metric: str
+    dimensions: dict[str, str] = Field(default_factory=dict)
+    start: float
+    end: float
+    period: int = Field(default=60, ge=1)
+    statistic: str = "Sum"
+
+
+def build_app(controller: Controller, token: str) -> FastAPI:
+    app = FastAPI(title="backout control API", version="1", docs_url=None, redoc_url=None)
+    expected = f"Bearer {token}".encode()
+    platform = controller.platform
+
+    def auth(request: Request) -> None:
+        got = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(got, expected):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token (see the env's state dir)")
+
+    @app.exception_handler(UsageError)
+    async def _usage(_: Request, exc: UsageError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(OperationFailed)
+    async def _failed(_: Request, exc: OperationFailed) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """Liveness only (no token): used by `up --detach` to know the supervisor answers."""
+        return {"ok": True, "env": controller.env}
+
+    api = [Depends(auth)]
+
+    @app.get("/status", dependencies=api)
+    def status() -> dict[str, Any]:
+        return controller.status()
+
+    @app.post("/shutdown", dependencies=api)
+    def shutdown() -> dict[str, Any]:
+        controller.on_shutdown()
+        return {"stopping": True}
+
+    @app.post("/publish", dependencies=api)
+    def publish(body: PublishBody) -> dict[str, Any]:
+        src = Path(body.source) if body.source else controller.manifest.source_dir
+        v = platform.publish(src, body.environment or None, body.description)
+        return {"version": v}
+
+    @app.get("/versions", dependencies=api)
+    def versions() -> list[dict[str, Any]]:
+        return [asdict(v) for v in platform.versions()]
+
+    @app.get("/aliases/{fn}", dependencies=api)
+    def get_alias(fn: str) -> dict[str, Any]:
+        return asdict(platform.get_weights(fn))
+
+    @app.put("/aliases/{fn}", dependencies=api)
+    def set_alias(fn: str, body: AliasBody) -> dict[str, Any]:
+        if body.canary is not None:
+            platform.warm(fn, body.canary)
+        platform.warm(fn, body.stable)
+        platform.set_weights(fn, body.stable, body.canary, body.weight if body.canary is not None else 0.0)
+        return asdict(platform.get_weights(fn))
+
+    @app.post("/invoke/{fn}", dependencies=api)
+    def invoke(fn: str, body: InvokeBody) -> dict[str, Any]:
+        return asdict(platform.invoke(fn, body.version, body.payload))
+
+    @app.get("/queues", dependencies=api)
+    def queues() -> list[dict[str, Any]]:
+        return [platform.queue_stats(q).as_dict() for q in platform.queues()]
+
+    @app.get("/queues/{name}", dependencies=api)
+    def queue(name: str) -> dict[str, Any]:
+        return platform.queue_stats(name).as_dict()
+
+    @app.post("/queues/{name}/redrive", dependencies=api)
+    def redrive(name: str) -> dict[str, Any]:
+        return {"moved": platform.redrive(name)}
+
+    @app.post("/throttle", dependencies=api)
+    def throttle(body: ThrottleBody) -> dict[str, Any]:
+        platform.set_throttle(body.rate, body.burst)
+        return asdict(platform.get_throttle())
+
+    @app.post("/processing", dependencies=api)
+    def processing(body: ProcessingBody) -> dict[str, Any]:
+        platform.set_processing(body.enabled)
+        return {"enabled": platform.get_processing()}
+
+    @app.post("/metrics/query", dependencies=api)
+    def metrics_query(body: MetricQueryBody) -> list[dict[str, Any]]:
+        q = MetricQuery.of(body.namespace, body.metric, body.dimensions, body.start, body.end, body.period,
+                           body.statistic)
+        return [asdict(p) for p in platform.metrics(q)]
+
+    @app.get("/metrics/summary/{fn}", dependencies=api)
+    def metric_summary(fn: str, since: float, version: int | None = None) -> dict[str, Any]:
+        if fn not in controller.manifest.functions:
+            raise UsageError(f"no function named {fn!r}")
+        return controller.metric_summary(fn, version, time.time() - since)
+
+    @app.get("/metrics", dependencies=api, response_class=PlainTextResponse)
+    def prometheus() -> PlainTextResponse:
+        store = getattr(platform, "metrics_store", None)
+        if store is None:
+            raise UsageError("this platform exports metrics through CloudWatch, not /metrics")
+        return PlainTextResponse(store.prometheus(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/health", dependencies=api)
+    def health() -> dict[str, Any]:
+        h = platform.health()
+        return {"ok": h.ok, "checks": [asdict(c) for c in h.checks]}
+
+    return app

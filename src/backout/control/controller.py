@@ -1,0 +1,103 @@
+"""The Controller: the control plane of one environment, as the control API sees it.
+
+It owns the Platform (through the protocol only), and later the deployer,
+alarm evaluator and runbooks, and is ticked once a second by the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from backout.manifest import Manifest
+from backout.platforms.base import MetricQuery, Platform
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(
+        self, manifest: Manifest, env: str, platform: Platform, state_dir: Path, gateway_url: str = ""
+    ) -> None:
+        self.manifest = manifest
+        self.env = env
+        self.platform = platform
+        self.state_dir = state_dir
+        self.gateway_url = gateway_url
+        self.started_at = time.time()
+        self.on_shutdown: Callable[[], None] = lambda: None
+        self._tick_hooks: list[Callable[[], None]] = []
+
+    def start(self) -> None:
+        """Called once the platform runs."""
+
+    def close(self) -> None:
+        """Called before the platform stops."""
+
+    def tick(self) -> None:
+        for hook in list(self._tick_hooks):
+            hook()
+
+    # --- read models for the API ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        p = self.platform
+        functions = {}
+        for fn in p.functions():
+            w = p.get_weights(fn)
+            functions[fn] = {"stable": w.stable, "canary": w.canary, "canary_weight": w.canary_weight,
+                             "weights": {str(k): v for k, v in w.versions.items()}}
+        t = p.get_throttle()
+        return {
+            "env": self.env,
+            "service": self.manifest.service.name,
+            "gateway_url": self.gateway_url,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "functions": functions,
+            "throttle": {"rate": t.rate, "burst": t.burst, "blocked": t.rate == 0},
+            "processing": p.get_processing(),
+            "queues": {q: p.queue_stats(q).as_dict() for q in p.queues()},
+            "versions": [asdict(v) for v in p.versions()],
+        }
+
+    def metric_summary(self, fn: str, version: int | None, since: float) -> dict[str, Any]:
+        """Totals and duration percentiles of one function (or one of its versions) since `since`."""
+        from backout.platforms.base import NS_LAMBDA
+
+        now = time.time()
+        dims = {"FunctionName": fn}
+        if version is not None:
+            dims["ExecutedVersion"] = str(version)
+        period = max(1, int(now - since) + 1)
+        out: dict[str, Any] = {"function": fn, "version": version, "window_seconds": round(now - since)}
+        for metric, stats in (
+            ("Invocations", ("Sum",)),
+            ("Errors", ("Sum",)),
+            ("Throttles", ("Sum",)),
+            ("Duration", ("Average", "p50", "p90", "p99", "Maximum")),
+            ("ConcurrentExecutions", ("Maximum",)),
+        ):
+            for stat in stats:
+                q = MetricQuery.of(NS_LAMBDA, metric, dims, since, now + 1, period, stat)
+                pts = self.platform.metrics(q)
+                value = _combine(pts, stat)
+                out[f"{metric}.{stat}" if len(stats) > 1 or stat != "Sum" else metric] = value
+        inv = out.get("Invocations") or 0
+        out["error_rate_pct"] = round(100.0 * (out.get("Errors") or 0) / inv, 2) if inv else None
+        return out
+
+
+def _combine(points: list[Any], stat: str) -> float | None:
+    if not points:
+        return None
+    if stat == "Sum":
+        return sum(p.value for p in points)
+    if stat == "Maximum":
+        return max(p.value for p in points)
+    if stat == "Average":
+        n = sum(p.sample_count for p in points)
+        return sum(p.value * p.sample_count for p in points) / n if n else None
+    return max(p.value for p in points)

@@ -1,0 +1,187 @@
+"""Pre-traffic and post-traffic hooks: the checks a new version must pass before and after it
+takes traffic. A failure or a timeout rolls the deployment back, and the hook's output is kept
+as evidence in the deployment's events.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from backout.manifest import HookSpec, Manifest
+from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_LAMBDA, MetricQuery, Platform
+from backout.runbooks.smoke import run_smoke
+
+TEST_EVENT = {"test": True}
+
+
+@dataclass(frozen=True)
+class HookContext:
+    manifest: Manifest
+    env: str
+    platform: Platform
+    gateway_url: str
+    deployment_id: str
+    stable: dict[str, int]
+    target: int
+    since: float  # when the new version started taking traffic (post) or the deployment began (pre)
+
+
+@dataclass
+class HookResult:
+    name: str
+    phase: str
+    ok: bool
+    output: str
+    seconds: float
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_hooks(phase: str, hooks: list[HookSpec], ctx: HookContext) -> list[HookResult]:
+    """Run hooks in order, stopping at the first failure (its evidence is what matters)."""
+    results = []
+    for h in hooks:
+        r = run_hook(phase, h, ctx)
+        results.append(r)
+        if not r.ok:
+            break
+    return results
+
+
+def run_hook(phase: str, hook: HookSpec, ctx: HookContext) -> HookResult:
+    t0 = time.monotonic()
+    try:
+        if hook.builtin == "checks":
+            checks = _pre_checks(ctx) if phase == "pre_traffic" else _post_checks(ctx)
+            ok = all(c["ok"] for c in checks)
+            out = "; ".join(f"{'ok' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}" for c in checks)
+            return HookResult(hook.name, phase, ok, out, time.monotonic() - t0, checks)
+        if hook.builtin == "smoke":
+            res = run_smoke(ctx.manifest, ctx.env, ctx.gateway_url, timeout=hook.timeout)
+            checks = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in res]
+            ok = all(r.ok for r in res)
+            out = "; ".join(f"{'ok' if r.ok else 'FAILED'} {r.name}: {r.detail}" for r in res) or "no smoke tests"
+            return HookResult(hook.name, phase, ok, out, time.monotonic() - t0, checks)
+        if hook.function is not None:
+            ok, out = _function_hook(hook, ctx)
+        elif hook.command is not None:
+            ok, out = _command_hook(hook, ctx)
+        else:
+            ok, out = _http_hook(hook, ctx)
+    except Exception as e:  # noqa: BLE001 - any hook crash is a hook failure, with its evidence
+        ok, out = False, f"{type(e).__name__}: {e}"
+    return HookResult(hook.name, phase, ok, out, time.monotonic() - t0)
+
+
+def _pre_checks(ctx: HookContext) -> list[dict[str, Any]]:
+    """Each new version is active and answers a test invocation; table, store and queues reachable."""
+    checks = []
+    for fn in ctx.platform.functions():
+        r = ctx.platform.invoke(fn, ctx.target, TEST_EVENT)
+        detail = f"v{ctx.target} answered in {r.duration_ms:.0f} ms" if r.ok else _error_text(r.payload, r)
+        checks.append({"name": f"invoke {fn} v{ctx.target}", "ok": r.ok, "detail": detail})
+    for c in ctx.platform.health().checks:
+        if c.name == "api":  # the API still serves the stable version before traffic shifts
+            continue
+        checks.append({"name": c.name, "ok": c.ok, "detail": c.detail})
+    return checks
+
+
+def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
+    """After 100 %: the new version's error rate and average duration, and no DLQ arrivals."""
+    spec = ctx.manifest.environment(ctx.env)
+    now = time.time()
+    checks = []
+    period = max(1, int(now - ctx.since) + 2)
+    for fn in ctx.platform.functions():
+        dims = {"FunctionName": fn, "ExecutedVersion": str(ctx.target)}
+        inv = _sum(ctx.platform, NS_LAMBDA, "Invocations", dims, ctx.since, now, period)
+        err = _sum(ctx.platform, NS_LAMBDA, "Errors", dims, ctx.since, now, period)
+        if inv:
+            rate = 100.0 * err / inv
+            ok = rate <= spec.error_rate_threshold
+            checks.append({"name": f"{fn} error rate", "ok": ok,
+                           "detail": f"{rate:.1f} % ({err:.0f}/{inv:.0f}) vs {spec.error_rate_threshold:g} %"})
+        else:
+            checks.append({"name": f"{fn} error rate", "ok": True, "detail": "no invocations yet"})
+        limit = spec.duration_p99_limits.get(fn)
+        pts = ctx.platform.metrics(MetricQuery.of(NS_LAMBDA, "Duration", dims, ctx.since, now + 1, period, "Average"))
+        if pts and limit is not None:
+            n = sum(p.sample_count for p in pts)
+            avg = sum(p.value * p.sample_count for p in pts) / n
+            checks.append({"name": f"{fn} average duration", "ok": avg <= limit,
+                           "detail": f"{avg:.0f} ms vs limit {limit:g} ms"})
+    for q, qs in ctx.manifest.queues.items():
+        if qs.dead_letter_queue is None:
+            continue
+        arrivals = _sum(ctx.platform, NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": qs.dead_letter_queue},
+                        ctx.since, now, period)
+        checks.append({"name": f"DLQ {qs.dead_letter_queue}", "ok": arrivals == 0,
+                       "detail": f"{arrivals:.0f} arrival(s) since v{ctx.target} took traffic"})
+    return checks
+
+
+def _sum(platform: Platform, ns: str, metric: str, dims: dict[str, str], start: float, end: float, period: int) -> float:
+    pts = platform.metrics(MetricQuery.of(ns, metric, dims, start, end + 1, period, "Sum"))
+    return sum(p.value for p in pts)
+
+
+def _function_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
+    """A CodeDeploy-style hook function: gets the deployment ids, answers Succeeded or Failed."""
+    assert hook.function is not None
+    event = {
+        "DeploymentId": ctx.deployment_id,
+        "LifecycleEventHookExecutionId": f"{ctx.deployment_id}-{hook.function}",
+        "backout": {"env": ctx.env, "target_version": ctx.target, "gateway_url": ctx.gateway_url},
+    }
+    r = ctx.platform.invoke(hook.function, ctx.target, event)
+    if not r.ok:
+        return False, _error_text(r.payload, r)
+    status = r.payload.get("status") if isinstance(r.payload, dict) else r.payload
+    return status == "Succeeded", f"{hook.function} returned {r.payload!r}"
+
+
+def _command_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
+    assert hook.command is not None
+    env = dict(
+        os.environ,
+        API_BASE_URL=ctx.gateway_url,
+        ENVIRONMENT=ctx.env,
+        BACKOUT_ENV=ctx.env,
+        BACKOUT_DEPLOYMENT_ID=ctx.deployment_id,
+        BACKOUT_TARGET_VERSION=str(ctx.target),
+    )
+    try:
+        r = subprocess.run(hook.command, shell=True, cwd=ctx.manifest.root, env=env, capture_output=True,
+                           text=True, timeout=hook.timeout)
+    except subprocess.TimeoutExpired as e:
+        out = ((e.stdout or b"") if isinstance(e.stdout, bytes) else (e.stdout or "").encode()).decode(errors="replace")
+        return False, f"timed out after {hook.timeout:g} s; output: {out[-1000:]}"
+    out = (r.stdout + r.stderr).strip()[-2000:]
+    return r.returncode == 0, f"exit {r.returncode}: {out}"
+
+
+def _http_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
+    assert hook.http is not None
+    method, _, target = hook.http.partition(" ")
+    if not target:
+        method, target = "GET", hook.http
+    url = target if target.startswith("http") else f"{ctx.gateway_url.rstrip('/')}{target}"
+    try:
+        r = httpx.request(method, url, timeout=hook.timeout)
+    except httpx.HTTPError as e:
+        return False, f"{method} {url} failed: {e}"
+    return 200 <= r.status_code < 300, f"{method} {url} → {r.status_code}: {r.text[:300]}"
+
+
+def _error_text(payload: Any, r: Any) -> str:
+    if getattr(r, "throttled", False):
+        return "throttled"
+    if isinstance(payload, dict):
+        return f"{payload.get('errorType', 'Error')}: {payload.get('errorMessage', '')}"[:500]
+    return str(payload)[:500]

@@ -1,0 +1,363 @@
+"""LocalPlatform: the Platform protocol on one machine.
+
+Ties the embedded parts together — releases, live aliases, warm workers,
+queues with event source mappings, the gateway and the metric store — and
+answers every Platform call in-process. The supervisor owns one instance and
+serves it to the CLI through the control API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backout.errors import UsageError
+from backout.manifest import Manifest
+from backout.platforms.base import (
+    DLQ_ARRIVALS,
+    NS_BACKOUT,
+    NS_SQS,
+    AliasWeights,
+    CheckResult,
+    Datapoint,
+    HealthReport,
+    InvokeResult,
+    MetricQuery,
+    QueueStats,
+    SnapshotInfo,
+    Throttle,
+    VersionInfo,
+)
+from backout.platforms.local.aliases import Aliases
+from backout.platforms.local.gateway import Gateway, routes_from_manifest
+from backout.platforms.local.mappings import EventSourceMapping
+from backout.platforms.local.metrics import MetricStore
+from backout.platforms.local.queues import QueueStore
+from backout.platforms.local.releases import Releases
+from backout.platforms.local.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PLATFORM_DB = "platform.db"
+
+
+class LocalPlatform:
+    """The embedded platform for one environment of one service."""
+
+    def __init__(self, manifest: Manifest, env: str, state_dir: Path | None = None) -> None:
+        self.manifest = manifest
+        self.env = env
+        self.spec = manifest.environment(env)
+        self.state_dir = (state_dir or manifest.state_dir(env)).resolve()
+        self.data_dir = self.state_dir / "data"
+        self.snapshot_dir = self.state_dir / "snapshots"
+        for d in (self.state_dir, self.data_dir, self.snapshot_dir, self.state_dir / "logs"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.state_dir / PLATFORM_DB
+        self.gateway_url = ""  # set by the supervisor once the port is bound
+        self.metrics_store = MetricStore(self.db_path)
+        self.queue_store = QueueStore(self.db_path)
+        for name, q in manifest.queues.items():
+            self.queue_store.ensure_queue(
+                name,
+                visibility_timeout=q.visibility_timeout,
+                max_receive_count=q.max_receive_count,
+                dead_letter_queue=q.dead_letter_queue,
+                retention=q.retention,
+                delay=q.delay,
+            )
+        self.releases = Releases(self.state_dir)
+        self.aliases = Aliases(self.db_path)
+        self.runtime = Runtime(
+            manifest,
+            self.state_dir,
+            self.releases,
+            self.metrics_store,
+            extra_env=self.function_env(),
+        )
+        self.gateway = Gateway(
+            routes_from_manifest(manifest),
+            self._invoke_alias,
+            self.metrics_store,
+            api_name=manifest.service.name,
+            stage=env,
+            max_body=self.spec.max_body,
+            throttle=Throttle(self.spec.throttle_rate, self.spec.throttle_burst),
+        )
+        self.mappings: list[EventSourceMapping] = []
+        for fname, f in manifest.functions.items():
+            for ev in f.queue_events:
+                conc = f.reserved_concurrency or 4
+                self.mappings.append(
+                    EventSourceMapping(
+                        self.queue_store,
+                        ev.queue,
+                        fname,
+                        self._invoke_alias,
+                        batch_size=ev.batch_size,
+                        concurrency=max(1, conc),
+                        retry_after=ev.retry_after,
+                        enabled=ev.enabled,
+                    )
+                )
+        self._processing = True
+        self._lock = threading.Lock()
+        self._last_counters: dict[str, QueueStats] = {}
+
+    # --- environment handed to every function -------------------------------------------
+    def function_env(self) -> dict[str, str]:
+        env = {
+            "BACKOUT_ENV": self.env,
+            "BACKOUT_STATE_DIR": str(self.state_dir),
+            "BACKOUT_DATA_DIR": str(self.data_dir),
+            "BACKOUT_PLATFORM_DB": str(self.db_path),
+            "ENVIRONMENT": self.env,
+        }
+        env.update(self.spec.environment)
+        return env
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def bootstrap(self) -> None:
+        """First start: publish the manifest's source as version 1 and point every alias at it."""
+        if not self.releases.list():
+            self.publish(self.manifest.source_dir, description="initial version")
+        latest = self.releases.list()[-1].version
+        current = self.aliases.all()
+        for fn in self.functions():
+            if fn not in current:
+                self.aliases.set(fn, latest)
+
+    def start(self) -> None:
+        for m in self.mappings:
+            m.start()
+
+    def close(self, drain_timeout: float = 10.0) -> None:
+        for m in self.mappings:
+            m.stop(drain_timeout=drain_timeout)
+        self.runtime.close(drain_timeout=drain_timeout)
+        self.metrics_store.flush()
+
+    # --- Platform protocol ----------------------------------------------------------------
+    def functions(self) -> list[str]:
+        return [n for n, f in self.manifest.functions.items() if f.deploy]
+
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> int:
+        return self.releases.publish(Path(source), self.manifest.service.packages, environment, description)
+
+    def versions(self) -> list[VersionInfo]:
+        return self.releases.list()
+
+    def get_weights(self, fn: str) -> AliasWeights:
+        self._known(fn)
+        return self.aliases.get(fn)
+
+    def set_weights(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> None:
+        self._known(fn)
+        self.releases.get(stable)
+        if canary is not None:
+            self.releases.get(canary)
+        self.aliases.set(fn, stable, canary, pct)
+
+    def warm(self, fn: str, version: int) -> None:
+        self._known(fn)
+        self.releases.get(version)
+        self.runtime.warm(fn, version)
+
+    def is_warm(self, fn: str, version: int) -> bool:
+        return self.runtime.is_warm(fn, version)
+
+    def invoke(self, fn: str, version: int | None, event: dict[str, Any]) -> InvokeResult:
+        if version is None:
+            return self._invoke_alias(fn, event)
+        self._known(fn)
+        self.releases.get(version)
+        return self.runtime.invoke(fn, version, event)
+
+    def _invoke_alias(self, fn: str, event: dict[str, Any]) -> InvokeResult:
+        version = self.aliases.get(fn).pick()
+        return self.runtime.invoke(fn, version, event, via_alias=True)
+
+    def metrics(self, query: MetricQuery) -> list[Datapoint]:
+        return self.metrics_store.query(query)
+
+    def set_throttle(self, rate: float, burst: int) -> None:
+        if rate < 0 or burst < 0:
+            raise UsageError("throttle rate and burst must be ≥ 0")
+        self.gateway.set_throttle(rate, burst)
+
+    def get_throttle(self) -> Throttle:
+        return self.gateway.throttle
+
+    def set_processing(self, enabled: bool) -> None:
+        with self._lock:
+            self._processing = enabled
+            for m in self.mappings:
+                m.set_enabled(enabled)
+
+    def get_processing(self) -> bool:
+        return self._processing
+
+    def queues(self) -> list[str]:
+        return list(self.manifest.queues)
+
+    def queue_stats(self, queue: str) -> QueueStats:
+        if queue not in self.manifest.queues:
+            raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
+        return self.queue_store.stats(queue)
+
+    def redrive(self, dlq: str) -> int:
+        if dlq not in self.manifest.queues:
+            raise UsageError(f"no queue named {dlq!r}")
+        if not any(q.dead_letter_queue == dlq for q in self.manifest.queues.values()):
+            raise UsageError(f"{dlq!r} is not the dead-letter queue of any queue")
+        return self.queue_store.redrive(dlq)
+
+    # --- data snapshots: SQLite online backup of every db in the data dir + a copy of the files ---
+    def snapshot(self, label: str = "") -> SnapshotInfo:
+        sid = time.strftime("snap-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        tmp = self.snapshot_dir / f".{sid}.tmp"
+        tmp.mkdir(parents=True)
+        files: dict[str, dict[str, Any]] = {}
+        dbs: list[str] = []
+        for p in sorted(self.data_dir.rglob("*")):
+            rel = p.relative_to(self.data_dir).as_posix()
+            if p.is_dir() or p.name.endswith(("-wal", "-shm", "-journal")):
+                continue
+            dest = tmp / "data" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if _is_sqlite(p):
+                src = sqlite3.connect(p)
+                dst = sqlite3.connect(dest)
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+                    src.close()
+                dbs.append(rel)
+            else:
+                shutil.copy2(p, dest)
+                files[rel] = {"size": dest.stat().st_size}
+        info = SnapshotInfo(sid, time.time(), label, {"databases": dbs, "files": len(files)})
+        (tmp / "snapshot.json").write_text(
+            json.dumps({"id": sid, "created_at": info.created_at, "label": label, "databases": dbs, "files": files})
+        )
+        tmp.rename(self.snapshot_dir / sid)
+        return info
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        out = []
+        for d in sorted(self.snapshot_dir.iterdir()):
+            meta = d / "snapshot.json"
+            if d.name.startswith(".") or not meta.exists():
+                continue
+            m = json.loads(meta.read_text())
+            out.append(
+                SnapshotInfo(m["id"], m["created_at"], m["label"], {"databases": m["databases"], "files": len(m["files"])})
+            )
+        return sorted(out, key=lambda s: s.created_at)
+
+    def snapshot_path(self, snapshot_id: str) -> Path:
+        d = self.snapshot_dir / snapshot_id
+        if not (d / "snapshot.json").exists():
+            raise UsageError(f"no snapshot {snapshot_id!r} (see `backout backup list`)")
+        return d / "data"
+
+    def restore(self, snapshot_id: str) -> None:
+        src_root = self.snapshot_path(snapshot_id)
+        meta = json.loads((src_root.parent / "snapshot.json").read_text())
+        for rel in meta["databases"]:
+            src = sqlite3.connect(src_root / rel)
+            dst = sqlite3.connect(self.data_dir / rel, timeout=30)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+        keep = set(meta["files"]) | set(meta["databases"])
+        for p in sorted(self.data_dir.rglob("*"), reverse=True):
+            rel = p.relative_to(self.data_dir).as_posix()
+            if p.is_file() and rel not in keep and not _is_sqlite_sidecar(p) and not _is_sqlite(p):
+                p.unlink()
+        for rel in meta["files"]:
+            dest = self.data_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".restore")
+            shutil.copy2(src_root / rel, tmp)
+            tmp.replace(dest)
+
+    def health(self) -> HealthReport:
+        checks: list[CheckResult] = []
+        t0 = time.perf_counter()
+        try:
+            r = httpx.get(f"{self.gateway_url}/health", timeout=5)
+            ok = r.status_code == 200
+            checks.append(CheckResult("api", ok, f"GET /health → {r.status_code}", _ms(t0)))
+        except httpx.HTTPError as e:
+            checks.append(CheckResult("api", False, f"GET /health failed: {e}", _ms(t0)))
+        for q in self.queues():
+            t0 = time.perf_counter()
+            try:
+                s = self.queue_store.stats(q)
+                checks.append(
+                    CheckResult(f"queue {q}", True, f"{s.visible} visible, {s.in_flight} in flight", _ms(t0))
+                )
+            except Exception as e:  # noqa: BLE001 - a health check reports every failure
+                checks.append(CheckResult(f"queue {q}", False, str(e), _ms(t0)))
+        t0 = time.perf_counter()
+        probe = self.data_dir / ".health-probe"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+            checks.append(CheckResult("data dir", True, str(self.data_dir), _ms(t0)))
+        except OSError as e:
+            checks.append(CheckResult("data dir", False, str(e), _ms(t0)))
+        return HealthReport(checks)
+
+    # --- periodic work, driven by the supervisor ------------------------------------------
+    def sample_queues(self, now: float | None = None) -> None:
+        """Record SQS gauges and the per-second deltas of the queue counters as metrics."""
+        ts = now or time.time()
+        for q in self.queues():
+            s = self.queue_store.stats(q)
+            dims = {"QueueName": q}
+            rec = self.metrics_store.record
+            rec(NS_SQS, "ApproximateNumberOfMessagesVisible", dims, s.visible, "Count", ts)
+            rec(NS_SQS, "ApproximateNumberOfMessagesNotVisible", dims, s.in_flight, "Count", ts)
+            rec(NS_SQS, "ApproximateAgeOfOldestMessage", dims, s.age_of_oldest, "Seconds", ts)
+            prev = self._last_counters.get(q)
+            if prev is not None:
+                rec(NS_SQS, "NumberOfMessagesSent", dims, max(0, s.sent - prev.sent), "Count", ts)
+                rec(NS_SQS, "NumberOfMessagesReceived", dims, max(0, s.received - prev.received), "Count", ts)
+                rec(NS_SQS, "NumberOfMessagesDeleted", dims, max(0, s.deleted - prev.deleted), "Count", ts)
+                rec(NS_BACKOUT, DLQ_ARRIVALS, dims, max(0, s.dlq_arrivals - prev.dlq_arrivals), "Count", ts)
+                rec(NS_BACKOUT, "MovedToDLQ", dims, max(0, s.moved_to_dlq - prev.moved_to_dlq), "Count", ts)
+            self._last_counters[q] = s
+
+    def _known(self, fn: str) -> None:
+        if fn not in self.manifest.functions:
+            raise UsageError(f"no function named {fn!r} (known: {', '.join(self.manifest.functions)})")
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _is_sqlite(p: Path) -> bool:
+    try:
+        with p.open("rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _is_sqlite_sidecar(p: Path) -> bool:
+    return p.name.endswith(("-wal", "-shm", "-journal"))

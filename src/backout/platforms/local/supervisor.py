@@ -1,0 +1,240 @@
+"""The supervisor: one process per environment running the gateway, the control API,
+queue pollers, warm workers and the periodic control loop.
+
+`backout up` runs it in the foreground; `backout up --detach` starts it as a
+daemon and returns once its control API answers. A second supervisor for the
+same state dir is refused (an flock on `supervisor.lock`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import uvicorn
+
+from backout.errors import UsageError
+from backout.manifest import Manifest
+
+log = logging.getLogger("backout.supervisor")
+
+ENDPOINTS = "endpoints.json"
+TOKEN = "token"
+LOCK = "supervisor.lock"
+
+
+def read_token(state_dir: Path) -> str:
+    """The control API's bearer token, created at first start with mode 0600."""
+    p = state_dir / TOKEN
+    if not p.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return p.read_text().strip()
+
+
+def read_endpoints(state_dir: Path) -> dict[str, object] | None:
+    """Where a running supervisor listens, or None when none runs for this state dir."""
+    p = state_dir / ENDPOINTS
+    if not p.exists():
+        return None
+    try:
+        ep = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not _lock_held(state_dir):
+        return None
+    return ep
+
+
+def _lock_held(state_dir: Path) -> bool:
+    p = state_dir / LOCK
+    if not p.exists():
+        return False
+    with p.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+@contextlib.contextmanager
+def supervisor_lock(state_dir: Path, env: str) -> Iterator[IO[str]]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    f = (state_dir / LOCK).open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        ep = read_endpoints(state_dir) or {}
+        raise UsageError(
+            f"environment {env!r} is already running (pid {ep.get('pid', '?')}, gateway {ep.get('gateway_url', '?')});"
+            f" stop it with `backout down --env {env}`"
+        ) from None
+    try:
+        yield f
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        s.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror} (is another program using it?)") from None
+    s.listen(2048)
+    s.setblocking(False)
+    return s
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor stops both servers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Supervisor:
+    """Runs one environment until asked to stop, then drains in-flight work."""
+
+    def __init__(self, manifest: Manifest, env: str) -> None:
+        self.manifest = manifest
+        self.env = env
+        self.spec = manifest.environment(env)
+        self.state_dir = manifest.state_dir(env)
+        self._stop = threading.Event()
+        self._servers: list[_Server] = []
+        self.tick_hooks: list[Callable[[], None]] = []
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        for s in self._servers:
+            s.should_exit = True
+
+    def run(self) -> None:
+        from backout.control.api import build_app
+        from backout.control.controller import Controller
+        from backout.platforms.local.platform import LocalPlatform
+
+        with supervisor_lock(self.state_dir, self.env):
+            (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
+            token = read_token(self.state_dir)
+            gw_sock = _bind(self.spec.host, self.spec.gateway_port)
+            ctl_sock = _bind(self.spec.host, self.spec.control_port)
+            gw_url = f"http://{self.spec.host}:{gw_sock.getsockname()[1]}"
+            ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
+            platform = LocalPlatform(self.manifest, self.env, self.state_dir)
+            platform.gateway_url = gw_url
+            platform.bootstrap()
+            controller = Controller(self.manifest, self.env, platform, self.state_dir, gateway_url=gw_url)
+            controller.on_shutdown = self.request_stop
+            app = build_app(controller, token)
+            for fn in platform.functions():
+                w = platform.get_weights(fn)
+                for v in w.versions:
+                    with contextlib.suppress(Exception):
+                        platform.warm(fn, v)
+            platform.start()
+            controller.start()
+            ticker = threading.Thread(target=self._tick, args=(platform, controller), name="tick", daemon=True)
+            ticker.start()
+            self._servers = [
+                _Server(uvicorn.Config(platform.gateway.app, log_level="warning", access_log=False,
+                                       loop="uvloop", http="httptools", timeout_keep_alive=30,
+                                       lifespan="off")),
+                _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")),
+            ]
+            endpoints = {
+                "pid": os.getpid(),
+                "env": self.env,
+                "gateway_url": gw_url,
+                "control_url": ctl_url,
+                "started_at": time.time(),
+            }
+            tmp = self.state_dir / (ENDPOINTS + ".tmp")
+            tmp.write_text(json.dumps(endpoints))
+            tmp.replace(self.state_dir / ENDPOINTS)
+            log.warning("backout %s up: gateway %s, control %s", self.env, gw_url, ctl_url)
+            try:
+                asyncio.run(self._serve([gw_sock, ctl_sock]))
+            finally:
+                self._stop.set()
+                (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
+                controller.close()
+                platform.close()
+                ticker.join(timeout=5)
+                log.warning("backout %s down", self.env)
+
+    async def _serve(self, socks: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request_stop)
+        gw, ctl = self._servers
+        await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
+
+    def _tick(self, platform: object, controller: object) -> None:
+        """Once a second: persist metrics, sample queues, let the control plane evaluate."""
+        from backout.control.controller import Controller
+        from backout.platforms.local.platform import LocalPlatform
+
+        assert isinstance(platform, LocalPlatform) and isinstance(controller, Controller)
+        with contextlib.suppress(Exception):
+            platform.sample_queues()
+        while not self._stop.wait(1.0 - (time.time() % 1.0)):
+            for step in (platform.sample_queues, platform.metrics_store.flush, controller.tick):
+                try:
+                    step()
+                except Exception:
+                    log.exception("periodic %s failed", getattr(step, "__name__", step))
+
+
+def start_detached(manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0) -> dict[str, object]:
+    """Start `backout up` as a daemon; return its endpoints once the control API answers."""
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out = (logs / "supervisor.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backout.cli.main", "--manifest", str(manifest_path), "up", "--env", env],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = (logs / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise UsageError(f"supervisor exited with code {proc.returncode}: {' '.join(tail)}")
+        ep = read_endpoints(state_dir)
+        if ep and ep.get("pid") == proc.pid:
+            try:
+                httpx.get(f"{ep['control_url']}/healthz", timeout=2)
+                return ep
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise UsageError(f"supervisor did not start within {timeout:.0f} s (see {logs / 'supervisor.log'})")
