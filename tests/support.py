@@ -1,0 +1,112 @@
+"""Test support: run a real backout environment (supervisor process, real ports) for a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DRAWINGS = ROOT.parent / "shared" / "drawings"
+SDA_SOURCE = ROOT / "src"
+
+
+def sda_manifest(state_dir: Path, extra: str = "", env_extra: str = "", functions_env: str = "") -> str:
+    """The SDA's real manifest, with free ports, a private state dir and absolute paths."""
+    text = (ROOT / "backout.toml").read_text()
+    text = text.replace('source = "src"', f'source = "{SDA_SOURCE}"')
+    text = text.replace(
+        'pytest = "tests/integration/test_e2e.py::test_health_check"',
+        f'pytest = "{ROOT}/tests/integration/test_e2e.py::test_health_check"',
+    )
+    for env in ("staging", "prod"):
+        port_block = {"staging": "gateway_port = 8300\ncontrol_port = 8301", "prod": "gateway_port = 8400\ncontrol_port = 8401"}[env]
+        text = text.replace(
+            port_block,
+            f'gateway_port = 0\ncontrol_port = 0\nstate_dir = "{state_dir / env}"\n{env_extra}',
+        )
+    return text + "\n" + extra
+
+
+class RunningEnv:
+    """A supervisor started with `backout up --detach`, stopped (and if need be killed) at the end."""
+
+    def __init__(self, manifest_path: Path, env: str = "staging") -> None:
+        self.manifest_path = manifest_path
+        self.env = env
+        self.proc_env = dict(os.environ, BACKOUT_MANIFEST=str(manifest_path), BACKOUT_ENV=env, COLUMNS="200")
+        r = self.cli("up", "--detach", timeout=120)
+        assert r.returncode == 0, r.stderr + r.stdout
+        self.reload()
+
+    def reload(self) -> None:
+        from backout.manifest import load_manifest
+
+        self.manifest = load_manifest(self.manifest_path)
+        self.state_dir = self.manifest.state_dir(self.env)
+        ep = json.loads((self.state_dir / "endpoints.json").read_text())
+        self.pid = int(ep["pid"])
+        self.gateway_url = ep["gateway_url"]
+        self.control_url = ep["control_url"]
+        self.token = (self.state_dir / "token").read_text().strip()
+        self.http = httpx.Client(base_url=self.control_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "backout.cli.main", *args],
+            env=self.proc_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )
+        if check:
+            assert r.returncode == 0, f"backout {' '.join(args)} → {r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def cli_json(self, *args: str, timeout: float = 120) -> Any:
+        r = self.cli(*args, "--json", timeout=timeout, check=True)
+        return json.loads(r.stdout)
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.http.request(method, path, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        r = self.cli("up", "--detach", timeout=120)
+        assert r.returncode == 0, r.stderr + r.stdout
+        self.reload()
+
+    def stop(self) -> None:
+        try:
+            self.cli("down", timeout=90)
+        finally:
+            # the supervisor leads its own process group (start_new_session): no worker outlives the test
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
