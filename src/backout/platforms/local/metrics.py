@@ -1,0 +1,452 @@
+"""The local platform's metric store: CloudWatch-like, per-second resolution, raw samples kept.
+
+Why raw samples: percentiles (p50/p90/p99) must be exact over a period, as the canary judges
+compare distributions, and a second's worth of samples is small. Why this layout:
+
+* `record` is on the invocation hot path (several calls per request, many threads), so it is one
+  lock and a list append into the series' *hot* second.
+* `flush` (the supervisor calls it every second, and once more on close) appends every sample not
+  yet on disk to `m_datapoints` in the platform db, and turns seconds that can no longer change
+  into compact sorted arrays (*cold*), run-length encoded when values repeat (counts of 0/1).
+* A new store on the same db loads the last `retention` seconds, so alarms and canary judges see
+  the same history across a supervisor restart.
+
+Query semantics follow GetMetricStatistics: one metric, exact dimension match, samples whose second
+lies in [start, end), grouped into periods aligned to epoch multiples of `period`; one datapoint per
+period that has samples, stamped with the period's aligned start (the first one may start before
+`start` and then only covers the part of it inside the window).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
+
+from backout.errors import UsageError
+from backout.platforms.base import Datapoint, MetricQuery
+
+Dims = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, str, Dims]
+
+# Metrics that are levels, not event streams: Prometheus shows their last value, not a sum.
+GAUGE_METRICS = frozenset(
+    {
+        "ConcurrentExecutions",
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateAgeOfOldestMessage",
+    }
+)
+SEAL_AFTER = 2  # a second is packed once it ended this many seconds ago (late samples still merge)
+_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+_SIMPLE = ("SampleCount", "Sum", "Average", "Minimum", "Maximum")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS m_datapoints (
+    namespace  TEXT    NOT NULL,
+    metric     TEXT    NOT NULL,
+    dimensions TEXT    NOT NULL,  -- JSON object, keys sorted
+    unit       TEXT    NOT NULL,
+    ts         INTEGER NOT NULL,  -- the epoch second the samples belong to
+    n          INTEGER NOT NULL,  -- number of samples in this row
+    vals       BLOB    NOT NULL,  -- float64 array: sorted samples, or sorted distinct values if counts
+    counts     BLOB               -- int64 array: occurrences of each of vals (run-length), or NULL
+);
+CREATE INDEX IF NOT EXISTS m_datapoints_ts ON m_datapoints (ts);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """The samples of one second (or one chunk of it), sorted; `counts` when values repeat."""
+
+    vals: array  # array('d')
+    counts: array | None  # array('q') or None: one sample per entry of vals
+    n: int
+    total: float
+    lo: float
+    hi: float
+
+    @staticmethod
+    def of(samples: Iterable[float]) -> _Packed:
+        s = sorted(samples)
+        n = len(s)
+        uniq: list[float] = []
+        cnt: list[int] = []
+        for v in s:
+            if uniq and uniq[-1] == v:
+                cnt[-1] += 1
+            else:
+                uniq.append(v)
+                cnt.append(1)
+        if len(uniq) * 2 <= n:
+            return _Packed(array("d", uniq), array("q", cnt), n, math.fsum(s), s[0], s[-1])
+        return _Packed(array("d", s), None, n, math.fsum(s), s[0], s[-1])
+
+    @staticmethod
+    def from_blobs(n: int, vals: bytes, counts: bytes | None) -> _Packed:
+        v = array("d")
+        v.frombytes(vals)
+        c: array | None = None
+        if counts is not None:
+            c = array("q")
+            c.frombytes(counts)
+        total = math.fsum(x * k for x, k in zip(v, c, strict=True)) if c is not None else math.fsum(v)
+        return _Packed(v, c, n, total, v[0], v[-1])
+
+    def samples(self) -> Iterator[float]:
+        if self.counts is None:
+            return iter(self.vals)
+        return (x for x, k in zip(self.vals, self.counts, strict=True) for _ in range(k))
+
+    def as_numpy(self) -> np.ndarray:
+        v = np.frombuffer(self.vals, dtype=np.float64)
+        return v if self.counts is None else np.repeat(v, np.frombuffer(self.counts, dtype=np.int64))
+
+    def merge(self, other: _Packed) -> _Packed:
+        return _Packed.of([*self.samples(), *other.samples()])
+
+
+@dataclass(slots=True)
+class _Series:
+    unit: str
+    hot: dict[int, list[float]] = field(default_factory=dict)  # seconds that may still grow
+    saved: dict[int, int] = field(default_factory=dict)  # hot second → samples already on disk
+    cold: dict[int, _Packed] = field(default_factory=dict)  # sealed seconds, in time order
+    total: float = 0.0  # running sum and count since this store loaded (Prometheus counters)
+    count: int = 0
+    last: float = 0.0
+    last_ts: float = 0.0
+
+
+class MetricStore:
+    """Per-second metrics in memory, persisted to `m_datapoints` by `flush()`."""
+
+    def __init__(self, db_path: Path | None = None, retention: float = 6 * 3600) -> None:
+        self.retention = float(retention)
+        self._series: dict[SeriesKey, _Series] = {}
+        self._lock = threading.Lock()  # guards _series and every series' dicts
+        self._flush_lock = threading.Lock()  # one flush at a time; never held by record()
+        self._db: sqlite3.Connection | None = None
+        if db_path is not None:
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(db_path), timeout=30, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+            self._load()
+
+    # --- the sink -----------------------------------------------------------------------
+    def record(
+        self,
+        namespace: str,
+        metric: str,
+        dimensions: dict[str, str],
+        value: float,
+        unit: str = "None",
+        ts: float | None = None,
+    ) -> None:
+        """One sample. Cheap on purpose: called several times per invocation from many threads."""
+        if ts is None:
+            ts = time.time()
+        key = (namespace, metric, tuple(sorted((k, str(v)) for k, v in dimensions.items())))
+        sec = int(ts)
+        value = float(value)
+        with self._lock:
+            s = self._series.get(key)
+            if s is None:
+                s = self._series[key] = _Series(unit)
+            b = s.hot.get(sec)
+            if b is None:
+                s.hot[sec] = [value]
+            else:
+                b.append(value)
+            s.total += value
+            s.count += 1
+            if ts >= s.last_ts:
+                s.last, s.last_ts = value, ts
+
+    # --- reads --------------------------------------------------------------------------
+    def query(self, q: MetricQuery) -> list[Datapoint]:
+        """GetMetricStatistics over [q.start, q.end): one datapoint per aligned period with samples."""
+        stat, pct = _statistic(q.statistic)
+        if q.period <= 0:
+            raise UsageError(f"metric period must be a positive number of seconds, not {q.period}")
+        key = (q.namespace, q.metric, tuple(sorted((k, str(v)) for k, v in q.dimensions)))
+        lo, hi = math.ceil(q.start), math.ceil(q.end)  # seconds s with start <= s < end
+        periods: dict[int, list[_Packed | list[float]]] = {}
+        with self._lock:
+            s = self._series.get(key)
+            if s is None or hi <= lo:
+                return []
+            for sec, part in _in_window(s.cold, lo, hi):
+                periods.setdefault(sec - sec % q.period, []).append(part)
+            for sec, part in _in_window(s.hot, lo, hi):
+                periods.setdefault(sec - sec % q.period, []).append(list(part))
+        out = [_datapoint(ts, parts, stat, pct) for ts, parts in periods.items()]
+        out.sort(key=lambda d: d.timestamp)
+        return out
+
+    def list_metrics(self, namespace: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
+        """Every series with samples in memory (ListMetrics), sorted."""
+        with self._lock:
+            keys = [k for k, s in self._series.items() if s.hot or s.cold]
+        return [(ns, m, dict(d)) for ns, m, d in sorted(keys) if namespace is None or ns == namespace]
+
+    def prometheus(self, now: float | None = None) -> str:
+        """Prometheus text exposition: per series the last minute's sum/count (last value for gauges)
+        and running totals since this store loaded."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self, now))
+        return generate_latest(registry).decode()
+
+    # --- persistence --------------------------------------------------------------------
+    def flush(self, now: float | None = None) -> int:
+        """Write every sample not yet on disk, pack settled seconds, drop what is past retention.
+
+        Returns the number of samples written. Safe to call from any thread, at any rate."""
+        now = time.time() if now is None else now
+        seal_before = int(now) - SEAL_AFTER + 1  # seconds < this are settled
+        cutoff = int(now - self.retention)
+        with self._flush_lock:
+            rows: list[tuple[SeriesKey, str, int, list[float]]] = []
+            sealing: list[tuple[SeriesKey, _Series, int, list[float], int]] = []
+            with self._lock:
+                for key, s in self._series.items():
+                    for sec, b in s.hot.items():
+                        n = len(b)
+                        done = s.saved.get(sec, 0)
+                        if n > done:
+                            rows.append((key, s.unit, sec, b[done:n]))
+                            s.saved[sec] = n
+                        if sec < seal_before:
+                            sealing.append((key, s, sec, b, n))
+            packed = [(item, _Packed.of(item[3][: item[4]])) for item in sealing]
+            with self._lock:
+                for (_key, s, sec, b, n), p in packed:
+                    tail = b[n:]  # arrived since the snapshot above: stays hot, not yet on disk
+                    if tail:
+                        s.hot[sec] = tail
+                        s.saved.pop(sec, None)
+                    else:
+                        del s.hot[sec]
+                        del s.saved[sec]
+                    old = s.cold.get(sec)
+                    s.cold[sec] = old.merge(p) if old is not None else p
+                self._prune(cutoff)
+            if self._db is not None:
+                self._write(rows, cutoff)
+        return sum(len(r[3]) for r in rows)
+
+    def close(self) -> None:
+        """Flush and release the db."""
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _prune(self, cutoff: int) -> None:
+        """Drop seconds before `cutoff` (caller holds the lock). Cold is in time order, so stop early."""
+        empty: list[SeriesKey] = []
+        for key, s in self._series.items():
+            while s.cold:
+                first = next(iter(s.cold))
+                if first >= cutoff:
+                    break
+                del s.cold[first]
+            for sec in [sec for sec in s.hot if sec < cutoff]:
+                del s.hot[sec]
+                s.saved.pop(sec, None)
+            if not s.cold and not s.hot:
+                empty.append(key)
+        for key in empty:
+            del self._series[key]
+
+    def _write(self, rows: list[tuple[SeriesKey, str, int, list[float]]], cutoff: int) -> None:
+        assert self._db is not None
+        params = []
+        for (ns, metric, dims), unit, sec, samples in rows:
+            p = _Packed.of(samples)
+            counts = p.counts.tobytes() if p.counts is not None else None
+            params.append((ns, metric, _dims_json(dims), unit, sec, p.n, p.vals.tobytes(), counts))
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if params:
+                db.executemany("INSERT INTO m_datapoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)", params)
+            db.execute("DELETE FROM m_datapoints WHERE ts < ?", (cutoff,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _load(self) -> None:
+        assert self._db is not None
+        cutoff = int(time.time() - self.retention)
+        merged: dict[tuple[SeriesKey, int], _Packed] = {}
+        units: dict[SeriesKey, str] = {}
+        cur = self._db.execute(
+            "SELECT namespace, metric, dimensions, unit, ts, n, vals, counts FROM m_datapoints"
+            " WHERE ts >= ? ORDER BY ts, rowid",
+            (cutoff,),
+        )
+        for ns, metric, dims, unit, sec, n, vals, counts in cur:
+            key = (ns, metric, tuple(sorted(json.loads(dims).items())))
+            units.setdefault(key, unit)
+            p = _Packed.from_blobs(n, vals, counts)
+            old = merged.get((key, sec))
+            merged[(key, sec)] = old.merge(p) if old is not None else p
+        with self._lock:
+            for (key, sec), p in merged.items():  # insertion order is time order
+                s = self._series.get(key)
+                if s is None:
+                    s = self._series[key] = _Series(units[key])
+                s.cold[sec] = p
+                s.total += p.total
+                s.count += p.n
+                if sec >= s.last_ts:
+                    s.last, s.last_ts = (p.vals[-1] if p.n == 1 else p.total / p.n), float(sec)
+
+    # used by the Prometheus collector
+    def _snapshot(self, now: float) -> list[tuple[SeriesKey, str, float, float, float, int, float]]:
+        """Per series: unit, last-minute sum, last-minute count, running sum, running count, last value."""
+        lo, hi = int(now) - 59, int(now) + 1
+        out = []
+        with self._lock:
+            for key, s in self._series.items():
+                total, count = 0.0, 0
+                for _sec, part in _in_window(s.cold, lo, hi):
+                    total += part.total
+                    count += part.n
+                for _sec, b in _in_window(s.hot, lo, hi):
+                    total += math.fsum(b)
+                    count += len(b)
+                out.append((key, s.unit, total, count, s.total, s.count, s.last))
+        return out
+
+
+def _in_window(d: dict[int, Any], lo: int, hi: int) -> Iterator[tuple[int, Any]]:
+    """Entries of a second-keyed dict with lo <= second < hi, looking up or scanning, whichever is less."""
+    if hi - lo <= len(d):
+        for sec in range(lo, hi):
+            part = d.get(sec)
+            if part is not None:
+                yield sec, part
+    else:
+        for sec, part in list(d.items()):
+            if lo <= sec < hi:
+                yield sec, part
+
+
+def _statistic(name: str) -> tuple[str, float | None]:
+    if name in _SIMPLE:
+        return name, None
+    m = _PERCENTILE.match(name)
+    if m and 0 <= float(m.group(1)) <= 100:
+        return "pct", float(m.group(1))
+    raise UsageError(
+        f"unknown statistic {name!r}: use SampleCount, Sum, Average, Minimum, Maximum"
+        " or a percentile like p99"
+    )
+
+
+def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: float | None) -> Datapoint:
+    n = 0
+    total = 0.0
+    lo, hi = math.inf, -math.inf
+    for p in parts:
+        if isinstance(p, _Packed):
+            n += p.n
+            total += p.total
+            lo, hi = min(lo, p.lo), max(hi, p.hi)
+        else:
+            n += len(p)
+            total += math.fsum(p)
+            lo, hi = min(lo, min(p)), max(hi, max(p))
+    if stat == "SampleCount":
+        value = float(n)
+    elif stat == "Sum":
+        value = total
+    elif stat == "Average":
+        value = total / n
+    elif stat == "Minimum":
+        value = lo
+    elif stat == "Maximum":
+        value = hi
+    else:
+        arrays = [p.as_numpy() if isinstance(p, _Packed) else np.asarray(p, dtype=np.float64) for p in parts]
+        value = float(np.percentile(np.concatenate(arrays), pct))
+    return Datapoint(timestamp=float(ts), value=value, sample_count=float(n))
+
+
+def _dims_json(dims: Dims) -> str:
+    return json.dumps(dict(dims), sort_keys=True, separators=(",", ":"))
+
+
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9]+")
+
+
+def prometheus_name(namespace: str, metric: str) -> str:
+    """`AWS/Lambda` + `Invocations` → `backout_aws_lambda_invocations`; `4XXError` → `4xx_error`."""
+    parts = [_NOT_NAME.sub("_", _CAMEL.sub("_", p)).strip("_").lower() for p in (namespace, metric)]
+    return "backout_" + "_".join(p for p in parts if p)
+
+
+def _label(name: str) -> str:
+    out = _NOT_NAME.sub("_", name)
+    return out if out and not out[0].isdigit() else "_" + out
+
+
+class _Collector:
+    """A prometheus_client custom collector over one store's current contents."""
+
+    def __init__(self, store: MetricStore, now: float | None) -> None:
+        self.store = store
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time() if self.now is None else self.now
+        families: dict[str, list[Metric]] = {}
+        for (ns, metric, dims), unit, m_sum, m_count, r_sum, r_count, last in sorted(
+            self.store._snapshot(now), key=lambda r: r[0]
+        ):
+            name = prometheus_name(ns, metric)
+            labels = {_label(k): v for k, v in dims}
+            what = f"{ns} {metric} ({unit})"
+            fams = families.get(name)
+            if fams is None:
+                if metric in GAUGE_METRICS:
+                    fams = [GaugeMetricFamily(name, f"{what}: last value")]
+                else:
+                    fams = [
+                        GaugeMetricFamily(f"{name}_last_minute_sum", f"{what}: sum over the last 60 s"),
+                        GaugeMetricFamily(f"{name}_last_minute_count", f"{what}: samples in the last 60 s"),
+                        CounterMetricFamily(name, f"{what}: running sum of values"),
+                        CounterMetricFamily(f"{name}_samples", f"{what}: running count of samples"),
+                    ]
+                families[name] = fams
+            if metric in GAUGE_METRICS:
+                fams[0].samples.append(Sample(name, labels, last))
+            else:
+                fams[0].samples.append(Sample(f"{name}_last_minute_sum", labels, m_sum))
+                fams[1].samples.append(Sample(f"{name}_last_minute_count", labels, float(m_count)))
+                fams[2].samples.append(Sample(f"{name}_total", labels, r_sum))
+                fams[3].samples.append(Sample(f"{name}_samples_total", labels, float(r_count)))
+        for fams in families.values():
+            yield from fams

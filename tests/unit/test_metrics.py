@@ -1,0 +1,245 @@
+"""The per-second metric store: statistics, periods, dimensions, persistence, Prometheus output."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import statistics
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backout.errors import UsageError
+from backout.platforms.base import MetricQuery
+from backout.platforms.local.metrics import MetricStore, prometheus_name
+
+NS = "AWS/Lambda"
+DIMS = {"FunctionName": "api", "ExecutedVersion": "2"}
+
+
+def _base(period: int = 60) -> int:
+    """A recent epoch second aligned to `period` (recent so that retention keeps it on reload)."""
+    now = int(time.time()) - 3 * period
+    return now - now % period
+
+
+def _one(store: MetricStore, stat: str, start: float, end: float, period: int = 60, dims=DIMS) -> float:
+    dps = store.query(MetricQuery.of(NS, "Duration", dims, start, end, period, stat))
+    assert len(dps) == 1, dps
+    return dps[0].value
+
+
+@pytest.mark.parametrize("seal", [False, True], ids=["hot", "packed"])
+def test_statistics_match_numpy(seal: bool) -> None:
+    rnd = random.Random(7)
+    t0 = _base()
+    values = [rnd.lognormvariate(3, 0.8) for _ in range(997)] + [5.0] * 50  # repeats exercise run-length
+    store = MetricStore()
+    for i, v in enumerate(values):
+        store.record(NS, "Duration", DIMS, v, "Milliseconds", ts=t0 + (i % 60) + 0.25)
+    if seal:
+        store.flush(now=t0 + 600)  # every second settled → packed arrays
+    arr = np.array(values)
+    end = t0 + 60
+    assert _one(store, "SampleCount", t0, end) == len(values)
+    assert _one(store, "Sum", t0, end) == pytest.approx(arr.sum(), rel=1e-12)
+    assert _one(store, "Average", t0, end) == pytest.approx(statistics.fmean(values), rel=1e-12)
+    assert _one(store, "Minimum", t0, end) == arr.min()
+    assert _one(store, "Maximum", t0, end) == arr.max()
+    for p in (50, 90, 99, 99.9, 0, 100):
+        name = f"p{p:g}"
+        assert _one(store, name, t0, end) == pytest.approx(np.percentile(arr, p), rel=1e-12), name
+    dp = store.query(MetricQuery.of(NS, "Duration", DIMS, t0, end, 60, "p90"))[0]
+    assert dp.sample_count == len(values)
+
+
+def test_counts_of_zero_and_one_stay_exact_after_packing() -> None:
+    t0 = _base()
+    store = MetricStore()
+    flags = [1.0 if i % 7 == 0 else 0.0 for i in range(700)]
+    for i, f in enumerate(flags):
+        store.record(NS, "Errors", {"FunctionName": "api"}, f, "Count", ts=t0 + i / 100)
+    store.flush(now=t0 + 100)
+    q = MetricQuery.of(NS, "Errors", {"FunctionName": "api"}, t0, t0 + 60, 60, "Sum")
+    assert store.query(q)[0].value == sum(flags)
+    assert store.query(q)[0].sample_count == 700
+
+
+def test_periods_are_aligned_to_epoch_and_window_is_half_open() -> None:
+    t0 = _base(60)
+    store = MetricStore()
+    for s in range(180):  # one sample per second over three aligned minutes
+        store.record(NS, "Invocations", DIMS, 1, "Count", ts=t0 + s + 0.5)
+    q = MetricQuery.of(NS, "Invocations", DIMS, t0, t0 + 180, 60, "Sum")
+    assert [(d.timestamp, d.value) for d in store.query(q)] == [(t0, 60), (t0 + 60, 60), (t0 + 120, 60)]
+    # a window that starts mid-period: the first datapoint keeps its aligned stamp, holds only [start, ...)
+    q = MetricQuery.of(NS, "Invocations", DIMS, t0 + 30, t0 + 150, 60, "Sum")
+    assert [(d.timestamp, d.value) for d in store.query(q)] == [(t0, 30), (t0 + 60, 60), (t0 + 120, 30)]
+    # end is exclusive, period 1 gives per-second datapoints
+    q = MetricQuery.of(NS, "Invocations", DIMS, t0 + 10, t0 + 13, 1, "SampleCount")
+    assert [d.timestamp for d in store.query(q)] == [t0 + 10, t0 + 11, t0 + 12]
+    # a 7 s period is aligned to multiples of 7 since the epoch, not to the window
+    q = MetricQuery.of(NS, "Invocations", DIMS, t0, t0 + 180, 7, "Sum")
+    assert all(d.timestamp % 7 == 0 for d in store.query(q))
+    assert sum(d.value for d in store.query(q)) == 180
+
+
+def test_only_periods_with_samples_are_returned() -> None:
+    t0 = _base(10)
+    store = MetricStore()
+    store.record(NS, "Errors", DIMS, 1, "Count", ts=t0 + 1)
+    store.record(NS, "Errors", DIMS, 1, "Count", ts=t0 + 95)
+    q = MetricQuery.of(NS, "Errors", DIMS, t0, t0 + 100, 10, "Sum")
+    assert [d.timestamp for d in store.query(q)] == [t0, t0 + 90]
+    q = MetricQuery.of(NS, "Errors", DIMS, t0 + 20, t0 + 80, 10, "Sum")
+    assert store.query(q) == []
+    assert store.query(MetricQuery.of(NS, "Errors", DIMS, 0, time.time() + 10, 60, "Sum"))  # huge window
+
+
+def test_dimensions_match_exactly() -> None:
+    t0 = _base()
+    store = MetricStore()
+    store.record(NS, "Invocations", {"FunctionName": "api"}, 1, "Count", ts=t0)
+    store.record(NS, "Invocations", {"FunctionName": "api", "ExecutedVersion": "2"}, 1, "Count", ts=t0)
+    store.record(NS, "Invocations", {"FunctionName": "api", "ExecutedVersion": "2"}, 1, "Count", ts=t0)
+    store.record(NS, "Invocations", {"FunctionName": "worker"}, 1, "Count", ts=t0)
+
+    def total(dims: dict) -> float:
+        q = MetricQuery.of(NS, "Invocations", dims, t0, t0 + 60, 60, "Sum")
+        return sum(d.value for d in store.query(q))
+
+    assert total({"FunctionName": "api"}) == 1
+    assert total({"ExecutedVersion": "2", "FunctionName": "api"}) == 2  # key order does not matter
+    assert total({"FunctionName": "api", "ExecutedVersion": 2}) == 2  # values compare as strings
+    assert total({"FunctionName": "worker"}) == 1
+    assert total({}) == 0
+    assert total({"ExecutedVersion": "2"}) == 0
+    assert store.list_metrics(NS) == [  # sorted
+        (NS, "Invocations", {"ExecutedVersion": "2", "FunctionName": "api"}),
+        (NS, "Invocations", {"FunctionName": "api"}),
+        (NS, "Invocations", {"FunctionName": "worker"}),
+    ]
+    assert store.list_metrics("AWS/SQS") == []
+
+
+def test_bad_statistic_or_period_is_a_usage_error() -> None:
+    store = MetricStore()
+    store.record(NS, "Duration", DIMS, 1.0)
+    for stat in ("Median", "p101", "tm99", "sum"):
+        with pytest.raises(UsageError, match="statistic"):
+            store.query(MetricQuery.of(NS, "Duration", DIMS, 0, time.time() + 1, 60, stat))
+    with pytest.raises(UsageError, match="period"):
+        store.query(MetricQuery.of(NS, "Duration", DIMS, 0, time.time() + 1, 0, "Sum"))
+
+
+def test_metrics_survive_a_new_store_on_the_same_db(tmp_path) -> None:
+    db = tmp_path / "platform.db"
+    t0 = int(time.time()) - 30
+    rnd = random.Random(3)
+    values = [rnd.random() * 100 for _ in range(300)]
+    a = MetricStore(db)
+    for i, v in enumerate(values[:200]):
+        a.record(NS, "Duration", DIMS, v, "Milliseconds", ts=t0 + i * 0.1)
+    a.flush(now=t0 + 1)  # some seconds still open: their samples so far are written, the rest later
+    for i, v in enumerate(values[200:], start=200):
+        a.record(NS, "Duration", DIMS, v, "Milliseconds", ts=t0 + i * 0.1)
+    a.record(NS, "Duration", DIMS, 42.0, "Milliseconds", ts=t0 + 2.5)  # late sample for a written second
+    a.flush()
+    a.flush()  # nothing new: writes nothing
+    expected = values + [42.0]
+    b = MetricStore(db)
+    for stat, want in (
+        ("SampleCount", len(expected)),
+        ("Sum", float(np.sum(expected))),
+        ("Maximum", max(expected)),
+        ("p90", float(np.percentile(expected, 90))),
+    ):
+        for store in (a, b):
+            assert _one(store, stat, t0, t0 + 60) == pytest.approx(want, rel=1e-12), stat
+    per_second = MetricQuery.of(NS, "Duration", DIMS, t0, t0 + 60, 1, "SampleCount")
+    assert store.query(per_second) == a.query(per_second)
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"m_datapoints"}
+    b.close()
+
+
+def test_retention_drops_old_samples_in_memory_and_on_disk(tmp_path) -> None:
+    db = tmp_path / "platform.db"
+    now = time.time()
+    a = MetricStore(db, retention=60)
+    a.record(NS, "Invocations", DIMS, 1, "Count", ts=now - 3600)  # already past retention
+    a.record(NS, "Invocations", DIMS, 1, "Count", ts=now - 5)
+    a.flush(now=now)
+    q = MetricQuery.of(NS, "Invocations", DIMS, 0, now + 1, 60, "SampleCount")
+    assert sum(d.value for d in a.query(q)) == 1
+    assert sum(d.value for d in MetricStore(db, retention=60).query(q)) == 1
+    old = sqlite3.connect(db).execute("SELECT count(*) FROM m_datapoints WHERE ts < ?", (now - 60,))
+    assert old.fetchone() == (0,)
+
+
+def test_concurrent_record_and_flush_lose_nothing(tmp_path) -> None:
+    db = tmp_path / "platform.db"
+    store = MetricStore(db)
+    stop = threading.Event()
+
+    def flusher() -> None:
+        while not stop.is_set():
+            store.flush()
+
+    def writer(k: int) -> None:
+        for _ in range(5000):
+            store.record(NS, "Invocations", {"FunctionName": f"f{k % 2}"}, 1, "Count")
+
+    f = threading.Thread(target=flusher)
+    f.start()
+    writers = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    f.join()
+    store.flush()
+    q0 = MetricQuery.of(NS, "Invocations", {"FunctionName": "f0"}, 0, time.time() + 5, 3600, "Sum")
+    q1 = MetricQuery.of(NS, "Invocations", {"FunctionName": "f1"}, 0, time.time() + 5, 3600, "Sum")
+    for s in (store, MetricStore(db)):
+        assert sum(d.value for d in s.query(q0)) == 20000
+        assert sum(d.value for d in s.query(q1)) == 20000
+
+
+def test_prometheus_output_parses_with_last_minute_and_totals() -> None:
+    now = time.time()
+    store = MetricStore()
+    for i in range(10):
+        store.record(NS, "Invocations", {"FunctionName": "api"}, 1, "Count", ts=now - 120 + i)  # older
+    for i in range(5):
+        store.record(NS, "Invocations", {"FunctionName": "api"}, 1, "Count", ts=now - 10 + i)
+        store.record("AWS/ApiGateway", "Latency", {"ApiName": "sda", "Stage": "prod"}, 10.0 * i, "ms")
+    store.record("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "q"}, 7, "Count", ts=now - 2)
+    store.record("AWS/SQS", "ApproximateNumberOfMessagesVisible", {"QueueName": "q"}, 3, "Count", ts=now - 1)
+    text = store.prometheus(now=now)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    api = (("FunctionName", "api"),)
+    assert samples[("backout_aws_lambda_invocations_last_minute_sum", api)] == 5
+    assert samples[("backout_aws_lambda_invocations_last_minute_count", api)] == 5
+    assert samples[("backout_aws_lambda_invocations_total", api)] == 15
+    assert samples[("backout_aws_lambda_invocations_samples_total", api)] == 15
+    gw = (("ApiName", "sda"), ("Stage", "prod"))
+    assert samples[("backout_aws_api_gateway_latency_last_minute_sum", gw)] == 100.0
+    assert samples[("backout_aws_sqs_approximate_number_of_messages_visible", (("QueueName", "q"),))] == 3
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["backout_aws_lambda_invocations"] == "counter"
+    assert families["backout_aws_sqs_approximate_number_of_messages_visible"] == "gauge"
+
+
+def test_prometheus_names() -> None:
+    assert prometheus_name("AWS/Lambda", "Invocations") == "backout_aws_lambda_invocations"
+    assert prometheus_name("AWS/ApiGateway", "5XXError") == "backout_aws_api_gateway_5xx_error"
+    assert prometheus_name("Backout", "DeadLetterArrivals") == "backout_backout_dead_letter_arrivals"
