@@ -376,15 +376,17 @@ class QueueStore:
             dlq, max_rc = q["dead_letter_queue"], q["max_receive_count"]
             out: list[Message] = []
             moved = 0
+            after = -1  # rows taken or moved here may still match (visibility 0): never look back
             while len(out) < max_messages:
                 rows = c.execute(
                     f"SELECT {_MSG_COLS} FROM q_messages INDEXED BY q_messages_order"
-                    " WHERE queue = ? AND visible_at <= ? ORDER BY seq LIMIT ?",
-                    (queue, now, max_messages - len(out)),
+                    " WHERE queue = ? AND visible_at <= ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (queue, now, after, max_messages - len(out)),
                 ).fetchall()
                 if not rows:
                     break
                 for seq, mid, body, attrs_json, sent_at, rc, first, last_error in rows:
+                    after = seq
                     if dlq is not None and max_rc is not None and rc >= max_rc:
                         _move_to_dlq(c, seq, queue, dlq, attrs_json, last_error, now)
                         moved += 1
