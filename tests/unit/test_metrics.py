@@ -137,7 +137,7 @@ def test_bad_statistic_or_period_is_a_usage_error() -> None:
 
 def test_metrics_survive_a_new_store_on_the_same_db(tmp_path) -> None:
     db = tmp_path / "platform.db"
-    t0 = int(time.time()) - 30
+    t0 = _base()
     rnd = random.Random(3)
     values = [rnd.random() * 100 for _ in range(300)]
     a = MetricStore(db)
