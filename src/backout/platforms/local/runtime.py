@@ -1,0 +1,539 @@
+"""Run a function version's handler in warm worker processes, as Lambda does.
+
+Each (function, version) has its own pool of worker processes (`worker.py`), each one importing
+that release's code first on its sys.path, so two versions of the same module run side by side.
+A worker handles one invocation at a time; idle ones are reused, new ones start on demand. The
+parent enforces what Lambda enforces: the function's timeout (the worker is killed and
+replaced), a worker that dies mid-invocation (Runtime.ExitError), and per-function concurrency
+(TooManyRequestsException, returned at once). Every invocation records Lambda's metrics into a
+sink, plus the CloudWatch EMF metrics the handler printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+from backout.errors import OperationFailed, UsageError
+from backout.manifest import FunctionSpec, Manifest
+from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, InvokeResult
+from backout.platforms.local.releases import Releases
+
+log = logging.getLogger(__name__)
+
+INIT_TIMEOUT = 60.0  # seconds a worker may take to import its handler
+STOP_GRACE = 2.0  # seconds a worker gets to exit after its connection closes
+THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."}
+_WORKER_MODULE = "backout.platforms.local.worker"
+# The directory that makes `backout` importable, for workers started from a checkout.
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[3])
+
+
+class MetricSink(Protocol):
+    def record(
+        self, namespace: str, metric: str, dimensions: dict[str, str], value: float, unit: str, ts: float
+    ) -> None: ...
+
+
+class FunctionInitError(OperationFailed):
+    """A version's handler cannot start (import error, bad BACKOUT_FAULT, …)."""
+
+    def __init__(self, function: str, version: int, error: dict[str, Any]) -> None:
+        self.function, self.version, self.error = function, version, error
+        kind, message = error.get("errorType"), error.get("errorMessage")
+        super().__init__(f"{function} v{version} failed to initialise: {kind}: {message}")
+
+
+class RuntimeClosed(OperationFailed):
+    """The runtime is shutting down and takes no new invocations."""
+
+
+class _InitFailed(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("errorMessage"))
+        self.error = error
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "pool")
+
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, pool: _Pool) -> None:
+        self.proc, self.conn, self.pool = proc, conn, pool
+
+    def kill(self) -> int:
+        """SIGKILL the worker and anything it started (it leads its own session)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        rc = self.proc.wait()
+        self.conn.close()
+        return rc
+
+    def stop(self) -> None:
+        """Close the connection (the worker exits on EOF); kill it if it lingers."""
+        self.conn.close()
+        try:
+            self.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class _Pool:
+    """The workers of one (function, version)."""
+
+    def __init__(
+        self, fn: str, version: int, spec: FunctionSpec, env: dict[str, str], code_dir: Path, log_path: Path
+    ) -> None:
+        self.fn, self.version, self.spec = fn, version, spec
+        self.env, self.code_dir, self.log_path = env, code_dir, log_path
+        self.idle: list[_Worker] = []
+        self.live: set[_Worker] = set()  # idle + busy
+        self.starting = 0
+        self.target = 0  # workers kept warm (replaced when one dies)
+        self.retired = False
+
+
+class Runtime:
+    """Warm worker processes for every function version that is invoked or warmed."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        state_dir: Path,
+        releases: Releases,
+        sink: MetricSink,
+        extra_env: dict[str, str] | None = None,
+        max_concurrency: int = 16,
+    ) -> None:
+        self.manifest = manifest
+        self.state_dir = Path(state_dir)
+        self.releases = releases
+        self.sink = sink
+        self.extra_env = dict(extra_env or {})
+        self.max_concurrency = max_concurrency
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._inflight = {fn: 0 for fn in manifest.functions}
+        self._total_inflight = 0
+        self._closing = False
+
+    # -- invoking ------------------------------------------------------------------------------
+
+    def invoke(self, fn: str, version: int, event: Any, via_alias: bool = False) -> InvokeResult:
+        """Run one event on `version` of `fn` and wait for the result (thread-safe)."""
+        spec = self._spec(fn)
+        pool = self._pool(fn, version)
+        try:
+            event_json = json.dumps(event)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{fn}: event is not JSON: {e}") from None
+        rid = str(uuid.uuid4())
+        limit = spec.reserved_concurrency if spec.reserved_concurrency is not None else self.max_concurrency
+        worker: _Worker | None = None
+        dead: list[_Worker] = []
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is shutting down")
+            concurrent = self._inflight[fn]
+            if concurrent >= limit:
+                throttled = True
+            else:
+                throttled = False
+                concurrent += 1
+                self._inflight[fn] = concurrent
+                self._total_inflight += 1
+                pool.retired = False
+                while pool.idle and worker is None:
+                    worker = pool.idle.pop()
+                    if worker.proc.poll() is not None:  # died while idle (e.g. OOM-killed): skip it
+                        pool.live.discard(worker)
+                        dead.append(worker)
+                        worker = None
+                if worker is None:
+                    pool.starting += 1
+        for w in dead:
+            w.conn.close()
+        if throttled:
+            self._record(fn, version, via_alias, concurrent, throttled=True)
+            return InvokeResult(fn, version, rid, dict(THROTTLED), throttled=True)
+        emf: list[dict[str, Any]] = []
+        try:
+            if worker is None:
+                worker, init_error = self._start_for_invoke(pool)
+            if worker is None:
+                payload, error, duration = init_error, "Unhandled", 0.0
+            else:
+                payload, error, duration, emf = self._call(worker, rid, event_json, spec.timeout)
+        finally:
+            with self._lock:
+                self._inflight[fn] -= 1
+                self._total_inflight -= 1
+                self._changed.notify_all()
+        self._record(fn, version, via_alias, concurrent, error=error is not None, duration=duration)
+        if emf:
+            self._record_emf(emf)
+        return InvokeResult(fn, version, rid, payload, error=error, duration_ms=duration)
+
+    def _start_for_invoke(self, pool: _Pool) -> tuple[_Worker | None, dict[str, Any]]:
+        """A cold start inside an invocation: the worker, or (None, the init error)."""
+        try:
+            w = self._spawn(pool)
+        except _InitFailed as e:
+            with self._lock:
+                pool.starting -= 1
+                self._changed.notify_all()
+            return None, e.error
+        with self._lock:
+            pool.starting -= 1
+            pool.live.add(w)
+            self._changed.notify_all()
+        return w, {}
+
+    def _call(
+        self, w: _Worker, rid: str, event_json: str, timeout: float
+    ) -> tuple[Any, str | None, float, list[dict[str, Any]]]:
+        """Send one request; (payload, error, duration_ms, emf docs). Always leaves `w` idle or gone."""
+        deadline = time.time() + timeout
+        request = f'{{"request_id": "{rid}", "deadline": {deadline!r}, "event": {event_json}}}'.encode()
+        start = time.perf_counter()
+        try:
+            w.conn.send_bytes(request)
+            if w.conn.poll(timeout):
+                msg = json.loads(w.conn.recv_bytes())
+            else:
+                w.kill()
+                self._discard(w)
+                shape = _error("Task timed out", f"{rid} Task timed out after {timeout:.2f} seconds")
+                return shape, "Unhandled", timeout * 1000.0, []
+        except (EOFError, OSError):
+            rc = self._reap(w)
+            self._discard(w)
+            why = f"RequestId: {rid} Error: Runtime exited with error: {_exit_reason(rc)}"
+            return _error("Runtime.ExitError", why), "Unhandled", (time.perf_counter() - start) * 1000.0, []
+        self._release(w)
+        duration = float(msg.get("duration_ms", 0.0))
+        if "error" in msg:
+            return msg["error"], "Unhandled", duration, msg.get("emf") or []
+        return msg.get("payload"), None, duration, msg.get("emf") or []
+
+    @staticmethod
+    def _reap(w: _Worker) -> int:
+        try:
+            rc = w.proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            rc = w.kill()
+        w.conn.close()
+        return rc
+
+    # -- worker lifecycle ----------------------------------------------------------------------
+
+    def _spawn(self, pool: _Pool) -> _Worker:
+        """Start one worker and wait until it has imported the handler."""
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(pool.env)
+        env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{time.strftime('%Y/%m/%d')}/[{pool.version}]{uuid.uuid4().hex}"
+        try:
+            pool.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(pool.log_path, "ab") as logf:
+                proc = subprocess.Popen(
+                    [sys.executable, "-P", "-m", _WORKER_MODULE, str(child_sock.fileno())],
+                    pass_fds=(child_sock.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    env=env,
+                    cwd=pool.code_dir,
+                    start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor, not each worker
+                )
+        except OSError as e:
+            parent_sock.close()
+            raise _InitFailed(_error("Runtime.StartError", str(e), trace=True)) from e
+        finally:
+            child_sock.close()
+        w = _Worker(proc, Connection(parent_sock.detach()), pool)
+        try:
+            if not w.conn.poll(INIT_TIMEOUT):
+                w.kill()
+                why = f"handler {pool.spec.handler} did not initialise within {INIT_TIMEOUT:.0f}s"
+                raise _InitFailed(_error("Runtime.InitTimeout", why, trace=True))
+            msg = json.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            rc = self._reap(w)
+            why = f"Runtime exited during init: {_exit_reason(rc)} (see {pool.log_path})"
+            raise _InitFailed(_error("Runtime.ExitError", why, trace=True)) from None
+        if msg.get("type") != "ready":
+            self._reap(w)
+            raise _InitFailed(msg.get("error") or _error("Runtime.Unknown", str(msg), trace=True))
+        return w
+
+    def _release(self, w: _Worker) -> None:
+        """An invocation finished: keep the worker warm, or stop it if its version was retired."""
+        pool = w.pool
+        with self._lock:
+            keep = not (pool.retired or self._closing)
+            if keep:
+                pool.idle.append(w)
+            else:
+                pool.live.discard(w)
+            self._changed.notify_all()
+        if not keep:
+            w.stop()
+
+    def _discard(self, w: _Worker) -> None:
+        """A worker died or was killed: forget it and start a replacement if the pool is kept warm."""
+        pool = w.pool
+        with self._lock:
+            pool.live.discard(w)
+            replace = not (pool.retired or self._closing) and pool.target > len(pool.live) + pool.starting
+            if replace:
+                pool.starting += 1
+            self._changed.notify_all()
+        if replace:
+            threading.Thread(target=self._replace, args=(pool,), daemon=True, name="worker-replace").start()
+
+    def _replace(self, pool: _Pool) -> None:
+        try:
+            self._start_idle(pool)
+        except _InitFailed as e:
+            log.warning("%s v%s: replacement worker failed: %s", pool.fn, pool.version, e)
+
+    def _start_idle(self, pool: _Pool) -> _Worker:
+        """Start a worker into the idle list (its `pool.starting` slot is already reserved)."""
+        try:
+            w = self._spawn(pool)
+        except _InitFailed:
+            with self._lock:
+                pool.starting -= 1
+                self._changed.notify_all()
+            raise
+        with self._lock:
+            pool.starting -= 1
+            keep = not (pool.retired or self._closing)
+            if keep:
+                pool.live.add(w)
+                pool.idle.append(w)
+            self._changed.notify_all()
+        if not keep:
+            w.stop()
+        return w
+
+    def warm(self, fn: str, version: int, count: int = 1) -> None:
+        """Make sure `count` workers of `version` run (and are replaced if they die); returns once
+        they answered ready. FunctionInitError if the handler cannot start."""
+        pool = self._pool(fn, version)
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is shutting down")
+            pool.retired = False
+            pool.target = max(pool.target, count)
+            need = max(0, count - len(pool.live) - pool.starting)
+            pool.starting += need
+        errors: list[dict[str, Any]] = []
+
+        def start() -> None:
+            try:
+                self._start_idle(pool)
+            except _InitFailed as e:
+                errors.append(e.error)
+
+        threads = [threading.Thread(target=start, daemon=True) for _ in range(need - 1)]
+        for t in threads:
+            t.start()
+        if need:
+            start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise FunctionInitError(fn, version, errors[0])
+        with self._lock:  # others may still be starting the workers we counted on
+            self._changed.wait_for(lambda: pool.live or not pool.starting, INIT_TIMEOUT)
+            missing = not pool.live
+            if missing:
+                pool.starting += 1
+        if missing:
+            try:
+                self._start_idle(pool)
+            except _InitFailed as e:
+                raise FunctionInitError(fn, version, e.error) from None
+
+    def is_warm(self, fn: str, version: int) -> bool:
+        self._spec(fn)
+        pool = self._pools.get((fn, version))
+        return bool(pool is not None and pool.live and not pool.retired)
+
+    def retire(self, fn: str, version: int) -> None:
+        """Stop `version`'s idle workers now; busy ones stop when their invocation finishes."""
+        self._spec(fn)
+        pool = self._pools.get((fn, version))
+        if pool is None:
+            return
+        with self._lock:
+            pool.retired = True
+            pool.target = 0
+            idle, pool.idle = pool.idle, []
+            pool.live.difference_update(idle)
+            self._changed.notify_all()
+        for w in idle:
+            w.stop()
+
+    def warm_versions(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        with self._lock:
+            for (fn, version), pool in self._pools.items():
+                if pool.live and not pool.retired:
+                    out.setdefault(fn, []).append(version)
+        return {fn: sorted(vs) for fn, vs in sorted(out.items())}
+
+    def close(self, drain_timeout: float = 10) -> None:
+        """Stop taking invocations, let in-flight ones finish (up to `drain_timeout`), stop every worker."""
+        with self._lock:
+            self._closing = True
+            self._changed.wait_for(lambda: self._total_inflight == 0, drain_timeout)
+            idle = [w for p in self._pools.values() for w in p.idle]
+            busy = [w for p in self._pools.values() for w in p.live if w not in p.idle]
+            for p in self._pools.values():
+                p.idle = []
+                p.live.difference_update(idle)
+        for w in busy:  # past the drain timeout: their invocations end as Runtime.ExitError
+            try:
+                os.killpg(w.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for w in idle:
+            w.conn.close()
+        deadline = time.monotonic() + STOP_GRACE
+        for w in idle:
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.kill()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _spec(self, fn: str) -> FunctionSpec:
+        spec = self.manifest.functions.get(fn)
+        if spec is None:
+            known = ", ".join(sorted(self.manifest.functions))
+            raise UsageError(f"unknown function {fn!r} (functions: {known})")
+        return spec
+
+    def _pool(self, fn: str, version: int) -> _Pool:
+        pool = self._pools.get((fn, version))
+        if pool is not None:
+            return pool
+        spec = self._spec(fn)
+        info = self.releases.get(version)
+        code_dir = self.releases.code_dir(version)
+        env = dict(os.environ)
+        env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
+        env.update(spec.environment)
+        env.update(self.extra_env)
+        env.update(info.environment)
+        env.update(
+            {
+                "AWS_LAMBDA_FUNCTION_NAME": fn,
+                "AWS_LAMBDA_FUNCTION_VERSION": str(version),
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn}",
+                "_HANDLER": spec.handler,
+                "LAMBDA_TASK_ROOT": str(code_dir),
+            }
+        )
+        env.setdefault("AWS_REGION", "local")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, os.environ.get("PYTHONPATH")) if p)
+        log_path = self.state_dir / "logs" / fn / f"v{version}.log"
+        with self._lock:
+            return self._pools.setdefault((fn, version), _Pool(fn, version, spec, env, code_dir, log_path))
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        fn: str,
+        version: int,
+        via_alias: bool,
+        concurrent: int,
+        *,
+        throttled: bool = False,
+        error: bool = False,
+        duration: float = 0.0,
+    ) -> None:
+        ts = time.time()
+        dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": str(version)}]
+        if via_alias:
+            dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
+        if throttled:
+            values = [("Throttles", 1.0, "Count")]
+        else:
+            values = [
+                ("Invocations", 1.0, "Count"),
+                ("Errors", float(error), "Count"),
+                ("Duration", duration, "Milliseconds"),
+            ]
+        values.append(("ConcurrentExecutions", float(concurrent), "Count"))
+        try:
+            for dims in dimsets:
+                for metric, value, unit in values:
+                    self.sink.record(NS_LAMBDA, metric, dict(dims), value, unit, ts)
+        except Exception:
+            log.exception("metric sink failed")
+
+    def _record_emf(self, docs: list[dict[str, Any]]) -> None:
+        """Each metric of each EMF document under its namespace and every declared dimension set."""
+        for doc in docs:
+            try:
+                aws = doc["_aws"]
+                ts = float(aws.get("Timestamp", time.time() * 1000.0)) / 1000.0
+                for directive in aws["CloudWatchMetrics"]:
+                    namespace = directive.get("Namespace", "aws-embedded-metrics")
+                    dimsets = directive.get("Dimensions") or [[]]
+                    for m in directive.get("Metrics", []):
+                        name = m["Name"]
+                        raw = doc.get(name)
+                        if raw is None:
+                            continue
+                        values = raw if isinstance(raw, list) else [raw]
+                        for keys in dimsets:
+                            dims = {k: str(doc[k]) for k in keys if k in doc}
+                            for v in values:
+                                self.sink.record(namespace, name, dims, float(v), m.get("Unit", "None"), ts)
+            except Exception:
+                log.exception("bad EMF document from a handler: %.200s", doc)
+
+
+def _error(error_type: str, message: str, trace: bool = False) -> dict[str, Any]:
+    """Lambda's error shape for errors the runtime (not the handler) produces."""
+    shape: dict[str, Any] = {"errorType": error_type, "errorMessage": message}
+    if trace:
+        shape["stackTrace"] = []
+    return shape
+
+
+def _exit_reason(rc: int | None) -> str:
+    if rc is None:
+        return "unknown"
+    if rc < 0:
+        try:
+            return f"signal: {signal.strsignal(-rc) or signal.Signals(-rc).name}".lower()
+        except ValueError:
+            return f"signal: {-rc}"
+    return f"exit status {rc}"

@@ -1,0 +1,324 @@
+"""A warm worker process: one function version's handler, invoked one event at a time (like Lambda).
+
+Started by `runtime.py` as `python -P -m backout.platforms.local.worker FD`, where FD is this
+process's end of a socketpair. Configuration comes from Lambda's own environment variables
+(_HANDLER, LAMBDA_TASK_ROOT, AWS_LAMBDA_FUNCTION_NAME, …). Messages are JSON, framed by
+multiprocessing's Connection:
+
+    worker → parent   {"type": "ready", "pid", "init_ms"}  |  {"type": "init_error", "error": shape}
+    parent → worker   {"request_id", "event", "deadline"}        (deadline: epoch seconds)
+    worker → parent   {"request_id", "payload" | "error": shape, "emf": [...], "duration_ms"}
+
+The parent closing its end stops the worker. This module imports only the stdlib before the
+handler is loaded, so a warm worker of a trivial handler stays small (backout, pydantic and
+friends are never imported here).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+# -- stdout: a line-buffered tee that keeps CloudWatch EMF lines ------------------------------------
+
+
+class EmfTee(io.TextIOBase):
+    """sys.stdout for the handler: each line goes to fd 1 (the version's log file) at once, and lines
+    that are CloudWatch Embedded Metric Format documents are kept for the current invocation."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._partial = ""
+        self._lock = threading.Lock()  # a handler's threads may print at the same time
+        self.emf: list[dict[str, Any]] = []
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "backslashreplace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        with self._lock:
+            if "\n" not in s:
+                self._partial += s
+                return len(s)
+            head, _, self._partial = (self._partial + s).rpartition("\n")
+            _write_all(self._fd, (head + "\n").encode("utf-8", "backslashreplace"))
+            if '"_aws"' in head:
+                for line in head.split("\n"):
+                    self._keep_emf(line)
+        return len(s)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                text, self._partial = self._partial, ""
+                _write_all(self._fd, text.encode("utf-8", "backslashreplace"))
+
+    def _keep_emf(self, line: str) -> None:
+        line = line.strip()
+        if not (line.startswith("{") and '"_aws"' in line):
+            return
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and isinstance(doc.get("_aws"), dict) and "CloudWatchMetrics" in doc["_aws"]:
+            self.emf.append(doc)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# -- fault injection for rollback drills ----------------------------------------------------------
+
+
+class Faults:
+    """BACKOUT_FAULT, e.g. `errors=0.5,latency=3s`: failures a drill injects through a release's
+    environment alone, so any service can be made to fail without a code change."""
+
+    def __init__(self, spec: str) -> None:
+        self.error_rate = 0.0
+        self.latency = 0.0
+        self.crash = False
+        self.dlq = False
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            key, _, value = part.partition("=")
+            key = key.strip().lower()
+            if key == "errors":
+                self.error_rate = float(value) if value else 1.0
+                if not 0.0 <= self.error_rate <= 1.0:
+                    raise ValueError(f"errors={value}: a probability between 0 and 1")
+            elif key == "latency":
+                self.latency = _seconds(value)
+            elif key == "crash" and not value:
+                self.crash = True
+            elif key == "dlq" and not value:
+                self.dlq = True
+            else:
+                raise ValueError(f"unknown fault {part!r} (use errors=P, latency=3s, crash, dlq)")
+
+    def before(self, event: Any) -> None:
+        if self.latency:
+            time.sleep(self.latency)
+        if self.crash:
+            sys.stderr.write("[ERROR] injected crash (BACKOUT_FAULT=crash)\n")
+            os._exit(1)
+        if self.error_rate and random.random() < self.error_rate:
+            raise RuntimeError("injected fault")
+        if self.dlq and _is_queue_event(event):
+            raise RuntimeError("injected fault: queue message rejected (BACKOUT_FAULT=dlq)")
+
+
+def _seconds(value: str) -> float:
+    v = value.strip().lower()
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if v.endswith(suffix):
+            return float(v[: -len(suffix)]) * factor
+    return float(v)
+
+
+def _is_queue_event(event: Any) -> bool:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return isinstance(records, list) and any(
+        isinstance(r, dict) and r.get("eventSource") == "aws:sqs" for r in records
+    )
+
+
+# -- the Lambda context -----------------------------------------------------------------------------
+
+
+class LambdaContext:
+    """What Lambda passes as `context`."""
+
+    def __init__(self, request_id: str, deadline: float) -> None:
+        env = os.environ
+        self.function_name = env["AWS_LAMBDA_FUNCTION_NAME"]
+        self.function_version = env["AWS_LAMBDA_FUNCTION_VERSION"]
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:local:000000000000:function:{self.function_name}:{self.function_version}"
+        )
+        self.memory_limit_in_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        self.aws_request_id = request_id
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{self.function_name}")
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.identity = None
+        self.client_context = None
+        self._deadline = deadline
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+
+def error_shape(exc: BaseException) -> dict[str, Any]:
+    """Lambda's error payload for an unhandled exception."""
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_list(traceback.extract_tb(exc.__traceback__)),
+    }
+
+
+def _init_error(error_type: str, message: str, exc: BaseException | None = None) -> dict[str, Any]:
+    trace = traceback.format_list(traceback.extract_tb(exc.__traceback__)) if exc is not None else []
+    return {"errorType": error_type, "errorMessage": message, "stackTrace": trace}
+
+
+# -- the worker -------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, conn: Connection, tee: EmfTee) -> None:
+        self.conn = conn
+        self.tee = tee
+        self.handler: Any = None
+        self.faults = Faults("")
+        self.version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        self.max_rss = 0
+
+    def init(self) -> dict[str, Any] | None:
+        """Load the handler; the Lambda-shaped error if it cannot be loaded."""
+        spec = os.environ.get("_HANDLER", "")
+        mod, _, attr = spec.rpartition(".")
+        try:
+            self.faults = Faults(os.environ.get("BACKOUT_FAULT", ""))
+        except ValueError as e:
+            return _init_error("Runtime.InvalidFault", f"BACKOUT_FAULT: {e}")
+        try:
+            module = importlib.import_module(mod)
+        except ImportError as e:
+            return _init_error("Runtime.ImportModuleError", f"Unable to import module '{mod}': {e}", e)
+        except SyntaxError as e:
+            return _init_error("Runtime.UserCodeSyntaxError", f"Syntax error in module '{mod}': {e}", e)
+        except Exception as e:
+            return error_shape(e)
+        handler = getattr(module, attr, None)
+        if not callable(handler):
+            return _init_error("Runtime.HandlerNotFound", f"Handler '{attr}' missing on module '{mod}'")
+        self.handler = handler
+        return None
+
+    def invoke(self, req: dict[str, Any]) -> bytes:
+        rid = req["request_id"]
+        event = req.get("event")
+        tee = self.tee
+        tee.emf = []
+        _write_all(1, f"START RequestId: {rid} Version: {self.version}\n".encode())
+        start = time.perf_counter()
+        body: dict[str, Any] = {"request_id": rid}
+        try:
+            self.faults.before(event)
+            body["payload"] = self.handler(event, LambdaContext(rid, float(req["deadline"])))
+        except Exception as e:
+            body["error"] = error_shape(e)
+            tee.flush()
+            sys.stderr.write(f"[ERROR] {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        duration = (time.perf_counter() - start) * 1000.0
+        tee.flush()
+        self.max_rss = max(self.max_rss, _rss_mb())
+        _write_all(
+            1,
+            f"END RequestId: {rid}\nREPORT RequestId: {rid}\tDuration: {duration:.2f} ms\t"
+            f"Memory Size: {self.memory} MB\tMax Memory Used: {self.max_rss} MB\n".encode(),
+        )
+        body["emf"] = tee.emf
+        body["duration_ms"] = duration
+        try:
+            return json.dumps(body).encode()
+        except (TypeError, ValueError) as e:
+            body.pop("payload", None)
+            body["error"] = {
+                "errorType": "Runtime.MarshalError",
+                "errorMessage": f"Unable to marshal response: {e}",
+                "stackTrace": [],
+            }
+            sys.stderr.write(f"[ERROR] Runtime.MarshalError: {e}\n")
+            return json.dumps(body, default=str).encode()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                raw = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            out = self.invoke(json.loads(raw))
+            try:
+                self.conn.send_bytes(out)
+            except OSError:
+                return
+
+
+def _rss_mb() -> int:
+    """Resident memory now (ru_maxrss would include the parent's pages from before exec)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE // (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _isolate_sys_path(task_root: str) -> None:
+    """The release's code first; drop the project checkout that made backout importable, so a
+    handler imports its own release's modules and never the working copy's."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    checkout = None if os.path.basename(here) in ("site-packages", "dist-packages") else here
+    sys.path[:] = [task_root, *(p for p in sys.path if p and os.path.abspath(p) != checkout)]
+
+
+def main(argv: list[str]) -> None:
+    conn = Connection(int(argv[0]))
+    started = time.perf_counter()
+    task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
+    _isolate_sys_path(task_root)
+    tee = EmfTee(1)
+    sys.stdout = tee
+    worker = Worker(conn, tee)
+    err = worker.init()
+    tee.flush()
+    if err is not None:
+        sys.stderr.write(f"[ERROR] init failed: {err['errorType']}: {err['errorMessage']}\n")
+        conn.send_bytes(json.dumps({"type": "init_error", "error": err}).encode())
+        os._exit(1)
+    init_ms = (time.perf_counter() - started) * 1000.0
+    conn.send_bytes(json.dumps({"type": "ready", "pid": os.getpid(), "init_ms": init_ms}).encode())
+    worker.serve()
+    tee.flush()
+    sys.stderr.flush()
+    os._exit(0)  # don't wait for threads a handler may have left running
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
