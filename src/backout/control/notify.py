@@ -1,0 +1,288 @@
+"""Notifications through apprise: what happened, to which versions, why (value vs threshold),
+and the command that shows more.
+
+Delivery never blocks the caller: a rollback must not wait on Slack. `notify()` only renders the
+message and queues it; each target has its own background thread (so one dead or slow target
+delays nobody else) that sends with retries and exponential backoff, and logs every failure.
+A target receives a notification when its severity reaches the target's `min_severity`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apprise
+from apprise import NotifyFormat, NotifyType, PersistentStoreMode
+
+from backout.errors import UsageError
+from backout.manifest import NotifySpec
+
+log = logging.getLogger(__name__)
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+# kind → (default severity, title template). Templates see every Notification field plus
+# `where` ("[service/env]"), `arrow` ("v6 → v7"), `weight_pct` and `outcome`.
+_D = "{where} deployment {deployment_id}"
+KINDS: dict[str, tuple[str, str]] = {
+    "deployment_started": ("info", _D + " started: {arrow}"),
+    "step_reached": ("info", _D + ": {weight_pct} on v{target_version}"),
+    "succeeded": ("info", _D + " succeeded: v{target_version} serves 100 %"),
+    "rolled_back": ("critical", _D + " rolled back to v{stable_version}"),
+    "stopped": ("warning", _D + " stopped: {arrow}"),
+    "hook_failed": ("critical", _D + ": {hook} hook failed"),
+    "deadline_exceeded": ("critical", _D + " exceeded its progress deadline"),
+    "approval_needed": ("warning", _D + " waits for approval: {arrow}"),
+    "emergency_stop": ("critical", "{where} emergency stop"),
+    "incident_opened": ("critical", "{where} incident {incident_id} opened"),
+    "drill_result": ("info", "{where} rollback drill {outcome}"),
+}
+_NOTIFY_TYPE = {"info": NotifyType.INFO, "warning": NotifyType.WARNING, "critical": NotifyType.FAILURE}
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One thing worth telling people. `evidence` holds sentences of value against threshold
+    ("error rate 31.0 % (9/29) > 5 % over 60 s on worker v7"); `command` the CLI command that shows
+    the incident or deployment. `severity` defaults to the kind's."""
+
+    kind: str
+    environment: str
+    severity: str | None = None
+    deployment_id: str | None = None
+    stable_version: int | None = None
+    target_version: int | None = None
+    reason: str = ""
+    evidence: Sequence[str] = ()
+    command: str = ""
+    incident_id: str | None = None
+    weight: float | None = None  # step_reached: percent on the new version
+    hook: str = ""  # hook_failed: pre-traffic / post-traffic / its name
+    passed: bool | None = None  # drill_result
+    service: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # extra "key: value" lines in the body
+    ts: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown notification kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.severity is None:
+            sev = KINDS[self.kind][0]
+            if self.kind == "drill_result" and self.passed is False:
+                sev = "warning"
+            object.__setattr__(self, "severity", sev)
+        if self.severity not in SEVERITY_RANK:
+            raise ValueError(f"severity must be one of {', '.join(SEVERITY_RANK)}, not {self.severity!r}")
+        if isinstance(self.evidence, str):
+            object.__setattr__(self, "evidence", (self.evidence,))
+
+    @property
+    def title(self) -> str:
+        values = _Blank({k: v for k, v in self.__dict__.items() if v is not None})
+        values["where"] = f"[{self.service}/{self.environment}]" if self.service else f"[{self.environment}]"
+        values["arrow"] = (f"v{self.stable_version} → v{self.target_version}"
+                           if self.stable_version is not None else f"v{self.target_version}")
+        values["weight_pct"] = f"{self.weight:g} %" if self.weight is not None else "?"
+        values["outcome"] = {True: "passed", False: "FAILED", None: "finished"}[self.passed]
+        return KINDS[self.kind][1].format_map(values)
+
+    @property
+    def body(self) -> str:
+        lines: list[str] = []
+        if self.reason:
+            lines.append(f"Reason: {self.reason}")
+        if self.evidence:
+            lines.append("Evidence:")
+            lines.extend(f"  - {e}" for e in self.evidence)
+        if self.target_version is not None:
+            versions = f"stable v{self.stable_version}, " if self.stable_version is not None else ""
+            lines.append(f"Versions: {versions}new v{self.target_version}")
+        if self.deployment_id:
+            lines.append(f"Deployment: {self.deployment_id}")
+        if self.incident_id:
+            lines.append(f"Incident: {self.incident_id}")
+        for k, v in self.extra.items():
+            lines.append(f"{k}: {v}")
+        lines.append(f"Environment: {self.environment}   Severity: {self.severity}")
+        if self.command:
+            lines.append(f"Details: {self.command}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What became of one notification at one target (given to `on_result`, e.g. to store an event)."""
+
+    target: str  # the URL with secrets masked
+    notification: Notification
+    ok: bool
+    attempts: int
+    error: str = ""
+
+
+_STOP = object()
+
+
+class _Target:
+    """One apprise URL with its own queue and sender thread."""
+
+    def __init__(self, spec: NotifySpec, owner: Notifier) -> None:
+        self.spec = spec
+        self.owner = owner
+        self.apprise = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode=PersistentStoreMode.MEMORY))
+        plugin = apprise.Apprise.instantiate(spec.url, asset=self.apprise.asset)
+        if plugin is None:
+            raise UsageError(f"notify url {_mask(spec.url)!r} is not a URL apprise understands "
+                             "(see https://github.com/caronc/apprise/wiki)")
+        self.apprise.add(plugin)
+        self.name = plugin.url(privacy=True).split("?", 1)[0]  # secrets masked, defaults dropped
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=f"notify:{self.name[:40]}", daemon=True)
+        self.thread.start()
+
+    def wants(self, n: Notification) -> bool:
+        return SEVERITY_RANK[n.severity or "info"] >= SEVERITY_RANK[self.spec.min_severity]
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._deliver(item)
+            finally:
+                self.owner._done()
+
+    def _deliver(self, n: Notification) -> None:
+        o = self.owner
+        error = ""
+        for attempt in range(1, o.attempts + 1):
+            if o._closing.is_set() and attempt > 1:
+                log.error("notification %s to %s dropped at shutdown after %d attempt(s): %s",
+                          n.kind, self.name, attempt - 1, error)
+                o._report(DeliveryResult(self.name, n, False, attempt - 1, error or "shutdown"))
+                return
+            try:
+                ok = bool(self.apprise.notify(title=n.title, body=n.body, body_format=NotifyFormat.TEXT,
+                                              notify_type=_NOTIFY_TYPE[n.severity or "info"]))
+                error = "" if ok else "the service refused it or could not be reached"
+            except Exception as e:  # a plugin bug must not kill the sender thread
+                ok, error = False, f"{type(e).__name__}: {e}"
+            if ok:
+                log.info("notification %s delivered to %s (attempt %d)", n.kind, self.name, attempt)
+                o._report(DeliveryResult(self.name, n, True, attempt))
+                return
+            if attempt < o.attempts:
+                delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1))
+                log.warning("notification %s to %s failed (attempt %d of %d): %s; retrying in %.2f s",
+                            n.kind, self.name, attempt, o.attempts, error, delay)
+                o._closing.wait(delay)
+        log.error("notification %s to %s failed after %d attempts, giving up: %s",
+                  n.kind, self.name, o.attempts, error)
+        o._report(DeliveryResult(self.name, n, False, o.attempts, error))
+
+
+def _mask(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}://…" if sep and rest else url
+
+
+class Notifier:
+    """Sends notifications to the environment's apprise targets, in the background.
+
+    `attempts` tries per target with `backoff`, 2×`backoff`, 4×`backoff` … (capped at
+    `max_backoff`) seconds between them. `on_result` is called from the sender threads with each
+    final DeliveryResult. Invalid URLs raise UsageError here, at construction, not at send time."""
+
+    def __init__(
+        self,
+        targets: Sequence[NotifySpec],
+        *,
+        attempts: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        on_result: Callable[[DeliveryResult], None] | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.on_result = on_result
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._closing = threading.Event()
+        self._closed = False
+        self._targets: list[_Target] = []
+        try:
+            for spec in targets:
+                self._targets.append(_Target(spec, self))
+        except BaseException:
+            self.close(timeout=0)
+            raise
+
+    @property
+    def targets(self) -> list[str]:
+        """The target URLs, secrets masked (for logs and `backout status`)."""
+        return [t.name for t in self._targets]
+
+    def notify(self, n: Notification) -> int:
+        """Queue `n` for every target whose min_severity it reaches; returns how many. Never blocks,
+        never raises on delivery problems."""
+        if self._closed:
+            log.warning("notification %s after close: dropped", n.kind)
+            return 0
+        chosen = [t for t in self._targets if t.wants(n)]
+        if chosen:
+            with self._cond:
+                self._pending += len(chosen)
+            for t in chosen:
+                t.queue.put(n)
+        return len(chosen)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued notification is delivered or given up; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush for up to `timeout`, then stop the sender threads (pending retries are dropped, logged)."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._closing.set()
+        for t in self._targets:
+            t.queue.put(_STOP)
+        for t in self._targets:
+            t.thread.join(timeout=max(0.1, timeout))
+
+    def __enter__(self) -> Notifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _done(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            self._cond.notify_all()
+
+    def _report(self, result: DeliveryResult) -> None:
+        if self.on_result is None:
+            return
+        try:
+            self.on_result(result)
+        except Exception:
+            log.exception("notification on_result callback failed")

@@ -1,0 +1,199 @@
+"""Notifications delivered by apprise to a real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from backout.control.notify import KINDS, DeliveryResult, Notification, Notifier
+from backout.errors import UsageError
+from backout.manifest import NotifySpec
+
+EVIDENCE = "error rate 31.0 % (9/29) > 5 % over 60 s on worker v7"
+
+
+class Receiver:
+    """A webhook endpoint: records every JSON body; answers `fail_first` requests with 500."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.received: list[dict] = []
+        self.paths: list[str] = []
+        self.requests = 0
+        self.fail_first = fail_first
+        self.arrived = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests += 1
+                if outer.requests <= outer.fail_first:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                outer.received.append(json.loads(body))
+                outer.paths.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                outer.arrived.set()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "hooks/backout") -> str:
+        return f"json://127.0.0.1:{self.port}/{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def rolled_back() -> Notification:
+    return Notification(
+        kind="rolled_back", environment="prod", deployment_id="d-0007", stable_version=6, target_version=7,
+        reason="alarm error-rate:worker", evidence=[EVIDENCE], incident_id="INC-0003",
+        command="backout incident show INC-0003 --env prod", service="security-assistant",
+    )
+
+
+def test_rollback_notification_reaches_a_real_receiver_with_its_evidence(receiver: Receiver) -> None:
+    results: list[DeliveryResult] = []
+    with Notifier([NotifySpec(url=receiver.url())], on_result=results.append) as notifier:
+        assert notifier.notify(rolled_back()) == 1
+        assert notifier.flush(10)
+    (msg,) = receiver.received
+    assert receiver.paths == ["/hooks/backout"]
+    assert msg["type"] == "failure"  # critical
+    assert msg["title"] == "[security-assistant/prod] deployment d-0007 rolled back to v6"
+    assert EVIDENCE in msg["message"]
+    assert "Versions: stable v6, new v7" in msg["message"]
+    assert "backout incident show INC-0003 --env prod" in msg["message"]
+    assert "Reason: alarm error-rate:worker" in msg["message"]
+    assert [(r.ok, r.attempts) for r in results] == [(True, 1)]
+    assert "127.0.0.1" in results[0].target
+
+
+def test_min_severity_filters_per_target(receiver: Receiver) -> None:
+    critical_only = Receiver()
+    try:
+        specs = [NotifySpec(url=receiver.url("all")), NotifySpec(url=critical_only.url("pager"),
+                                                                  min_severity="critical")]
+        with Notifier(specs) as notifier:
+            started = Notification("deployment_started", "prod", deployment_id="d-0007", stable_version=6,
+                                   target_version=7)
+            assert notifier.notify(started) == 1
+            assert notifier.notify(rolled_back()) == 2
+            assert notifier.notify(Notification("approval_needed", "prod", deployment_id="d-0008",
+                                                stable_version=6, target_version=8)) == 1
+            assert notifier.flush(10)
+        assert [m["title"] for m in receiver.received] == [
+            "[prod] deployment d-0007 started: v6 → v7",
+            "[security-assistant/prod] deployment d-0007 rolled back to v6",
+            "[prod] deployment d-0008 waits for approval: v6 → v8",
+        ]
+        assert [m["type"] for m in receiver.received] == ["info", "failure", "warning"]
+        assert len(critical_only.received) == 1 and EVIDENCE in critical_only.received[0]["message"]
+    finally:
+        critical_only.close()
+
+
+def test_dead_target_never_blocks_and_is_retried_then_logged(receiver: Receiver,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    dead = f"json://127.0.0.1:{closed_port()}/hook"
+    results: list[DeliveryResult] = []
+    notifier = Notifier([NotifySpec(url=dead), NotifySpec(url=receiver.url())], attempts=3, backoff=0.1,
+                        on_result=results.append)
+    try:
+        t0 = time.perf_counter()
+        assert notifier.notify(rolled_back()) == 2
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 0.05, f"notify() took {elapsed * 1000:.1f} ms"
+        assert receiver.arrived.wait(5)  # the healthy target is not held up by the dead one
+        assert notifier.flush(20)
+    finally:
+        notifier.close()
+    failed = [r for r in results if not r.ok]
+    assert len(failed) == 1 and failed[0].attempts == 3 and failed[0].error
+    text = caplog.text
+    assert text.count("failed (attempt") == 2  # attempts 1 and 2, then retried
+    assert "rolled_back" in text and "failed after 3 attempts, giving up" in text
+    assert len(receiver.received) == 1
+
+
+def test_retries_with_backoff_until_the_target_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    flaky = Receiver(fail_first=2)
+    try:
+        results: list[DeliveryResult] = []
+        with Notifier([NotifySpec(url=flaky.url())], attempts=4, backoff=0.1, on_result=results.append) as n:
+            t0 = time.monotonic()
+            n.notify(rolled_back())
+            assert n.flush(20)
+            took = time.monotonic() - t0
+        assert flaky.requests == 3 and len(flaky.received) == 1
+        assert [(r.ok, r.attempts) for r in results] == [(True, 3)]
+        assert took >= 0.1 + 0.2 - 0.02  # waited 0.1 s then 0.2 s between the attempts
+        assert "retrying in 0.10 s" in caplog.text and "retrying in 0.20 s" in caplog.text
+    finally:
+        flaky.close()
+
+
+def test_invalid_url_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="not a URL apprise understands"):
+        Notifier([NotifySpec(url="nosuchservice://token@host")])
+
+
+def test_every_kind_renders_a_title_and_body() -> None:
+    for kind in KINDS:
+        n = Notification(kind, "staging", deployment_id="d-0002", stable_version=1, target_version=2,
+                         weight=10, hook="pre-traffic", passed=True, incident_id="INC-0001",
+                         evidence=["DLQ arrivals 1 > 0 over 31 s since the deployment started on jobs-dlq"],
+                         command="backout deployment show d-0002 --env staging")
+        assert n.title.startswith("[staging]") and "?" not in n.title, n.title
+        assert "DLQ arrivals 1 > 0" in n.body and "backout deployment show d-0002" in n.body
+    assert Notification("step_reached", "prod", deployment_id="d-1", target_version=7, weight=10).title \
+        == "[prod] deployment d-1: 10 % on v7"
+    assert Notification("hook_failed", "prod", deployment_id="d-1", hook="pre-traffic").severity == "critical"
+    assert Notification("drill_result", "staging", passed=False).severity == "warning"
+    assert Notification("drill_result", "staging", passed=False).title == "[staging] rollback drill FAILED"
+    assert Notification("stopped", "prod", severity="info").severity == "info"
+    assert Notification("succeeded", "prod", evidence="one line").evidence == ("one line",)
+    with pytest.raises(ValueError, match="unknown notification kind"):
+        Notification("exploded", "prod")
+    with pytest.raises(ValueError, match="severity"):
+        Notification("stopped", "prod", severity="fatal")
+
+
+def test_notify_without_targets_and_after_close() -> None:
+    n = Notifier([])
+    assert n.notify(rolled_back()) == 0 and n.flush(0.1)
+    n.close()
+    assert n.notify(rolled_back()) == 0
