@@ -90,21 +90,27 @@ def test_concurrent_creates_in_threads_only_one_wins(tmp_path: Path) -> None:
 def test_concurrent_creates_in_processes_only_one_wins(tmp_path: Path) -> None:
     path = tmp_path / "control.db"
     Store(path).close()
-    start_at = time.time() + 1.5
     script = textwrap.dedent(f"""
-        import sys, time
+        import sys
         from backout.control.store import Store
         from backout.control.strategies import Step, Strategy
         from backout.errors import UsageError
         s = Store({str(path)!r})
-        time.sleep(max(0.0, {start_at} - time.time()))
+        print("READY", flush=True)
+        sys.stdin.readline()  # the barrier: every process is loaded and waiting
         try:
             print("WON", s.create_deployment("prod", 1, int(sys.argv[1]), Strategy("Q", (Step(100, 0),))).id)
         except UsageError as e:
             print("LOST", e)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(10 + i)], stdout=subprocess.PIPE, text=True)
-             for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(10 + i)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for i in range(4)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     won = [o for o in outs if o.startswith("WON")]
