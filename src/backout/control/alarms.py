@@ -257,7 +257,8 @@ def _fmt_threshold(t: float, unit: str) -> str:
 
 
 def _describe(rule: AlarmRule, p: _Point | None, filled_breaching: bool, note: str) -> str:
-    """"error rate 31.0 % (9/29) > 5 % over 60 s on worker v7"; the symbol tells the shown value's side."""
+    """One line like `error rate 31.0 % (9/29) > 5 % over 60 s on worker v7`; the symbol tells on
+    which side of the threshold the shown value is."""
     label = rule.label or rule.name
     where = f" on {rule.subject}" if rule.subject else ""
     window = 0.0 if p is None else p.end - p.start
