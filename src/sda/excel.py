@@ -1,0 +1,98 @@
+"""The Excel schedule (openpyxl): a Schedule sheet, one row per component, and a Summary sheet."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from typing import Any
+
+CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+SCHEDULE_COLUMNS = ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence")
+
+
+def _attributes(attrs: dict[str, Any]) -> str:
+    parts = []
+    for key, value in attrs.items():
+        if value in (None, "", []):
+            continue
+        if isinstance(value, list):
+            value = " + ".join(str(v) for v in value)
+        parts.append(f"{key.replace('_', ' ')}: {value}")
+    return "; ".join(parts)
+
+
+def build(
+    job: dict[str, Any],
+    schedule: dict[str, Any],
+    components: list[dict[str, Any]],
+    created: datetime | None = None,
+) -> bytes:
+    """The .xlsx bytes. `created` pins the document timestamp so a re-run writes the same content."""
+    from openpyxl import Workbook
+    from openpyxl.styles import Alignment, Font, PatternFill
+    from openpyxl.utils import get_column_letter
+
+    wb = Workbook()
+    if created is not None:
+        wb.properties.created = created.replace(tzinfo=None)
+        wb.properties.modified = created.replace(tzinfo=None)
+    wb.properties.title = f"Security schedule {job.get('job_id', '')}"
+    wb.properties.creator = "Security Design Assistant"
+
+    bold = Font(bold=True, color="FFFFFF")
+    fill = PatternFill("solid", fgColor="1F4E78")
+    ws = wb.active
+    ws.title = "Schedule"
+    ws.append(list(SCHEDULE_COLUMNS))
+    for cell in ws[1]:
+        cell.font, cell.fill = bold, fill
+    for c in components:
+        ws.append(
+            [
+                c["id"],
+                c["type"].replace("_", " ").title(),
+                c.get("location") or "",
+                c.get("page"),
+                _attributes(c.get("attributes") or {}),
+                round(float(c.get("confidence") or 0), 2),
+            ]
+        )
+    for col, width in zip(range(1, 7), (18, 14, 26, 7, 70, 11), strict=True):
+        ws.column_dimensions[get_column_letter(col)].width = width
+    ws.freeze_panes = "A2"
+    ws.auto_filter.ref = f"A1:F{max(1, len(components) + 1)}"
+
+    summary = wb.create_sheet("Summary")
+    meta = schedule.get("metadata", {})
+    rows: list[tuple[str, Any]] = [
+        ("Job", job.get("job_id")),
+        ("Client", job.get("client_name")),
+        ("Project", job.get("project_name")),
+        ("Drawing number", meta.get("drawing_number")),
+        ("Drawing project", meta.get("project")),
+        ("Drawing date", meta.get("date")),
+        ("Building", meta.get("building")),
+        ("Level", meta.get("level")),
+        ("Pages", meta.get("pages")),
+        ("Doors", meta.get("total_doors")),
+        ("Card readers", meta.get("total_card_readers")),
+        ("Exit buttons", meta.get("total_exit_buttons")),
+        ("Locks", meta.get("total_locks")),
+        ("Cameras", meta.get("total_cameras")),
+        ("Lock type", (schedule.get("locks") or {}).get("type")),
+        ("Lock holding force", (schedule.get("locks") or {}).get("holding_force")),
+    ]
+    rows += [(f"Locks: {kind}", n) for kind, n in (schedule.get("lock_types") or {}).items()]
+    summary.append(["Item", "Value"])
+    for cell in summary[1]:
+        cell.font, cell.fill = bold, fill
+    for label, value in rows:
+        summary.append([label, "" if value is None else value])
+    summary.column_dimensions["A"].width = 24
+    summary.column_dimensions["B"].width = 48
+    for row in summary.iter_rows(min_row=2):
+        row[1].alignment = Alignment(horizontal="left")
+
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
