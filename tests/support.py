@@ -27,7 +27,10 @@ def sda_manifest(state_dir: Path, extra: str = "", env_extra: str = "", function
         f'pytest = "{ROOT}/tests/integration/test_e2e.py::test_health_check"',
     )
     for env in ("staging", "prod"):
-        port_block = {"staging": "gateway_port = 8300\ncontrol_port = 8301", "prod": "gateway_port = 8400\ncontrol_port = 8401"}[env]
+        port_block = {
+            "staging": "gateway_port = 8300\ncontrol_port = 8301",
+            "prod": "gateway_port = 8400\ncontrol_port = 8401",
+        }[env]
         text = text.replace(
             port_block,
             f'gateway_port = 0\ncontrol_port = 0\nstate_dir = "{state_dir / env}"\n{env_extra}',
@@ -56,12 +59,18 @@ class RunningEnv:
         self.gateway_url = ep["gateway_url"]
         self.control_url = ep["control_url"]
         self.token = (self.state_dir / "token").read_text().strip()
-        self.http = httpx.Client(base_url=self.control_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        self.http = httpx.Client(
+            base_url=self.control_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
+        )
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
             [sys.executable, "-m", "backout.cli.main", *args],
-            env=self.proc_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            env=self.proc_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
         if check:
             assert r.returncode == 0, f"backout {' '.join(args)} → {r.returncode}\n{r.stdout}\n{r.stderr}"

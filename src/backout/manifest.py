@@ -206,10 +206,11 @@ class EnvironmentSpec(_Model):
         default_factory=dict, description="queue → age-of-oldest-message limit, seconds"
     )
     deadline_margin: Duration = 120.0
+    alarm_window: Duration = 60.0
     notify: list[NotifySpec] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict, description="extra function env vars")
 
-    @field_validator("api_5xx_period", "rollback_window", "deadline_margin", mode="before")
+    @field_validator("api_5xx_period", "rollback_window", "deadline_margin", "alarm_window", mode="before")
     @classmethod
     def _dur(cls, v: object) -> object:
         return parse_duration(v)  # type: ignore[arg-type]
@@ -230,7 +231,9 @@ class Manifest(_Model):
         for qname, q in self.queues.items():
             if q.dead_letter_queue is not None:
                 if q.dead_letter_queue not in self.queues:
-                    raise ValueError(f"queues.{qname}.dead_letter_queue: no queue named {q.dead_letter_queue!r}")
+                    raise ValueError(
+                        f"queues.{qname}.dead_letter_queue: no queue named {q.dead_letter_queue!r}"
+                    )
                 if q.max_receive_count is None:
                     raise ValueError(f"queues.{qname}.max_receive_count: required with a dead_letter_queue")
         for ename, e in self.environments.items():
@@ -252,7 +255,9 @@ class Manifest(_Model):
             for h in f.http_events:
                 key = (h.method, re.sub(r"\{[^}]+\}", "{}", h.path))
                 if key in routes:
-                    raise ValueError(f"functions.{fname}.events: route {h.http!r} already served by {routes[key]}")
+                    raise ValueError(
+                        f"functions.{fname}.events: route {h.http!r} already served by {routes[key]}"
+                    )
                 routes[key] = fname
         return self
 
@@ -293,7 +298,9 @@ def load_manifest(path: str | Path = "backout.toml") -> Manifest:
     try:
         raw = tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise ManifestError(f"{p}: manifest not found (pass --manifest or run from the service's directory)") from None
+        raise ManifestError(
+            f"{p}: manifest not found (pass --manifest or run from the service's directory)"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(f"{p}: not valid TOML: {e}") from None
     try:

@@ -69,7 +69,10 @@ def test_good_manifest_and_durations(tmp_path: Path) -> None:
         (('queue = "jobs"', 'queue = "missing"'), "no queue named 'missing'"),
         (("gateway_port = 0", "gateway_port = 70000"), "environments.staging.gateway_port"),
         (('visibility_timeout = "5s"', 'visibility_timeout = "soon"'), "not a duration"),
-        (("[queues.dlq]", "[queues.dlq]\ncolour = 'red'"), "queues.dlq.colour: Extra inputs are not permitted"),
+        (
+            ("[queues.dlq]", "[queues.dlq]\ncolour = 'red'"),
+            "queues.dlq.colour: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_bad_manifest_one_line(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
@@ -93,7 +96,9 @@ def test_cli_bad_manifest_exit_2_no_traceback(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD.replace("max_receive_count = 3", "max_receive_count = -1"))
     r = subprocess.run(
         [sys.executable, "-m", "backout.cli.main", "--manifest", str(p), "queue", "stats"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -105,6 +110,8 @@ def test_cli_unknown_env_exit_2(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD)
     r = subprocess.run(
         [sys.executable, "-m", "backout.cli.main", "--manifest", str(p), "queue", "stats", "--env", "qa"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2 and "no environment named 'qa'" in r.stderr

@@ -15,7 +15,9 @@ from backout.manifest import Manifest, load_manifest
 
 EnvOpt = Annotated[
     str | None,
-    typer.Option("--env", "-e", help="environment (default: $BACKOUT_ENV, else staging — never prod by default)"),
+    typer.Option(
+        "--env", "-e", help="environment (default: $BACKOUT_ENV, else staging — never prod by default)"
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
@@ -65,9 +67,13 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         try:
-            r = self._http.request(method, path, json=body, params={k: v for k, v in params.items() if v is not None})
+            r = self._http.request(
+                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
+            )
         except httpx.HTTPError as e:
-            raise UsageError(f"cannot reach the {self.env} supervisor at {self._http.base_url}: {e}") from None
+            raise UsageError(
+                f"cannot reach the {self.env} supervisor at {self._http.base_url}: {e}"
+            ) from None
         if r.status_code == 400:
             raise UsageError(r.json().get("error", r.text))
         if r.status_code == 409:

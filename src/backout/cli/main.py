@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 
-
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
@@ -28,16 +27,19 @@ app.add_typer(queue_app, name="queue")
 
 @app.callback()
 def _global(
-    manifest: Annotated[Path, typer.Option("--manifest", "-m", envvar="BACKOUT_MANIFEST", help="the service's backout.toml")] = Path(
-        "backout.toml"
-    ),
+    manifest: Annotated[
+        Path, typer.Option("--manifest", "-m", envvar="BACKOUT_MANIFEST", help="the service's backout.toml")
+    ] = Path("backout.toml"),
 ) -> None:
     SETTINGS.manifest_path = manifest
     SETTINGS._manifest = None
 
 
 @app.command()
-def up(env: EnvOpt = None, detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False) -> None:
+def up(
+    env: EnvOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+) -> None:
     """Start the environment: gateway, queue pollers, warm workers, control API."""
     import logging
 
@@ -52,7 +54,9 @@ def up(env: EnvOpt = None, detach: Annotated[bool, typer.Option("--detach", "-d"
             with supervisor_lock(m.state_dir(name), name):
                 pass
         ep = start_detached(m.path, name, m.state_dir(name))
-        console.print(f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}")
+        console.print(
+            f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
+        )
         return
     from backout.platforms.local.supervisor import Supervisor
 
@@ -81,7 +85,9 @@ def publish(
     source: Annotated[Path | None, typer.Argument(help="code root (default: the manifest's source)")] = None,
     env: EnvOpt = None,
     description: str = "",
-    set_env: Annotated[list[str], typer.Option("--set-env", help="KEY=VALUE added to the release's environment")] = [],  # noqa: B006
+    set_env: Annotated[
+        list[str], typer.Option("--set-env", help="KEY=VALUE added to the release's environment")
+    ] = [],  # noqa: B006
     as_json: JsonOpt = False,
 ) -> None:
     """Publish an immutable version of the service's code (same content → same version)."""
@@ -98,8 +104,20 @@ def versions(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     rows = Client(env).call("GET", "/versions")
     if as_json:
         return emit_json(rows)
-    table("versions", ["version", "digest", "created", "description", "environment"],
-          [(v["version"], v["digest"][:12], _ts(v["created_at"]), v["description"], json.dumps(v["environment"]) if v["environment"] else "") for v in rows])
+    table(
+        "versions",
+        ["version", "digest", "created", "description", "environment"],
+        [
+            (
+                v["version"],
+                v["digest"][:12],
+                _ts(v["created_at"]),
+                v["description"],
+                json.dumps(v["environment"]) if v["environment"] else "",
+            )
+            for v in rows
+        ],
+    )
 
 
 @app.command()
@@ -119,9 +137,11 @@ def invoke(
     if as_json:
         emit_json(r)
     else:
-        console.print(f"{function} v{r['version']} {r['request_id']} {r['duration_ms']:.1f} ms"
-                      + (" [red]THROTTLED[/]" if r["throttled"] else "")
-                      + (f" [red]{r['error']}[/]" if r["error"] else ""))
+        console.print(
+            f"{function} v{r['version']} {r['request_id']} {r['duration_ms']:.1f} ms"
+            + (" [red]THROTTLED[/]" if r["throttled"] else "")
+            + (f" [red]{r['error']}[/]" if r["error"] else "")
+        )
         console.print_json(json.dumps(r["payload"], default=str))
     if r["error"] or r["throttled"]:
         raise typer.Exit(1)
@@ -153,21 +173,53 @@ def alias(
 
 
 @queue_app.command("stats")
-def queue_stats(name: Annotated[str | None, typer.Argument()] = None, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+def queue_stats(
+    name: Annotated[str | None, typer.Argument()] = None, env: EnvOpt = None, as_json: JsonOpt = False
+) -> None:
     """Queue attributes: visible, in flight, age of oldest, counters, DLQ arrivals."""
     c = Client(env)
     rows = [c.call("GET", f"/queues/{name}")] if name else c.call("GET", "/queues")
     if as_json:
         return emit_json(rows if not name else rows[0])
-    table("queues", ["queue", "visible", "in flight", "delayed", "oldest (s)", "sent", "received", "deleted", "to DLQ", "DLQ arrivals"],
-          [(q["name"], q["visible"], q["in_flight"], q["delayed"], f"{q['age_of_oldest']:.1f}", q["sent"], q["received"], q["deleted"], q["moved_to_dlq"], q["dlq_arrivals"]) for q in rows])
+    table(
+        "queues",
+        [
+            "queue",
+            "visible",
+            "in flight",
+            "delayed",
+            "oldest (s)",
+            "sent",
+            "received",
+            "deleted",
+            "to DLQ",
+            "DLQ arrivals",
+        ],
+        [
+            (
+                q["name"],
+                q["visible"],
+                q["in_flight"],
+                q["delayed"],
+                f"{q['age_of_oldest']:.1f}",
+                q["sent"],
+                q["received"],
+                q["deleted"],
+                q["moved_to_dlq"],
+                q["dlq_arrivals"],
+            )
+            for q in rows
+        ],
+    )
 
 
 @queue_app.command("redrive")
 def queue_redrive(name: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     """Move every message of a dead-letter queue back to its source queue."""
     r = Client(env).call("POST", f"/queues/{name}/redrive")
-    emit_json(r) if as_json else console.print(f"moved {r['moved']} message(s) from {name} back to its source queue")
+    emit_json(r) if as_json else console.print(
+        f"moved {r['moved']} message(s) from {name} back to its source queue"
+    )
 
 
 @app.command()
@@ -187,7 +239,11 @@ def metrics(
     if as_json:
         return emit_json(r)
     title = f"{function}{f' v{version}' if version else ''} over the last {since}"
-    table(title, ["metric", "value"], [(k, _num(v)) for k, v in r.items() if k not in {"function", "version", "window_seconds"}])
+    table(
+        title,
+        ["metric", "value"],
+        [(k, _num(v)) for k, v in r.items() if k not in {"function", "version", "window_seconds"}],
+    )
 
 
 @app.command()
@@ -245,6 +301,15 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _register() -> None:
+    from backout.cli import deploy_cmds
+
+    deploy_cmds.register(app)
+
+
+_register()
+
+
 def run() -> None:
     """Console entry point: user errors are one line and exit 2, failed operations exit 1."""
     try:
@@ -257,7 +322,6 @@ def run() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-
 
 
 if __name__ == "__main__":

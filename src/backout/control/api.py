@@ -39,6 +39,21 @@ class InvokeBody(BaseModel):
     payload: Any = Field(default_factory=dict)
 
 
+class DeployBody(BaseModel):
+    source: str | None = None
+    strategy: str | None = None
+    description: str = ""
+    created_by: str = ""
+    environment: dict[str, str] = Field(default_factory=dict)
+    version: int | None = None
+
+
+class StopBody(BaseModel):
+    rollback: bool = True
+    reason: str = ""
+    who: str = ""
+
+
 class ThrottleBody(BaseModel):
     rate: float = Field(ge=0)
     burst: int = Field(ge=0)
@@ -66,7 +81,9 @@ def build_app(controller: Controller, token: str) -> FastAPI:
     def auth(request: Request) -> None:
         got = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(got, expected):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token (see the env's state dir)")
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token (see the env's state dir)"
+            )
 
     @app.exception_handler(UsageError)
     async def _usage(_: Request, exc: UsageError) -> JSONResponse:
@@ -142,8 +159,9 @@ def build_app(controller: Controller, token: str) -> FastAPI:
 
     @app.post("/metrics/query", dependencies=api)
     def metrics_query(body: MetricQueryBody) -> list[dict[str, Any]]:
-        q = MetricQuery.of(body.namespace, body.metric, body.dimensions, body.start, body.end, body.period,
-                           body.statistic)
+        q = MetricQuery.of(
+            body.namespace, body.metric, body.dimensions, body.start, body.end, body.period, body.statistic
+        )
         return [asdict(p) for p in platform.metrics(q)]
 
     @app.get("/metrics/summary/{fn}", dependencies=api)
@@ -163,5 +181,47 @@ def build_app(controller: Controller, token: str) -> FastAPI:
     def health() -> dict[str, Any]:
         h = platform.health()
         return {"ok": h.ok, "checks": [asdict(c) for c in h.checks]}
+
+    deployer = controller.deployer
+    store = controller.store
+
+    def deployment_view(d: Any, after_event: int | None = None) -> dict[str, Any]:
+        lv = deployer.live.get(d.id)
+        inc = store.incident_for_deployment(d.id)
+        return {
+            "deployment": asdict(d),
+            "alarms": {k: e.as_dict() for k, e in (lv.alarms.items() if lv else [])},
+            "events": [asdict(e) for e in store.events(deployment_id=d.id, after_id=after_event)],
+            "incident": asdict(inc) if inc else None,
+            "now": time.time(),
+        }
+
+    @app.post("/deployments", dependencies=api)
+    def deploy(body: DeployBody) -> dict[str, Any]:
+        d = deployer.create(
+            Path(body.source) if body.source else None,
+            body.strategy,
+            body.description,
+            body.created_by,
+            body.environment or None,
+            body.version,
+        )
+        return deployment_view(d)
+
+    @app.get("/deployments", dependencies=api)
+    def deployments(limit: int = 50) -> list[dict[str, Any]]:
+        return [asdict(d) for d in store.deployments(controller.env, limit=limit)]
+
+    @app.get("/deployments/{deployment_id}", dependencies=api)
+    def deployment(deployment_id: str, after_event: int | None = None) -> dict[str, Any]:
+        return deployment_view(store.get(deployment_id), after_event)
+
+    @app.post("/deployments/{deployment_id}/approve", dependencies=api)
+    def approve(deployment_id: str, body: StopBody) -> dict[str, Any]:
+        return deployment_view(deployer.approve(deployment_id, body.who))
+
+    @app.post("/deployments/{deployment_id}/stop", dependencies=api)
+    def stop(deployment_id: str, body: StopBody) -> dict[str, Any]:
+        return deployment_view(deployer.stop(deployment_id, body.rollback, body.reason, body.who))
 
     return app

@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from backout.control.deployer import Deployer
+from backout.control.notify import Notifier
+from backout.control.store import Deployment, Store
 from backout.manifest import Manifest
 from backout.platforms.base import MetricQuery, Platform
 
@@ -30,17 +33,59 @@ class Controller:
         self.gateway_url = gateway_url
         self.started_at = time.time()
         self.on_shutdown: Callable[[], None] = lambda: None
-        self._tick_hooks: list[Callable[[], None]] = []
+        self.store = Store.for_env(state_dir)
+        self.notifier = Notifier(manifest.environment(env).notify, on_result=self._delivery)
+        self.deployer = Deployer(
+            manifest,
+            env,
+            platform,
+            self.store,
+            self.notifier,
+            gateway_url,
+            after_rollback=self._after_rollback,
+        )
+        self._retire: dict[int, float] = {}
 
     def start(self) -> None:
-        """Called once the platform runs."""
+        """Called once the platform runs: resume or finish whatever a previous supervisor left."""
+        self.deployer.resume()
 
     def close(self) -> None:
         """Called before the platform stops."""
+        self.deployer.close()
+        self.notifier.close()
 
     def tick(self) -> None:
-        for hook in list(self._tick_hooks):
-            hook()
+        self.deployer.tick()
+        self._retire_old_versions()
+
+    def _retire_old_versions(self) -> None:
+        """Versions no alias routes to are kept warm for the rollback window, then let go."""
+        now = time.time()
+        live = {v for fn in self.platform.functions() for v in self.platform.get_weights(fn).versions}
+        active = self.store.active_deployment(self.env)
+        if active is not None:
+            live |= {active.target_version, active.stable_version or active.target_version}
+        for fn in self.platform.functions():
+            for v in [v.version for v in self.platform.versions()]:
+                if v in live or not self.platform.is_warm(fn, v):
+                    self._retire.pop(v, None)
+                    continue
+                due = self._retire.setdefault(v, now + self.manifest.environment(self.env).rollback_window)
+                if now >= due:
+                    self.platform.retire(fn, v)
+
+    def _after_rollback(self, d: Deployment, incident_id: str | None) -> None:
+        """Hook for the runbooks: verification after every rollback."""
+
+    def _delivery(self, result: Any) -> None:
+        if not result.ok:
+            self.store.add_event(
+                "notify_failed",
+                f"notification to {result.target} failed after {result.attempts} attempts: {result.error}",
+                severity="warning",
+                deployment_id=result.notification.deployment_id,
+            )
 
     # --- read models for the API ------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -48,8 +93,12 @@ class Controller:
         functions = {}
         for fn in p.functions():
             w = p.get_weights(fn)
-            functions[fn] = {"stable": w.stable, "canary": w.canary, "canary_weight": w.canary_weight,
-                             "weights": {str(k): v for k, v in w.versions.items()}}
+            functions[fn] = {
+                "stable": w.stable,
+                "canary": w.canary,
+                "canary_weight": w.canary_weight,
+                "weights": {str(k): v for k, v in w.versions.items()},
+            }
         t = p.get_throttle()
         return {
             "env": self.env,

@@ -65,7 +65,10 @@ def run_hook(phase: str, hook: HookSpec, ctx: HookContext) -> HookResult:
             res = run_smoke(ctx.manifest, ctx.env, ctx.gateway_url, timeout=hook.timeout)
             checks = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in res]
             ok = all(r.ok for r in res)
-            out = "; ".join(f"{'ok' if r.ok else 'FAILED'} {r.name}: {r.detail}" for r in res) or "no smoke tests"
+            out = (
+                "; ".join(f"{'ok' if r.ok else 'FAILED'} {r.name}: {r.detail}" for r in res)
+                or "no smoke tests"
+            )
             return HookResult(hook.name, phase, ok, out, time.monotonic() - t0, checks)
         if hook.function is not None:
             ok, out = _function_hook(hook, ctx)
@@ -105,28 +108,54 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
         if inv:
             rate = 100.0 * err / inv
             ok = rate <= spec.error_rate_threshold
-            checks.append({"name": f"{fn} error rate", "ok": ok,
-                           "detail": f"{rate:.1f} % ({err:.0f}/{inv:.0f}) vs {spec.error_rate_threshold:g} %"})
+            checks.append(
+                {
+                    "name": f"{fn} error rate",
+                    "ok": ok,
+                    "detail": f"{rate:.1f} % ({err:.0f}/{inv:.0f}) vs {spec.error_rate_threshold:g} %",
+                }
+            )
         else:
             checks.append({"name": f"{fn} error rate", "ok": True, "detail": "no invocations yet"})
         limit = spec.duration_p99_limits.get(fn)
-        pts = ctx.platform.metrics(MetricQuery.of(NS_LAMBDA, "Duration", dims, ctx.since, now + 1, period, "Average"))
+        pts = ctx.platform.metrics(
+            MetricQuery.of(NS_LAMBDA, "Duration", dims, ctx.since, now + 1, period, "Average")
+        )
         if pts and limit is not None:
             n = sum(p.sample_count for p in pts)
             avg = sum(p.value * p.sample_count for p in pts) / n
-            checks.append({"name": f"{fn} average duration", "ok": avg <= limit,
-                           "detail": f"{avg:.0f} ms vs limit {limit:g} ms"})
-    for q, qs in ctx.manifest.queues.items():
+            checks.append(
+                {
+                    "name": f"{fn} average duration",
+                    "ok": avg <= limit,
+                    "detail": f"{avg:.0f} ms vs limit {limit:g} ms",
+                }
+            )
+    for qs in ctx.manifest.queues.values():
         if qs.dead_letter_queue is None:
             continue
-        arrivals = _sum(ctx.platform, NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": qs.dead_letter_queue},
-                        ctx.since, now, period)
-        checks.append({"name": f"DLQ {qs.dead_letter_queue}", "ok": arrivals == 0,
-                       "detail": f"{arrivals:.0f} arrival(s) since v{ctx.target} took traffic"})
+        arrivals = _sum(
+            ctx.platform,
+            NS_BACKOUT,
+            DLQ_ARRIVALS,
+            {"QueueName": qs.dead_letter_queue},
+            ctx.since,
+            now,
+            period,
+        )
+        checks.append(
+            {
+                "name": f"DLQ {qs.dead_letter_queue}",
+                "ok": arrivals == 0,
+                "detail": f"{arrivals:.0f} arrival(s) since v{ctx.target} took traffic",
+            }
+        )
     return checks
 
 
-def _sum(platform: Platform, ns: str, metric: str, dims: dict[str, str], start: float, end: float, period: int) -> float:
+def _sum(
+    platform: Platform, ns: str, metric: str, dims: dict[str, str], start: float, end: float, period: int
+) -> float:
     pts = platform.metrics(MetricQuery.of(ns, metric, dims, start, end + 1, period, "Sum"))
     return sum(p.value for p in pts)
 
@@ -157,10 +186,19 @@ def _command_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
         BACKOUT_TARGET_VERSION=str(ctx.target),
     )
     try:
-        r = subprocess.run(hook.command, shell=True, cwd=ctx.manifest.root, env=env, capture_output=True,
-                           text=True, timeout=hook.timeout)
+        r = subprocess.run(
+            hook.command,
+            shell=True,
+            cwd=ctx.manifest.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=hook.timeout,
+        )
     except subprocess.TimeoutExpired as e:
-        out = ((e.stdout or b"") if isinstance(e.stdout, bytes) else (e.stdout or "").encode()).decode(errors="replace")
+        out = ((e.stdout or b"") if isinstance(e.stdout, bytes) else (e.stdout or "").encode()).decode(
+            errors="replace"
+        )
         return False, f"timed out after {hook.timeout:g} s; output: {out[-1000:]}"
     out = (r.stdout + r.stderr).strip()[-2000:]
     return r.returncode == 0, f"exit {r.returncode}: {out}"

@@ -21,7 +21,9 @@ NS_LAMBDA = "AWS/Lambda"  # Invocations, Errors, Throttles, Duration, Concurrent
 NS_API = "AWS/ApiGateway"  # Count, 4XXError, 5XXError, Latency
 NS_SQS = "AWS/SQS"  # NumberOfMessagesSent/Received/Deleted, ApproximateNumberOfMessages{Visible,NotVisible},
 #                     ApproximateAgeOfOldestMessage
-NS_BACKOUT = "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
+NS_BACKOUT = (
+    "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
+)
 
 LAMBDA_METRICS = ("Invocations", "Errors", "Throttles", "Duration", "ConcurrentExecutions")
 API_METRICS = ("Count", "4XXError", "5XXError", "Latency")
@@ -90,7 +92,9 @@ class MetricQuery:
         period: int = 60,
         statistic: str = "Sum",
     ) -> MetricQuery:
-        return MetricQuery(namespace, metric, tuple(sorted(dimensions.items())), start, end, period, statistic)
+        return MetricQuery(
+            namespace, metric, tuple(sorted(dimensions.items())), start, end, period, statistic
+        )
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,11 @@ class Platform(Protocol):
 
     def warm(self, fn: str, version: int) -> None:
         """Start `version`'s workers and return once one answers (rollback targets stay warm)."""
+
+    def is_warm(self, fn: str, version: int) -> bool: ...
+
+    def retire(self, fn: str, version: int) -> None:
+        """Let `version`'s idle workers go (after the rollback window); in-flight work finishes."""
 
     def invoke(self, fn: str, version: int | None, event: dict[str, Any]) -> InvokeResult:
         """`version=None` invokes through the live alias."""

@@ -39,13 +39,26 @@ def _run_one(spec: SmokeSpec, root: Path, env: str, base: str, timeout: float) -
         try:
             r = httpx.request(method, url, timeout=timeout)
             ok = r.status_code == spec.expect_status
-            detail = f"{spec.http} → {r.status_code}" + ("" if ok else f" (expected {spec.expect_status}): {r.text[:200]}")
+            detail = f"{spec.http} → {r.status_code}" + (
+                "" if ok else f" (expected {spec.expect_status}): {r.text[:200]}"
+            )
         except httpx.HTTPError as e:
             ok, detail = False, f"{spec.http} failed: {e}"
         return SmokeResult(spec.http, ok, detail, time.monotonic() - t0)
     assert spec.pytest is not None
     environ = dict(os.environ, API_BASE_URL=base, ENVIRONMENT=env)
-    cmd = [sys.executable, "-m", "pytest", spec.pytest, "-v", "-p", "no:cacheprovider", "-p", "no:xdist", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        spec.pytest,
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "-q",
+    ]
     try:
         r = subprocess.run(cmd, cwd=root, env=environ, capture_output=True, text=True, timeout=timeout)
         ok = r.returncode == 0

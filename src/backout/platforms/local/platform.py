@@ -175,6 +175,9 @@ class LocalPlatform:
     def is_warm(self, fn: str, version: int) -> bool:
         return self.runtime.is_warm(fn, version)
 
+    def retire(self, fn: str, version: int) -> None:
+        self.runtime.retire(fn, version)
+
     def invoke(self, fn: str, version: int | None, event: dict[str, Any]) -> InvokeResult:
         if version is None:
             return self._invoke_alias(fn, event)
@@ -248,7 +251,9 @@ class LocalPlatform:
                 files[rel] = {"size": dest.stat().st_size}
         info = SnapshotInfo(sid, time.time(), label, {"databases": dbs, "files": len(files)})
         (tmp / "snapshot.json").write_text(
-            json.dumps({"id": sid, "created_at": info.created_at, "label": label, "databases": dbs, "files": files})
+            json.dumps(
+                {"id": sid, "created_at": info.created_at, "label": label, "databases": dbs, "files": files}
+            )
         )
         tmp.rename(self.snapshot_dir / sid)
         return info
@@ -261,7 +266,12 @@ class LocalPlatform:
                 continue
             m = json.loads(meta.read_text())
             out.append(
-                SnapshotInfo(m["id"], m["created_at"], m["label"], {"databases": m["databases"], "files": len(m["files"])})
+                SnapshotInfo(
+                    m["id"],
+                    m["created_at"],
+                    m["label"],
+                    {"databases": m["databases"], "files": len(m["files"])},
+                )
             )
         return sorted(out, key=lambda s: s.created_at)
 

@@ -103,7 +103,9 @@ def _bind(host: str, port: int) -> socket.socket:
         s.bind((host, port))
     except OSError as e:
         s.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror} (is another program using it?)") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror} (is another program using it?)"
+        ) from None
     s.listen(2048)
     s.setblocking(False)
     return s
@@ -159,12 +161,22 @@ class Supervisor:
                         platform.warm(fn, v)
             platform.start()
             controller.start()
-            ticker = threading.Thread(target=self._tick, args=(platform, controller), name="tick", daemon=True)
+            ticker = threading.Thread(
+                target=self._tick, args=(platform, controller), name="tick", daemon=True
+            )
             ticker.start()
             self._servers = [
-                _Server(uvicorn.Config(platform.gateway.app, log_level="warning", access_log=False,
-                                       loop="uvloop", http="httptools", timeout_keep_alive=30,
-                                       lifespan="off")),
+                _Server(
+                    uvicorn.Config(
+                        platform.gateway.app,
+                        log_level="warning",
+                        access_log=False,
+                        loop="uvloop",
+                        http="httptools",
+                        timeout_keep_alive=30,
+                        lifespan="off",
+                    )
+                ),
                 _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")),
             ]
             endpoints = {
@@ -211,7 +223,9 @@ class Supervisor:
                     log.exception("periodic %s failed", getattr(step, "__name__", step))
 
 
-def start_detached(manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0) -> dict[str, object]:
+def start_detached(
+    manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0
+) -> dict[str, object]:
     """Start `backout up` as a daemon; return its endpoints once the control API answers."""
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)

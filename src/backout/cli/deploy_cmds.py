@@ -1,0 +1,238 @@
+"""Deployment commands: deploy, follow, show, history, approve, stop."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from backout.cli.context import Client, EnvOpt, JsonOpt
+from backout.cli.render import console, emit_json, table
+from backout.errors import OperationFailed
+
+TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
+STYLE = {"Succeeded": "green", "RolledBack": "red", "Stopped": "yellow", "Failed": "red"}
+
+deployment_app = typer.Typer(
+    help="One deployment: follow it live or show its timeline.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(deploy)
+    app.command()(deployments)
+    app.command()(approve)
+    app.command()(stop)
+    app.add_typer(deployment_app, name="deployment")
+
+
+def deploy(
+    source: Annotated[Path | None, typer.Argument(help="code root (default: the manifest's source)")] = None,
+    env: EnvOpt = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="e.g. Canary10Percent5Minutes (default: the env's)")
+    ] = None,
+    description: Annotated[str, typer.Option(help="what this version changes")] = "",
+    version: Annotated[int | None, typer.Option(help="deploy an already published version instead")] = None,
+    set_env: Annotated[
+        list[str], typer.Option("--set-env", help="KEY=VALUE added to the release's environment")
+    ] = [],  # noqa: B006
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="start it and return")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a new version and shift traffic to it step by step, rolling back on any alarm."""
+    from backout.cli.main import _pairs
+
+    c = Client(env)
+    body = {
+        "source": str(source.resolve()) if source else None,
+        "strategy": strategy,
+        "description": description,
+        "created_by": _who(),
+        "environment": _pairs(set_env),
+        "version": version,
+    }
+    view = c.call("POST", "/deployments", body)
+    d = view["deployment"]
+    if no_wait:
+        if as_json:
+            return emit_json(view)
+        console.print(
+            f"deployment {d['id']} started: v{d['stable_version']} → v{d['target_version']} "
+            f"({d['strategy']}); follow it with `backout deployment follow {d['id']} --env {c.env}`"
+        )
+        return
+    _follow(c, d["id"], as_json)
+
+
+@deployment_app.command("follow")
+def follow(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-attach to a deployment and follow it until it ends (exit 0 Succeeded, 1 otherwise)."""
+    _follow(Client(env), deployment_id, as_json)
+
+
+@deployment_app.command("show")
+def show(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """A deployment's timeline: every event with its timestamp, alarm evidence, incident."""
+    c = Client(env)
+    view = c.call("GET", f"/deployments/{deployment_id}")
+    if as_json:
+        return emit_json(view)
+    d = view["deployment"]
+    console.print(_header(d, view["now"]))
+    t = Table(title="timeline", title_justify="left")
+    for col in ("time", "kind", "event"):
+        t.add_column(col)
+    for e in view["events"]:
+        style = {"critical": "red", "warning": "yellow"}.get(e["severity"], "")
+        t.add_row(_clock(e["ts"]), e["kind"], Text(e["message"], style=style))
+    console.print(t)
+    if view["incident"]:
+        i = view["incident"]
+        console.print(f"incident {i['id']} ({i['status']}): backout incident show {i['id']} --env {c.env}")
+
+
+def deployments(env: EnvOpt = None, limit: int = 20, as_json: JsonOpt = False) -> None:
+    """Deployment history: id, versions, strategy, status, duration, reason."""
+    rows = Client(env).call("GET", "/deployments", limit=limit)
+    if as_json:
+        return emit_json(rows)
+    table(
+        "deployments",
+        ["id", "versions", "strategy", "status", "started", "duration", "reason"],
+        [
+            (
+                d["id"],
+                f"v{d['stable_version']} → v{d['target_version']}",
+                d["strategy"],
+                d["status"],
+                _clock(d["created_at"]),
+                _dur(d),
+                d["reason"],
+            )
+            for d in rows
+        ],
+    )
+
+
+def approve(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Approve a deployment waiting in AwaitingApproval (environments with require_approval)."""
+    view = Client(env).call("POST", f"/deployments/{deployment_id}/approve", {"who": _who()})
+    emit_json(view) if as_json else console.print(f"approved {deployment_id}")
+
+
+def stop(
+    deployment_id: str,
+    env: EnvOpt = None,
+    no_rollback: Annotated[bool, typer.Option("--no-rollback", help="leave traffic where it is")] = False,
+    reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop an active deployment (like CodeDeploy stop-deployment); by default roll it back."""
+    c = Client(env)
+    body = {"rollback": not no_rollback, "reason": reason or f"stopped by {_who()}", "who": _who()}
+    view = c.call("POST", f"/deployments/{deployment_id}/stop", body)
+    if as_json:
+        return emit_json(view)
+    d = view["deployment"]
+    console.print(f"deployment {d['id']}: [{STYLE.get(d['status'], '')}]{d['status']}[/]")
+
+
+# --- rendering ----------------------------------------------------------------------------------
+def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
+    after: int | None = None
+    view: dict[str, Any] = {}
+    printed: list[dict[str, Any]] = []
+    if as_json:
+        while True:
+            view = c.call("GET", f"/deployments/{deployment_id}")
+            if view["deployment"]["status"] in TERMINAL:
+                break
+            time.sleep(0.3)
+        emit_json(view)
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                view = c.call("GET", f"/deployments/{deployment_id}", after_event=after)
+                for e in view["events"]:
+                    printed.append(e)
+                    after = e["id"]
+                    style = {"critical": "red", "warning": "yellow"}.get(e["severity"], "dim")
+                    live.console.print(Text(f"{_clock(e['ts'])}  {e['message']}", style=style))
+                d = view["deployment"]
+                live.update(_panel(d, view))
+                if d["status"] in TERMINAL:
+                    break
+                time.sleep(0.3)
+        console.print()
+        d = view["deployment"]
+        if view.get("incident"):
+            i = view["incident"]
+            console.print(f"incident {i['id']} opened: backout incident show {i['id']} --env {c.env}")
+        console.print(
+            f"history: backout deployments --env {c.env};  timeline: backout deployment show {d['id']} --env {c.env}"
+        )
+    d = view["deployment"]
+    if d["status"] != "Succeeded":
+        raise OperationFailed(f"deployment {d['id']} {d['status']}: {d['reason']}")
+
+
+def _panel(d: dict[str, Any], view: dict[str, Any]) -> Group:
+    parts: list[Any] = [_header(d, view["now"])]
+    if view["alarms"]:
+        t = Table(title="alarms (new version)", title_justify="left", show_edge=False)
+        for col in ("alarm", "state", "value", "threshold", "evidence"):
+            t.add_column(col)
+        for name, e in sorted(view["alarms"].items()):
+            style = {"ALARM": "red", "OK": "green"}.get(e["state"], "yellow")
+            val = "—" if e["value"] is None else f"{e['value']:.2f}"
+            t.add_row(name, Text(e["state"], style=style), val, f"{e['threshold']:g}", e["detail"])
+        parts.append(t)
+    return Group(*parts)
+
+
+def _header(d: dict[str, Any], now: float) -> Text:
+    steps = d["steps"]
+    i = d["current_step"]
+    step = f"step {i + 1}/{len(steps)}" if i is not None else "before traffic"
+    left = ""
+    if i is not None and d["step_started_at"] and d["status"] == "InProgress":
+        remaining = d["step_started_at"] + steps[i]["hold"] - now
+        left = f", {max(0.0, remaining):.0f} s left in step"
+    w = (
+        d["current_weight"]
+        if d["status"] not in ("RolledBack", "Stopped") or not d["rollback_completed_at"]
+        else 0.0
+    )
+    weights = f"v{d['stable_version']} {100 - w:g}% / v{d['target_version']} {w:g}%"
+    status = Text(d["status"], style=STYLE.get(d["status"], "cyan"))
+    return Text.assemble(
+        f"deployment {d['id']} ({d['strategy']}): ",
+        status,
+        f"  {step}{left}  weights {weights}",
+        (f"  reason: {d['reason']}" if d["reason"] else ""),
+    )
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+
+
+def _dur(d: dict[str, Any]) -> str:
+    if d["finished_at"] is None:
+        return "running"
+    return f"{d['finished_at'] - d['created_at']:.1f} s"
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
