@@ -538,6 +538,59 @@ class Deployer:
             log.exception("notification %s failed", kind)
 
 
+def measure_impact(
+    manifest: Manifest, env: str, platform: Platform, store: Store, d: Deployment, until: float
+) -> dict[str, Any]:
+    """What the bad version did, kept with the incident so its report needs no running platform:
+    per-second invocations/errors of the new version per function, API 5xx it served, DLQ
+    arrivals, and the canary weight over time (from the step events)."""
+    from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, MetricQuery
+
+    start = int(d.created_at)
+    end = int(until) + 1
+    v = str(d.target_version)
+
+    def series(ns: str, metric: str, dims: dict[str, str]) -> dict[int, float]:
+        pts = platform.metrics(MetricQuery.of(ns, metric, dims, start, end, 1, "Sum"))
+        return {int(p.timestamp): p.value for p in pts}
+
+    seconds = list(range(start, end))
+    functions: dict[str, Any] = {}
+    for fn in platform.functions():
+        inv = series(NS_LAMBDA, "Invocations", {"FunctionName": fn, "ExecutedVersion": v})
+        err = series(NS_LAMBDA, "Errors", {"FunctionName": fn, "ExecutedVersion": v})
+        functions[fn] = {
+            "invocations": sum(inv.values()),
+            "errors": sum(err.values()),
+            "per_second": [[t, inv.get(t, 0.0), err.get(t, 0.0)] for t in seconds if t in inv or t in err],
+        }
+    api_dims = {"ApiName": manifest.service.name, "Stage": env, "ExecutedVersion": v}
+    failed = series(NS_API, "5XXError", api_dims)
+    served = series(NS_API, "Count", api_dims)
+    dlq = {}
+    for q in manifest.queues.values():
+        if q.dead_letter_queue:
+            arrivals = series(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q.dead_letter_queue})
+            dlq[q.dead_letter_queue] = sum(arrivals.values())
+    weights: list[list[float]] = [[d.created_at, 0.0]]
+    for e in store.events(deployment_id=d.id):
+        if e.kind == "step_reached" and isinstance(e.data, dict):
+            weights.append([e.ts, float(e.data.get("weight", 0.0))])
+        elif e.kind == "rolled_back":
+            weights.append([e.ts, 0.0])
+    return {
+        "version": d.target_version,
+        "stable_version": d.stable_version,
+        "window": [start, end],
+        "functions": functions,
+        "api": {"requests_served": sum(served.values()), "failed_requests": sum(failed.values()),
+                "per_second_5xx": [[t, c] for t, c in sorted(failed.items())]},
+        "dlq_arrivals": dlq,
+        "weights": weights,
+        "duration_seconds": round(until - d.created_at, 3),
+    }
+
+
 class _Stopped(Exception):
     pass
 
