@@ -8,12 +8,15 @@ POWERTOOLS_METRICS_NAMESPACE says otherwise).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 NAMESPACE = "SecurityAssistant"
+# an invocation that only acknowledges a duplicate has nothing to publish; that is not worth a warning
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 __all__ = ["MetricUnit", "bind_context", "make_logger", "make_metrics"]
 
