@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TAG_TYPES = {"DR": "door", "CR": "card_reader", "EB": "exit_button", "CAM": "camera", "LK": "lock"}
-TAG_RE = re.compile(
-    r"(?<![A-Za-z0-9-])([A-Z]{1,3})-(\d{1,4})-(DR|CR|EB|CAM|LK)-([A-Z0-9]{1,4})(?![A-Za-z0-9-])"
-)
+TAG_RE = re.compile(r"(?<![A-Za-z0-9-])([A-Z]{1,3})-(\d{1,4})-(DR|CR|EB|CAM|LK)-([A-Z0-9]{1,4})(?![A-Za-z0-9-])")
 _SEP = re.compile(r"\s+[-\u2013\u2014]\s+")
 _LINE_ITEM = re.compile(r"^\s*(?P<tag>" + TAG_RE.pattern + r")\s*(?:[-\u2013\u2014:]\s+)(?P<rest>.+?)\s*$")
 _EXCLUDE = re.compile(
@@ -93,9 +91,7 @@ def normalize_lock(text: str) -> tuple[str | None, str | None]:
     force = None
     m = _FORCE.search(raw)
     if m:
-        force = (
-            f"{m.group(1).replace(',', '')} {m.group(2).lower().replace('lb', 'lbs').replace('lbss', 'lbs')}"
-        )
+        force = f"{m.group(1).replace(',', '')} {m.group(2).lower().replace('lb', 'lbs').replace('lbss', 'lbs')}"
         raw = (raw[: m.start()] + raw[m.end() :]).strip()
     kind = re.sub(r"\s+", " ", re.sub(r"\blocks?\b|[(),]", " ", raw, flags=re.I)).strip().lower()
     kind = _LOCK_SYNONYMS.get(kind, kind)

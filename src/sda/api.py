@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
 from sda import config, faults, health
 from sda.errors import JobExists, QueueUnavailable, StorageUnavailable, UploadError
-from sda.jobs import is_job_id, iso, new_job, new_job_id, status_view
+from sda.jobs import is_job_id, iso, new_job, new_job_id, queue_message, status_view
 from sda.observability import bind_context, make_logger
 
 logger = make_logger("sda-api")
@@ -107,9 +107,7 @@ def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) ->
         }
     submitted_by = {"version": settings.function_version, "function": settings.function_name, "at": iso()}
     for _ in range(MAX_ID_ATTEMPTS):
-        job = new_job(
-            new_job_id(), sub.client_name, sub.project_name, correlation_id=cid, submitted_by=submitted_by
-        )
+        job = new_job(new_job_id(), sub.client_name, sub.project_name, correlation_id=cid, submitted_by=submitted_by)
         job["input_files"] = input_files
         try:
             storage.create_job(job)
@@ -126,15 +124,7 @@ def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) ->
             storage.put_file(job, input_files["context"]["name"], sub.context.data, sub.context.content_type)
         if sub.context_text:
             storage.put_file(job, CONTEXT_TEXT, sub.context_text.encode(), "text/plain; charset=utf-8")
-        message = json.dumps(
-            {
-                "job_id": job_id,
-                "company_client_job": job["company_client_job"],
-                "correlation_id": cid,
-                "submitted_at": job["created_at"],
-            }
-        )
-        message_id = get_queue(settings).send(message)
+        message_id = get_queue(settings).send(queue_message(job))
     except (StorageUnavailable, QueueUnavailable) as exc:
         stage = "queueing" if isinstance(exc, QueueUnavailable) else "upload"
         try:
@@ -208,9 +198,7 @@ def build_app(settings: config.Settings, cid: str) -> APIGatewayRestResolver:
         if file_type not in ("excel", "components"):
             return _error(404, "UNKNOWN_FILE_TYPE", f"no file type {file_type!r} (excel, components)", cid)
         if job.get("status") != "completed":
-            return _error(
-                409, "JOB_NOT_COMPLETED", f"job {job_id} is {job.get('status')}, not completed", cid
-            )
+            return _error(409, "JOB_NOT_COMPLETED", f"job {job_id} is {job.get('status')}, not completed", cid)
         name = EXCEL if file_type == "excel" else COMPONENTS
         try:
             data = storage.get_file(job, name)
@@ -250,9 +238,7 @@ def build_app(settings: config.Settings, cid: str) -> APIGatewayRestResolver:
 
     @app.exception_handler(UploadError)
     def upload_error(exc: UploadError) -> Response:
-        logger.info(
-            "request refused", extra={"status": exc.status, "error_code": exc.code, "reason": str(exc)}
-        )
+        logger.info("request refused", extra={"status": exc.status, "error_code": exc.code, "reason": str(exc)})
         return _error(exc.status, exc.code, str(exc), cid)
 
     @app.exception_handler(StorageUnavailable)

@@ -46,9 +46,7 @@ def detect_kind(filename: str, data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PermanentError(
-            "the context file must be PDF, DOCX or UTF-8 text", "UNSUPPORTED_CONTEXT_FILE"
-        ) from exc
+        raise PermanentError("the context file must be PDF, DOCX or UTF-8 text", "UNSUPPORTED_CONTEXT_FILE") from exc
     if "\x00" in text:
         raise PermanentError("the context file must be PDF, DOCX or UTF-8 text", "UNSUPPORTED_CONTEXT_FILE")
     return "txt"

@@ -69,11 +69,7 @@ def classify(job: dict[str, Any] | None, record: dict[str, Any]) -> tuple[str, s
         return "crash", f"the worker ran out of memory in {stage}{suffix}"
     if (attempts and outcome in ("started", None)) or (hint and _CRASH.search(hint)):
         return "crash", f"{REASONS['crash']} in {stage}{suffix}"
-    errors = [
-        a.get("error")
-        for a in attempts
-        if a.get("outcome") in ("transient_error", "error") and a.get("error")
-    ]
+    errors = [a.get("error") for a in attempts if a.get("outcome") in ("transient_error", "error") and a.get("error")]
     if errors or hint:
         detail = errors[-1] if errors else hint
         count = len(attempts) or "all"
@@ -139,6 +135,7 @@ def process(record: dict[str, Any], storage: Any) -> str:
             },
             only_if_status={"queued", "processing", "failed"},
         )
+        metrics.add_metric(name="JobsFailed", unit=MetricUnit.Count, value=1)
     except StatusConflict:
         # completed after all (a slow duplicate dead-lettered): keep the result, keep the evidence
         storage.update_job(job["job_id"], {"dead_letter": dead_letter})
@@ -164,9 +161,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         try:
             process(record, storage)
         except Exception as exc:  # storage down: leave the message on the DLQ for the next try
-            logger.exception(
-                "could not process a dead-lettered message", extra={"message_id": record.get("messageId")}
-            )
+            logger.exception("could not process a dead-lettered message", extra={"message_id": record.get("messageId")})
             failures.append({"itemIdentifier": str(record.get("messageId", ""))})
             errors.append(exc)
     if errors and len(errors) == len(records):

@@ -96,11 +96,7 @@ def evaluate(schedule: dict[str, Any]) -> dict[str, Any]:
         _check(
             "totals_consistent",
             "consistency",
-            [
-                f"{k} is {meta.get(k)}, counted {v}"
-                for k, v in totals.items()
-                if k in meta and meta.get(k) != v
-            ],
+            [f"{k} is {meta.get(k)}, counted {v}" for k, v in totals.items() if k in meta and meta.get(k) != v],
             len(totals),
         )
     )

@@ -108,9 +108,7 @@ def upload_event(
     if context is not None:
         files["context_file"] = context
     body, content_type = multipart(fields, files)
-    return api_event(
-        "POST", "/process-drawing", body=body, headers={"Content-Type": content_type, **(headers or {})}
-    )
+    return api_event("POST", "/process-drawing", body=body, headers={"Content-Type": content_type, **(headers or {})})
 
 
 def sqs_event(

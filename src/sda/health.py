@@ -43,9 +43,7 @@ def detailed(settings: Settings) -> tuple[int, dict[str, Any]]:
         **basic(settings),
         "status": "unhealthy" if failing else "healthy",
         "storage_mode": settings.storage_mode,
-        "checks": {
-            c.name: {"ok": c.ok, "detail": c.detail, "latency_ms": round(c.latency_ms, 2)} for c in checks
-        },
+        "checks": {c.name: {"ok": c.ok, "detail": c.detail, "latency_ms": round(c.latency_ms, 2)} for c in checks},
         "failing": failing,
     }
     if failing:

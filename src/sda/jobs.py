@@ -170,3 +170,46 @@ def status_view(job: dict[str, Any], url_prefix: str = "") -> dict[str, Any]:
         ),
         "processed_by": dict(processed_by) if processed_by else None,
     }
+
+
+def queue_message(job: dict[str, Any]) -> str:
+    """The processing queue's message body for a job (what the api sends; what a repair re-sends)."""
+    import json
+
+    return json.dumps(
+        {
+            "job_id": job["job_id"],
+            "company_client_job": job["company_client_job"],
+            "correlation_id": job.get("correlation_id") or "",
+            "submitted_at": job["created_at"],
+        }
+    )
+
+
+def reset_for_reprocessing(job: dict[str, Any], reason: str, by: str = "") -> dict[str, Any]:
+    """A copy of `job` back in `queued` with its results cleared, for the data-repair runbook:
+    `put_job` it and send `queue_message` again, and the worker redoes every stage (attempts and
+    earlier repairs are kept as history)."""
+    previous = {
+        "at": iso(),
+        "reason": reason,
+        "by": by,
+        "previous_status": job.get("status"),
+        "previous_processed_by": job.get("processed_by"),
+        "previous_summary": job.get("summary"),
+    }
+    return {
+        **job,
+        "status": "queued",
+        "updated_at": iso(),
+        "current_stage": None,
+        "stages_completed": [],
+        "stages": {},
+        "output_files": {},
+        "summary": None,
+        "components_count": None,
+        "error": None,
+        "dead_letter": None,
+        "processed_by": None,
+        "repairs": list(job.get("repairs") or []) + [previous],
+    }

@@ -36,8 +36,7 @@ def bind_context(logger: Logger, context: Any, **extra: Any) -> None:
     """Lambda context fields on every log line, from whatever the runtime's context provides."""
     keys = {
         "function_name": getattr(context, "function_name", None),
-        "function_version": getattr(context, "function_version", None)
-        or os.environ.get("AWS_LAMBDA_FUNCTION_VERSION"),
+        "function_version": getattr(context, "function_version", None) or os.environ.get("AWS_LAMBDA_FUNCTION_VERSION"),
         "function_request_id": getattr(context, "aws_request_id", None),
         **extra,
     }

@@ -83,9 +83,7 @@ def _dumps(value: Any) -> bytes:
 class Pipeline:
     """Runs one message. `run` returns "completed" | "failed" | "skipped"; raises on transient faults."""
 
-    def __init__(
-        self, storage: Storage, settings: Settings, logger: Any, metrics: Any, context: Any = None
-    ) -> None:
+    def __init__(self, storage: Storage, settings: Settings, logger: Any, metrics: Any, context: Any = None) -> None:
         self.storage = storage
         self.settings = settings
         self.logger = logger
@@ -120,9 +118,7 @@ class Pipeline:
         delay = max(0.05, self.remaining - margin)
 
         def fire() -> None:
-            self.logger.error(
-                "invocation about to time out", extra={"job_id": job_id, "stage": stage_ref["stage"]}
-            )
+            self.logger.error("invocation about to time out", extra={"job_id": job_id, "stage": stage_ref["stage"]})
             self._record_safely(
                 job_id,
                 outcome="timeout",

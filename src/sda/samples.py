@@ -171,9 +171,7 @@ def random_spec(
             comps = ["Card Reader"]
         has_reader = "Card Reader" in comps
         has_exit = any(c.startswith("Exit Button") for c in comps)
-        reader_type = (
-            (default_reader if rnd.random() < 0.8 else rnd.choice(READER_TYPES)) if has_reader else None
-        )
+        reader_type = (default_reader if rnd.random() < 0.8 else rnd.choice(READER_TYPES)) if has_reader else None
         if style == "table" and "Biometric" in comps:
             comps = ["Card Reader"]  # a table has one reader column; biometrics show as the reader type
             reader_type = "Biometric Fingerprint Reader"
@@ -306,14 +304,11 @@ def _plan(sheet: _Sheet, spec: DrawingSpec, rnd: random.Random) -> None:
         pdf.line(x + 2, y, x + 6, y + 2)
         sheet.y_text(x + 7, y + 1, cam.id, 6)
     sheet.y_text(20, 250, "LEGEND:", 8, "B")
-    sheet.y_text(
-        20, 256, "Filled box = card reader   Circle = exit button   Circle with cone = CCTV camera", 7
-    )
+    sheet.y_text(20, 256, "Filled box = card reader   Circle = exit button   Circle with cone = CCTV camera", 7)
     sheet.y_text(
         20,
         262,
-        f"Refer to {spec.drawing_number[:-3]}{int(spec.drawing_number[-3:]) + 1:03d} "
-        "for containment and cable routes.",
+        f"Refer to {spec.drawing_number[:-3]}{int(spec.drawing_number[-3:]) + 1:03d} for containment and cable routes.",
         7,
     )
 
@@ -360,9 +355,7 @@ def _list_schedule(sheet: _Sheet, spec: DrawingSpec) -> None:
     y += 7
     if spec.uniform_lock:
         kind, force = normalize_lock(spec.uniform_lock)
-        sheet.y_text(
-            18, y, f"All doors equipped with {kind} locks" + (f" ({force} holding force)" if force else ""), 9
-        )
+        sheet.y_text(18, y, f"All doors equipped with {kind} locks" + (f" ({force} holding force)" if force else ""), 9)
     else:
         sheet.y_text(18, y, "Lock type per door as scheduled above.", 9)
 
@@ -386,9 +379,7 @@ def _table_schedule(sheet: _Sheet, spec: DrawingSpec) -> None:
         sheet.page("DOOR SCHEDULE" + (" (CONTINUED)" if n else ""))
         pdf.set_font("Helvetica", "", 8)
         pdf.set_xy(18, 38)
-        with pdf.table(
-            col_widths=widths, width=sum(widths), align="LEFT", text_align="LEFT", line_height=6
-        ) as table:
+        with pdf.table(col_widths=widths, width=sum(widths), align="LEFT", text_align="LEFT", line_height=6) as table:
             row = table.row()
             for cell in header:
                 row.cell(cell)
@@ -548,9 +539,7 @@ def corpus_specs(count: int | None = None, seed: int | None = None) -> list[Draw
     if seed is None and (count is None or count <= len(CORPUS)):
         chosen = CORPUS[: count or len(CORPUS)]
         return [
-            random_spec(
-                c["seed"], f"sample_{i + 1:02d}", doors=c["doors"], style=c["style"], cameras=c["cameras"]
-            )
+            random_spec(c["seed"], f"sample_{i + 1:02d}", doors=c["doors"], style=c["style"], cameras=c["cameras"])
             for i, c in enumerate(chosen)
         ]
     base = seed if seed is not None else 1000

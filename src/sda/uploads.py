@@ -56,9 +56,7 @@ def body_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
         return b""
     if event.get("isBase64Encoded"):
         if len(raw) * 3 // 4 - 2 > max_bytes:
-            raise UploadError(
-                413, "PAYLOAD_TOO_LARGE", f"the upload exceeds the {max_bytes // (1024 * 1024)} MB limit"
-            )
+            raise UploadError(413, "PAYLOAD_TOO_LARGE", f"the upload exceeds the {max_bytes // (1024 * 1024)} MB limit")
         try:
             data = base64.b64decode(raw, validate=False)
         except (binascii.Error, ValueError) as exc:
@@ -66,9 +64,7 @@ def body_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
     else:
         data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
     if len(data) > max_bytes:
-        raise UploadError(
-            413, "PAYLOAD_TOO_LARGE", f"the upload exceeds the {max_bytes // (1024 * 1024)} MB limit"
-        )
+        raise UploadError(413, "PAYLOAD_TOO_LARGE", f"the upload exceeds the {max_bytes // (1024 * 1024)} MB limit")
     return data
 
 
@@ -80,9 +76,7 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
         raise UploadError(400, "NOT_MULTIPART", "Content-Type must be multipart/form-data")
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data":
-        raise UploadError(
-            400, "NOT_MULTIPART", f"Content-Type must be multipart/form-data, not {ctype.decode()!r}"
-        )
+        raise UploadError(400, "NOT_MULTIPART", f"Content-Type must be multipart/form-data, not {ctype.decode()!r}")
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "NOT_MULTIPART", "the multipart Content-Type has no boundary")
@@ -139,9 +133,7 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
     except Exception as exc:  # python-multipart's parse errors
         raise UploadError(400, "MALFORMED_MULTIPART", f"the multipart body is malformed: {exc}") from exc
     if not state["ended"]:
-        raise UploadError(
-            400, "MALFORMED_MULTIPART", "the multipart body is incomplete (no closing boundary)"
-        )
+        raise UploadError(400, "MALFORMED_MULTIPART", "the multipart body is incomplete (no closing boundary)")
     return parts
 
 

@@ -15,7 +15,7 @@ import pytest
 from sda import api, config, queue, storage, worker
 from sda.errors import StorageUnavailable
 from sda.events import LambdaContext, api_event, prepare_local, response_json, sqs_event, upload_event
-from sda.jobs import new_job, new_job_id
+from sda.jobs import new_job, new_job_id, queue_message, reset_for_reprocessing
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "examples" / "drawings"
@@ -311,6 +311,19 @@ def test_injected_result_corruption_is_traceable_to_its_version(
     good, bad = store().get_job(good_id), store().get_job(bad_id)
     assert bad["status"] == "completed" and bad["summary"]["doors"] < good["summary"]["doors"]
     assert [j["job_id"] for j in store().jobs_processed_by("8")] == [bad_id]
+
+    # the data-repair runbook: reset the bad version's jobs and reprocess them with a good version
+    monkeypatch.delenv("SDA_FAULTS")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", "7")
+    for job in store().jobs_processed_by("8"):
+        store().put_job(reset_for_reprocessing(job, "version 8 dropped doors", by="runbook"))
+        run(queue_message(job))
+    repaired = store().get_job(bad_id)
+    assert repaired["status"] == "completed" and repaired["summary"]["doors"] == good["summary"]["doors"]
+    assert repaired["processed_by"]["version"] == "7" and store().jobs_processed_by("8") == []
+    assert repaired["repairs"][0]["previous_processed_by"]["version"] == "8"
+    folder = _folder(env, repaired)
+    assert json.loads((folder / "components.json").read_text())["count"] == good["components_count"]
 
 
 def test_direct_invocation_is_a_no_op(env: dict[str, str]) -> None:

@@ -233,16 +233,12 @@ class AwsStorage:
     def put_job(self, job: dict[str, Any]) -> None:
         try:
             self._table.put_item(Item=_item(job))
-            self._table.put_item(
-                Item={PK: POINTER_PREFIX + job["job_id"], "target": job["company_client_job"]}
-            )
+            self._table.put_item(Item={PK: POINTER_PREFIX + job["job_id"], "target": job["company_client_job"]})
         except self._errors() as exc:
             raise _unavailable("DynamoDB put_item", exc) from exc
         self._pk_cache[job["job_id"]] = job["company_client_job"]
 
-    def _query(
-        self, index: str, key: str, value: str, limit: int, newest_first: bool
-    ) -> list[dict[str, Any]]:
+    def _query(self, index: str, key: str, value: str, limit: int, newest_first: bool) -> list[dict[str, Any]]:
         from boto3.dynamodb.conditions import Key
 
         out: list[dict[str, Any]] = []

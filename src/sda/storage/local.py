@@ -135,8 +135,7 @@ class LocalStorage:
                 job.update(changes)
                 job["updated_at"] = changes.get("updated_at") or iso()
                 conn.execute(
-                    "UPDATE jobs SET status=?, client_name=?, updated_at=?, processed_version=?, data=? "
-                    "WHERE job_id=?",
+                    "UPDATE jobs SET status=?, client_name=?, updated_at=?, processed_version=?, data=? WHERE job_id=?",
                     (
                         job["status"],
                         job.get("client_name"),
