@@ -58,11 +58,17 @@ def _correlation_id(event: dict[str, Any]) -> str:
     return request_id if isinstance(request_id, str) and _CORRELATION.match(request_id) else str(uuid.uuid4())
 
 
+_EXECUTE_API_HOST = re.compile(r"\.execute-api\.[a-z0-9-]+\.amazonaws\.com(?::\d+)?$", re.I)
+
+
 def _url_prefix(event: dict[str, Any]) -> str:
-    """The stage prefix (`/prod`) when the gateway serves under one, so download URLs resolve."""
-    full = (event.get("requestContext") or {}).get("path") or ""
-    path = event.get("path") or ""
-    return full[: -len(path)] if path and full.endswith(path) and full != path else ""
+    """`/{stage}` when the client called API Gateway's default domain (where URLs carry the stage);
+    nothing behind a custom domain or the local gateway, which serve the routes at the root."""
+    headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+    stage = (event.get("requestContext") or {}).get("stage")
+    if stage and _EXECUTE_API_HOST.search(str(headers.get("host", ""))):
+        return f"/{stage}"
+    return ""
 
 
 def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) -> Response:

@@ -315,49 +315,46 @@ def _plan(sheet: _Sheet, spec: DrawingSpec, rnd: random.Random) -> None:
 
 def _list_schedule(sheet: _Sheet, spec: DrawingSpec) -> None:
     """The reference drawing's format: one line per door, then reader and exit-button lists."""
-    per_page = 30
-    chunks = [spec.doors[i : i + per_page] for i in range(0, len(spec.doors), per_page)] or [[]]
-    y = 0.0
-    for n, chunk in enumerate(chunks):
-        sheet.page("DOOR SCHEDULE" + (f" (CONTINUED {n + 1}/{len(chunks)})" if len(chunks) > 1 else ""))
-        sheet.y_text(18, 40, "DOOR SCHEDULE:", 10, "B")
-        y = 47.0
-        for door in chunk:
-            comps = []
-            for c in door.components:
-                comps.append(
-                    f"{c} ({door.reader_type})"
-                    if c == "Card Reader" and door.reader_type and door.reader_type != _uniform_reader(spec)
-                    else c
-                )
-            parts = [door.id, door.location] + ([" + ".join(comps)] if comps else ["Key Only"])
-            if not spec.uniform_lock:
-                parts.append(door.lock)
-            sheet.y_text(18, y, " - ".join(parts), 9)
-            y += 6
+    y = 40.0
+
+    def line(text: str, size: int = 9, style: str = "", gap: float = 6.0) -> None:
+        nonlocal y
+        if y > 268:
+            sheet.page("DOOR SCHEDULE (CONTINUED)")
+            y = 40.0
+        sheet.y_text(18, y, text, size, style)
+        y += gap
+
+    sheet.page("DOOR SCHEDULE")
+    line("DOOR SCHEDULE:", 10, "B", 7)
+    uniform_reader = _uniform_reader(spec)
+    for door in spec.doors:
+        comps = [
+            f"{c} ({door.reader_type})"
+            if c == "Card Reader" and door.reader_type and door.reader_type != uniform_reader
+            else c
+            for c in door.components
+        ]
+        parts = [door.id, door.location] + ([" + ".join(comps)] if comps else ["Key Only"])
+        if not spec.uniform_lock:
+            parts.append(door.lock)
+        line(" - ".join(parts))
     y += 6
     readers = [d.reader_tag for d in spec.doors if d.reader_tag]
     exits = [d.exit_tag for d in spec.doors if d.exit_tag]
     for title, tags in (("CARD READERS:", readers), ("EXIT BUTTONS:", exits)):
-        if y > 230:
-            sheet.page("DEVICE SCHEDULE")
-            y = 40.0
-        sheet.y_text(18, y, title, 10, "B")
-        y += 7
+        line(title, 10, "B", 7)
         for i in range(0, len(tags), 4):
-            sheet.y_text(18, y, ", ".join(tags[i : i + 4]), 9)
-            y += 6
+            line(", ".join(t for t in tags[i : i + 4] if t))
         y += 4
-    if _uniform_reader(spec):
-        sheet.y_text(18, y, f"All card readers: {_uniform_reader(spec)}", 9)
-        y += 8
-    sheet.y_text(18, y, "LOCKS:", 10, "B")
-    y += 7
+    if uniform_reader:
+        line(f"All card readers: {uniform_reader}", gap=8)
+    line("LOCKS:", 10, "B", 7)
     if spec.uniform_lock:
         kind, force = normalize_lock(spec.uniform_lock)
-        sheet.y_text(18, y, f"All doors equipped with {kind} locks" + (f" ({force} holding force)" if force else ""), 9)
+        line(f"All doors equipped with {kind} locks" + (f" ({force} holding force)" if force else ""))
     else:
-        sheet.y_text(18, y, "Lock type per door as scheduled above.", 9)
+        line("Lock type per door as scheduled above.")
 
 
 def _uniform_reader(spec: DrawingSpec) -> str | None:
@@ -373,7 +370,7 @@ def _table_schedule(sheet: _Sheet, spec: DrawingSpec) -> None:
     pdf = sheet.pdf
     header = ("DOOR ID", "LOCATION", "READER", "READER TYPE", "LOCK TYPE", "EXIT BUTTON", "NOTES")
     widths = (34, 52, 34, 58, 50, 34, 46)
-    per_page = 26
+    per_page = 22
     for n in range(0, max(1, len(spec.doors)), per_page):
         chunk = spec.doors[n : n + per_page]
         sheet.page("DOOR SCHEDULE" + (" (CONTINUED)" if n else ""))
@@ -416,18 +413,23 @@ def _cameras(sheet: _Sheet, spec: DrawingSpec) -> None:
 
 
 def _notes(sheet: _Sheet, spec: DrawingSpec) -> None:
-    pdf = sheet.pdf
-    y = 200.0
-    sheet.y_text(18, y, "GENERAL NOTES:", 9, "B")
+    """General notes: beside a list schedule, below a table (a new sheet when there is no room)."""
     notes = [
         "All cabling Cat6A LSZH unless noted otherwise.",
         "Door hardware to fail safe on fire alarm activation (EN 14637).",
         "Contractor to verify door ids on site before installation.",
     ]
     notes += [f"{tag} {note}" for tag, note in spec.excluded]
+    if spec.style == "list":
+        x, y = 250.0, 40.0
+    else:
+        x, y = 18.0, sheet.pdf.get_y() + 10
+        if y + 6 * len(notes) > 240:
+            sheet.page("GENERAL NOTES")
+            y = 40.0
+    sheet.y_text(x, y, "GENERAL NOTES:", 9, "B")
     for i, note in enumerate(notes, start=1):
-        pdf.set_font("Helvetica", "", 8)
-        pdf.text(18, y + 6 * i, f"{i}. {note}")
+        sheet.y_text(x, y + 6 * i, f"{i}. {note}", 8)
 
 
 def _padding(sheet: _Sheet, missing: int, rnd: random.Random) -> None:

@@ -231,7 +231,10 @@ def test_status_progress_and_downloads_through_completion(env: dict[str, str]) -
     truth = json.loads(SAMPLE.with_suffix(".json").read_text())
     count = len(truth["doors"]) + len(truth["card_readers"]) + len(truth["exit_buttons"]) + len(truth["cameras"])
     assert status["files"]["components"]["count"] == count
-    assert status["files"]["excel"]["download_url"] == f"/prod/download/{job_id}/excel"
+    assert status["files"]["excel"]["download_url"] == f"/download/{job_id}/excel"
+    aws_host = {"Host": "abc123.execute-api.us-east-1.amazonaws.com"}
+    via_aws = response_json(call(api_event("GET", f"/status/{job_id}", headers=aws_host)))
+    assert via_aws["files"]["excel"]["download_url"] == f"/prod/download/{job_id}/excel"
     assert status["summary"]["doors"] == len(truth["doors"])
 
     r = call(api_event("GET", f"/download/{job_id}/excel"))
