@@ -47,6 +47,9 @@ class ServiceSpec(_Model):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
     source: str = "."
     packages: list[str] = Field(default_factory=list, description="top-level entries of source to publish")
+    repair_function: str | None = Field(
+        default=None, description="the service's function that lists and repairs jobs (data-repair runbook)"
+    )
 
 
 class HttpEvent(_Model):
@@ -207,6 +210,7 @@ class EnvironmentSpec(_Model):
     )
     deadline_margin: Duration = 120.0
     alarm_window: Duration = 60.0
+    latency_judge: bool = Field(default=True, description="compare the canary's p99 with the stable version's")
     notify: list[NotifySpec] = Field(default_factory=list)
     environment: dict[str, str] = Field(default_factory=dict, description="extra function env vars")
 
@@ -236,6 +240,8 @@ class Manifest(_Model):
                     )
                 if q.max_receive_count is None:
                     raise ValueError(f"queues.{qname}.max_receive_count: required with a dead_letter_queue")
+        if self.service.repair_function and self.service.repair_function not in self.functions:
+            raise ValueError(f"service.repair_function: no function named {self.service.repair_function!r}")
         for ename, e in self.environments.items():
             for fname in e.duration_p99_limits:
                 if fname not in self.functions:

@@ -54,6 +54,36 @@ class StopBody(BaseModel):
     who: str = ""
 
 
+class WhoBody(BaseModel):
+    who: str = ""
+    reason: str = ""
+    force: bool = False
+    yes: bool = False
+
+
+class RollbackBody(BaseModel):
+    to: int | None = None
+    reason: str = ""
+    who: str = ""
+
+
+class BackupBody(BaseModel):
+    label: str = ""
+
+
+class RepairBody(BaseModel):
+    deployment: str
+    dry_run: bool = False
+    who: str = ""
+
+
+class DrillBody(BaseModel):
+    fault: str = "errors=0.5"
+    target_seconds: float = 60.0
+    allow_prod: bool = False
+    who: str = ""
+
+
 class ThrottleBody(BaseModel):
     rate: float = Field(ge=0)
     burst: int = Field(ge=0)
@@ -102,6 +132,10 @@ def build_app(controller: Controller, token: str) -> FastAPI:
 
     @app.get("/status", dependencies=api)
     def status() -> dict[str, Any]:
+        return controller.runbook_status()
+
+    @app.get("/platform", dependencies=api)
+    def platform_view() -> dict[str, Any]:
         return controller.status()
 
     @app.post("/shutdown", dependencies=api)
@@ -223,5 +257,48 @@ def build_app(controller: Controller, token: str) -> FastAPI:
     @app.post("/deployments/{deployment_id}/stop", dependencies=api)
     def stop(deployment_id: str, body: StopBody) -> dict[str, Any]:
         return deployment_view(deployer.stop(deployment_id, body.rollback, body.reason, body.who))
+
+    from backout.runbooks import backups, repair
+
+    @app.post("/verify", dependencies=api)
+    def verify() -> dict[str, Any]:
+        return controller.verify().as_dict()
+
+    @app.post("/rollback", dependencies=api)
+    def rollback(body: RollbackBody) -> dict[str, Any]:
+        return controller.rollback(body.to, body.reason, body.who)
+
+    @app.post("/emergency-stop", dependencies=api)
+    def emergency(body: WhoBody) -> dict[str, Any]:
+        return controller.emergency_stop(body.reason, body.who)
+
+    @app.post("/resume", dependencies=api)
+    def resume(body: WhoBody) -> dict[str, Any]:
+        return controller.resume(body.force, body.who)
+
+    @app.get("/backups", dependencies=api)
+    def backup_list() -> list[dict[str, Any]]:
+        return backups.list_backups(platform, store, controller.env)
+
+    @app.post("/backups", dependencies=api)
+    def backup_create(body: BackupBody) -> dict[str, Any]:
+        return backups.create(platform, store, controller.env, body.label)
+
+    @app.post("/backups/{backup_id}/restore", dependencies=api)
+    def backup_restore(backup_id: str, body: WhoBody) -> dict[str, Any]:
+        return backups.restore(controller.manifest, platform, store, controller.env, backup_id, body.yes, body.who)
+
+    @app.post("/repair", dependencies=api)
+    def repair_jobs(body: RepairBody) -> dict[str, Any]:
+        return repair.repair(controller.manifest, platform, store, controller.env, body.deployment, body.dry_run,
+                             body.who)
+
+    @app.post("/drills", dependencies=api)
+    def drill(body: DrillBody) -> dict[str, Any]:
+        return controller.drill(body.fault, body.target_seconds, body.allow_prod, body.who)
+
+    @app.get("/drills", dependencies=api)
+    def drills() -> list[dict[str, Any]]:
+        return [asdict(d) for d in store.drills(controller.env)]
 
     return app

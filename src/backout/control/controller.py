@@ -76,7 +76,66 @@ class Controller:
                     self.platform.retire(fn, v)
 
     def _after_rollback(self, d: Deployment, incident_id: str | None) -> None:
-        """Hook for the runbooks: verification after every rollback."""
+        """After every automatic rollback: run `verify` and keep its result with the incident."""
+        report = self.verify()
+        self.store.add_event("verify", report.summary(), deployment_id=d.id, incident_id=incident_id,
+                             severity="info" if report.ok else "critical", data=report.as_dict())
+
+    # --- runbooks ----------------------------------------------------------------------------------
+    def live_alarms(self) -> dict[str, Any]:
+        active = self.store.active_deployment(self.env)
+        lv = self.deployer.live.get(active.id) if active else None
+        return dict(lv.alarms) if lv else {}
+
+    def verify(self) -> Any:
+        from backout.runbooks.verify import verify
+
+        return verify(self.manifest, self.env, self.platform, self.store, self.gateway_url, self.live_alarms())
+
+    def smoke(self) -> list[Any]:
+        from backout.runbooks.smoke import run_smoke
+
+        return run_smoke(self.manifest, self.env, self.gateway_url)
+
+    def runbook_status(self) -> dict[str, Any]:
+        from backout.runbooks.status import status
+
+        return status(self.env, self.manifest.service.name, self.platform, self.store, self.live_alarms(),
+                      self.gateway_url)
+
+    def rollback(self, to: int | None, reason: str, who: str) -> dict[str, Any]:
+        from backout.runbooks.rollback import manual_rollback
+
+        out = manual_rollback(env=self.env, service=self.manifest.service.name, platform=self.platform,
+                              store=self.store, deployer=self.deployer, notifier=self.notifier, reason=reason,
+                              who=who, to=to)
+        report = self.verify()
+        self.store.add_event("verify", report.summary(), deployment_id=out["deployment"],
+                             incident_id=out.get("incident"), severity="info" if report.ok else "critical",
+                             data=report.as_dict())
+        out["verify"] = report.as_dict()
+        return out
+
+    def emergency_stop(self, reason: str, who: str) -> dict[str, Any]:
+        from backout.runbooks.emergency import emergency_stop
+
+        return emergency_stop(env=self.env, service=self.manifest.service.name, platform=self.platform,
+                              store=self.store, deployer=self.deployer, notifier=self.notifier, reason=reason,
+                              who=who)
+
+    def resume(self, force: bool, who: str) -> dict[str, Any]:
+        from backout.runbooks.emergency import resume
+
+        return resume(env=self.env, spec=self.manifest.environment(self.env), platform=self.platform,
+                      store=self.store, report=self.verify(), force=force, who=who)
+
+    def drill(self, fault: str, target_seconds: float, allow_prod: bool, who: str) -> dict[str, Any]:
+        from backout.runbooks.drill import drill
+
+        return drill(manifest=self.manifest, env=self.env, platform=self.platform, store=self.store,
+                     deployer=self.deployer, notifier=self.notifier, gateway_url=self.gateway_url,
+                     send=self.platform.send_message, fault=fault, target_seconds=target_seconds,
+                     allow_prod=allow_prod, who=who, verify=self.verify, smoke=self.smoke)
 
     def _delivery(self, result: Any) -> None:
         if not result.ok:

@@ -20,10 +20,11 @@ from typing import Any
 
 from backout.control import store as st
 from backout.control.alarms import ALARM, AlarmSet, Evaluation, default_rules
+from backout.control.analysis import JudgeSet, LatencyJudge
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Deployment, Store
-from backout.control.strategies import progress_deadline, resolve
+from backout.control.strategies import Strategy, progress_deadline, resolve
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import Platform
@@ -89,9 +90,10 @@ class Deployer:
         created_by: str = "",
         environment: dict[str, str] | None = None,
         version: int | None = None,
+        strategy_obj: Strategy | None = None,
     ) -> Deployment:
         """Publish the new version and start deploying it; returns at once (follow it by id)."""
-        strat = resolve(strategy or self.spec.strategy, self.manifest)
+        strat = strategy_obj or resolve(strategy or self.spec.strategy, self.manifest)
         active = self.store.active_deployment(self.env)
         if active is not None:
             raise self.store._already_active(active)
@@ -355,6 +357,11 @@ class Deployer:
                 self.manifest, self.env, self.platform.functions(), d.target_version, self._started_at(d)
             )
         )
+        judges = JudgeSet([])
+        if self.spec.latency_judge and d.stable_version is not None:
+            judges = JudgeSet([LatencyJudge(fn, d.target_version, d.stable_version, self._started_at(d),
+                                            window=self.spec.alarm_window, min_samples=self.spec.min_invocations)
+                               for fn in self.platform.functions()])
         start_index = d.current_step if d.current_step is not None else 0
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]
@@ -375,17 +382,17 @@ class Deployer:
                 self._notify("step_reached", d, weight=step.weight)
             end = started + step.hold
             while True:
-                self._watch(d, lv, alarms, deadline)
+                self._watch(d, lv, alarms, judges, deadline)
                 if time.time() >= end:
                     break
                 lv.wake.wait(min(EVAL_INTERVAL, max(0.0, end - time.time())))
                 lv.wake.clear()
         return self.store.transition(d.id, st.POST_TRAFFIC, expect=st.IN_PROGRESS)
 
-    def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, deadline: float) -> None:
+    def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float) -> None:
         """One evaluation: store every alarm state change; any ALARM → rollback; stop; deadline."""
         self._check_stop(d, lv)
-        for ch in alarms.evaluate(self.platform):
+        for ch in [*alarms.evaluate(self.platform), *judges.evaluate(self.platform)]:
             e = ch.evaluation
             self.store.record_alarm_evaluation(
                 d.id,
@@ -405,8 +412,8 @@ class Deployer:
                 severity="critical" if e.state == ALARM else "info",
                 data=e.as_dict(),
             )
-        lv.alarms = alarms.current
-        firing = alarms.alarming()
+        lv.alarms = {**alarms.current, **judges.current}
+        firing = alarms.alarming() + judges.alarming()
         if firing:
             raise RollbackNeeded(
                 "alarm",
@@ -572,6 +579,11 @@ def measure_impact(
         if q.dead_letter_queue:
             arrivals = series(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q.dead_letter_queue})
             dlq[q.dead_letter_queue] = sum(arrivals.values())
+    jobs_touched = None
+    if manifest.service.repair_function:
+        r = platform.invoke(manifest.service.repair_function, None, {"repair": "affected", "version": d.target_version})
+        if r.ok and isinstance(r.payload, dict):
+            jobs_touched = len(r.payload.get("jobs", []))
     weights: list[list[float]] = [[d.created_at, 0.0]]
     for e in store.events(deployment_id=d.id):
         if e.kind == "step_reached" and isinstance(e.data, dict):
@@ -586,6 +598,7 @@ def measure_impact(
         "api": {"requests_served": sum(served.values()), "failed_requests": sum(failed.values()),
                 "per_second_5xx": [[t, c] for t, c in sorted(failed.items())]},
         "dlq_arrivals": dlq,
+        "jobs_touched": jobs_touched,
         "weights": weights,
         "duration_seconds": round(until - d.created_at, 3),
     }

@@ -189,6 +189,9 @@ class Platform(Protocol):
     def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> int:
         """Immutable copy of the service's code (plus env overrides) → version; same content → same version."""
 
+    def republish(self, version: int, environment: dict[str, str], description: str = "") -> int:
+        """The same code as `version` with extra environment (how drills inject faults)."""
+
     def versions(self) -> list[VersionInfo]: ...
 
     def get_weights(self, fn: str) -> AliasWeights: ...
@@ -222,6 +225,9 @@ class Platform(Protocol):
 
     def queue_stats(self, queue: str) -> QueueStats: ...
 
+    def send_message(self, queue: str, body: str) -> str:
+        """SQS SendMessage: returns the message id once the message is durable."""
+
     def redrive(self, dlq: str) -> int:
         """Move every message of a DLQ back to its source queue; returns how many moved."""
 
@@ -230,5 +236,8 @@ class Platform(Protocol):
     def snapshots(self) -> list[SnapshotInfo]: ...
 
     def restore(self, snapshot_id: str) -> None: ...
+
+    def snapshot_location(self, snapshot_id: str) -> str:
+        """Where the service's own repair code can read a snapshot (a directory locally, a backup ARN on AWS)."""
 
     def health(self) -> HealthReport: ...

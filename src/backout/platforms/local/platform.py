@@ -109,9 +109,16 @@ class LocalPlatform:
                         enabled=ev.enabled,
                     )
                 )
-        self._processing = True
         self._lock = threading.Lock()
         self._last_counters: dict[str, QueueStats] = {}
+        self._settings = _Settings(self.db_path)
+        self._processing = self._settings.get("processing", True)
+        saved = self._settings.get("throttle", None)
+        if saved is not None:  # an emergency stop's block survives a supervisor restart
+            self.gateway.set_throttle(float(saved[0]), int(saved[1]))
+        if not self._processing:
+            for m in self.mappings:
+                m.set_enabled(False)
 
     # --- environment handed to every function -------------------------------------------
     def function_env(self) -> dict[str, str]:
@@ -152,6 +159,11 @@ class LocalPlatform:
 
     def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> int:
         return self.releases.publish(Path(source), self.manifest.service.packages, environment, description)
+
+    def republish(self, version: int, environment: dict[str, str], description: str = "") -> int:
+        info = self.releases.get(version)
+        env = {**info.environment, **environment}
+        return self.releases.publish(self.releases.code_dir(version), [], env, description)
 
     def versions(self) -> list[VersionInfo]:
         return self.releases.list()
@@ -195,6 +207,7 @@ class LocalPlatform:
     def set_throttle(self, rate: float, burst: int) -> None:
         if rate < 0 or burst < 0:
             raise UsageError("throttle rate and burst must be ≥ 0")
+        self._settings.put("throttle", [rate, burst])
         self.gateway.set_throttle(rate, burst)
 
     def get_throttle(self) -> Throttle:
@@ -202,6 +215,7 @@ class LocalPlatform:
 
     def set_processing(self, enabled: bool) -> None:
         with self._lock:
+            self._settings.put("processing", enabled)
             self._processing = enabled
             for m in self.mappings:
                 m.set_enabled(enabled)
@@ -216,6 +230,11 @@ class LocalPlatform:
         if queue not in self.manifest.queues:
             raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
         return self.queue_store.stats(queue)
+
+    def send_message(self, queue: str, body: str) -> str:
+        if queue not in self.manifest.queues:
+            raise UsageError(f"no queue named {queue!r}")
+        return self.queue_store.send(queue, body)
 
     def redrive(self, dlq: str) -> int:
         if dlq not in self.manifest.queues:
@@ -281,6 +300,9 @@ class LocalPlatform:
             raise UsageError(f"no snapshot {snapshot_id!r} (see `backout backup list`)")
         return d / "data"
 
+    def snapshot_location(self, snapshot_id: str) -> str:
+        return str(self.snapshot_path(snapshot_id))
+
     def restore(self, snapshot_id: str) -> None:
         src_root = self.snapshot_path(snapshot_id)
         meta = json.loads((src_root.parent / "snapshot.json").read_text())
@@ -322,6 +344,7 @@ class LocalPlatform:
                 )
             except Exception as e:  # noqa: BLE001 - a health check reports every failure
                 checks.append(CheckResult(f"queue {q}", False, str(e), _ms(t0)))
+        checks.extend(self._database_checks())
         t0 = time.perf_counter()
         probe = self.data_dir / ".health-probe"
         try:
@@ -331,6 +354,30 @@ class LocalPlatform:
         except OSError as e:
             checks.append(CheckResult("data dir", False, str(e), _ms(t0)))
         return HealthReport(checks)
+
+    def _database_checks(self) -> list[CheckResult]:
+        """A read/write probe of every SQLite database of the service (its jobs table among them)."""
+        out = []
+        for p in sorted(self.data_dir.rglob("*.db")):
+            t0 = time.perf_counter()
+            name = f"database {p.relative_to(self.data_dir).as_posix()}"
+            try:
+                con = sqlite3.connect(p, timeout=5)
+                try:
+                    con.execute("CREATE TABLE IF NOT EXISTS _backout_probe (id INTEGER PRIMARY KEY, ts REAL)")
+                    con.execute("INSERT INTO _backout_probe (ts) VALUES (?)", (time.time(),))
+                    con.execute("DELETE FROM _backout_probe")
+                    con.commit()
+                    tables = [r[0] for r in con.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\'")]
+                    for t in tables:
+                        con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchall()
+                finally:
+                    con.close()
+                out.append(CheckResult(name, True, f"read/write ok; tables: {', '.join(tables) or 'none'}", _ms(t0)))
+            except sqlite3.Error as e:
+                out.append(CheckResult(name, False, f"{type(e).__name__}: {e}", _ms(t0)))
+        return out
 
     # --- periodic work, driven by the supervisor ------------------------------------------
     def sample_queues(self, now: float | None = None) -> None:
@@ -355,6 +402,35 @@ class LocalPlatform:
     def _known(self, fn: str) -> None:
         if fn not in self.manifest.functions:
             raise UsageError(f"no function named {fn!r} (known: {', '.join(self.manifest.functions)})")
+
+
+class _Settings:
+    """Operational switches (API throttle, processing on/off) kept in the platform db, so that an
+    emergency stop stays in force across a supervisor restart."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        with self._con() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS p_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def _con(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.db_path, timeout=30)
+
+    def get(self, key: str, default: Any) -> Any:
+        con = self._con()
+        try:
+            row = con.execute("SELECT value FROM p_settings WHERE key = ?", (key,)).fetchone()
+        finally:
+            con.close()
+        return default if row is None else json.loads(row[0])
+
+    def put(self, key: str, value: Any) -> None:
+        con = self._con()
+        try:
+            with con:
+                con.execute("INSERT OR REPLACE INTO p_settings (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        finally:
+            con.close()
 
 
 def _ms(t0: float) -> float:

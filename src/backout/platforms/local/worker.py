@@ -183,17 +183,23 @@ class LambdaContext:
         return max(0, int((self._deadline - time.time()) * 1000))
 
 
+def _user_frames(exc: BaseException) -> list[str]:
+    """The traceback without the runtime's own frames (this module, importlib), as Lambda shows it."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename != __file__ and not f.filename.startswith("<frozen importlib")
+    ]
+    return traceback.format_list(frames)
+
+
 def error_shape(exc: BaseException) -> dict[str, Any]:
     """Lambda's error payload for an unhandled exception."""
-    return {
-        "errorType": type(exc).__name__,
-        "errorMessage": str(exc),
-        "stackTrace": traceback.format_list(traceback.extract_tb(exc.__traceback__)),
-    }
+    return {"errorType": type(exc).__name__, "errorMessage": str(exc), "stackTrace": _user_frames(exc)}
 
 
 def _init_error(error_type: str, message: str, exc: BaseException | None = None) -> dict[str, Any]:
-    trace = traceback.format_list(traceback.extract_tb(exc.__traceback__)) if exc is not None else []
+    trace = _user_frames(exc) if exc is not None else []
     return {"errorType": error_type, "errorMessage": message, "stackTrace": trace}
 
 

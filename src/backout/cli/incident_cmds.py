@@ -1,0 +1,279 @@
+"""`backout incident …`: list, show, annotate, close and report incidents.
+
+These read and write the environment's `control.db` directly rather than through the supervisor: an
+incident is worked on after the fact, often while the environment is down.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from backout.cli.context import SETTINGS, EnvOpt, JsonOpt, env_name
+from backout.cli.render import console, emit_json, table
+from backout.control.store import Store
+from backout.errors import UsageError
+from backout.runbooks import incidents as ir
+
+incident_app = typer.Typer(
+    help="Incidents opened by rollbacks and emergency stops: notes, action items, lessons, reports.",
+    no_args_is_help=True,
+)
+
+IdArg = Annotated[str, typer.Argument(help="incident id: INC-0003, INC-3 or 3")]
+SEVERITY_STYLE = {"critical": "red", "warning": "yellow"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `incident` sub-command group to `app` (once; a second call is a no-op)."""
+    if any(g.name == "incident" for g in app.registered_groups):
+        return
+    app.add_typer(incident_app, name="incident")
+
+
+def _open(env: str | None, must_exist: bool = True) -> tuple[str, Store | None]:
+    """The environment's control store; None when it has never been started (nothing to list) —
+    reading must not create an environment's state as a side effect."""
+    name = env_name(env)
+    path = SETTINGS.manifest.state_dir(name) / "control.db"
+    if not path.exists():
+        if must_exist:
+            raise UsageError(f"environment {name!r} has no incidents yet (no {path})")
+        return name, None
+    return name, Store(path)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@incident_app.command("list")
+def list_(
+    env: EnvOpt = None,
+    status: Annotated[str | None, typer.Option(help="open or closed")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Incidents of an environment, newest first."""
+    if status is not None and status not in ("open", "closed"):
+        raise UsageError(f"--status must be open or closed, not {status!r}")
+    name, store = _open(env, must_exist=False)
+    rows = [] if store is None else store.incidents(status=status)
+    if store is not None:
+        store.close()
+    if as_json:
+        from dataclasses import asdict
+
+        return emit_json([asdict(i) for i in rows])
+    table(
+        f"incidents in {name}" + (f" ({status})" if status else ""),
+        ["id", "opened", "severity", "status", "deployment", "open actions", "title"],
+        [
+            (
+                i.id,
+                ir.clock(i.opened_at)[:19],
+                i.severity,
+                i.status,
+                i.deployment_id or "—",
+                sum(1 for a in i.action_items if not a.get("done")),
+                i.title,
+            )
+            for i in rows
+        ],
+    )
+
+
+@incident_app.command()
+def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Summary, trigger, evidence, timeline, notes, action items and root cause of an incident."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        view = ir.load(store, incident_id, name)
+    if as_json:
+        return emit_json(ir.to_dict(view))
+    inc, d = view.incident, view.deployment
+    console.print(
+        Text.assemble(
+            (f"{inc.id}", "bold"),
+            f"  {inc.title}\n",
+            (inc.severity, SEVERITY_STYLE.get(inc.severity, "")),
+            f" · {inc.status} · {name} · opened {ir.clock(inc.opened_at)}",
+            f" · closed {ir.clock(inc.closed_at)}" if inc.closed_at else "",
+        )
+    )
+    if d is not None:
+        console.print(
+            f"deployment {d.id} ({escape(d.strategy)}): "
+            f"v{view.stable_version} → v{view.bad_version}, {d.status}"
+        )
+    t = view.trigger
+    if t:
+        console.print(f"trigger: {escape(str(t.get('kind', '?')))} — {escape(str(t.get('reason', '')))}")
+    console.print(
+        f"first traffic → decision {ir.fmt_ms(view.detection_ms)}; "
+        f"decision → 100 % stable {ir.fmt_ms(view.restore_ms)}"
+    )
+    if view.evidence:
+        console.print("evidence:")
+        for s in view.evidence:
+            console.print(f"  - {escape(s)}")
+    if view.impact:
+        console.print(escape(ir.impact_sentence(view)))
+    if view.jobs_touched is not None and not view.impact:
+        console.print(f"jobs touched: {view.jobs_touched}")
+
+    tl = Table(title="timeline", title_justify="left")
+    for col in ("time", "severity", "kind", "event"):
+        tl.add_column(col)
+    for e in view.events:
+        style = SEVERITY_STYLE.get(e.severity, "")
+        tl.add_row(ir.clock(e.ts), Text(e.severity, style=style), e.kind, Text(e.message, style=style))
+    console.print(tl)
+    if inc.notes:
+        table(
+            "notes",
+            ["time", "author", "note"],
+            [(ir.clock(n.get("ts")), n.get("author"), n.get("text")) for n in inc.notes],
+        )
+    if inc.action_items:
+        table(
+            "action items",
+            ["#", "action", "owner", "status"],
+            [
+                (i, a.get("text"), a.get("owner") or "—", "done" if a.get("done") else "open")
+                for i, a in enumerate(inc.action_items, 1)
+            ],
+        )
+    if inc.lessons:
+        console.print("lessons learned:")
+        for group, texts in ir.group_lessons(inc.lessons).items():
+            for text in texts:
+                console.print(f"  - [{escape(group)}] {escape(text)}")
+    console.print(f"root cause: {escape(inc.root_cause) if inc.root_cause else 'not yet determined'}")
+
+
+@incident_app.command()
+def note(
+    incident_id: IdArg, text: Annotated[str, typer.Argument(help="the note")], env: EnvOpt = None
+) -> None:
+    """Add a note to an incident's timeline (who, when, what)."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        inc = ir.add_note(store, incident_id, text, _who())
+    console.print(f"note added to {inc.id} ({len(inc.notes)} notes)")
+
+
+@incident_app.command()
+def action(
+    incident_id: IdArg,
+    text: Annotated[str, typer.Argument(help="what must be done")],
+    owner: Annotated[str, typer.Option(help="who will do it")] = "",
+    env: EnvOpt = None,
+) -> None:
+    """Add an action item (with an owner) to an incident."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        inc = ir.add_action(store, incident_id, text, owner)
+    console.print(
+        f"action item {len(inc.action_items)} added to {inc.id}; mark it done with "
+        f"`backout incident done {inc.id} {len(inc.action_items)} --env {name}`"
+    )
+
+
+@incident_app.command()
+def done(
+    incident_id: IdArg,
+    number: Annotated[int, typer.Argument(help="the action item's number, as listed by show")],
+    env: EnvOpt = None,
+) -> None:
+    """Mark an action item done."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        inc = ir.complete_action(store, incident_id, number)
+    left = sum(1 for a in inc.action_items if not a.get("done"))
+    console.print(f"action item {number} of {inc.id} done ({left} open)")
+
+
+@incident_app.command()
+def lesson(
+    incident_id: IdArg,
+    text: Annotated[
+        str,
+        typer.Argument(
+            help='a lesson; start it with "Process improvements:", "Monitoring enhancements:" or '
+            '"Prevention strategies:" to group it in the report'
+        ),
+    ],
+    env: EnvOpt = None,
+) -> None:
+    """Record a lesson learned."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        inc = ir.add_lesson(store, incident_id, text)
+    console.print(f"lesson added to {inc.id} ({len(inc.lessons)} lessons)")
+
+
+@incident_app.command("close")
+def close_(
+    incident_id: IdArg,
+    root_cause: Annotated[str, typer.Option("--root-cause", help="what caused it")],
+    env: EnvOpt = None,
+) -> None:
+    """Close an incident with its root cause."""
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        inc = ir.close(store, incident_id, root_cause, _who())
+        open_actions = sum(1 for a in inc.action_items if not a.get("done"))
+    console.print(
+        f"{inc.id} closed"
+        + (f"; {open_actions} action item(s) still open" if open_actions else "")
+        + f". Report: backout incident report {inc.id} --env {name} -o {inc.id}.md"
+    )
+
+
+@incident_app.command()
+def report(
+    incident_id: IdArg,
+    env: EnvOpt = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="md or html (default: from -o's suffix, else md)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write here, with the chart PNG next to it")
+    ] = None,
+) -> None:
+    """The incident report a team files: summary, impact, timeline, alarm evidence, chart, root cause,
+    action items, lessons learned. Markdown to stdout unless -o."""
+    if fmt is None:
+        fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
+    if fmt not in ("md", "html"):
+        raise UsageError(f"--format must be md or html, not {fmt!r}")
+    name, store = _open(env)
+    assert store is not None
+    with store:
+        view = ir.load(store, incident_id, name)
+    command = f"backout incident report {view.incident.id} --env {name} --format {fmt}" + (
+        f" -o {output}" if output else ""
+    )
+    if output is None:
+        if fmt == "html":
+            typer.echo(ir.render_html(view, ir.render_chart(view), command), nl=False)
+        else:
+            typer.echo(ir.render_markdown(view, command=command), nl=False)
+        return
+    written = ir.write_report(view, output, fmt, command)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)

@@ -1,0 +1,332 @@
+"""Operator runbooks: status, verify, smoke, rollback, emergency stop/resume, backups, repair, drills."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from backout.cli.context import Client, EnvOpt, JsonOpt, env_name
+from backout.cli.deploy_cmds import _who
+from backout.cli.render import console, emit_json, table
+from backout.errors import OperationFailed, UsageError
+
+backup_app = typer.Typer(help="Snapshots of the service's data: create, list, restore.", no_args_is_help=True)
+drill_app = typer.Typer(
+    help="Rollback drills: prove automatic rollback works (monthly, in staging).", invoke_without_command=True
+)
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (status, verify, smoke, rollback, resume, repair):
+        app.command()(fn)
+    app.command("emergency-stop")(emergency_stop)
+    app.add_typer(backup_app, name="backup")
+    app.add_typer(drill_app, name="drill")
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} — not a terminal, so pass --yes to confirm")
+    if not typer.confirm(question):
+        raise typer.Exit(1)
+
+
+def _check_rows(report: dict[str, Any]) -> None:
+    rows = [
+        (
+            c["group"],
+            c["name"],
+            Text("ok", "green") if c["ok"] else Text("FAIL", "red"),
+            c["detail"],
+            f"{c['latency_ms']:.0f}",
+        )
+        for c in report["checks"]
+    ]
+    table("verify", ["group", "check", "result", "detail", "ms"], rows)
+    console.print(Text("all checks passed", "green") if report["ok"] else Text("verify FAILED", "red bold"))
+
+
+def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Live versions, active deployment, alarms, API and processing, queues, incidents, last drill."""
+    c = Client(env)
+    s = c.call("GET", "/status")
+    if as_json:
+        return emit_json(s)
+    console.print(f"[bold]{s['service']}[/] / [bold]{s['env']}[/]  gateway {s['gateway_url']}")
+    table(
+        "functions",
+        ["function", "live alias weights"],
+        [(fn, ", ".join(f"v{v} {p:g}%" for v, p in f["weights"].items())) for fn, f in s["functions"].items()],
+    )
+    d = s["deployment"]
+    if d:
+        console.print(
+            f"deployment {d['id']}: {d['status']} step {d['step_label']} — v{d['stable_version']} → "
+            f"v{d['target_version']} at {d['current_weight']:g}%"
+        )
+    else:
+        console.print("no deployment in progress")
+    if s["alarms"]:
+        table("alarms", ["alarm", "state", "detail"], [(k, a["state"], a["detail"]) for k, a in s["alarms"].items()])
+    api = (
+        "[red]BLOCKED (429)[/]" if s["api"]["blocked"] else f"open ({s['api']['rate']:g}/s, burst {s['api']['burst']})"
+    )
+    proc = "on" if s["processing"] else "[red]PAUSED[/]"
+    console.print(f"API: {api}   processing: {proc}")
+    table(
+        "queues",
+        ["queue", "visible", "in flight", "oldest (s)", "DLQ arrivals"],
+        [
+            (q, v["visible"], v["in_flight"], f"{v['age_of_oldest']:.0f}", v["dlq_arrivals"])
+            for q, v in s["queues"].items()
+        ],
+    )
+    if s["incidents"]:
+        table(
+            "open incidents",
+            ["id", "severity", "title"],
+            [(i["id"], i["severity"], i["title"]) for i in s["incidents"]],
+        )
+    ld = s["last_drill"]
+    console.print(
+        "last drill: "
+        + (
+            f"{ld['id']} {'passed' if ld['passed'] else 'FAILED'} "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(ld['started_at']))} ({ld['fault']})"
+            if ld
+            else "none"
+        )
+    )
+    for w in s["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+def verify(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Validation after rollback: API health, functions, database, queues, alarms, aliases (exit 1 on failure)."""
+    report = Client(env).call("POST", "/verify")
+    emit_json(report) if as_json else _check_rows(report)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+def smoke(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Run the manifest's smoke tests against the environment (API_BASE_URL and ENVIRONMENT set)."""
+    from backout.runbooks.smoke import run_smoke
+
+    c = Client(env)
+    results = run_smoke(c.manifest, c.env, c.gateway_url)
+    if as_json:
+        emit_json([r.__dict__ for r in results])
+    else:
+        table(
+            "smoke tests",
+            ["test", "result", "seconds", "detail"],
+            [
+                (r.name, Text("ok", "green") if r.ok else Text("FAIL", "red"), f"{r.seconds:.1f}", r.detail[-300:])
+                for r in results
+            ],
+        )
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def rollback(
+    env: EnvOpt = None,
+    to: Annotated[int | None, typer.Option("--to", help="version to go back to (default: the previous stable)")] = None,
+    reason: Annotated[str, typer.Option(help="why (recorded in the incident)")] = "",
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll back now: stop the deployment in progress, or return to the previous stable version."""
+    name = env_name(env)
+    if not reason.strip():
+        raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
+    if name == "prod":
+        _confirm(f"roll back {name}{f' to v{to}' if to else ''}?", yes)
+    r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": _who()})
+    if as_json:
+        emit_json(r)
+    else:
+        how = (
+            "stopped the deployment"
+            if r["mode"] == "stopped deployment"
+            else ("instant (warm)" if r["warm"] else f"started workers first ({r.get('warm_seconds', 0):.1f} s)")
+        )
+        sw = f", switch {r['switch_ms']:.1f} ms" if r.get("switch_ms") is not None else ""
+        console.print(
+            f"rolled back v{r['from']} → v{r['to']} ({how}{sw}); deployment {r['deployment']}, incident {r['incident']}"
+        )
+        if r.get("verify"):
+            _check_rows(r["verify"])
+    if r.get("verify") and not r["verify"]["ok"]:
+        raise typer.Exit(1)
+
+
+def emergency_stop(
+    env: EnvOpt = None,
+    reason: Annotated[str, typer.Option(help="why (recorded in the incident)")] = "",
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Block the API (429), pause processing, roll back any deployment, snapshot, open a critical incident."""
+    name = env_name(env)
+    if not reason.strip():
+        raise UsageError("--reason is required for an emergency stop")
+    _confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
+    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": _who()})
+    if as_json:
+        return emit_json(r)
+    table(
+        f"emergency stop of {name} — incident {r['incident']}",
+        ["step", "result", "ms", "detail"],
+        [
+            (s["step"], Text("ok", "green") if s["ok"] else Text("FAIL", "red"), f"{s['ms']:.1f}", s["detail"])
+            for s in r["steps"]
+        ],
+    )
+    console.print(f"resume with `backout resume --env {name}` once the cause is fixed (verify must pass)")
+
+
+def resume(
+    env: EnvOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="resume even if verify fails (recorded)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-enable processing and the API after an emergency stop, once verify passes."""
+    c = Client(env)
+    r = c.call("POST", "/resume", {"force": force, "who": _who()})
+    if as_json:
+        return emit_json(r)
+    _check_rows(r["verify"])
+    console.print(f"{c.env} resumed{' (FORCED)' if r['forced'] else ''}: processing on, API open")
+
+
+def repair(
+    deployment: Annotated[str, typer.Option("--deployment", "-d", help="the rolled-back deployment")],
+    env: EnvOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the affected jobs only")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the jobs a rolled-back version processed to their pre-deployment state and reprocess them."""
+    r = Client(env).call("POST", "/repair", {"deployment": deployment, "dry_run": dry_run, "who": _who()})
+    if as_json:
+        return emit_json(r)
+    console.print(
+        f"v{r['bad_version']} of {r['deployment']} processed {len(r['jobs'])} job(s); snapshot {r['snapshot']}"
+    )
+    for j in r["jobs"]:
+        console.print(f"  {j}")
+    if not dry_run and r["jobs"]:
+        console.print(
+            f"restored {len(r.get('restored', []))} from the snapshot, reset {len(r.get('reset', []))}, "
+            f"re-queued {len(r.get('requeued', []))} for the stable version"
+        )
+
+
+@backup_app.command("create")
+def backup_create(env: EnvOpt = None, label: str = "", as_json: JsonOpt = False) -> None:
+    """Snapshot the service's data now (SQLite online backup + files)."""
+    r = Client(env).call("POST", "/backups", {"label": label})
+    emit_json(r) if as_json else console.print(f"backup {r['id']} ({r['snapshot']}) taken")
+
+
+@backup_app.command("list")
+def backup_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Backups: every deployment's pre-traffic snapshot and the ones taken by hand."""
+    rows = Client(env).call("GET", "/backups")
+    if as_json:
+        return emit_json(rows)
+    table(
+        "backups",
+        ["id", "snapshot", "taken", "deployment", "label", "available"],
+        [
+            (
+                b["id"],
+                b["platform_snapshot_id"],
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["created_at"])),
+                b["deployment_id"] or "",
+                b["label"],
+                "yes" if b["available"] else "NO",
+            )
+            for b in rows
+        ],
+    )
+
+
+@backup_app.command("restore")
+def backup_restore(backup_id: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Restore all data from a backup (drops later jobs: prefer `backout repair`); needs --yes."""
+    r = Client(env).call("POST", f"/backups/{backup_id}/restore", {"yes": yes, "who": _who()})
+    emit_json(r) if as_json else console.print(f"restored {r['restored']} in {r['seconds']:.2f} s: {r['diff']}")
+
+
+@drill_app.callback()
+def drill(
+    ctx: typer.Context,
+    env: EnvOpt = None,
+    fault: Annotated[str, typer.Option(help="errors=0.5 | latency=3s | crash | dlq")] = "errors=0.5",
+    target_seconds: Annotated[float, typer.Option(help="automatic rollback must complete within this")] = 60.0,
+    allow_prod: Annotated[bool, typer.Option("--allow-prod", help="drills are refused for prod without it")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy the stable code with an injected fault under synthetic traffic; pass if auto-rollback is in time."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c = Client(env)
+    c._http.timeout = target_seconds + 300
+    r = c.call(
+        "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": _who()}
+    )
+    if as_json:
+        emit_json(r)
+    else:
+        verdict = Text("PASSED", "green bold") if r["passed"] else Text("FAILED", "red bold")
+        t = r["first_traffic_to_stable_seconds"]
+        console.print(
+            Text.assemble(
+                f"drill {r['drill']} ({r['fault']}): ",
+                verdict,
+                f" — automatic rollback {t:.1f} s after first faulty traffic "
+                f"(target {r['target_seconds']:g} s), decision→stable "
+                f"{1000 * (r['rollback_seconds'] or 0):.0f} ms"
+                if t is not None
+                else " — no automatic rollback",
+            )
+        )
+        for f in r["failures"]:
+            console.print(f"  [red]✗[/] {f}")
+        console.print(f"deployment: backout deployment show {r['deployment']} --env {c.env}")
+    if not r["passed"]:
+        raise OperationFailed(f"drill {r['drill']} failed")
+
+
+@drill_app.command("list")
+def drill_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Past drills and their results."""
+    rows = Client(env).call("GET", "/drills")
+    if as_json:
+        return emit_json(rows)
+    table(
+        "drills",
+        ["id", "when", "fault", "result", "rollback after (s)", "target (s)"],
+        [
+            (
+                d["id"],
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(d["started_at"])),
+                d["fault"],
+                "passed" if d["passed"] else "FAILED",
+                f"{d['detection_seconds'] + (d['rollback_seconds'] or 0):.1f}"
+                if d["detection_seconds"] is not None
+                else "—",
+                f"{d['target_seconds']:g}",
+            )
+            for d in rows
+        ],
+    )

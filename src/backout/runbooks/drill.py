@@ -1,0 +1,231 @@
+"""Rollback drills ("Testing Rollback Procedures": monthly, in staging).
+
+A drill republishes the current stable code with an injected fault (`BACKOUT_FAULT` in the
+release's environment — no code change, so it works for any service), generates its own synthetic
+traffic, deploys the faulty version, and passes only if the *automatic* rollback completes within
+the target; then `verify` and `smoke` must pass too. The result is recorded (`backout drill list`)
+and `backout status` warns when the last passing drill is older than 30 days.
+
+The drill's canary takes 50 % of traffic (not the environment's 10 %), so that its own modest
+synthetic traffic gives the alarms enough of the faulty version's invocations to decide quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from backout.control import store as st
+from backout.control.deployer import Deployer
+from backout.control.notify import Notification, Notifier
+from backout.control.store import Store
+from backout.control.strategies import Step, Strategy
+from backout.errors import UsageError
+from backout.manifest import Manifest
+from backout.platforms.base import Platform
+from backout.runbooks.rollback import live_version
+
+FAULTS = {
+    "errors": re.compile(r"^errors=(0(\.\d+)?|1(\.0+)?)$"),
+    "latency": re.compile(r"^latency=\d+(\.\d+)?(ms|s)$"),
+    "crash": re.compile(r"^crash$"),
+    "dlq": re.compile(r"^dlq$"),
+}
+DRILL_WEIGHT = 50.0
+HTTP_RATE = 20.0  # synthetic requests per second
+QUEUE_RATE = 5.0  # synthetic messages per second per consumed queue
+
+
+def parse_fault(fault: str) -> str:
+    f = fault.strip().lower()
+    if not any(p.match(f) for p in FAULTS.values()):
+        raise UsageError(f"--fault {fault!r}: use errors=0.5, latency=3s, crash or dlq")
+    return f
+
+
+class SyntheticTraffic:
+    """GET requests on every parameterless-or-filled GET route, and small messages on every queue a
+    function consumes (the service must treat an unknown message as bad input, not crash)."""
+
+    def __init__(self, manifest: Manifest, gateway_url: str, send: Callable[[str, str], None]) -> None:
+        self.paths = [
+            re.sub(r"\{[^}]+\}", "drill", h.path)
+            for f in manifest.functions.values()
+            for h in f.http_events
+            if h.method == "GET"
+        ]
+        dlqs = {q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}
+        self.queues = sorted({e.queue for f in manifest.functions.values() for e in f.queue_events} - dlqs)
+        self.gateway_url = gateway_url
+        self.send = send
+        self.stats = {"requests": 0, "http_errors": 0, "messages": 0}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        if self.paths:
+            self._threads.append(threading.Thread(target=self._http, daemon=True, name="drill-http"))
+        if self.queues:
+            self._threads.append(threading.Thread(target=self._queue, daemon=True, name="drill-queue"))
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def _http(self) -> None:
+        i = 0
+        with httpx.Client(base_url=self.gateway_url, timeout=30) as c:
+            while not self._stop.wait(1.0 / HTTP_RATE):
+                path = self.paths[i % len(self.paths)]
+                i += 1
+                try:
+                    r = c.get(path, headers={"User-Agent": "backout-drill"})
+                    self.stats["requests"] += 1
+                    if r.status_code >= 500:
+                        self.stats["http_errors"] += 1
+                except httpx.HTTPError:
+                    self.stats["http_errors"] += 1
+
+    def _queue(self) -> None:
+        n = 0
+        while not self._stop.wait(1.0 / QUEUE_RATE):
+            for q in self.queues:
+                n += 1
+                self.send(q, json.dumps({"backout_drill": True, "seq": n}))
+                self.stats["messages"] += 1
+
+
+def drill(
+    *,
+    manifest: Manifest,
+    env: str,
+    platform: Platform,
+    store: Store,
+    deployer: Deployer,
+    notifier: Notifier,
+    gateway_url: str,
+    send: Callable[[str, str], None],
+    fault: str,
+    target_seconds: float,
+    allow_prod: bool,
+    who: str,
+    verify: Callable[[], Any],
+    smoke: Callable[[], list[Any]],
+) -> dict[str, Any]:
+    spec = manifest.environment(env)
+    if (env == "prod" or spec.require_approval) and not allow_prod:
+        raise UsageError(f"drills inject real failures: refused for {env} without --allow-prod")
+    fault = parse_fault(fault)
+    if target_seconds <= 0:
+        raise UsageError("--target-seconds must be positive")
+    if store.active_deployment(env) is not None:
+        raise UsageError("a deployment is in progress: drill when it has finished")
+    started = time.time()
+    stable = live_version(platform)
+    faulty = platform.republish(stable, {"BACKOUT_FAULT": fault}, description=f"drill: v{stable} with {fault}")
+    traffic = SyntheticTraffic(manifest, gateway_url, send)
+    traffic.start()
+    detail: dict[str, Any] = {"stable": stable, "faulty_version": faulty, "who": who}
+    try:
+        time.sleep(2.0)  # a baseline of the stable version for the judges
+        strategy = Strategy("Drill", (Step(DRILL_WEIGHT, target_seconds + 30.0), Step(100.0, 0.0)))
+        d = deployer.create(
+            version=faulty, strategy_obj=strategy, description=f"rollback drill: {fault}", created_by=who
+        )
+        deadline = time.time() + target_seconds + 90
+        while time.time() < deadline:
+            d = store.get(d.id)
+            if d.terminal:
+                break
+            time.sleep(0.1)
+    finally:
+        traffic.stop()
+    detail["deployment"] = d.id
+    detail["traffic"] = traffic.stats
+    events = store.events(deployment_id=d.id)
+    first_traffic = next((e.ts for e in events if e.kind == "step_reached"), None)
+    rb = next((e for e in events if e.kind == "rolled_back"), None)
+    trigger = rb.data.get("trigger") if rb and isinstance(rb.data, dict) else None
+    detection = (d.rollback_decided_at - first_traffic) if (first_traffic and d.rollback_decided_at) else None
+    rollback_s = (
+        (d.rollback_completed_at - d.rollback_decided_at) if d.rollback_completed_at and d.rollback_decided_at else None
+    )
+    reasons = []
+    if d.status != st.ROLLED_BACK:
+        reasons.append(f"deployment ended {d.status}, not RolledBack")
+        if d.active:
+            deployer.stop(d.id, rollback=True, reason="drill timed out", who=who)
+    elif trigger != "alarm":
+        reasons.append(f"rolled back by {trigger}, not by an alarm")
+    total = (d.rollback_completed_at - first_traffic) if (first_traffic and d.rollback_completed_at) else None
+    if total is None or total > target_seconds:
+        reasons.append(
+            f"rollback took {total:.1f} s > target {target_seconds:g} s"
+            if total is not None
+            else "no automatic rollback"
+        )
+    v = verify()
+    sm = smoke()
+    detail["verify"] = v.as_dict()
+    detail["smoke"] = [s.__dict__ for s in sm]
+    detail["reason"] = rb.data.get("reason") if rb and isinstance(rb.data, dict) else None
+    if not v.ok:
+        reasons.append(v.summary())
+    if not all(s.ok for s in sm):
+        reasons.append("smoke tests failed: " + "; ".join(s.name for s in sm if not s.ok))
+    passed = not reasons
+    detail["failures"] = reasons
+    rec = store.record_drill(
+        env,
+        fault,
+        target_seconds,
+        started,
+        time.time(),
+        passed,
+        detection_seconds=detection,
+        rollback_seconds=rollback_s,
+        detail=detail,
+    )
+    inc = store.incident_for_deployment(d.id)
+    if inc is not None and inc.status == "open":
+        store.close_incident(inc.id, root_cause=f"rollback drill {rec.id}: fault {fault} injected on purpose")
+    store.add_event(
+        "drill",
+        f"drill {rec.id} {'passed' if passed else 'FAILED'}: {fault}, automatic rollback in "
+        f"{total if total is not None else float('nan'):.1f} s (target {target_seconds:g} s)",
+        deployment_id=d.id,
+        severity="info" if passed else "warning",
+        data={"drill": rec.id},
+    )
+    notifier.notify(
+        Notification(
+            kind="drill_result",
+            environment=env,
+            service=manifest.service.name,
+            passed=passed,
+            deployment_id=d.id,
+            reason="; ".join(reasons) or f"rolled back in {total:.1f} s",
+            command=f"backout drill list --env {env}",
+        )
+    )
+    return {
+        "drill": rec.id,
+        "passed": passed,
+        "fault": fault,
+        "target_seconds": target_seconds,
+        "detection_seconds": detection,
+        "rollback_seconds": rollback_s,
+        "first_traffic_to_stable_seconds": total,
+        "deployment": d.id,
+        "failures": reasons,
+        "detail": detail,
+    }

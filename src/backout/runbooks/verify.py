@@ -1,0 +1,256 @@
+"""`backout verify`: "Validation After Rollback" of the procedure, as one command.
+
+API health (GET /health through the gateway → 200 and healthy), each function invocable (a test
+invocation of every version its live alias routes to — the procedure's `aws lambda invoke
+--payload '{"test": true}'`), database connectivity (a read/write probe), queue status (visible,
+in flight, age of oldest, DLQ depth), all alarms OK, and every live alias at the expected version.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from backout.control import store as st
+from backout.control.alarms import ALARM, AlarmSet, default_rules
+from backout.control.store import Store
+from backout.manifest import Manifest
+from backout.platforms.base import Platform
+
+CHECK_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    group: str
+    name: str
+    ok: bool
+    detail: str
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checks: list[Check]
+    at: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "at": self.at, "checks": [asdict(c) for c in self.checks]}
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"verify passed ({len(self.checks)} checks)"
+        return "verify FAILED: " + "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
+
+
+def expected_version(store: Store, env: str) -> int | None:
+    """The version every live alias should serve, from the last finished deployment."""
+    if store.active_deployment(env) is not None:
+        return None
+    last = next(iter(store.deployments(env, limit=1)), None)
+    if last is None:
+        return None
+    if last.status == st.SUCCEEDED:
+        return last.target_version
+    return last.stable_version
+
+
+def verify(
+    manifest: Manifest,
+    env: str,
+    platform: Platform,
+    store: Store,
+    gateway_url: str,
+    live_alarms: dict[str, Any] | None = None,
+) -> VerifyReport:
+    checks: list[Check] = []
+    checks.extend(_timed("api", lambda: _api(manifest, platform, gateway_url)))
+    checks.extend(_timed("functions", lambda: _functions(platform)))
+    checks.extend(_timed("database", lambda: _database(platform)))
+    checks.extend(_timed("queues", lambda: _queues(manifest, env, platform)))
+    checks.extend(_timed("alarms", lambda: _alarms(manifest, env, platform, store, live_alarms)))
+    checks.extend(_timed("aliases", lambda: _aliases(platform, store, env)))
+    return VerifyReport(checks, time.time())
+
+
+def _timed(group: str, fn: Any) -> list[Check]:
+    """Run one group of checks with a deadline: an unreachable dependency is a failure, not a hang."""
+    ex = ThreadPoolExecutor(max_workers=1)
+    fut = ex.submit(fn)
+    try:
+        return fut.result(timeout=CHECK_TIMEOUT * 3)
+    except FutureTimeout:
+        return [Check(group, group, False, f"no answer within {CHECK_TIMEOUT * 3:.0f} s")]
+    except Exception as e:  # noqa: BLE001 - every failure is a reported check
+        return [Check(group, group, False, f"{type(e).__name__}: {e}")]
+    finally:
+        ex.shutdown(wait=False)
+
+
+def _health_route(manifest: Manifest) -> str | None:
+    for name, f in manifest.functions.items():
+        for h in f.http_events:
+            if h.method == "GET" and h.path == "/health":
+                return name
+    return None
+
+
+def _api(manifest: Manifest, platform: Platform, gateway_url: str) -> list[Check]:
+    fn = _health_route(manifest)
+    if fn is None:
+        return [Check("api", "API health", True, "the service has no GET /health route")]
+    t0 = time.perf_counter()
+    throttle = platform.get_throttle()
+    if throttle.rate == 0:
+        # The API is blocked (emergency stop): check the function behind it directly, so that
+        # `resume` can verify before it lets clients back in.
+        r = platform.invoke(fn, None, _proxy_event("GET", "/health"))
+        ms = (time.perf_counter() - t0) * 1000
+        if not r.ok:
+            return [Check("api", "API health", False, f"API blocked; {fn} /health failed: {r.payload}", ms)]
+        status, body = _proxy_result(r.payload)
+        ok = status == 200 and body.get("status") == "healthy"
+        return [Check("api", "API health", ok, f"API blocked (throttle 0); {fn} GET /health → {status} {body}", ms)]
+    try:
+        resp = httpx.get(f"{gateway_url}/health", timeout=CHECK_TIMEOUT)
+        ms = (time.perf_counter() - t0) * 1000
+        body = _json(resp.text)
+        ok = resp.status_code == 200 and body.get("status") == "healthy"
+        return [Check("api", "API health", ok, f"GET /health → {resp.status_code} {resp.text[:200]}", ms)]
+    except httpx.HTTPError as e:
+        return [Check("api", "API health", False, f"GET {gateway_url}/health failed: {e}")]
+
+
+def _functions(platform: Platform) -> list[Check]:
+    out = []
+    for fn in platform.functions():
+        for v in platform.get_weights(fn).versions:
+            r = platform.invoke(fn, v, {"test": True})
+            detail = f"v{v} answered in {r.duration_ms:.0f} ms" if r.ok else f"v{v}: {_err(r)}"
+            out.append(Check("functions", f"{fn} v{v}", r.ok, detail, r.duration_ms))
+    return out
+
+
+def _database(platform: Platform) -> list[Check]:
+    return [
+        Check("database", c.name, c.ok, c.detail, c.latency_ms)
+        for c in platform.health().checks
+        if c.name.startswith("database") or c.name == "data dir"
+    ]
+
+
+def _queues(manifest: Manifest, env: str, platform: Platform) -> list[Check]:
+    limits = manifest.environment(env).queue_age_limits
+    dlqs = {q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}
+    out = []
+    for q in platform.queues():
+        t0 = time.perf_counter()
+        s = platform.queue_stats(q)
+        ms = (time.perf_counter() - t0) * 1000
+        detail = f"{s.visible} visible, {s.in_flight} in flight, oldest {s.age_of_oldest:.0f} s"
+        ok = True
+        if q in dlqs:
+            detail += f", DLQ depth {s.visible + s.in_flight}, {s.dlq_arrivals} arrivals in all"
+            if s.visible + s.in_flight:
+                ok = False
+                detail += " (messages in the DLQ: inspect, fix, then `backout queue redrive`)"
+        if q in limits and s.age_of_oldest > limits[q]:
+            ok = False
+            detail += f" (oldest message older than the {limits[q]:g} s limit)"
+        out.append(Check("queues", f"queue {q}", ok, detail, ms))
+    return out
+
+
+def _alarms(
+    manifest: Manifest, env: str, platform: Platform, store: Store, live_alarms: dict[str, Any] | None
+) -> list[Check]:
+    active = store.active_deployment(env)
+    if active is not None and live_alarms:
+        evals = list(live_alarms.values())
+    else:
+        fns = platform.functions()
+        live = platform.get_weights(fns[0]).stable if fns else 0
+        window = manifest.environment(env).alarm_window
+        evals = list(AlarmSet(default_rules(manifest, env, fns, live, time.time() - window)).evaluate(platform))
+        evals = [c.evaluation for c in evals]
+    firing = [e for e in evals if e.state == ALARM]
+    if firing:
+        return [Check("alarms", f"alarm {e.alarm}", False, e.detail) for e in firing]
+    return [Check("alarms", "all alarms", True, f"{len(evals)} alarm(s), none in ALARM")]
+
+
+def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
+    want = expected_version(store, env)
+    out = []
+    for fn in platform.functions():
+        w = platform.get_weights(fn)
+        weights = ", ".join(f"v{v} {p:g}%" for v, p in w.versions.items())
+        if want is None:
+            out.append(Check("aliases", f"{fn}:live", True, f"{weights} (no finished deployment to compare with)"))
+        else:
+            ok = w.versions == {want: 100.0}
+            out.append(Check("aliases", f"{fn}:live", ok, f"{weights}; expected v{want} 100%"))
+    return out
+
+
+def _proxy_event(method: str, path: str) -> dict[str, Any]:
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": {"User-Agent": "backout-verify"},
+        "multiValueHeaders": {},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "body": None,
+        "isBase64Encoded": False,
+        "requestContext": {
+            "resourcePath": path,
+            "httpMethod": method,
+            "path": path,
+            "stage": "verify",
+            "requestId": f"verify-{time.time_ns()}",
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+    }
+
+
+def _proxy_result(payload: Any) -> tuple[int, dict[str, Any]]:
+    if not isinstance(payload, dict):
+        return 0, {}
+    body = payload.get("body") or ""
+    if payload.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode(errors="replace")
+    return int(payload.get("statusCode", 0)), _json(body)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        v = json.loads(text)
+    except (ValueError, TypeError):
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
+def _err(r: Any) -> str:
+    if r.throttled:
+        return "throttled"
+    p = r.payload if isinstance(r.payload, dict) else {}
+    return f"{p.get('errorType', 'Error')}: {str(p.get('errorMessage', r.payload))[:300]}"

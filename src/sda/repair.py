@@ -1,0 +1,101 @@
+"""The repair function: the service's half of backout's data-repair runbook.
+
+backout knows which version was bad and which snapshot was taken before it took traffic; only the
+service knows its schema. So backout invokes this function (through the live alias: the good
+version's code) with:
+
+  {"repair": "affected", "version": N}      → {"jobs": [job ids whose processed_by.version is N]}
+  {"repair": "diff", "snapshot": DIR}       → how the jobs now differ from a snapshot
+  {"repair": "restore_jobs", "job_ids": [...], "snapshot": DIR, "requeue": true}
+        a job the snapshot holds as completed gets that record and its output files back;
+        any other job (queued in the snapshot, or submitted after it) is reset to queued and
+        re-sent to the processing queue, so the stable version redoes it.
+
+`snapshot` is a snapshot of the data dir (local storage); jobs only the good version handled are
+never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sda import config
+from sda.jobs import queue_message, reset_for_reprocessing
+from sda.observability import bind_context, make_logger
+from sda.queue import get_queue
+from sda.storage import get_storage
+from sda.storage.base import job_prefix
+
+logger = make_logger("sda-repair")
+
+
+def _snapshot_jobs(snapshot: str) -> dict[str, dict[str, Any]]:
+    db = Path(snapshot) / "jobs.db"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {r[0]: json.loads(r[1]) for r in con.execute("SELECT job_id, data FROM jobs")}
+    finally:
+        con.close()
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    bind_context(logger, context)
+    settings = config.load()
+    action = event.get("repair") if isinstance(event, dict) else None
+    if action is None:
+        return {"status": "ok", "function": "repair", "version": settings.function_version}
+    if settings.storage_mode != "local":
+        raise NotImplementedError("job repair from a snapshot is implemented for STORAGE_MODE=local")
+    storage = get_storage(settings)
+    if action == "affected":
+        jobs = storage.jobs_processed_by(event["version"])
+        return {"jobs": sorted(j["job_id"] for j in jobs)}
+    if action == "diff":
+        snap = _snapshot_jobs(event["snapshot"])
+        current = {j["job_id"]: j for j in storage.list_jobs(limit=None)}
+        return {
+            "only_current": len(set(current) - set(snap)),
+            "only_snapshot": len(set(snap) - set(current)),
+            "changed": sum(1 for k in set(current) & set(snap) if current[k] != snap[k]),
+            "jobs_now": len(current),
+            "jobs_in_snapshot": len(snap),
+        }
+    if action == "restore_jobs":
+        return _restore(storage, settings, event)
+    raise ValueError(f"unknown repair action {action!r}")
+
+
+def _restore(storage: Any, settings: config.Settings, event: dict[str, Any]) -> dict[str, Any]:
+    snap_root = Path(event["snapshot"])
+    snap = _snapshot_jobs(event["snapshot"])
+    queue = get_queue(settings)
+    restored, reset, requeued, missing = [], [], [], []
+    for job_id in event["job_ids"]:
+        current = storage.get_job(job_id)
+        old = snap.get(job_id)
+        if current is None and old is None:
+            missing.append(job_id)
+            continue
+        if old is not None and old.get("status") == "completed":
+            folder = snap_root / "files" / job_prefix(old)
+            for src in sorted(p for p in folder.rglob("*") if p.is_file()):  # outputs and checkpoints
+                storage.put_file(old, src.relative_to(folder).as_posix(), src.read_bytes())
+            storage.put_job(old)
+            restored.append(job_id)
+            continue
+        base = old if old is not None else current
+        job = reset_for_reprocessing(
+            base, reason="data repair: processed by a rolled-back version", by=f"repair v{settings.function_version}"
+        )
+        storage.put_job(job)
+        reset.append(job_id)
+        if event.get("requeue", True):
+            queue.send(queue_message(job))
+            requeued.append(job_id)
+    logger.info("repair done", extra={"restored": len(restored), "reset": len(reset), "missing": len(missing)})
+    return {"restored": restored, "reset": reset, "requeued": requeued, "missing": missing}
