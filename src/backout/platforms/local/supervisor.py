@@ -97,7 +97,9 @@ def supervisor_lock(state_dir: Path, env: str) -> Iterator[IO[str]]:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+    # proto says TCP, and without it Nagle + delayed ACK stall every keep-alive response for 40 ms.
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind((host, port))
@@ -131,7 +133,8 @@ class Supervisor:
         self._servers: list[_Server] = []
         self.tick_hooks: list[Callable[[], None]] = []
 
-    def request_stop(self) -> None:
+    def request_stop(self, why: str = "shutdown requested") -> None:
+        log.warning("stopping: %s", why)
         self._stop.set()
         for s in self._servers:
             s.should_exit = True
@@ -152,7 +155,7 @@ class Supervisor:
             platform.gateway_url = gw_url
             platform.bootstrap()
             controller = Controller(self.manifest, self.env, platform, self.state_dir, gateway_url=gw_url)
-            controller.on_shutdown = self.request_stop
+            controller.on_shutdown = lambda: self.request_stop("POST /shutdown (backout down)")
             app = build_app(controller, token)
             for fn in platform.functions():
                 w = platform.get_weights(fn)
@@ -191,7 +194,9 @@ class Supervisor:
             tmp.replace(self.state_dir / ENDPOINTS)
             log.warning("backout %s up: gateway %s, control %s", self.env, gw_url, ctl_url)
             try:
-                asyncio.run(self._serve([gw_sock, ctl_sock]))
+                # the loop the gateway's config names (uvloop): asyncio.run would ignore it
+                with asyncio.Runner(loop_factory=self._servers[0].config.get_loop_factory()) as runner:
+                    runner.run(self._serve([gw_sock, ctl_sock]))
             finally:
                 self._stop.set()
                 (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
@@ -203,7 +208,7 @@ class Supervisor:
     async def _serve(self, socks: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
         gw, ctl = self._servers
         await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
 
