@@ -170,7 +170,7 @@ def note(
     assert store is not None
     with store:
         inc = ir.add_note(store, incident_id, text, _who())
-    console.print(f"note added to {inc.id} ({len(inc.notes)} notes)")
+    console.print(f"note {len(inc.notes)} added to {inc.id}")
 
 
 @incident_app.command()
@@ -223,7 +223,7 @@ def lesson(
     assert store is not None
     with store:
         inc = ir.add_lesson(store, incident_id, text)
-    console.print(f"lesson added to {inc.id} ({len(inc.lessons)} lessons)")
+    console.print(f"lesson {len(inc.lessons)} added to {inc.id}")
 
 
 @incident_app.command("close")

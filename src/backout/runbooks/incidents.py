@@ -19,7 +19,6 @@ import base64
 import html
 import io
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -125,7 +124,9 @@ class IncidentView:
 
     @property
     def stable_version(self) -> int | None:
-        return _first((self.impact or {}).get("stable_version"), self.deployment and self.deployment.stable_version)
+        return _first(
+            (self.impact or {}).get("stable_version"), self.deployment and self.deployment.stable_version
+        )
 
     def _rolled_back(self, key: str) -> float | None:
         for e in self.events:
@@ -148,7 +149,11 @@ def load(store: Store, incident_id: str, env: str | None = None) -> IncidentView
     dep = store.find(inc.deployment_id) if inc.deployment_id else None
     events = store.events(deployment_id=dep.id if dep else None, incident_id=inc.id)
     evals = store.alarm_evaluations(dep.id) if dep else []
-    trigger = inc.trigger if isinstance(inc.trigger, dict) else ({"reason": str(inc.trigger)} if inc.trigger else {})
+    trigger = (
+        inc.trigger
+        if isinstance(inc.trigger, dict)
+        else ({"reason": str(inc.trigger)} if inc.trigger else {})
+    )
     sentences, impact, jobs, other = _split_evidence(inc.evidence)
     return IncidentView(env or inc.env, inc, dep, events, evals, trigger, sentences, impact, jobs, other)
 
@@ -284,7 +289,8 @@ def clock(ts: float | None) -> str:
     """Local wall clock to the millisecond (the timeline's resolution)."""
     if ts is None:
         return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+    sec, ms = divmod(round(ts * 1000), 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)) + f".{ms:03d}"
 
 
 def _zone(ts: float) -> str:
@@ -316,14 +322,18 @@ def _pct(num: float, den: float) -> str:
     return "—" if not den else f"{100.0 * num / den:.1f} %"
 
 
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|#])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<|])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_MD_LINE_START = re.compile(r"^(?:[#>=]|[-+]\s)")
+_MD_ORDERED = re.compile(r"^(\d+)([.)]\s)")
 
 
 def md(text: Any) -> str:
     """Literal text in markdown: punctuation that would format is backslash-escaped (CommonMark allows it for
-    any ASCII punctuation); intraword underscores (`dlq_processor`) stay readable; newlines become spaces."""
-    s = " ".join(str(text).split("\n"))
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), s)
+    any ASCII punctuation), block markers only where they would start a block; intraword underscores
+    (`dlq_processor`) stay readable; newlines become spaces."""
+    s = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(text).split("\n")))
+    s = _MD_ORDERED.sub(r"\1\\\2", s)
+    return "\\" + s if _MD_LINE_START.match(s) else s
 
 
 def code(text: Any) -> str:
@@ -349,7 +359,9 @@ def _cause(view: IncidentView) -> str:
     """What made backout (or someone) roll back, as the end of a sentence."""
     t = view.trigger
     kind = t.get("kind")
-    reason = str(t.get("reason") or (view.deployment.reason if view.deployment else "") or view.incident.title)
+    reason = str(
+        t.get("reason") or (view.deployment.reason if view.deployment else "") or view.incident.title
+    )
     if kind == "alarm":
         names = [a.get("alarm") for a in t.get("alarms") or [] if isinstance(a, dict) and a.get("alarm")]
         if not names:
@@ -357,7 +369,10 @@ def _cause(view: IncidentView) -> str:
             names = [m.group(1)] if m else []
         if names:
             return (
-                "the alarm" + ("s " if len(names) > 1 else " ") + ", ".join(code(n) for n in names) + " went into ALARM"
+                "the alarm"
+                + ("s " if len(names) > 1 else " ")
+                + ", ".join(code(n) for n in names)
+                + " went into ALARM"
             )
         return f"an alarm fired ({md(reason)})"
     if kind in ("pre_traffic", "post_traffic"):
@@ -414,9 +429,10 @@ def _summary(view: IncidentView) -> list[str]:
         if view.impact:
             s += f" {impact_sentence(view)}"
     else:
+        reason = md(view.trigger.get("reason") or inc.title)
         s = (
-            f"{_how(view)} in **{md(view.env)}** at {clock(inc.opened_at)}: {_cause(view)}. "
-            "No deployment is attached to this incident."
+            f"{_how(view)} in **{md(view.env)}** at {clock(inc.opened_at)}: {reason}. "
+            "No deployment is attached to this incident; its timeline holds what was done and when."
         )
     out += [s, ""]
     rows = [
@@ -431,21 +447,23 @@ def _summary(view: IncidentView) -> list[str]:
         rows += [
             [
                 "Deployment",
-                f"{code(d.id)} ({d.status}), {code(d.strategy)}" + (f", by {md(d.created_by)}" if d.created_by else ""),
+                f"{code(d.id)} ({d.status}), {code(d.strategy)}"
+                + (f", by {md(d.created_by)}" if d.created_by else ""),
             ],
             ["Versions", f"v{view.bad_version} rolled back → v{view.stable_version} restored"],
             ["Change", md(d.description) if d.description else "—"],
             ["First traffic on the new version", clock(view.first_traffic_at)],
         ]
-    rows += [
-        ["Rollback decided", clock(view.decided_at)],
-        ["100 % on the stable version", clock(view.completed_at)],
-        ["First traffic → decision", fmt_ms(view.detection_ms)],
-        ["Decision → 100 % stable", fmt_ms(view.restore_ms)],
-    ]
+    if d is not None or view.decided_at is not None:
+        rows += [
+            ["Rollback decided", clock(view.decided_at)],
+            ["100 % on the stable version", clock(view.completed_at)],
+            ["First traffic → decision", fmt_ms(view.detection_ms)],
+            ["Decision → 100 % stable", fmt_ms(view.restore_ms)],
+        ]
     if inc.closed_at:
         rows.append(["Incident open for", _secs(inc.closed_at - inc.opened_at)])
-    out += [_table(["", ""], rows), ""]
+    out += [_table(rows[0], rows[1:]), ""]
     return out
 
 
@@ -463,7 +481,7 @@ def impact_sentence(view: IncidentView) -> str:
     dlq = sum(float(n) for n in (imp.get("dlq_arrivals") or {}).values())
     if dlq:
         parts.append(f"{_num(dlq)} messages were dead-lettered")
-    return "In that time " + "; ".join(parts) + "."
+    return "While it was live, " + "; ".join(parts) + "."
 
 
 def _impact(view: IncidentView) -> list[str]:
@@ -489,7 +507,11 @@ def _impact(view: IncidentView) -> list[str]:
         _num(view.jobs_touched)
         if view.jobs_touched is not None
         else "not recorded"
-        + (f" (list them: {code(f'backout repair --deployment {d.id} --dry-run --env {view.env}')})" if d else "")
+        + (
+            f" (list them: {code(f'backout repair --deployment {d.id} --dry-run --env {view.env}')})"
+            if d
+            else ""
+        )
     )
     rows = [
         [
@@ -504,7 +526,7 @@ def _impact(view: IncidentView) -> list[str]:
         ["Peak share of traffic on v" + str(v), f"{max(weights):g} %" if weights else "—"],
         ["Duration (deployment start → 100 % stable)", _secs(imp.get("duration_seconds"))],
     ]
-    out += [_table(["", ""], rows), ""]
+    out += [_table(["measure", "value"], rows), ""]
     fns = imp.get("functions") or {}
     if fns:
         out += [f"Invocations of v{v} by function (the stable version's are not counted):", ""]
@@ -611,9 +633,9 @@ def _eval_row(
 ) -> list[str]:
     unit = _alarm_unit(name)
     val = "—" if value is None else f"{value:.2f}{unit}"
-    thr = "—" if threshold is None else f"{_COMPARISON.get(comparison, comparison)} {threshold:g}{unit}"
+    thr = "—" if threshold is None else f"{_COMPARISON.get(comparison) or md(comparison)} {threshold:g}{unit}"
     st = f"**{state}**" if state == "ALARM" else state
-    return [clock(ts), code(name), st, val, md(thr), "—" if window is None else f"{window:g} s"]
+    return [clock(ts), code(name), st, val, thr, "—" if window is None else f"{window:g} s"]
 
 
 def _chart_section(view: IncidentView, image: str | None, has_chart: bool) -> list[str]:
@@ -682,7 +704,9 @@ def _lessons(view: IncidentView) -> list[str]:
     if list(groups) == ["Other"]:
         return out + [f"- {md(t)}" for t in groups["Other"]] + [""]
     for name, texts in groups.items():
-        out += [f"### {name if name != 'Other' else 'Other lessons'}", ""] + [f"- {md(t)}" for t in texts] + [""]
+        out += (
+            [f"### {name if name != 'Other' else 'Other lessons'}", ""] + [f"- {md(t)}" for t in texts] + [""]
+        )
     return out
 
 
@@ -692,8 +716,14 @@ def _footer(view: IncidentView, command: str) -> list[str]:
     if view.deployment:
         related.append(f"backout deployment show {view.deployment.id} --env {env}")
     lines = ["---", ""]
-    made = f"Generated at {clock(time.time())} by {code(command)}" if command else f"Generated at {clock(time.time())}"
-    lines.append(f"{made} from the control store of {md(env)}. See also: " + ", ".join(code(c) for c in related) + ".")
+    made = (
+        f"Generated at {clock(time.time())} by {code(command)}"
+        if command
+        else f"Generated at {clock(time.time())}"
+    )
+    lines.append(
+        f"{made} from the control store of {md(env)}. See also: " + ", ".join(code(c) for c in related) + "."
+    )
     return lines + [""]
 
 
@@ -707,8 +737,8 @@ def render_markdown(
         has_chart = chart_available(view)
     parts = [f"# Incident {inc.id}: {md(inc.title)}", ""]
     parts += _summary(view) + _impact(view) + _timeline(view) + _evidence(view)
-    parts += _chart_section(view, image, has_chart) + _root_cause(view) + _actions(view) + _lessons(view)
-    parts += _notes(view) + _footer(view, command)
+    parts += _chart_section(view, image, has_chart) + _notes(view) + _root_cause(view) + _actions(view)
+    parts += _lessons(view) + _footer(view, command)
     return "\n".join(parts)
 
 
@@ -726,7 +756,7 @@ code{font:.85em ui-monospace,SFMono-Regular,Menlo,monospace;background:#eff1f3;p
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;border-radius:6px} pre code{background:none;padding:0}
 img{max-width:100%;border:1px solid #d0d7de;border-radius:6px}
 hr{border:0;border-top:1px solid #d0d7de;margin-top:2rem}
-p:last-child{color:#57606a;font-size:.85rem}
+main>p:last-child{color:#57606a;font-size:.85rem}
 """
 
 
@@ -758,10 +788,12 @@ def _rolling_rate(per_second: list[list[float]], start: int, end: int) -> tuple[
     err = {int(t): float(e) for t, _, e in per_second}
     xs, ys = [], []
     for t in range(start, end):
+        if not inv.get(t):
+            continue  # no traffic on the version this second (before the canary, after the rollback): no rate
         window = range(t - ROLLING_SECONDS + 1, t + 1)
         n = sum(inv.get(s, 0.0) for s in window)
         xs.append(t + 1.0)  # the value covers the second [t, t+1): plot it at its end, as a trailing window
-        ys.append(100.0 * sum(err.get(s, 0.0) for s in window) / n if n else math.nan)
+        ys.append(100.0 * sum(err.get(s, 0.0) for s in window) / n)
     return xs, ys
 
 
@@ -780,7 +812,11 @@ def render_chart(view: IncidentView) -> bytes | None:
     t0 = (
         d.created_at
         if d
-        else (weights[0][0] if weights else min(int(p[0]) for f in fns.values() for p in f.get("per_second") or []))
+        else (
+            weights[0][0]
+            if weights
+            else min(int(p[0]) for f in fns.values() for p in f.get("per_second") or [])
+        )
     )
     window = imp.get("window") or []
     times = [t for t, _ in weights] + [float(p[0]) for f in fns.values() for p in f.get("per_second") or []]
@@ -794,16 +830,27 @@ def render_chart(view: IncidentView) -> bytes | None:
     ax = fig.add_subplot()
     v = view.bad_version
     plotted = False
+    colours = iter(
+        ["tab:blue", "tab:orange", "tab:green", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"] * 9
+    )
     for fn, f in sorted(fns.items()):
         ps = f.get("per_second") or []
         if not any(p[1] for p in ps):
             continue
         xs, ys = _rolling_rate(ps, start, end)
-        ax.plot([x - t0 for x in xs], ys, lw=1.8, marker="o", ms=2.5, label=f"{fn} v{v} error rate")
+        ax.plot(
+            [x - t0 for x in xs],
+            ys,
+            lw=1.8,
+            marker="o",
+            ms=2.5,
+            color=next(colours),
+            label=f"{fn} v{v} error rate",
+        )
         plotted = True
     thresholds = sorted({a.threshold for a in view.alarm_evaluations if a.alarm.startswith("error-rate")})
     for thr in thresholds[:1]:
-        ax.axhline(thr, color="tab:orange", ls="--", lw=1, label=f"error-rate alarm threshold ({thr:g} %)")
+        ax.axhline(thr, color="dimgray", ls="--", lw=1, label=f"error-rate alarm threshold ({thr:g} %)")
     ax.set_ylim(-3, 103)
     ax.set_ylabel(f"error rate of v{v} (%)" if plotted else "error rate (no data)")
     ax.set_xlabel("seconds since the deployment started" if d else "seconds")
@@ -860,5 +907,7 @@ def write_report(view: IncidentView, out: Path, fmt: str = "md", command: str = 
         out.write_text(render_html(view, png, command), encoding="utf-8")
     else:
         image = chart_path(out).name if png is not None else None
-        out.write_text(render_markdown(view, image=image, command=command, has_chart=png is not None), encoding="utf-8")
+        out.write_text(
+            render_markdown(view, image=image, command=command, has_chart=png is not None), encoding="utf-8"
+        )
     return [out, *written]
