@@ -67,16 +67,18 @@ def up(
 @app.command()
 def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
     """Stop the environment: stop accepting, drain in-flight work, exit."""
-    from backout.platforms.local.supervisor import read_endpoints
+    from backout.platforms.local.supervisor import is_running
 
     c = Client(env)
+    pid = int(str(c.endpoints["pid"]))
     c.call("POST", "/shutdown")
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if read_endpoints(c.state_dir) is None:
+        # the endpoints file goes first (no new commands), the lock once drained, the process last
+        if not is_running(c.state_dir) and _exited(pid):
             console.print(f"{c.env} down")
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise OperationFailed(f"{c.env} did not stop within {timeout:.0f} s")
 
 
@@ -277,6 +279,15 @@ def logs(
                 sys.stdout.flush()
             else:
                 time.sleep(0.2)
+
+
+def _exited(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _pairs(items: list[str]) -> dict[str, str]:

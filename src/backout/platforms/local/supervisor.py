@@ -63,6 +63,11 @@ def read_endpoints(state_dir: Path) -> dict[str, object] | None:
     return ep
 
 
+def is_running(state_dir: Path) -> bool:
+    """True while a supervisor holds the state dir: until it has drained and is about to exit."""
+    return _lock_held(state_dir)
+
+
 def _lock_held(state_dir: Path) -> bool:
     p = state_dir / LOCK
     if not p.exists():
