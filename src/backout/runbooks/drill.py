@@ -30,6 +30,7 @@ from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import Platform
 from backout.runbooks.rollback import live_version
+from backout.runbooks.verify import settle_seconds
 
 FAULTS = {
     "errors": re.compile(r"^errors=(0(\.\d+)?|1(\.0+)?)$"),
@@ -82,18 +83,25 @@ class SyntheticTraffic:
             t.join(timeout=10)
 
     def _http(self) -> None:
-        i = 0
-        with httpx.Client(base_url=self.gateway_url, timeout=30) as c:
-            while not self._stop.wait(1.0 / HTTP_RATE):
-                path = self.paths[i % len(self.paths)]
-                i += 1
-                try:
-                    r = c.get(path, headers={"User-Agent": "backout-drill"})
-                    self.stats["requests"] += 1
-                    if r.status_code >= 500:
-                        self.stats["http_errors"] += 1
-                except httpx.HTTPError:
+        """Open-loop load: a request every 1/HTTP_RATE s whatever the answers' latency, like real clients."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(c: httpx.Client, path: str) -> None:
+            try:
+                r = c.get(path, headers={"User-Agent": "backout-drill"})
+                self.stats["requests"] += 1
+                if r.status_code >= 500:
                     self.stats["http_errors"] += 1
+            except httpx.HTTPError:
+                self.stats["http_errors"] += 1
+
+        i = 0
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        with httpx.Client(base_url=self.gateway_url, timeout=30, limits=limits) as c, \
+                ThreadPoolExecutor(max_workers=48, thread_name_prefix="drill-http") as pool:
+            while not self._stop.wait(1.0 / HTTP_RATE):
+                pool.submit(one, c, self.paths[i % len(self.paths)])
+                i += 1
 
     def _queue(self) -> None:
         n = 0
@@ -144,7 +152,7 @@ def drill(
         deadline = time.time() + target_seconds + 90
         while time.time() < deadline:
             d = store.get(d.id)
-            if d.terminal:
+            if d.terminal and (d.status != st.ROLLED_BACK or d.rollback_completed_at is not None):
                 break
             time.sleep(0.1)
     finally:
@@ -173,6 +181,8 @@ def drill(
             if total is not None
             else "no automatic rollback"
         )
+    # messages the faulty version failed just before the rollback still reach the DLQ one retry later
+    time.sleep(settle_seconds(manifest) + 1.0)
     v = verify()
     sm = smoke()
     detail["verify"] = v.as_dict()

@@ -141,6 +141,10 @@ def _functions(platform: Platform) -> list[Check]:
     for fn in platform.functions():
         for v in platform.get_weights(fn).versions:
             r = platform.invoke(fn, v, {"test": True})
+            deadline = time.monotonic() + CHECK_TIMEOUT
+            while r.throttled and time.monotonic() < deadline:  # busy, not broken: a slot frees up soon
+                time.sleep(0.2)
+                r = platform.invoke(fn, v, {"test": True})
             detail = f"v{v} answered in {r.duration_ms:.0f} ms" if r.ok else f"v{v}: {_err(r)}"
             out.append(Check("functions", f"{fn} v{v}", r.ok, detail, r.duration_ms))
     return out
@@ -165,8 +169,12 @@ def _queues(manifest: Manifest, env: str, platform: Platform) -> list[Check]:
         detail = f"{s.visible} visible, {s.in_flight} in flight, oldest {s.age_of_oldest:.0f} s"
         ok = True
         if q in dlqs:
-            detail += f", DLQ depth {s.visible + s.in_flight}, {s.dlq_arrivals} arrivals in all"
-            if s.visible + s.in_flight:
+            depth = s.visible + s.in_flight
+            detail += f", DLQ depth {depth}, {s.dlq_arrivals} arrivals in all"
+            consumers = [n for n, f in manifest.functions.items() if any(e.queue == q for e in f.queue_events)]
+            if depth and consumers:
+                detail += f" (being handled by {', '.join(consumers)})"
+            elif depth:
                 ok = False
                 detail += " (messages in the DLQ: inspect, fix, then `backout queue redrive`)"
         if q in limits and s.age_of_oldest > limits[q]:
@@ -185,13 +193,30 @@ def _alarms(
     else:
         fns = platform.functions()
         live = platform.get_weights(fns[0]).stable if fns else 0
-        window = manifest.environment(env).alarm_window
-        evals = list(AlarmSet(default_rules(manifest, env, fns, live, time.time() - window)).evaluate(platform))
+        # the window starts at the last deployment's end: what the rolled-back version did is its incident's
+        # evidence, not a fault of the version now live
+        since = time.time() - manifest.environment(env).alarm_window
+        last = next(iter(store.deployments(env, limit=1)), None)
+        if last is not None and last.finished_at is not None:
+            since = max(since, (last.rollback_completed_at or last.finished_at) + settle_seconds(manifest))
+        evals = list(AlarmSet(default_rules(manifest, env, fns, live, since)).evaluate(platform))
         evals = [c.evaluation for c in evals]
     firing = [e for e in evals if e.state == ALARM]
     if firing:
         return [Check("alarms", f"alarm {e.alarm}", False, e.detail) for e in firing]
     return [Check("alarms", "all alarms", True, f"{len(evals)} alarm(s), none in ALARM")]
+
+
+def settle_seconds(manifest: Manifest) -> float:
+    """How long after a rollback a message the old version failed can still reach a DLQ: SQS moves it on
+    the receive after its last failure, one retry delay later."""
+    delays = [
+        e.retry_after if e.retry_after is not None else manifest.queues[e.queue].visibility_timeout
+        for f in manifest.functions.values()
+        for e in f.queue_events
+        if manifest.queues[e.queue].dead_letter_queue
+    ]
+    return max(delays, default=0.0) + 3.0 if delays else 0.0
 
 
 def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
