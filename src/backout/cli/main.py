@@ -313,10 +313,11 @@ def _num(v: Any) -> str:
 
 
 def _register() -> None:
-    from backout.cli import deploy_cmds, runbook_cmds
+    from backout.cli import deploy_cmds, incident_cmds, runbook_cmds
 
     deploy_cmds.register(app)
     runbook_cmds.register(app)
+    incident_cmds.register(app)
 
 
 _register()

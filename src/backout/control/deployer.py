@@ -476,13 +476,18 @@ class Deployer:
                 **rb.data,
             },
         )
+        try:
+            impact = measure_impact(self.manifest, self.env, self.platform, self.store, d, until=done + 1)
+        except Exception as e:  # noqa: BLE001 - the report loses its numbers, the rollback stands
+            log.exception("impact of %s could not be measured", d.id)
+            impact = {"error": f"{type(e).__name__}: {e}"}
         inc = self.store.open_incident(
             self.env,
             f"{d.id} rolled back: {rb.reason}",
             severity="critical",
             deployment_id=d.id,
-            trigger={"kind": rb.trigger, "reason": rb.reason, **rb.data},
-            evidence=rb.evidence,
+            trigger={"kind": rb.trigger, "reason": rb.reason, "decided_at": decided, "completed_at": done, **rb.data},
+            evidence={"alarms": rb.evidence, "impact": impact},
         )
         self.store.add_event(
             "incident_opened",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,7 @@ def _command_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
     assert hook.command is not None
     env = dict(
         os.environ,
+        PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
         API_BASE_URL=ctx.gateway_url,
         ENVIRONMENT=ctx.env,
         BACKOUT_ENV=ctx.env,
