@@ -164,6 +164,8 @@ def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
                 for e in view["events"]:
                     printed.append(e)
                     after = e["id"]
+                    if e["kind"] == "alarm_state" and e["severity"] != "critical" and " new → " in e["message"]:
+                        continue  # the table below shows every alarm; the log shows what changed
                     style = {"critical": "red", "warning": "yellow"}.get(e["severity"], "dim")
                     live.console.print(Text(f"{_clock(e['ts'])}  {e['message']}", style=style))
                 d = view["deployment"]
