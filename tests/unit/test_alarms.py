@@ -301,8 +301,8 @@ def test_default_rules_of_the_sda_manifest() -> None:
     m = load_manifest(ROOT / "backout.toml")
     fns = list(m.functions)
     prod = {r.name: r for r in default_rules(m, "prod", fns, 3, T0)}
-    assert set(prod) == {"error-rate:api", "error-rate:worker", "error-rate:dlq_processor", "error-rate:repair", "api-5xx",
-                         "dlq-arrivals:processing-dlq"}
+    assert set(prod) == {"error-rate:api", "error-rate:worker", "error-rate:dlq_processor", "error-rate:repair",
+                         "api-5xx", "dlq-arrivals:processing-dlq"}
     assert prod["error-rate:worker"].threshold == 5.0 and prod["error-rate:worker"].guard == 20
     assert dict(prod["error-rate:worker"].denominator.dimensions) == {"FunctionName": "worker",
                                                                       "ExecutedVersion": "3"}
