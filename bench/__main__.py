@@ -1,0 +1,51 @@
+"""`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
+
+Options: `--only throughput,latency,queue,weights,memory`, `--quick` (shorter runs, for a smoke
+check), `--json PATH` (also write the figures and the machine as JSON). BENCHMARKS.md explains each
+figure and records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+
+from bench import platform
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description="backout's benchmarks (issue 2)")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(platform.BENCHMARKS)}")
+    p.add_argument("--quick", action="store_true", help="shorter runs (a smoke check, not a measurement)")
+    p.add_argument("--json", dest="json_path", default="", help="also write the results to this file")
+    a = p.parse_args(argv)
+    only = {x.strip() for x in a.only.split(",") if x.strip()} or None
+    unknown = (only or set()) - set(platform.BENCHMARKS)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+
+    info = platform.machine()
+    print(f"backout benchmarks — {info['date']}, {info['cores']} cores, {info['cpu']}, Python {info['python']}")
+    print(f"load average before: {info['load_before']}", flush=True)
+    t0 = time.monotonic()
+    figures = platform.run(only, quick=a.quick)
+    print()
+    width = max(len(f.name) for f in figures)
+    for f in figures:
+        verdict = "" if f.ok is None else ("  ok" if f.ok else "  MISS")
+        target = f"  (target {f.target})" if f.target else ""
+        print(f"{f.name:<{width}}  {f.value:>10,.2f} {f.unit}{target}{verdict}")
+        if f.detail:
+            print(f"{'':<{width}}    {json.dumps(f.detail)}")
+    print(f"\n{len(figures)} figures in {time.monotonic() - t0:.0f} s")
+    if a.json_path:
+        with open(a.json_path, "w") as fh:
+            json.dump({"machine": info, "figures": [asdict(f) for f in figures]}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Issue 2's benchmarks of the local platform, measured side by side in one run.
+
+* gateway → trivial handler (a real supervisor, a real worker process) against the same handler
+  served directly by uvicorn in-process (bench/direct.py): throughput, and latency at a fixed rate;
+* queue send + receive + delete round trips (QueueStore on a fresh SQLite file);
+* weight change (control API PUT /aliases/api) → first response from the newly weighted version;
+* resident memory of one warm worker of the trivial handler.
+
+Load comes from bench/loadgen.py in its own process. Everything runs on 127.0.0.1 with free ports,
+in a temporary directory, and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+APP = """
+def handler(event, context):
+    if event.get("test") is True:
+        return {"status": "ok"}
+    return {"statusCode": 200, "headers": {"content-type": "text/plain"}, "body": "ok"}
+"""
+
+MANIFEST = """
+[service]
+name = "bench"
+source = "code"
+
+[functions.api]
+handler = "app.handler"
+timeout = "10s"
+reserved_concurrency = 64
+events = [{ http = "GET /hello" }]
+
+[environments.bench]
+gateway_port = 0
+control_port = 0
+"""
+
+
+@dataclass
+class Figure:
+    """One reported number, with its target when the issue sets one."""
+
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    """`backout up --detach` of the benchmark service; `down` (and a kill if need be) at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "code").mkdir(parents=True, exist_ok=True)
+        (root / "code" / "app.py").write_text(APP)
+        self.manifest = root / "backout.toml"
+        self.manifest.write_text(MANIFEST)
+        self.state = root / ".backout" / "bench"
+        self._cli("up", "--detach")
+        ep = json.loads((self.state / "endpoints.json").read_text())
+        self.pid = int(ep["pid"])
+        self.gateway_url = str(ep["gateway_url"])
+        token = (self.state / "token").read_text().strip()
+        self.control = httpx.Client(
+            base_url=str(ep["control_url"]), headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+
+    def _cli(self, *args: str) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "backout.cli.main", "--manifest", str(self.manifest), *args, "--env", "bench"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        r = self.control.request(method, path, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def workers(self, function: str = "api") -> list[psutil.Process]:
+        out = []
+        for c in psutil.Process(self.pid).children():
+            try:
+                if c.environ().get("AWS_LAMBDA_FUNCTION_NAME") == function:
+                    out.append(c)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def close(self) -> None:
+        self.control.close()
+        try:
+            self._cli("down")
+        except subprocess.SubprocessError:
+            try:
+                psutil.Process(self.pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@contextmanager
+def direct_server(code_dir: Path) -> Iterator[str]:
+    """bench/direct.py in its own process; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.direct", str(code_dir), "app.handler"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/hello", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def loadgen(url: str, *args: str) -> dict[str, Any]:
+    """One run of bench/loadgen.py in its own process."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", url, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return json.loads(r.stdout)
+
+
+# --- the benchmarks --------------------------------------------------------------------------------
+
+
+def throughput(sup: Supervisor, direct: str, duration: float, connections: list[int]) -> list[Figure]:
+    """Closed-loop req/s of both servers at each concurrency (alternating), best of each."""
+    gw = f"{sup.gateway_url}/hello"
+    dr = f"{direct}/hello"
+    for url in (gw, dr):  # warm up: worker processes started, connections and caches hot
+        loadgen(url, "--connections", str(max(connections)), "--duration", "1.5")
+    runs: dict[str, dict[int, dict[str, Any]]] = {"gateway": {}, "direct": {}}
+    for c in connections:
+        for name, url in (("direct", dr), ("gateway", gw)):
+            runs[name][c] = loadgen(url, "--connections", str(c), "--duration", str(duration))
+    best = {name: max(r.values(), key=lambda x: x["rps"]) for name, r in runs.items()}
+    per_c = {
+        name: {
+            c: {"rps": r["rps"], "p99_ms": r["latency_ms"]["p99"], "non_200": r["requests"] - r["ok"]}
+            for c, r in rs.items()
+        }
+        for name, rs in runs.items()
+    }
+    ratio = 100.0 * best["gateway"]["rps"] / best["direct"]["rps"]
+    return [
+        Figure(
+            "gateway throughput (trivial handler, worker process)",
+            best["gateway"]["rps"],
+            "req/s",
+            detail=per_c["gateway"],
+        ),
+        Figure(
+            "direct uvicorn throughput (same handler in-process)",
+            best["direct"]["rps"],
+            "req/s",
+            detail=per_c["direct"],
+        ),
+        Figure("gateway / direct throughput", round(ratio, 1), "%", "≥ 50 %", ratio >= 50.0),
+    ]
+
+
+def latency_at_rate(sup: Supervisor, direct: str, rate: float, duration: float, slices: int = 5) -> list[Figure]:
+    """Open-loop latency at a fixed request rate, both servers, in alternating slices (a busy neighbour
+    on the shared machine then hits both alike); percentiles over all slices."""
+    args = ("--rate", str(rate), "--duration", str(duration / slices), "--connections", "4", "--raw")
+    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+    count = {"direct": [0, 0], "gateway": [0, 0]}  # requests, non-200
+    for _ in range(slices):
+        for name, url in (("direct", f"{direct}/hello"), ("gateway", f"{sup.gateway_url}/hello")):
+            res = loadgen(url, *args)
+            lat[name] += res["latencies_ms"]
+            count[name][0] += res["requests"]
+            count[name][1] += res["requests"] - res["ok"]
+    pct = {name: np.percentile(np.array(v), [50, 99]).round(3).tolist() + [max(v)] for name, v in lat.items()}
+    d = {
+        "latency_ms": {"p50": pct["direct"][0], "p99": pct["direct"][1], "max": pct["direct"][2]},
+        "requests": count["direct"][0],
+        "ok": count["direct"][0] - count["direct"][1],
+    }
+    g = {
+        "latency_ms": {"p50": pct["gateway"][0], "p99": pct["gateway"][1], "max": pct["gateway"][2]},
+        "requests": count["gateway"][0],
+        "ok": count["gateway"][0] - count["gateway"][1],
+    }
+    added = g["latency_ms"]["p99"] - d["latency_ms"]["p99"]
+    r = f"at {rate:g} req/s"
+    out = []
+    for name, res in (("direct", d), ("gateway", g)):
+        detail = {
+            "requests": res["requests"],
+            "non_200": res["requests"] - res["ok"],
+            "max_ms": res["latency_ms"]["max"],
+        }
+        out.append(Figure(f"{name} p50 {r}", res["latency_ms"]["p50"], "ms", detail=detail))
+        out.append(Figure(f"{name} p99 {r}", res["latency_ms"]["p99"], "ms"))
+    out.append(Figure(f"added p99 {r} (gateway − direct)", round(added, 3), "ms", "≤ 5 ms", added <= 5.0))
+    return out
+
+
+def queue_round_trips(tmp: Path, n: int) -> list[Figure]:
+    """send + receive + delete, one message at a time (the target), and ten at a time."""
+    from backout.platforms.local.queues import QueueStore
+
+    q = QueueStore(tmp / "queue-bench.db")
+    q.ensure_queue("jobs", visibility_timeout=30)
+    for _ in range(100):  # warm: connection, pages, statements
+        q.send("jobs", "warm")
+        for m in q.receive("jobs", 1):
+            q.delete("jobs", m.receipt_handle)
+    body = json.dumps({"job_id": "job_0123456789", "file": "drawing.pdf", "client": "bench"})
+    t0 = time.perf_counter()
+    for _ in range(n):
+        q.send("jobs", body)
+        (m,) = q.receive("jobs", 1)
+        q.delete("jobs", m.receipt_handle)
+    single = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n // 10):
+        q.send_batch("jobs", [body] * 10)
+        for m in q.receive("jobs", 10):
+            q.delete("jobs", m.receipt_handle)
+    batched = n / (time.perf_counter() - t0)
+    assert q.stats("jobs").visible == 0
+    q.close()
+    return [
+        Figure(
+            "queue send+receive+delete, 1 message at a time",
+            round(single),
+            "msg/s",
+            "≥ 1,000 msg/s",
+            single >= 1000,
+            {"messages": n},
+        ),
+        Figure("queue send_batch(10)+receive(10)+10 deletes", round(batched), "msg/s", detail={"messages": n}),
+    ]
+
+
+def weight_change(sup: Supervisor, rounds: int) -> list[Figure]:
+    """Under steady traffic, flip the alias between v1 and v2 (100 %) and time the first new answer."""
+    v2 = sup.api("POST", "/publish", json={"environment": {"BENCH_VERSION": "2"}})["version"]
+    sup.api("PUT", "/aliases/api", json={"stable": 1, "canary": v2, "weight": 0})  # both warm
+    sup.api("PUT", "/aliases/api", json={"stable": 1})
+    interval = 0.4
+    duration = 1.0 + rounds * interval + 1.0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            f"{sup.gateway_url}/hello",
+            "--connections",
+            "2",
+            "--duration",
+            str(duration),
+            "--trace",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    switches: list[tuple[float, float, str]] = []  # (before the PUT, after it returned, new version)
+    time.sleep(1.0)
+    for i in range(rounds):
+        new = str(v2) if i % 2 == 0 else "1"
+        body = {"stable": 1, "canary": v2, "weight": 100} if new != "1" else {"stable": 1}
+        t0 = time.monotonic()
+        sup.api("PUT", "/aliases/api", json=body)
+        switches.append((t0, time.monotonic(), new))
+        time.sleep(interval)
+    out, _ = proc.communicate(timeout=duration + 60)
+    sup.api("PUT", "/aliases/api", json={"stable": 1})
+    trace = json.loads(out)["trace"]
+    delays, stale, put_ms = [], 0, []
+    for k, (t0, t1, new) in enumerate(switches):
+        until = switches[k + 1][0] if k + 1 < len(switches) else float("inf")
+        window = [(t, v) for t, v in trace if t0 <= t < until]
+        first = next((t for t, v in window if v == new), None)
+        if first is None:
+            raise RuntimeError(f"no response from v{new} after switch {k}")
+        delays.append((first - t0) * 1000.0)
+        put_ms.append((t1 - t0) * 1000.0)
+        # answers from the old version that *arrived* well after the PUT returned (> 50 ms): misroutes
+        stale += sum(1 for t, v in window if v != new and t > t1 + 0.05)
+    delays.sort()
+    worst = delays[-1]
+    return [
+        Figure(
+            "weight change → first response from the new version",
+            round(worst, 2),
+            "ms (max)",
+            "≤ 100 ms",
+            worst <= 100.0,
+            {
+                "switches": len(delays),
+                "median_ms": round(statistics.median(delays), 2),
+                "control_api_put_median_ms": round(statistics.median(put_ms), 2),
+                "old_version_answers_50ms_after_put": stale,
+            },
+        ),
+    ]
+
+
+def worker_rss(sup: Supervisor) -> list[Figure]:
+    """RSS (and USS: memory no other process shares) of the warm workers of the trivial handler."""
+    for _ in range(50):
+        httpx.get(f"{sup.gateway_url}/hello", timeout=10)
+    procs = sup.workers("api")
+    if not procs:
+        raise RuntimeError("no warm worker of api")
+    rss = [p.memory_info().rss / 2**20 for p in procs]
+    uss = [p.memory_full_info().uss / 2**20 for p in procs]
+    worst = max(rss)
+    return [
+        Figure(
+            "RSS of one warm worker (trivial handler)",
+            round(worst, 1),
+            "MB (max over workers)",
+            "≤ 60 MB",
+            worst <= 60.0,
+            {
+                "workers": len(procs),
+                "rss_mb_median": round(statistics.median(rss), 1),
+                "uss_mb_median": round(statistics.median(uss), 1),
+            },
+        ),
+    ]
+
+
+BENCHMARKS = ("throughput", "latency", "queue", "weights", "memory")
+
+
+def run(only: set[str] | None = None, quick: bool = False) -> list[Figure]:
+    """Every benchmark (or `only` some), on one supervisor and one direct server."""
+    wanted = set(BENCHMARKS) if not only else only
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="backout-bench-") as d:
+        tmp = Path(d)
+        if "queue" in wanted:
+            figures += queue_round_trips(tmp, 1000 if quick else 3000)
+        if wanted & {"throughput", "latency", "weights", "memory"}:
+            sup = Supervisor(tmp / "svc")
+            try:
+                with direct_server(tmp / "svc" / "code") as direct:
+                    if "throughput" in wanted:
+                        figures += throughput(sup, direct, 2.0 if quick else 5.0, [4, 16])
+                    if "latency" in wanted:
+                        figures += latency_at_rate(sup, direct, 100.0, 4.0 if quick else 15.0)
+                if "memory" in wanted:
+                    figures += worker_rss(sup)
+                if "weights" in wanted:
+                    figures += weight_change(sup, 10 if quick else 30)
+            finally:
+                sup.close()
+    return figures
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
