@@ -31,8 +31,11 @@ def live_version(platform: Platform) -> int:
 
 
 def previous_version(store: Store, env: str, current: int, known: list[int]) -> int:
-    """The version that was stable before `current` went live."""
+    """The version that was stable before `current` went live. A manual rollback that made `current` live
+    does not count: its "stable" is the version rolled away from, and going back there is rolling forward."""
     for d in store.deployments(env, limit=200):
+        if d.strategy == MANUAL:
+            continue
         if d.status == st.SUCCEEDED and d.target_version == current and d.stable_version not in (None, current):
             return int(d.stable_version)  # type: ignore[arg-type]
     older = [v for v in known if v < current]
