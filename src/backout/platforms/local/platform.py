@@ -305,6 +305,7 @@ class LocalPlatform:
 
     def restore(self, snapshot_id: str) -> None:
         src_root = self.snapshot_path(snapshot_id)
+        self._settings.put("data_tables", {})  # the snapshot's schema is the expected one from now on
         meta = json.loads((src_root.parent / "snapshot.json").read_text())
         for rel in meta["databases"]:
             src = sqlite3.connect(src_root / rel)
@@ -356,11 +357,18 @@ class LocalPlatform:
         return HealthReport(checks)
 
     def _database_checks(self) -> list[CheckResult]:
-        """A read/write probe of every SQLite database of the service (its jobs table among them)."""
+        """A read/write probe of every SQLite database of the service (its jobs table among them).
+
+        A dropped table or a deleted database file still opens fine, so the tables each database had
+        are remembered (platform db) and one that has gone missing fails the check."""
+        known: dict[str, list[str]] = self._settings.get("data_tables", {})
         out = []
+        seen = set()
         for p in sorted(self.data_dir.rglob("*.db")):
             t0 = time.perf_counter()
-            name = f"database {p.relative_to(self.data_dir).as_posix()}"
+            rel = p.relative_to(self.data_dir).as_posix()
+            seen.add(rel)
+            name = f"database {rel}"
             try:
                 con = sqlite3.connect(p, timeout=5)
                 try:
@@ -374,9 +382,23 @@ class LocalPlatform:
                         con.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchall()
                 finally:
                     con.close()
-                out.append(CheckResult(name, True, f"read/write ok; tables: {', '.join(tables) or 'none'}", _ms(t0)))
             except sqlite3.Error as e:
                 out.append(CheckResult(name, False, f"{type(e).__name__}: {e}", _ms(t0)))
+                continue
+            missing = sorted(set(known.get(rel, [])) - set(tables))
+            if missing:
+                out.append(CheckResult(
+                    name, False,
+                    f"table(s) {', '.join(missing)} missing (present at an earlier check); "
+                    f"tables now: {', '.join(tables) or 'none'}",
+                    _ms(t0),
+                ))
+                continue
+            known[rel] = sorted(set(known.get(rel, [])) | set(tables))
+            out.append(CheckResult(name, True, f"read/write ok; tables: {', '.join(tables) or 'none'}", _ms(t0)))
+        for rel in sorted(set(known) - seen):
+            out.append(CheckResult(f"database {rel}", False, "database file missing (present at an earlier check)"))
+        self._settings.put("data_tables", known)
         return out
 
     # --- periodic work, driven by the supervisor ------------------------------------------
