@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
@@ -220,16 +221,24 @@ def settle_seconds(manifest: Manifest) -> float:
 
 
 def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
+    active = store.active_deployment(env)
     want = expected_version(store, env)
+    weights = {fn: platform.get_weights(fn) for fn in platform.functions()}
+    if active is None and want is None:
+        # no deployment has finished yet: every alias should serve one version, the same one
+        singles = Counter(next(iter(w.versions)) for w in weights.values() if len(w.versions) == 1)
+        want = singles.most_common(1)[0][0] if singles else None
     out = []
-    for fn in platform.functions():
-        w = platform.get_weights(fn)
-        weights = ", ".join(f"v{v} {p:g}%" for v, p in w.versions.items())
-        if want is None:
-            out.append(Check("aliases", f"{fn}:live", True, f"{weights} (no finished deployment to compare with)"))
+    for fn, w in weights.items():
+        desc = ", ".join(f"v{v} {p:g}%" for v, p in w.versions.items())
+        if active is not None:
+            out.append(Check("aliases", f"{fn}:live", True, f"{desc} (deployment {active.id} in progress)"))
+        elif want is None:
+            out.append(Check("aliases", f"{fn}:live", False, f"{desc}; no deployment in progress, so one version "
+                             "at 100% is expected"))
         else:
             ok = w.versions == {want: 100.0}
-            out.append(Check("aliases", f"{fn}:live", ok, f"{weights}; expected v{want} 100%"))
+            out.append(Check("aliases", f"{fn}:live", ok, f"{desc}; expected v{want} 100%"))
     return out
 
 
