@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from backout.cli.context import Client, EnvOpt, JsonOpt, env_name
+from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.deploy_cmds import _who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed, UsageError
@@ -279,7 +279,12 @@ def drill(
     """Deploy the stable code with an injected fault under synthetic traffic; pass if auto-rollback is in time."""
     if ctx.invoked_subcommand is not None:
         return
-    c = Client(env)
+    from backout.runbooks.drill import parse_fault, refuse_prod
+
+    name = env_name(env)
+    refuse_prod(name, SETTINGS.manifest.environment(name), allow_prod)  # before reaching for the supervisor
+    parse_fault(fault)
+    c = Client(name)
     c._http.timeout = target_seconds + 300
     r = c.call(
         "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": _who()}

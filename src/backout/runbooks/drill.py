@@ -27,7 +27,7 @@ from backout.control.notify import Notification, Notifier
 from backout.control.store import Store
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
-from backout.manifest import Manifest
+from backout.manifest import EnvironmentSpec, Manifest
 from backout.platforms.base import Platform
 from backout.runbooks.rollback import live_version
 from backout.runbooks.verify import settle_seconds
@@ -41,6 +41,12 @@ FAULTS = {
 DRILL_WEIGHT = 50.0
 HTTP_RATE = 20.0  # synthetic requests per second
 QUEUE_RATE = 5.0  # synthetic messages per second per consumed queue
+
+
+def refuse_prod(env: str, spec: EnvironmentSpec, allow_prod: bool) -> None:
+    """Drills inject real failures: never in prod (or an environment that needs approvals) by accident."""
+    if (env == "prod" or spec.require_approval) and not allow_prod:
+        raise UsageError(f"drills inject real failures: refused for {env} without --allow-prod")
 
 
 def parse_fault(fault: str) -> str:
@@ -129,9 +135,7 @@ def drill(
     verify: Callable[[], Any],
     smoke: Callable[[], list[Any]],
 ) -> dict[str, Any]:
-    spec = manifest.environment(env)
-    if (env == "prod" or spec.require_approval) and not allow_prod:
-        raise UsageError(f"drills inject real failures: refused for {env} without --allow-prod")
+    refuse_prod(env, manifest.environment(env), allow_prod)
     fault = parse_fault(fault)
     if target_seconds <= 0:
         raise UsageError("--target-seconds must be positive")
