@@ -33,7 +33,7 @@ def status(
     active = store.active_deployment(env)
     throttle = platform.get_throttle()
     drills = store.drills(env)
-    last = drills[-1] if drills else None
+    last = max(drills, key=lambda d: d.started_at) if drills else None
     passing = [d for d in drills if d.passed]
     last_pass = max(passing, key=lambda d: d.started_at) if passing else None
     warnings = []
