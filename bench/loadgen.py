@@ -12,8 +12,8 @@ Modes (the result is one JSON object on stdout):
                                           small pool of connections; latency is measured from the
                                           scheduled start, so a stalled server is not hidden
   --raw                                   also report every latency (ms), in completion order
-  --trace                                 also report (monotonic time, X-Backout-Version) for every
-                                          response (time.monotonic is system-wide, so the parent
+  --trace                                 also report (monotonic time sent, received, X-Backout-Version)
+                                          for every response (time.monotonic is system-wide, so the parent
                                           process can line it up with its own clock)
 """
 
@@ -75,14 +75,15 @@ class _Results:
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
         self.errors = 0
-        self.trace: list[tuple[float, str]] | None = [] if trace else None
+        self.trace: list[tuple[float, float, str]] | None = [] if trace else None
 
     def add(self, latency: float, status: int, version: str) -> None:
         self.latencies.append(latency)
         self.statuses[status] += 1
         self.versions[version] += 1
         if self.trace is not None:
-            self.trace.append((time.monotonic(), version))
+            now = time.monotonic()
+            self.trace.append((now - latency, now, version))
 
     def report(self, elapsed: float) -> dict[str, Any]:
         lat = np.array(self.latencies) * 1000.0
