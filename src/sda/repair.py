@@ -57,7 +57,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"jobs": sorted(j["job_id"] for j in jobs)}
     if action == "diff":
         snap = _snapshot_jobs(event["snapshot"])
-        current = {j["job_id"]: j for j in storage.list_jobs(limit=None)}
+        current = {j["job_id"]: j for j in storage.list_jobs(limit=10**9)}  # every job: the limit is an int
         return {
             "only_current": len(set(current) - set(snap)),
             "only_snapshot": len(set(snap) - set(current)),

@@ -50,7 +50,8 @@ def restore(
         what = (
             f"{dropped} job(s) submitted since the backup would be lost"
             if dropped is not None
-            else ("data written since the backup would be lost")
+            else "data written since the backup would be lost"
+            + (f" (the service could not count it: {diff['error']})" if diff.get("error") else "")
         )
         raise UsageError(
             f"restoring {backup_id} replaces all data: {what}; to repair only a bad version's jobs use "
