@@ -58,7 +58,7 @@ def run_hook(phase: str, hook: HookSpec, ctx: HookContext) -> HookResult:
     t0 = time.monotonic()
     try:
         if hook.builtin == "checks":
-            checks = _pre_checks(ctx) if phase == "pre_traffic" else _post_checks(ctx)
+            checks = _pre_checks(ctx, hook.timeout) if phase == "pre_traffic" else _post_checks(ctx)
             ok = all(c["ok"] for c in checks)
             out = "; ".join(f"{'ok' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}" for c in checks)
             return HookResult(hook.name, phase, ok, out, time.monotonic() - t0, checks)
@@ -82,11 +82,15 @@ def run_hook(phase: str, hook: HookSpec, ctx: HookContext) -> HookResult:
     return HookResult(hook.name, phase, ok, out, time.monotonic() - t0)
 
 
-def _pre_checks(ctx: HookContext) -> list[dict[str, Any]]:
-    """Each new version is active and answers a test invocation; table, store and queues reachable."""
+def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
+    """Each new version is active and answers a test invocation; table, store and queues reachable.
+
+    A throttled test invocation is retried until `timeout`: under load the function's reserved
+    concurrency may be taken by the stable version's work, which says nothing about the new one."""
     checks = []
+    deadline = time.monotonic() + timeout
     for fn in ctx.platform.functions():
-        r = ctx.platform.invoke(fn, ctx.target, TEST_EVENT)
+        r = _invoke(ctx, fn, TEST_EVENT, deadline)
         detail = f"v{ctx.target} answered in {r.duration_ms:.0f} ms" if r.ok else _error_text(r.payload, r)
         checks.append({"name": f"invoke {fn} v{ctx.target}", "ok": r.ok, "detail": detail})
     for c in ctx.platform.health().checks:
@@ -169,7 +173,7 @@ def _function_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
         "LifecycleEventHookExecutionId": f"{ctx.deployment_id}-{hook.function}",
         "backout": {"env": ctx.env, "target_version": ctx.target, "gateway_url": ctx.gateway_url},
     }
-    r = ctx.platform.invoke(hook.function, ctx.target, event)
+    r = _invoke(ctx, hook.function, event, time.monotonic() + hook.timeout)
     if not r.ok:
         return False, _error_text(r.payload, r)
     status = r.payload.get("status") if isinstance(r.payload, dict) else r.payload
@@ -217,6 +221,15 @@ def _http_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
     except httpx.HTTPError as e:
         return False, f"{method} {url} failed: {e}"
     return 200 <= r.status_code < 300, f"{method} {url} → {r.status_code}: {r.text[:300]}"
+
+
+def _invoke(ctx: HookContext, fn: str, event: Any, deadline: float) -> Any:
+    """Invoke the new version of `fn`; while throttled (busy, not broken) retry until `deadline`."""
+    r = ctx.platform.invoke(fn, ctx.target, event)
+    while r.throttled and time.monotonic() < deadline:
+        time.sleep(0.1)
+        r = ctx.platform.invoke(fn, ctx.target, event)
+    return r
 
 
 def _error_text(payload: Any, r: Any) -> str:
