@@ -68,6 +68,10 @@ def deploy(
             f"deployment {d['id']} started: v{d['stable_version']} → v{d['target_version']} "
             f"({d['strategy']}); follow it with `backout deployment follow {d['id']} --env {c.env}`"
         )
+        if d["status"] == "AwaitingApproval":
+            console.print(
+                f"[yellow]{c.env} requires approval[/]: it waits until `backout approve {d['id']} --env {c.env}`"
+            )
         return
     _follow(c, d["id"], as_json)
 

@@ -112,17 +112,34 @@ class Deployer:
             for f in fns
         ):
             raise UsageError(f"version {version} is already live in {self.env}: nothing to deploy")
-        d = self.store.create_deployment(
-            self.env, stable, version, strat, description=description, created_by=created_by
-        )
+        with self._lock:  # tick() spawns runners under this lock: none may see the deployment half-made
+            d = self.store.create_deployment(
+                self.env, stable, version, strat, description=description, created_by=created_by
+            )
+            self._event(
+                d,
+                "created",
+                f"deployment {d.id} created: v{stable} → v{version} with {strat.name}",
+                data={"steps": strat.as_json(), "created_by": created_by},
+            )
+            self._notify("deployment_started", d)
+            d = self._leave_created(d)
+        self._spawn(d)
+        return d
+
+    def _leave_created(self, d: Deployment) -> Deployment:
+        """Created → AwaitingApproval (environments with require_approval) or PreTraffic. Done before
+        `create` returns, so its caller can tell the operator at once that an approval is needed."""
+        if not self.spec.require_approval:
+            return self.store.transition(d.id, st.PRE_TRAFFIC, expect=st.CREATED)
+        d = self.store.transition(d.id, st.AWAITING_APPROVAL, expect=st.CREATED)
         self._event(
             d,
-            "created",
-            f"deployment {d.id} created: v{stable} → v{version} with {strat.name}",
-            data={"steps": strat.as_json(), "created_by": created_by},
+            "approval_needed",
+            f"{d.id} waits for approval: backout approve {d.id} --env {self.env}",
+            severity="warning",
         )
-        self._notify("deployment_started", d)
-        self._spawn(d)
+        self._notify("approval_needed", d, command=f"backout approve {d.id} --env {self.env}")
         return d
 
     def approve(self, deployment_id: str, who: str = "") -> Deployment:
@@ -230,17 +247,7 @@ class Deployer:
         lv = self._live(d.id)
         try:
             if d.status == st.CREATED:
-                if self.spec.require_approval:
-                    d = self.store.transition(d.id, st.AWAITING_APPROVAL)
-                    self._event(
-                        d,
-                        "approval_needed",
-                        f"{d.id} waits for approval: backout approve {d.id} --env {self.env}",
-                        severity="warning",
-                    )
-                    self._notify("approval_needed", d, command=f"backout approve {d.id} --env {self.env}")
-                else:
-                    d = self.store.transition(d.id, st.PRE_TRAFFIC)
+                d = self._leave_created(d)
             if d.status == st.AWAITING_APPROVAL:
                 while not lv.approved.is_set():
                     self._check_stop(d, lv)
