@@ -154,10 +154,11 @@ def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
     after: int | None = None
     view: dict[str, Any] = {}
     printed: list[dict[str, Any]] = []
+    since: list[float] = []  # when the deployment was first seen terminal
     if as_json:
         while True:
             view = c.call("GET", f"/deployments/{deployment_id}")
-            if view["deployment"]["status"] in TERMINAL:
+            if _settled(view, since):
                 break
             time.sleep(0.3)
         emit_json(view)
@@ -174,7 +175,7 @@ def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
                     live.console.print(Text(f"{_clock(e['ts'])}  {e['message']}", style=style))
                 d = view["deployment"]
                 live.update(_panel(d, view))
-                if d["status"] in TERMINAL:
+                if _settled(view, since):
                     break
                 time.sleep(0.3)
         console.print()
@@ -188,6 +189,17 @@ def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
     d = view["deployment"]
     if d["status"] != "Succeeded":
         raise OperationFailed(f"deployment {d['id']} {d['status']}: {d['reason']}")
+
+
+def _settled(view: dict[str, Any], since: list[float]) -> bool:
+    """Terminal, and after a rollback also its incident opened: the deployer records RolledBack first
+    and opens the incident once it has measured the bad version's impact (bounded wait)."""
+    d = view["deployment"]
+    if d["status"] not in TERMINAL:
+        return False
+    if not since:
+        since.append(time.monotonic())
+    return d["status"] != "RolledBack" or view.get("incident") is not None or time.monotonic() - since[0] > 30
 
 
 def _panel(d: dict[str, Any], view: dict[str, Any]) -> Group:

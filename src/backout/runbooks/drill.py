@@ -156,7 +156,8 @@ def drill(
         deadline = time.time() + target_seconds + 90
         while time.time() < deadline:
             d = store.get(d.id)
-            if d.terminal and (d.status != st.ROLLED_BACK or d.rollback_completed_at is not None):
+            # a rollback is done once its incident is open (the deployer measures the impact in between)
+            if d.terminal and (d.status != st.ROLLED_BACK or store.incident_for_deployment(d.id) is not None):
                 break
             time.sleep(0.1)
     finally:
