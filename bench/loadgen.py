@@ -10,7 +10,8 @@ Modes (the result is one JSON object on stdout):
                                           previous answer arrived: the server's throughput
   open     --rate R --duration S          requests start on a fixed schedule (R per second) over a
                                           small pool of connections; latency is measured from the
-                                          scheduled start, so a stalled server is not hidden
+                                          scheduled start, so a stalled server is not hidden. Several
+                                          URLs: R per second each, interleaved, one report each
   --raw                                   also report every latency (ms), in completion order
   --trace                                 also report (monotonic time sent, received, X-Backout-Version)
                                           for every response (time.monotonic is system-wide, so the parent
@@ -139,61 +140,74 @@ async def closed(url: str, connections: int, duration: float, trace: bool) -> di
 
 
 async def open_loop(
-    url: str, rate: float, duration: float, connections: int, trace: bool, raw: bool = False
-) -> dict[str, Any]:
-    res = _Results(trace, raw)
-    idle: asyncio.Queue[_Conn] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await _connect(url))
+    urls: list[str], rate: float, duration: float, connections: int, trace: bool, raw: bool = False
+) -> list[dict[str, Any]]:
+    """`rate` requests per second to each URL; with several URLs their requests interleave evenly in
+    time, so a noisy neighbour on the machine hits every target alike. One report per URL."""
+    results = [_Results(trace, raw) for _ in urls]
+    pools: list[asyncio.Queue[_Conn]] = []
+    for url in urls:
+        idle: asyncio.Queue[_Conn] = asyncio.Queue()
+        for _ in range(connections):
+            idle.put_nowait(await _connect(url))
+        pools.append(idle)
     n = int(rate * duration)
     interval = 1.0 / rate
     t0 = time.perf_counter()
 
-    async def one(scheduled: float) -> None:
+    async def one(k: int, scheduled: float) -> None:
+        idle, res = pools[k], results[k]
         c = await idle.get()  # waiting for a free connection counts as latency
         try:
             status, version = await c.get()
         except (OSError, asyncio.IncompleteReadError, ValueError):
             res.errors += 1
             c.close()
-            c = await _connect(url)
+            c = await _connect(urls[k])
         else:
             res.add(time.perf_counter() - scheduled, status, version)
         idle.put_nowait(c)
 
     tasks = []
     for i in range(n):
-        scheduled = t0 + i * interval
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(scheduled)))
+        for k in range(len(urls)):
+            scheduled = t0 + (i + k / len(urls)) * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(k, scheduled)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
-    while not idle.empty():
-        idle.get_nowait().close()
-    return res.report(elapsed)
+    for idle in pools:
+        while not idle.empty():
+            idle.get_nowait().close()
+    return [res.report(elapsed) for res in results]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
-    p.add_argument("url")
+    p.add_argument("url", nargs="+", help="one URL; several only with --rate")
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rate", type=float, default=0.0, help="requests per second (open loop); 0: closed loop")
     p.add_argument("--trace", action="store_true")
     p.add_argument("--raw", action="store_true")
     a = p.parse_args(argv)
+    coro: Any
     if a.rate > 0:
         coro = open_loop(a.url, a.rate, a.duration, a.connections, a.trace, a.raw)
+    elif len(a.url) > 1:
+        p.error("several URLs need --rate (open loop)")
     else:
-        coro = closed(a.url, a.connections, a.duration, a.trace)
+        coro = closed(a.url[0], a.connections, a.duration, a.trace)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings uvloop
         out = asyncio.run(coro)
     else:
         out = uvloop.run(coro)
+    if isinstance(out, list):
+        out = out[0] if len(out) == 1 else {"targets": out}
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 
