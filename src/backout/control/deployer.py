@@ -424,7 +424,7 @@ class Deployer:
         if firing:
             raise RollbackNeeded(
                 "alarm",
-                f"alarm {firing[0].alarm} in ALARM",
+                f"alarm {firing[0].alarm} in ALARM: {firing[0].detail}",
                 [e.detail for e in firing],
                 {"alarms": [e.as_dict() for e in firing]},
             )
