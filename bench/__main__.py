@@ -1,6 +1,6 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
-Options: `--only throughput,latency,queue,weights,memory`, `--quick` (shorter runs, for a smoke
+Options: `--only throughput,latency,queue,weights,memory,deploy`, `--quick` (shorter runs, for a smoke
 check), `--json PATH` (also write the figures and the machine as JSON). BENCHMARKS.md explains each
 figure and records a run.
 """
@@ -13,17 +13,20 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench import platform
+from bench import deploy, platform
+
+MODULES = (platform, deploy)  # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
+NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description="backout's benchmarks (issue 2)")
-    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(platform.BENCHMARKS)}")
+    p = argparse.ArgumentParser(prog="python -m bench", description="backout's benchmarks (issues 2 and 4)")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(NAMES)}")
     p.add_argument("--quick", action="store_true", help="shorter runs (a smoke check, not a measurement)")
     p.add_argument("--json", dest="json_path", default="", help="also write the results to this file")
     a = p.parse_args(argv)
     only = {x.strip() for x in a.only.split(",") if x.strip()} or None
-    unknown = (only or set()) - set(platform.BENCHMARKS)
+    unknown = (only or set()) - set(NAMES)
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"backout benchmarks — {info['date']}, {info['cores']} cores, {info['cpu']}, Python {info['python']}")
     print(f"load average before: {info['load_before']}", flush=True)
     t0 = time.monotonic()
-    figures = platform.run(only, quick=a.quick)
+    figures = [f for m in MODULES for f in m.run(only, quick=a.quick)]
     print()
     width = max(len(f.name) for f in figures)
     for f in figures:
