@@ -412,7 +412,11 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     time.sleep(1.5)  # well inside the 8 s hold
     env.kill9()
     env.restart()
-    view = env.wait_terminal(d["id"], timeout=90)
+    # the new supervisor goes on by itself; `follow` re-attaches to it
+    r = env.cli("deployment", "follow", d["id"], timeout=90)
+    assert "resuming" in r.stdout and r.returncode in (0, 1), r.stdout + r.stderr
+    view = env.wait_terminal(d["id"], timeout=30)
+    assert r.returncode == (0 if view["deployment"]["status"] == "Succeeded" else 1)
     after = view["deployment"]
     kinds = [e["kind"] for e in view["events"]]
     assert "resumed" in kinds, kinds
