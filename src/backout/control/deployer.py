@@ -11,6 +11,7 @@ alarms at once and goes on; `reconcile()` repairs aliases left half-way by a kil
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -351,6 +352,25 @@ class Deployer:
                 )
         return results
 
+    def _prewarm(self, d: Deployment, weight: float) -> None:
+        """Before a step, start as many workers of the new version as its share of the recent peak
+        concurrency needs, so the shift meets warm workers instead of a wave of cold starts."""
+        from backout.platforms.base import NS_LAMBDA, MetricQuery
+
+        now = time.time()
+        for fn in self.platform.functions():
+            spec = self.manifest.functions[fn]
+            cap = spec.reserved_concurrency if spec.reserved_concurrency is not None else 16
+            pts = self.platform.metrics(MetricQuery.of(NS_LAMBDA, "ConcurrentExecutions", {"FunctionName": fn},
+                                                       now - 60, now + 1, 60, "Maximum"))
+            peak = max((p.value for p in pts), default=0.0)
+            want = max(1, min(cap, math.ceil(peak * min(weight, 100.0) / 100.0) + 1))
+            try:
+                self.platform.warm(fn, d.target_version, want)
+            except Exception as e:  # noqa: BLE001 - a worker that cannot start is a failed deployment
+                raise RollbackNeeded("pre_traffic", f"v{d.target_version} of {fn} does not start: {e}",
+                                     [f"{fn} v{d.target_version}: {e}"]) from None
+
     def _apply_weights(self, d: Deployment, weight: float) -> None:
         for fn in self.platform.functions():
             if weight <= 0 or d.stable_version is None:
@@ -373,6 +393,7 @@ class Deployer:
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]
             resuming = i == d.current_step and d.step_started_at is not None
+            self._prewarm(d, step.weight)
             started = d.step_started_at if resuming else time.time()
             d = self.store.transition(
                 d.id, st.IN_PROGRESS, current_step=i, current_weight=step.weight, step_started_at=started

@@ -199,8 +199,9 @@ class Platform(Protocol):
     def set_weights(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> None:
         """Applies to the next invocation; never drops one in flight."""
 
-    def warm(self, fn: str, version: int) -> None:
-        """Start `version`'s workers and return once one answers (rollback targets stay warm)."""
+    def warm(self, fn: str, version: int, count: int = 1) -> None:
+        """Start `count` workers of `version` and return once they answer (provisioned concurrency on AWS):
+        the new version is warmed before it takes traffic, rollback targets stay warm."""
 
     def is_warm(self, fn: str, version: int) -> bool: ...
 

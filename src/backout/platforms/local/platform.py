@@ -179,10 +179,10 @@ class LocalPlatform:
             self.releases.get(canary)
         self.aliases.set(fn, stable, canary, pct)
 
-    def warm(self, fn: str, version: int) -> None:
+    def warm(self, fn: str, version: int, count: int = 1) -> None:
         self._known(fn)
         self.releases.get(version)
-        self.runtime.warm(fn, version)
+        self.runtime.warm(fn, version, count)
 
     def is_warm(self, fn: str, version: int) -> bool:
         return self.runtime.is_warm(fn, version)
