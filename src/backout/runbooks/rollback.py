@@ -79,7 +79,12 @@ def manual_rollback(
     if active is not None:
         deployer.stop(active.id, rollback=True, reason=f"manual rollback to v{to} by {who}: {reason}", who=who)
     current = live_version(platform)
-    target = to if to is not None else previous_version(store, env, current, known)
+    w = platform.get_weights(platform.functions()[0])
+    if to is None and w.canary is not None and 0 < w.canary_weight < 100:
+        # traffic is split (a deployment stopped without rollback): back out the canary, keep the stable
+        current, target = w.canary, w.stable
+    else:
+        target = to if to is not None else previous_version(store, env, current, known)
     if target == current and all(platform.get_weights(f).versions == {target: 100.0} for f in platform.functions()):
         raise UsageError(f"v{target} is already live in {env}")
     decided = time.time()
