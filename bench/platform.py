@@ -118,8 +118,8 @@ class Supervisor:
 
 
 @contextmanager
-def direct_server(code_dir: Path) -> Iterator[str]:
-    """bench/direct.py in its own process; yields its URL."""
+def direct_server(code_dir: Path) -> Iterator[tuple[str, int]]:
+    """bench/direct.py in its own process; yields its URL and pid."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.direct", str(code_dir), "app.handler"],
         stdout=subprocess.PIPE,
@@ -139,7 +139,7 @@ def direct_server(code_dir: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -164,25 +164,58 @@ def loadgen(url: str, *args: str) -> dict[str, Any]:
 # --- the benchmarks --------------------------------------------------------------------------------
 
 
-def throughput(sup: Supervisor, direct: str, duration: float, connections: list[int]) -> list[Figure]:
-    """Closed-loop req/s of both servers at each concurrency (alternating), best of each."""
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def throughput(sup: Supervisor, direct: str, direct_pid: int, duration: float, connections: list[int]) -> list[Figure]:
+    """Closed-loop req/s of both servers at each concurrency (alternating), best of each; and the CPU
+    time each side spends per request (supervisor + worker processes; the direct server), which a
+    busy neighbour on the machine disturbs far less than req/s."""
     gw = f"{sup.gateway_url}/hello"
     dr = f"{direct}/hello"
     for url in (gw, dr):  # warm up: worker processes started, connections and caches hot
         loadgen(url, "--connections", str(max(connections)), "--duration", "1.5")
     runs: dict[str, dict[int, dict[str, Any]]] = {"gateway": {}, "direct": {}}
+    cpu: dict[str, dict[int, float]] = {"gateway": {}, "direct": {}}  # µs per request
+    supervisor_cpu: dict[int, float] = {}  # the gateway's share spent in the supervisor process
     for c in connections:
         for name, url in (("direct", dr), ("gateway", gw)):
-            runs[name][c] = loadgen(url, "--connections", str(c), "--duration", str(duration))
+            pids = [direct_pid] if name == "direct" else [sup.pid, *(p.pid for p in sup.workers())]
+            before = _cpu_seconds(pids)
+            r = loadgen(url, "--connections", str(c), "--duration", str(duration))
+            if name == "gateway":
+                pids = [sup.pid, *(p.pid for p in sup.workers())]
+            after = _cpu_seconds(pids)
+            used = sum(after[p] - before.get(p, 0.0) for p in after)
+            runs[name][c] = r
+            cpu[name][c] = round(used / max(1, r["requests"]) * 1e6, 1)
+            if name == "gateway":
+                own = after.get(sup.pid, 0.0) - before.get(sup.pid, 0.0)
+                supervisor_cpu[c] = round(own / max(1, r["requests"]) * 1e6, 1)
     best = {name: max(r.values(), key=lambda x: x["rps"]) for name, r in runs.items()}
     per_c = {
         name: {
-            c: {"rps": r["rps"], "p99_ms": r["latency_ms"]["p99"], "non_200": r["requests"] - r["ok"]}
+            c: {
+                "rps": r["rps"],
+                "p99_ms": r["latency_ms"]["p99"],
+                "non_200": r["requests"] - r["ok"],
+                "cpu_us_per_request": cpu[name][c],
+                **({"of_which_supervisor_us": supervisor_cpu[c]} if name == "gateway" else {}),
+            }
             for c, r in rs.items()
         }
         for name, rs in runs.items()
     }
     ratio = 100.0 * best["gateway"]["rps"] / best["direct"]["rps"]
+    gw_cpu, dr_cpu = min(cpu["gateway"].values()), min(cpu["direct"].values())
     return [
         Figure(
             "gateway throughput (trivial handler, worker process)",
@@ -197,6 +230,9 @@ def throughput(sup: Supervisor, direct: str, duration: float, connections: list[
             detail=per_c["direct"],
         ),
         Figure("gateway / direct throughput", round(ratio, 1), "%", "≥ 50 %", ratio >= 50.0),
+        Figure("server CPU per request: gateway (supervisor + workers)", gw_cpu, "µs"),
+        Figure("server CPU per request: direct uvicorn", dr_cpu, "µs"),
+        Figure("direct / gateway CPU per request", round(100.0 * dr_cpu / gw_cpu, 1), "%"),
     ]
 
 
@@ -366,9 +402,9 @@ def run(only: set[str] | None = None, quick: bool = False) -> list[Figure]:
         if wanted & {"throughput", "latency", "weights", "memory"}:
             sup = Supervisor(tmp / "svc")
             try:
-                with direct_server(tmp / "svc" / "code") as direct:
+                with direct_server(tmp / "svc" / "code") as (direct, direct_pid):
                     if "throughput" in wanted:
-                        figures += throughput(sup, direct, 2.0 if quick else 5.0, [4, 16])
+                        figures += throughput(sup, direct, direct_pid, 2.0 if quick else 5.0, [4, 16])
                     if "latency" in wanted:
                         figures += latency_at_rate(sup, direct, 100.0, 4.0 if quick else 15.0)
                 if "memory" in wanted:
