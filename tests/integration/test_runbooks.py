@@ -418,6 +418,31 @@ def test_resume_refuses_a_failing_verify_unless_forced(env: RunningEnv) -> None:
         env.cli("alias", "api", "--stable", str(live), check=True)
 
 
+def test_resume_is_not_refused_for_the_backlog_the_pause_built(tmp_path: Path) -> None:
+    """With a queue-age limit, a pause longer than the limit must not make `resume` impossible."""
+    manifest = tmp_path / "backout.toml"
+    limits = "queue_age_limits = { processing = 2.0 }"
+    manifest.write_text(sda_manifest(tmp_path / "state", env_extra=f"{ENV_EXTRA}\n{limits}"))
+    aged = RunningEnv(manifest)
+    try:
+        aged.api("POST", "/processing", json={"enabled": False})
+        with Submitter(aged.gateway_url, interval=0.2, tag="aged") as s:
+            wait_for(lambda: len(s.accepted) >= 2, timeout=30, what="jobs accepted")
+        aged.cli_json("emergency-stop", "--reason", "hold everything", "--yes")
+        wait_for(lambda: aged.api("GET", "/queues/processing")["age_of_oldest"] > 3, timeout=30, what="an old backlog")
+        report = aged.cli_json("verify")
+        (q,) = [c for c in report["checks"] if c["name"] == "queue processing"]
+        assert q["ok"] and "processing is paused" in q["detail"], q
+        r = aged.cli("resume")
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_jobs_done(aged, list(s.accepted))
+        wait_for(lambda: aged.api("GET", "/queues/processing")["age_of_oldest"] < 2, timeout=30, what="drained")
+        r = aged.cli("verify", "--json")
+        assert r.returncode == 0, [c for c in json.loads(r.stdout)["checks"] if not c["ok"]]
+    finally:
+        aged.stop()
+
+
 def test_emergency_stop_needs_a_reason_and_confirmation(env: RunningEnv) -> None:
     r = env.cli("emergency-stop", "--yes")
     assert r.returncode == 2 and "--reason" in r.stderr
