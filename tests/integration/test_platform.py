@@ -242,6 +242,25 @@ def test_weighted_routing_matches_weights_and_changes_at_once(svc: Svc) -> None:
         # the canary version really runs its own release's environment
         xs = Counter(svc.gw.get("/items/1").json()["x"] for _ in range(40))
         assert set(xs) == {None, "1"}
+
+        # weight changes under traffic drop no invocation
+        stop = threading.Event()
+        seen: list[int] = []
+
+        def traffic() -> None:
+            while not stop.is_set():
+                seen.append(svc.gw.get("/items/3").status_code)
+
+        threads = [threading.Thread(target=traffic) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for weight in ("0", "100", "30", "100", "10"):
+            env.api("PUT", "/aliases/api", json={"stable": 1, "canary": v2, "weight": float(weight)})
+            time.sleep(0.1)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert len(seen) > 20 and set(seen) == {200}, Counter(seen)
     finally:
         env.cli("alias", "api", "--stable", "1", check=True)
     assert _versions(svc, 50) == {"1": 50}
