@@ -56,7 +56,9 @@ class Controller:
         self.notifier.close()
 
     def tick(self) -> None:
-        self.deployer.tick()
+        # Deployments need no tick: create() starts each runner and resume() restarts them after a
+        # restart. (A tick that spawned runners for any active record raced the manual rollback's
+        # own short-lived record.)
         self._retire_old_versions()
 
     def _retire_old_versions(self) -> None:

@@ -223,12 +223,6 @@ class Deployer:
         for t in list(self._threads.values()):
             t.join(timeout=5)
 
-    def tick(self) -> None:
-        """Called every second by the supervisor: start runners for deployments created elsewhere."""
-        d = self.store.active_deployment(self.env)
-        if d is not None and not (d.id in self._threads and self._threads[d.id].is_alive()):
-            self._spawn(d)
-
     # --- the runner ---------------------------------------------------------------------------------
     def _spawn(self, d: Deployment) -> None:
         with self._lock:
