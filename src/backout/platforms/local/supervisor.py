@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -136,7 +136,6 @@ class Supervisor:
         self.state_dir = manifest.state_dir(env)
         self._stop = threading.Event()
         self._servers: list[_Server] = []
-        self.tick_hooks: list[Callable[[], None]] = []
 
     def request_stop(self, why: str = "shutdown requested") -> None:
         log.warning("stopping: %s", why)
