@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -102,30 +103,48 @@ def invoke(function: str, event: dict[str, Any]) -> InvokeResult:
         return InvokeResult(function, VERSION, rid, payload, error="Unhandled")
 
 
+async def invoke_async(function: str, event: dict[str, Any]) -> InvokeResult:
+    """The same on the gateway's event loop (as the local platform's `invoke_alias_async`)."""
+    assert threading.current_thread() is CALLS["loop_thread"]
+    CALLS["async"] += 1
+    if function == "slow":
+        await asyncio.sleep(0.3)
+        return InvokeResult(function, VERSION, str(uuid.uuid4()), {"statusCode": 200, "body": "done"})
+    return invoke(function, event)
+
+
+CALLS: dict[str, Any] = {"async": 0, "loop_thread": None}
+
+
 # --- a real server --------------------------------------------------------------------------
 class Served:
     def __init__(self, gateway: Gateway, url: str) -> None:
         self.gateway = gateway
         self.url = url
         self.client = httpx.Client(base_url=url, timeout=10)
+        self.mode = "thread"
 
 
-@pytest.fixture
-def served() -> Iterator[Served]:
+@pytest.fixture(params=["thread", "async"])
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    """Every test runs twice: with a blocking `invoke` (thread pool) and with an `invoke_async`."""
     metrics = MetricStore()
-    gw = Gateway(ROUTES, invoke, metrics, "sda", "staging", MAX_BODY, Throttle(1000, 1000))
+    extra = {"invoke_async": invoke_async} if request.param == "async" else {}
+    gw = Gateway(ROUTES, invoke, metrics, "sda", "staging", MAX_BODY, Throttle(1000, 1000), **extra)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(gw.app, loop="uvloop", http="httptools", log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    CALLS["loop_thread"], CALLS["async"] = thread, 0
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.01)
     s = Served(gw, f"http://127.0.0.1:{sock.getsockname()[1]}")
+    s.mode = request.param
     yield s
     s.client.close()
     server.should_exit = True
@@ -284,6 +303,8 @@ def test_invocations_run_off_the_event_loop(served: Served) -> None:
     elapsed = time.monotonic() - t0
     assert codes == [200] * 8
     assert elapsed < 8 * 0.3 * 0.6, elapsed  # serially it would take 2.4 s
+    if served.mode == "async":  # awaited on the loop itself (invoke_async asserts the thread)
+        assert CALLS["async"] == 8
 
 
 def test_every_response_is_counted_with_its_executed_version(served: Served) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import statistics
@@ -61,6 +62,8 @@ def handler(event, context):
             "cwd": os.getcwd(),
             "path0": sys.path[0],
         }}
+    elif action == "echo":
+        return event
     elif action == "modules":
         return {{m: m in sys.modules for m in ("pydantic", "backout.manifest")}}
     return {{"tag": TAG, "pid": os.getpid()}}
@@ -615,3 +618,196 @@ def test_warm_invocation_is_cheap_and_worker_is_small(service: Callable[..., Ser
     assert rss_mb <= 60
     mods = rt.invoke("f", v, {"action": "modules"}).payload
     assert mods == {"pydantic": False, "backout.manifest": False}
+
+
+# -- the asyncio path (the gateway's) -----------------------------------------------------------------
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_async_invocation_on_a_warm_worker_matches_the_sync_one(service: Callable[..., Service]) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("f", v)
+    pid = rt.invoke("f", v, {}).payload["pid"]
+
+    async def calls() -> list[InvokeResult]:
+        return [
+            await rt.invoke_async("f", v, {}, via_alias=True),
+            await rt.invoke_async("f", v, {"action": "raise", "why": "async"}, via_alias=True),
+            await rt.invoke_async("f", v, {"action": "unjson"}),
+        ]
+
+    ok, raised, unjson = run(calls())
+    assert ok.ok and ok.payload == {"tag": "one", "pid": pid}  # the warm worker, no new one
+    assert raised.error == "Unhandled" and raised.payload["errorType"] == "ValueError"
+    assert raised.payload["errorMessage"] == "bad input: async" and raised.payload["stackTrace"]
+    assert unjson.payload["errorType"] == "Runtime.MarshalError"
+    alias = {"FunctionName": "f", "Resource": "f:live"}
+    assert s.sink.values("Invocations", {"FunctionName": "f"}) == [1.0] * 4
+    assert s.sink.values("Errors", alias) == [0.0, 1.0]
+    assert len(s.sink.values("Duration", {"FunctionName": "f", "ExecutedVersion": "1"})) == 4
+    assert rt.invoke("f", v, {}).payload["pid"] == pid  # the sync path reuses the same worker
+
+
+def test_async_cold_start_and_unknown_version(service: Callable[..., Service]) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    r = run(rt.invoke_async("f", v, {}))  # no worker yet: started in a thread
+    assert r.ok and rt.is_warm("f", v)
+    assert run(rt.invoke_async("f", v, {})).payload["pid"] == r.payload["pid"]
+    with pytest.raises(UsageError, match="unknown version 9"):
+        run(rt.invoke_async("f", 9, {}))
+    with pytest.raises(UsageError, match="unknown function"):
+        run(rt.invoke_async("nope", v, {}))
+    with pytest.raises(UsageError, match="not JSON"):
+        run(rt.invoke_async("f", v, {"x": {1, 2}}))
+
+
+def test_async_large_event_and_result_cross_the_socket(service: Callable[..., Service]) -> None:
+    """Bigger than a socket buffer both ways: the request is written as the worker reads it."""
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("f", v)
+    event = {"action": "echo", "blob": "x" * 3_000_000}
+    r = run(rt.invoke_async("f", v, event))
+    assert r.ok and r.payload == event
+
+
+def test_async_timeout_and_crash(service: Callable[..., Service]) -> None:
+    s = service(timeout="1s")
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("f", v)
+    pid = rt.invoke("f", v, {}).payload["pid"]
+    t0 = time.monotonic()
+    r = run(rt.invoke_async("f", v, {"action": "sleep", "seconds": 30}))
+    assert 0.9 < time.monotonic() - t0 < 5
+    assert r.payload == {
+        "errorType": "Task timed out",
+        "errorMessage": f"{r.request_id} Task timed out after 1.00 seconds",
+    }
+    assert r.error == "Unhandled" and r.duration_ms == pytest.approx(1000.0)
+    assert wait_for(lambda: gone(pid), 5)
+    assert wait_for(lambda: rt.is_warm("f", v))  # replaced in the background
+    for action, reason in (("exit", "exit status 3"), ("segv", "signal: segmentation fault")):
+        assert wait_for(lambda: rt.is_warm("f", v))
+        r = run(rt.invoke_async("f", v, {"action": action}))
+        assert r.payload["errorType"] == "Runtime.ExitError"
+        assert r.payload["errorMessage"] == f"RequestId: {r.request_id} Error: Runtime exited with error: {reason}"
+    assert run(rt.invoke_async("f", v, {})).ok
+    assert s.sink.values("Errors", {"FunctionName": "f"}) == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_async_and_sync_share_the_concurrency_limit(service: Callable[..., Service], tmp_path: Path) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("one", v)
+    marker = tmp_path / "started"
+
+    async def async_busy_then_sync() -> tuple[InvokeResult, InvokeResult]:
+        busy = asyncio.ensure_future(
+            rt.invoke_async("one", v, {"action": "sleep", "seconds": 1.0, "marker": str(marker)})
+        )
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        second = await asyncio.to_thread(rt.invoke, "one", v, {})
+        assert time.monotonic() - t0 < 0.5
+        return await busy, second
+
+    first, second = run(async_busy_then_sync())
+    assert first.ok and second.throttled
+    marker.unlink()
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(rt.invoke, "one", v, {"action": "sleep", "seconds": 1.0, "marker": str(marker)})
+        assert wait_for(marker.exists, 10)
+        r = run(rt.invoke_async("one", v, {}))
+        assert r.throttled and r.payload == {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."}
+        assert busy.result().ok
+    assert run(rt.invoke_async("one", v, {})).ok
+    assert s.sink.values("Throttles", {"FunctionName": "one"}) == [1.0, 1.0]
+
+
+def test_async_invocations_run_concurrently_on_one_loop(service: Callable[..., Service]) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("f", v, count=4)
+
+    async def four() -> list[InvokeResult]:
+        event = {"action": "sleep", "seconds": 0.6}
+        return await asyncio.gather(*(rt.invoke_async("f", v, event) for _ in range(4)))
+
+    t0 = time.monotonic()
+    results = run(four())
+    assert time.monotonic() - t0 < 4 * 0.6 * 0.8  # serially 2.4 s
+    assert all(r.ok for r in results)
+    assert max(s.sink.values("ConcurrentExecutions", {"FunctionName": "f"})) >= 2
+
+
+def test_async_emf_metrics(service: Callable[..., Service]) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("emf", v)
+    assert run(rt.invoke_async("emf", v, {"jobs": 7})).ok
+    assert [x[3] for x in s.sink.records if x[1] == "JobsProcessed"] == [7.0]
+
+
+def test_a_cancelled_async_caller_still_completes_the_invocation(
+    service: Callable[..., Service], tmp_path: Path
+) -> None:
+    """As with the thread pool: the caller going away does not cut the invocation short, and its
+    worker goes back to the pool, its count and metrics as for any other invocation."""
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("one", v)
+    pid = rt.invoke("one", v, {}).payload["pid"]
+    marker = tmp_path / "started"
+
+    async def cancel_midway() -> None:
+        task = asyncio.ensure_future(
+            rt.invoke_async("one", v, {"action": "sleep", "seconds": 0.5, "marker": str(marker)})
+        )
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert (await rt.invoke_async("one", v, {})).throttled  # still running: still counted
+        await asyncio.sleep(1.0)  # the loop keeps running: the reply arrives and is handled
+
+    run(cancel_midway())
+    assert s.sink.values("Invocations", {"FunctionName": "one"}) == [1.0, 1.0]
+    assert rt.invoke("one", v, {}).payload["pid"] == pid
+
+
+def test_close_drains_async_invocations(service: Callable[..., Service], tmp_path: Path) -> None:
+    s = service()
+    v = s.publish()
+    rt = s.runtime()
+    rt.warm("f", v)
+    marker = tmp_path / "started"
+
+    async def close_while_busy() -> InvokeResult:
+        busy = asyncio.ensure_future(
+            rt.invoke_async("f", v, {"action": "sleep", "seconds": 0.5, "marker": str(marker)})
+        )
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        closing = asyncio.ensure_future(asyncio.to_thread(rt.close, 10))
+        result = await busy
+        await closing
+        with pytest.raises(RuntimeClosed):
+            await rt.invoke_async("f", v, {})
+        return result
+
+    assert run(close_while_busy()).ok

@@ -88,6 +88,7 @@ class LocalPlatform:
             routes_from_manifest(manifest),
             self._invoke_alias,
             self.metrics_store,
+            invoke_async=self.invoke_alias_async,
             api_name=manifest.service.name,
             stage=env,
             max_body=self.spec.max_body,
@@ -200,6 +201,12 @@ class LocalPlatform:
     def _invoke_alias(self, fn: str, event: dict[str, Any]) -> InvokeResult:
         version = self.aliases.get(fn).pick()
         return self.runtime.invoke(fn, version, event, via_alias=True)
+
+    async def invoke_alias_async(self, fn: str, event: dict[str, Any]) -> InvokeResult:
+        """`_invoke_alias` for the gateway's event loop: the version picked by weight, then
+        `Runtime.invoke_async` (no thread hop when a worker of that version is idle)."""
+        version = self.aliases.get(fn).pick()
+        return await self.runtime.invoke_async(fn, version, event, via_alias=True)
 
     def metrics(self, query: MetricQuery) -> list[Datapoint]:
         return self.metrics_store.query(query)

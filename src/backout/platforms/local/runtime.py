@@ -7,21 +7,30 @@ parent enforces what Lambda enforces: the function's timeout (the worker is kill
 replaced), a worker that dies mid-invocation (Runtime.ExitError), and per-function concurrency
 (TooManyRequestsException, returned at once). Every invocation records Lambda's metrics into a
 sink, plus the CloudWatch EMF metrics the handler printed.
+
+Two ways in, sharing the same pools, lock and counters: `invoke` blocks its thread (queue mappings,
+the control API, hooks), `invoke_async` runs on an asyncio loop (the gateway) and talks to an idle
+warm worker straight from the loop, with no hop to a thread and back; that hop cost the gateway more
+CPU than the invocation itself. The parent's end of each worker's socket is non-blocking for both:
+the sync path waits with poll(2), the async one with the loop's add_reader.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from multiprocessing.connection import Connection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,12 +44,16 @@ log = logging.getLogger(__name__)
 INIT_TIMEOUT = 60.0  # seconds a worker may take to import its handler
 STOP_GRACE = 2.0  # seconds a worker gets to exit after its connection closes
 THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."}
+COLD_THREADS = 64  # threads for invoke_async's cold starts (a spawn blocks for the handler's import)
 _WORKER_MODULE = "backout.platforms.local.worker"
 # The directory that makes `backout` importable, for workers started from a checkout.
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 class MetricSink(Protocol):
+    """Where Lambda's metrics go. A sink that also has MetricStore's `series_key` and `record_many`
+    gets each invocation's samples in one call (one lock, no per-sample key building)."""
+
     def record(
         self, namespace: str, metric: str, dimensions: dict[str, str], value: float, unit: str, ts: float
     ) -> None: ...
@@ -66,24 +79,28 @@ class _InitFailed(Exception):
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "pool")
+    __slots__ = ("proc", "sock", "fd", "pool")
 
-    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection, pool: _Pool) -> None:
-        self.proc, self.conn, self.pool = proc, conn, pool
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, pool: _Pool) -> None:
+        sock.setblocking(False)
+        self.proc, self.sock, self.fd, self.pool = proc, sock, sock.fileno(), pool
 
-    def kill(self) -> int:
-        """SIGKILL the worker and anything it started (it leads its own session)."""
+    def signal_kill(self) -> None:
+        """SIGKILL the worker and anything it started (it leads its own session); does not wait."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def kill(self) -> int:
+        self.signal_kill()
         rc = self.proc.wait()
-        self.conn.close()
+        self.sock.close()
         return rc
 
     def stop(self) -> None:
         """Close the connection (the worker exits on EOF); kill it if it lingers."""
-        self.conn.close()
+        self.sock.close()
         try:
             self.proc.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
@@ -129,6 +146,10 @@ class Runtime:
         self._inflight = {fn: 0 for fn in manifest.functions}
         self._total_inflight = 0
         self._closing = False
+        self._cold_pool = ThreadPoolExecutor(COLD_THREADS, thread_name_prefix="runtime-cold")
+        # (fn, version, via_alias) → the series keys of each metric, when the sink takes them
+        self._metric_keys: dict[tuple[str, int, bool], dict[str, list[Any]]] = {}
+        self._record_many = getattr(sink, "record_many", None) if hasattr(sink, "series_key") else None
 
     # -- invoking ------------------------------------------------------------------------------
 
@@ -136,38 +157,11 @@ class Runtime:
         """Run one event on `version` of `fn` and wait for the result (thread-safe)."""
         spec = self._spec(fn)
         pool = self._pool(fn, version)
-        try:
-            event_json = json.dumps(event)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"{fn}: event is not JSON: {e}") from None
+        event_json = _event_json(fn, event)
         rid = str(uuid.uuid4())
-        limit = spec.reserved_concurrency if spec.reserved_concurrency is not None else self.max_concurrency
-        worker: _Worker | None = None
-        dead: list[_Worker] = []
-        with self._lock:
-            if self._closing:
-                raise RuntimeClosed("the runtime is shutting down")
-            concurrent = self._inflight[fn]
-            if concurrent >= limit:
-                throttled = True
-            else:
-                throttled = False
-                concurrent += 1
-                self._inflight[fn] = concurrent
-                self._total_inflight += 1
-                pool.retired = False
-                while pool.idle and worker is None:
-                    worker = pool.idle.pop()
-                    if worker.proc.poll() is not None:  # died while idle (e.g. OOM-killed): skip it
-                        pool.live.discard(worker)
-                        dead.append(worker)
-                        worker = None
-                if worker is None:
-                    pool.starting += 1
-        for w in dead:
-            w.conn.close()
-        if throttled:
-            self._record(fn, version, via_alias, concurrent, throttled=True)
+        worker, concurrent = self._acquire(pool, spec, cold=True)
+        if concurrent < 0:
+            self._record(fn, version, via_alias, -concurrent, throttled=True)
             return InvokeResult(fn, version, rid, dict(THROTTLED), throttled=True)
         emf: list[dict[str, Any]] = []
         try:
@@ -178,14 +172,81 @@ class Runtime:
             else:
                 payload, error, duration, emf = self._call(worker, rid, event_json, spec.timeout)
         finally:
-            with self._lock:
-                self._inflight[fn] -= 1
-                self._total_inflight -= 1
-                self._changed.notify_all()
+            self._done(fn)
         self._record(fn, version, via_alias, concurrent, error=error is not None, duration=duration)
         if emf:
             self._record_emf(emf)
         return InvokeResult(fn, version, rid, payload, error=error, duration_ms=duration)
+
+    async def invoke_async(self, fn: str, version: int, event: Any, via_alias: bool = False) -> InvokeResult:
+        """`invoke` for an asyncio caller: on an idle warm worker, the request is written and the
+        reply read from the running loop (same limits, timeout, errors and metrics as `invoke`).
+        A cold start (no idle worker) runs `invoke` in a thread, since spawning one blocks."""
+        spec = self._spec(fn)
+        pool = self._pools.get((fn, version))
+        if pool is None or not pool.idle:  # unknown or cold version: the thread does it all
+            return await self._invoke_in_thread(fn, version, event, via_alias)
+        event_json = _event_json(fn, event)
+        rid = str(uuid.uuid4())
+        worker, concurrent = self._acquire(pool, spec, cold=False)
+        if concurrent < 0:
+            self._record(fn, version, via_alias, -concurrent, throttled=True)
+            return InvokeResult(fn, version, rid, dict(THROTTLED), throttled=True)
+        if worker is None:  # the idle worker went to another caller meanwhile
+            return await self._invoke_in_thread(fn, version, event, via_alias)
+        loop = asyncio.get_running_loop()
+        call = _AsyncCall(self, loop, worker, via_alias, concurrent, rid, event_json, spec.timeout)
+        return await call.result
+
+    async def _invoke_in_thread(self, fn: str, version: int, event: Any, via_alias: bool) -> InvokeResult:
+        loop = asyncio.get_running_loop()
+        try:
+            job = loop.run_in_executor(self._cold_pool, self.invoke, fn, version, event, via_alias)
+        except RuntimeError:  # the pool was shut down by close()
+            raise RuntimeClosed("the runtime is shutting down") from None
+        return await job
+
+    def _acquire(self, pool: _Pool, spec: FunctionSpec, cold: bool) -> tuple[_Worker | None, int]:
+        """Count one invocation against the function's concurrency and take an idle worker.
+
+        Returns (worker, concurrent executions including this one); (None, -concurrent) when
+        throttled. No idle worker: with `cold`, a `pool.starting` slot is reserved for the caller to
+        spawn one; without, (None, 0) and nothing is counted."""
+        limit = spec.reserved_concurrency if spec.reserved_concurrency is not None else self.max_concurrency
+        worker: _Worker | None = None
+        dead: list[_Worker] = []
+        fn = pool.fn
+        with self._lock:
+            if self._closing:
+                raise RuntimeClosed("the runtime is shutting down")
+            concurrent = self._inflight[fn]
+            if concurrent >= limit:
+                return None, -concurrent
+            while pool.idle:
+                w = pool.idle.pop()
+                if w.proc.poll() is None:
+                    worker = w
+                    break
+                pool.live.discard(w)  # died while idle (e.g. OOM-killed): skip it
+                dead.append(w)
+            if worker is None and not cold:
+                concurrent = 0
+            else:
+                concurrent += 1
+                self._inflight[fn] = concurrent
+                self._total_inflight += 1
+                pool.retired = False
+                if worker is None:
+                    pool.starting += 1
+        for w in dead:
+            w.sock.close()
+        return worker, concurrent
+
+    def _done(self, fn: str) -> None:
+        with self._lock:
+            self._inflight[fn] -= 1
+            self._total_inflight -= 1
+            self._changed.notify_all()
 
     def _start_for_invoke(self, pool: _Pool) -> tuple[_Worker | None, dict[str, Any]]:
         """A cold start inside an invocation: the worker, or (None, the init error)."""
@@ -206,28 +267,22 @@ class Runtime:
         self, w: _Worker, rid: str, event_json: str, timeout: float
     ) -> tuple[Any, str | None, float, list[dict[str, Any]]]:
         """Send one request; (payload, error, duration_ms, emf docs). Always leaves `w` idle or gone."""
-        deadline = time.time() + timeout
-        request = f'{{"request_id": "{rid}", "deadline": {deadline!r}, "event": {event_json}}}'.encode()
+        deadline = time.monotonic() + timeout
         start = time.perf_counter()
         try:
-            w.conn.send_bytes(request)
-            if w.conn.poll(timeout):
-                msg = json.loads(w.conn.recv_bytes())
-            else:
+            raw = None
+            if _send_sync(w.fd, _request(rid, timeout, event_json), deadline):
+                raw = _recv_sync(w.fd, deadline)
+            if raw is None:
                 w.kill()
                 self._discard(w)
-                shape = _error("Task timed out", f"{rid} Task timed out after {timeout:.2f} seconds")
-                return shape, "Unhandled", timeout * 1000.0, []
+                return _timed_out(rid, timeout)
         except (EOFError, OSError):
             rc = self._reap(w)
             self._discard(w)
-            why = f"RequestId: {rid} Error: Runtime exited with error: {_exit_reason(rc)}"
-            return _error("Runtime.ExitError", why), "Unhandled", (time.perf_counter() - start) * 1000.0, []
+            return _exited(rid, rc, start)
         self._release(w)
-        duration = float(msg.get("duration_ms", 0.0))
-        if "error" in msg:
-            return msg["error"], "Unhandled", duration, msg.get("emf") or []
-        return msg.get("payload"), None, duration, msg.get("emf") or []
+        return _reply(raw)
 
     @staticmethod
     def _reap(w: _Worker) -> int:
@@ -235,7 +290,7 @@ class Runtime:
             rc = w.proc.wait(STOP_GRACE)
         except subprocess.TimeoutExpired:
             rc = w.kill()
-        w.conn.close()
+        w.sock.close()
         return rc
 
     # -- worker lifecycle ----------------------------------------------------------------------
@@ -263,13 +318,14 @@ class Runtime:
             raise _InitFailed(_error("Runtime.StartError", str(e), trace=True)) from e
         finally:
             child_sock.close()
-        w = _Worker(proc, Connection(parent_sock.detach()), pool)
+        w = _Worker(proc, parent_sock, pool)
         try:
-            if not w.conn.poll(INIT_TIMEOUT):
+            raw = _recv_sync(w.fd, time.monotonic() + INIT_TIMEOUT)
+            if raw is None:
                 w.kill()
                 why = f"handler {pool.spec.handler} did not initialise within {INIT_TIMEOUT:.0f}s"
                 raise _InitFailed(_error("Runtime.InitTimeout", why, trace=True))
-            msg = json.loads(w.conn.recv_bytes())
+            msg = json.loads(raw)
         except (EOFError, OSError):
             rc = self._reap(w)
             why = f"Runtime exited during init: {_exit_reason(rc)} (see {pool.log_path})"
@@ -279,8 +335,9 @@ class Runtime:
             raise _InitFailed(msg.get("error") or _error("Runtime.Unknown", str(msg), trace=True))
         return w
 
-    def _release(self, w: _Worker) -> None:
-        """An invocation finished: keep the worker warm, or stop it if its version was retired."""
+    def _release(self, w: _Worker, wait: bool = True) -> None:
+        """An invocation finished: keep the worker warm, or stop it if its version was retired
+        (in a thread unless `wait`: the event loop must not wait for a process to exit)."""
         pool = w.pool
         with self._lock:
             keep = not (pool.retired or self._closing)
@@ -290,7 +347,10 @@ class Runtime:
                 pool.live.discard(w)
             self._changed.notify_all()
         if not keep:
-            w.stop()
+            if wait:
+                w.stop()
+            else:
+                threading.Thread(target=w.stop, daemon=True, name="worker-stop").start()
 
     def _discard(self, w: _Worker) -> None:
         """A worker died or was killed: forget it and start a replacement if the pool is kept warm."""
@@ -413,7 +473,8 @@ class Runtime:
             except (ProcessLookupError, PermissionError):
                 pass
         for w in idle:
-            w.conn.close()
+            w.sock.close()
+        self._cold_pool.shutdown(wait=False)
         deadline = time.monotonic() + STOP_GRACE
         for w in idle:
             try:
@@ -478,9 +539,6 @@ class Runtime:
         duration: float = 0.0,
     ) -> None:
         ts = time.time()
-        dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": str(version)}]
-        if via_alias:
-            dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
         if throttled:
             values = [("Throttles", 1.0, "Count")]
         else:
@@ -491,11 +549,24 @@ class Runtime:
             ]
         values.append(("ConcurrentExecutions", float(concurrent), "Count"))
         try:
-            for dims in dimsets:
+            if self._record_many is not None:
+                keys = self._metric_keys.get((fn, version, via_alias))
+                if keys is None:
+                    keys = self._series_keys(fn, version, via_alias)
+                self._record_many([(k, v, unit) for metric, v, unit in values for k in keys[metric]], ts)
+                return
+            for dims in _dimsets(fn, version, via_alias):
                 for metric, value, unit in values:
                     self.sink.record(NS_LAMBDA, metric, dict(dims), value, unit, ts)
         except Exception:
             log.exception("metric sink failed")
+
+    def _series_keys(self, fn: str, version: int, via_alias: bool) -> dict[str, list[Any]]:
+        key_of = self.sink.series_key  # type: ignore[attr-defined]
+        dimsets = _dimsets(fn, version, via_alias)
+        keys = {m: [key_of(NS_LAMBDA, m, d) for d in dimsets] for m in _LAMBDA_METRICS}
+        self._metric_keys[(fn, version, via_alias)] = keys
+        return keys
 
     def _record_emf(self, docs: list[dict[str, Any]]) -> None:
         """Each metric of each EMF document under its namespace and every declared dimension set."""
@@ -537,3 +608,239 @@ def _exit_reason(rc: int | None) -> str:
         except ValueError:
             return f"signal: {-rc}"
     return f"exit status {rc}"
+
+
+_LAMBDA_METRICS = ("Invocations", "Errors", "Duration", "Throttles", "ConcurrentExecutions")
+
+
+def _dimsets(fn: str, version: int, via_alias: bool) -> list[dict[str, str]]:
+    dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": str(version)}]
+    if via_alias:
+        dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
+    return dimsets
+
+
+# -- the parent's side of the worker protocol -------------------------------------------------------
+# Frames as multiprocessing.connection writes them (the worker reads them with a Connection): a
+# signed 32-bit big-endian length, or -1 and a 64-bit length for payloads over 2 GiB.
+_LEN = struct.Struct("!i")
+_LEN64 = struct.Struct("!Q")
+_READ = 256 * 1024
+
+
+def _event_json(fn: str, event: Any) -> str:
+    try:
+        return json.dumps(event)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{fn}: event is not JSON: {e}") from None
+
+
+def _request(rid: str, timeout: float, event_json: str) -> bytes:
+    deadline = time.time() + timeout
+    data = f'{{"request_id": "{rid}", "deadline": {deadline!r}, "event": {event_json}}}'.encode()
+    n = len(data)
+    return (_LEN.pack(n) if n <= 0x7FFFFFFF else _LEN.pack(-1) + _LEN64.pack(n)) + data
+
+
+class _FrameReader:
+    """Reassembles one frame from the chunks a non-blocking read returns."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """The frame's payload once it is complete, else None."""
+        data = self.buf + chunk if self.buf else chunk
+        n = len(data)
+        if n >= 4:
+            size = _LEN.unpack_from(data)[0]
+            start = 4
+            if size == -1:
+                if n < 12:
+                    self.buf = data
+                    return None
+                size, start = _LEN64.unpack_from(data, 4)[0], 12
+            if n >= start + size:
+                return data[start : start + size]
+        self.buf = data
+        return None
+
+
+def _wait(fd: int, events: int, timeout: float) -> bool:
+    if timeout <= 0:
+        return False
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(timeout * 1000.0))
+
+
+def _send_sync(fd: int, data: bytes, deadline: float) -> bool:
+    """Write all of `data` to the non-blocking `fd`; False if the deadline passed first."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            if not _wait(fd, select.POLLOUT, deadline - time.monotonic()):
+                return False
+    return True
+
+
+def _recv_sync(fd: int, deadline: float) -> bytes | None:
+    """One frame from the non-blocking `fd`; None if the deadline passed first, EOFError if closed."""
+    frame = _FrameReader()
+    while True:
+        try:
+            chunk = os.read(fd, _READ)
+        except BlockingIOError:
+            if not _wait(fd, select.POLLIN, deadline - time.monotonic()):
+                return None
+            continue
+        if not chunk:
+            raise EOFError
+        msg = frame.feed(chunk)
+        if msg is not None:
+            return msg
+
+
+Outcome = tuple[Any, str | None, float, list[dict[str, Any]]]  # payload, error, duration_ms, emf docs
+
+
+def _reply(raw: bytes) -> Outcome:
+    msg = json.loads(raw)
+    duration = float(msg.get("duration_ms", 0.0))
+    if "error" in msg:
+        return msg["error"], "Unhandled", duration, msg.get("emf") or []
+    return msg.get("payload"), None, duration, msg.get("emf") or []
+
+
+def _timed_out(rid: str, timeout: float) -> Outcome:
+    shape = _error("Task timed out", f"{rid} Task timed out after {timeout:.2f} seconds")
+    return shape, "Unhandled", timeout * 1000.0, []
+
+
+def _exited(rid: str, rc: int | None, start: float) -> Outcome:
+    why = f"RequestId: {rid} Error: Runtime exited with error: {_exit_reason(rc)}"
+    return _error("Runtime.ExitError", why), "Unhandled", (time.perf_counter() - start) * 1000.0, []
+
+
+class _AsyncCall:
+    """One invocation on an idle warm worker, driven by event-loop callbacks.
+
+    The request is written and the reply read when the socket is ready (add_writer/add_reader), the
+    timeout is a loop timer. The bookkeeping (release or replace the worker, the concurrency count,
+    metrics) happens in these callbacks, not in the awaiting coroutine, so an invocation whose caller
+    is cancelled still ends exactly as a threaded one would; `result` then just goes unread."""
+
+    __slots__ = (
+        "rt", "loop", "w", "fd", "via_alias", "concurrent", "rid", "timeout", "start",
+        "pending", "writing", "frame", "timer", "finished", "result",
+    )
+
+    def __init__(
+        self,
+        rt: Runtime,
+        loop: asyncio.AbstractEventLoop,
+        w: _Worker,
+        via_alias: bool,
+        concurrent: int,
+        rid: str,
+        event_json: str,
+        timeout: float,
+    ) -> None:
+        self.rt, self.loop, self.w, self.fd = rt, loop, w, w.fd
+        self.via_alias, self.concurrent, self.rid, self.timeout = via_alias, concurrent, rid, timeout
+        self.result: asyncio.Future[InvokeResult] = loop.create_future()
+        self.frame = _FrameReader()
+        self.finished = False
+        self.writing = False
+        self.start = time.perf_counter()
+        self.timer = loop.call_later(timeout, self._on_timeout)
+        self.pending = memoryview(_request(rid, timeout, event_json))
+        self._on_writable()  # an idle worker is blocked reading: a request usually fits in one write
+        if not self.finished:
+            loop.add_reader(self.fd, self._on_readable)
+
+    def _on_writable(self) -> None:
+        try:
+            self.pending = self.pending[os.write(self.fd, self.pending) :]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._died()
+            return
+        if not self.pending:
+            if self.writing:
+                self.writing = False
+                self.loop.remove_writer(self.fd)
+        elif not self.writing:
+            self.writing = True
+            self.loop.add_writer(self.fd, self._on_writable)
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._died()
+            return
+        raw = self.frame.feed(chunk)
+        if raw is None:
+            return
+        self._stop_io()
+        self.rt._release(self.w, wait=False)
+        try:
+            outcome = _reply(raw)
+        except ValueError as e:  # not the worker protocol: nothing a caller can use
+            outcome = _error("Runtime.InvalidResponse", str(e)), "Unhandled", 0.0, []
+        self._complete(outcome)
+
+    def _on_timeout(self) -> None:
+        if self.finished:
+            return
+        self._stop_io()
+        w = self.w
+        w.signal_kill()
+        w.sock.close()
+        threading.Thread(target=w.proc.wait, daemon=True, name="worker-reap").start()
+        self.rt._discard(w)
+        self._complete(_timed_out(self.rid, self.timeout))
+
+    def _died(self) -> None:
+        """EOF or a socket error: the worker exited; its exit status (waited for in a thread)
+        goes into the error message."""
+        self._stop_io()
+        reaped = self.loop.run_in_executor(None, self.rt._reap, self.w)
+        reaped.add_done_callback(self._reaped)
+
+    def _reaped(self, reaped: asyncio.Future[int]) -> None:
+        rc = None if reaped.cancelled() or reaped.exception() else reaped.result()
+        self.rt._discard(self.w)
+        self._complete(_exited(self.rid, rc, self.start))
+
+    def _stop_io(self) -> None:
+        self.finished = True
+        self.timer.cancel()
+        self.loop.remove_reader(self.fd)
+        if self.writing:
+            self.writing = False
+            self.loop.remove_writer(self.fd)
+
+    def _complete(self, outcome: Outcome) -> None:
+        payload, error, duration, emf = outcome
+        rt, fn, version = self.rt, self.w.pool.fn, self.w.pool.version
+        try:
+            rt._done(fn)
+            rt._record(fn, version, self.via_alias, self.concurrent, error=error is not None, duration=duration)
+            if emf:
+                rt._record_emf(emf)
+        finally:
+            if not self.result.done():
+                self.result.set_result(
+                    InvokeResult(fn, version, self.rid, payload, error=error, duration_ms=duration)
+                )

@@ -2,8 +2,8 @@
 
 Started by `runtime.py` as `python -P -m backout.platforms.local.worker FD`, where FD is this
 process's end of a socketpair. Configuration comes from Lambda's own environment variables
-(_HANDLER, LAMBDA_TASK_ROOT, AWS_LAMBDA_FUNCTION_NAME, …). Messages are JSON, framed by
-multiprocessing's Connection:
+(_HANDLER, LAMBDA_TASK_ROOT, AWS_LAMBDA_FUNCTION_NAME, …). Messages are JSON, framed as
+multiprocessing's Connection frames them (a 4-byte big-endian length; -1 and 8 bytes over 2 GiB):
 
     worker → parent   {"type": "ready", "pid", "init_ms"}  |  {"type": "init_error", "error": shape}
     parent → worker   {"request_id", "event", "deadline"}        (deadline: epoch seconds)
@@ -21,6 +21,7 @@ import io
 import json
 import os
 import random
+import struct
 import sys
 import threading
 import time
@@ -162,25 +163,35 @@ def _is_queue_event(event: Any) -> bool:
 
 
 class LambdaContext:
-    """What Lambda passes as `context`."""
+    """What Lambda passes as `context`. The fields fixed for the worker's life are read from the
+    environment once (`_fixed`), not on every invocation."""
+
+    _fixed: dict[str, Any] | None = None
 
     def __init__(self, request_id: str, deadline: float) -> None:
-        env = os.environ
-        self.function_name = env["AWS_LAMBDA_FUNCTION_NAME"]
-        self.function_version = env["AWS_LAMBDA_FUNCTION_VERSION"]
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:local:000000000000:function:{self.function_name}:{self.function_version}"
-        )
-        self.memory_limit_in_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        fixed = LambdaContext._fixed
+        if fixed is None:
+            fixed = LambdaContext._fixed = _context_fields(os.environ)
+        self.__dict__.update(fixed)
         self.aws_request_id = request_id
-        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{self.function_name}")
-        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-        self.identity = None
-        self.client_context = None
         self._deadline = deadline
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.time()) * 1000))
+
+
+def _context_fields(env: Any) -> dict[str, Any]:
+    name, version = env["AWS_LAMBDA_FUNCTION_NAME"], env["AWS_LAMBDA_FUNCTION_VERSION"]
+    return {
+        "function_name": name,
+        "function_version": version,
+        "invoked_function_arn": f"arn:aws:lambda:local:000000000000:function:{name}:{version}",
+        "memory_limit_in_mb": int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")),
+        "log_group_name": env.get("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{name}"),
+        "log_stream_name": env.get("AWS_LAMBDA_LOG_STREAM_NAME", ""),
+        "identity": None,
+        "client_context": None,
+    }
 
 
 def _user_frames(exc: BaseException) -> list[str]:
@@ -209,6 +220,7 @@ def _init_error(error_type: str, message: str, exc: BaseException | None = None)
 class Worker:
     def __init__(self, conn: Connection, tee: EmfTee) -> None:
         self.conn = conn
+        self.fd = conn.fileno() if conn is not None else -1
         self.tee = tee
         self.handler: Any = None
         self.faults = Faults("")
@@ -278,7 +290,7 @@ class Worker:
     def serve(self) -> None:
         while True:
             try:
-                raw = self.conn.recv_bytes()
+                raw = _recv(self.fd)
             except (EOFError, OSError):
                 return
             out = self.invoke(json.loads(raw))
@@ -288,15 +300,47 @@ class Worker:
                 return
 
 
+_LEN = struct.Struct("!i")
+_LEN64 = struct.Struct("!Q")
+
+
+def _recv(fd: int) -> bytes:
+    """One frame from the parent: usually a single read (Connection.recv_bytes makes two)."""
+    data = os.read(fd, 65536)
+    if not data:
+        raise EOFError
+    while len(data) < 4 or (len(data) < 12 and _LEN.unpack_from(data)[0] == -1):
+        data += _read_more(fd, 65536)
+    size, start = _LEN.unpack_from(data)[0], 4
+    if size == -1:
+        size, start = _LEN64.unpack_from(data, 4)[0], 12
+    if len(data) >= start + size:
+        return data[start : start + size]
+    buf = bytearray(data)
+    while len(buf) < start + size:
+        buf += _read_more(fd, start + size - len(buf))
+    return bytes(buf[start:])
+
+
+def _read_more(fd: int, n: int) -> bytes:
+    chunk = os.read(fd, n)
+    if not chunk:
+        raise EOFError
+    return chunk
+
+
 def _rss_mb() -> int:
     """Resident memory now (ru_maxrss would include the parent's pages from before exec)."""
+    global _STATM
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE // (1024 * 1024)
+        if _STATM < 0:
+            _STATM = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_STATM, 128, 0).split()[1]) * _PAGE // (1024 * 1024)
     except (OSError, ValueError, IndexError):
         return 0
 
 
+_STATM = -1  # kept open: one pread per invocation instead of open + read + close
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
