@@ -102,11 +102,20 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[RunningEnv]:
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file exists, the first post-traffic hook waits (up to its 60 s timeout)."""
+    return tmp_path_factory.mktemp("gate") / "hold-post-traffic"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, gate: Path) -> Iterator[RunningEnv]:
     tmp = tmp_path_factory.mktemp("runbooks")
     manifest = tmp / "backout.toml"
     notify = f'notify = [{{ url = "json://127.0.0.1:{receiver.port}/hook", min_severity = "info" }}]'
-    manifest.write_text(sda_manifest(tmp / "state", extra=STRATEGIES, env_extra=f"{ENV_EXTRA}\n{notify}"))
+    text = sda_manifest(tmp / "state", extra=STRATEGIES, env_extra=f"{ENV_EXTRA}\n{notify}")
+    held = f'{{ command = "while [ -e {gate} ]; do sleep 0.1; done", timeout = "60s", name = "held" }},'
+    assert "post_traffic = [\n" in text
+    manifest.write_text(text.replace("post_traffic = [\n", f"post_traffic = [\n  {held}\n", 1))
     running = RunningEnv(manifest)
     try:
         yield running
@@ -293,9 +302,10 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     stable = live_version(env)
     d = start_held_deployment(env, "manual-during")
 
-    # `status` during the deployment: the active deployment, its step, the live weights
-    s = env.cli_json("status")
+    # `status` during the deployment: the active deployment, its step, the live weights, the alarms
+    s = wait_for(lambda: (x := env.cli_json("status"))["alarms"] and x, timeout=30, what="alarm states")
     assert s["deployment"]["id"] == d["id"] and s["deployment"]["step_label"] == "1/2"
+    assert {"error-rate:api", "api-5xx"} <= set(s["alarms"]) and s["alarms"]["api-5xx"]["state"] == "OK"
     for f in s["functions"].values():
         assert f["weights"] == {str(stable): 50.0, str(d["target_version"]): 50.0}
 
@@ -311,6 +321,39 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     assert inc is not None and inc["status"] == "open" and inc["severity"] == "critical"
     assert any(e["kind"] == "verify" and e["message"].startswith("verify passed") for e in view["events"])
     assert live_version(env) == stable
+
+
+def test_rollback_does_not_wait_for_a_busy_deployment_runner(env: RunningEnv, gate: Path) -> None:
+    """An operator's rollback while the deployment sits in a long post-traffic hook (100 % on the new
+    version) moves traffic at once, not when the hook returns."""
+    stable = live_version(env)
+    gate.touch()
+    try:
+        r = env.cli("deploy", "--strategy", "Fast", "--set-env", "RUNBOOK_TEST=busy", "--no-wait", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        did = json.loads(r.stdout)["deployment"]["id"]
+        wait_for(lambda: env.api("GET", f"/deployments/{did}")["deployment"]["status"] == "PostTraffic",
+                 timeout=60, what=f"{did} in its post-traffic hooks")
+        assert live_version(env) != stable
+        t0 = time.monotonic()
+        r = env.cli_json("rollback", "--reason", "stop it now")
+        assert time.monotonic() - t0 < 20  # the held hook would keep it for 60 s
+        assert r["mode"] == "stopped deployment" and r["incident"] and r["verify"]["ok"], r
+        assert live_version(env) == stable
+        assert env.cli_json("deployment", "show", did)["deployment"]["status"] == "RolledBack"
+    finally:
+        gate.unlink(missing_ok=True)
+
+    # the runner comes back from its hook, finds the deployment over and leaves traffic alone
+    def hook_returned() -> bool:
+        return any(e["kind"] == "hook_passed" and "held" in e["message"]
+                   for e in env.cli_json("deployment", "show", did)["events"])
+
+    wait_for(hook_returned, timeout=30, what="the held hook to return")
+    time.sleep(1.0)
+    view = env.cli_json("deployment", "show", did)
+    assert view["deployment"]["status"] == "RolledBack" and live_version(env) == stable
+    assert sum(e["kind"] == "rolled_back" for e in view["events"]) == 1
 
 
 def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningEnv, receiver: Receiver) -> None:

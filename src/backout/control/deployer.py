@@ -81,6 +81,9 @@ class Deployer:
         self._threads: dict[str, threading.Thread] = {}
         self._closing = threading.Event()
         self._lock = threading.Lock()
+        # held while a status change and its alias writes are applied: a stop that takes over from a
+        # busy runner and the runner itself never interleave their weights
+        self._switch = threading.RLock()
 
     # --- commands ------------------------------------------------------------------------------
     def create(
@@ -153,9 +156,13 @@ class Deployer:
         return d
 
     def stop(
-        self, deployment_id: str, rollback: bool = True, reason: str = "", who: str = "", wait: float = 10.0
+        self, deployment_id: str, rollback: bool = True, reason: str = "", who: str = "", wait: float = 2.0
     ) -> Deployment:
-        """Stop an active deployment (CodeDeploy stop-deployment); with rollback, 100 % stable."""
+        """Stop an active deployment (CodeDeploy stop-deployment); with rollback, 100 % stable.
+
+        The runner notices within an evaluation interval while traffic shifts; when it is busy longer
+        (a hook, workers starting) the stop is applied from here after `wait` seconds — an operator's
+        rollback must not wait for a 90 s hook — and the runner finds the deployment over on return."""
         d = self.store.get(deployment_id)
         if not d.active:
             raise UsageError(f"deployment {d.id} is already {d.status}")
@@ -166,10 +173,14 @@ class Deployer:
         t = self._threads.get(d.id)
         if t is not None and t.is_alive():
             t.join(timeout=wait)
-        elif rollback:
-            self._rollback(d, RollbackNeeded("manual", lv.stop_requested, [lv.stop_requested]))
-        else:
-            self._finish_stop(d, lv)
+        done_here = False
+        if self.store.get(d.id).active:  # no runner, or a busy one: stop from here, now
+            if rollback:
+                done_here = self._rollback(d, RollbackNeeded("manual", lv.stop_requested, [lv.stop_requested]))
+            else:
+                done_here = self._finish_stop(d, lv)
+        if not done_here and t is not None and t.is_alive():
+            t.join(timeout=10.0)  # the runner stopped it and is opening the incident: return with it
         return self.store.get(d.id)
 
     # --- supervisor lifecycle ---------------------------------------------------------------------
@@ -268,8 +279,11 @@ class Deployer:
         except _Closing:
             return
         except Exception as e:  # noqa: BLE001 - a crash of the runner must still restore stable traffic
-            log.exception("deployment %s crashed", d.id)
             cur = self.store.get(d.id)
+            if not cur.active and self._live(d.id).stop_requested is not None:
+                log.info("deployment %s was stopped while its runner was busy (%s)", d.id, e)
+                return
+            log.exception("deployment %s crashed", d.id)
             if cur.active:
                 self._rollback(
                     cur, RollbackNeeded("internal", f"deployment runner failed: {type(e).__name__}: {e}", [])
@@ -389,10 +403,11 @@ class Deployer:
             resuming = i == d.current_step and d.step_started_at is not None
             self._prewarm(d, step.weight)
             started = d.step_started_at if resuming else time.time()
-            d = self.store.transition(
-                d.id, st.IN_PROGRESS, current_step=i, current_weight=step.weight, step_started_at=started
-            )
-            self._apply_weights(d, step.weight)
+            with self._switch:
+                d = self.store.transition(
+                    d.id, st.IN_PROGRESS, current_step=i, current_weight=step.weight, step_started_at=started
+                )
+                self._apply_weights(d, step.weight)
             if not resuming:
                 self._event(
                     d,
@@ -466,9 +481,10 @@ class Deployer:
         self._check_stop(d, lv)
 
     def _succeed(self, d: Deployment) -> None:
-        d = self.store.transition(d.id, st.SUCCEEDED, expect=st.POST_TRAFFIC, current_weight=100.0)
-        for fn in self.platform.functions():
-            self.platform.set_weights(fn, d.target_version)
+        with self._switch:
+            d = self.store.transition(d.id, st.SUCCEEDED, expect=st.POST_TRAFFIC, current_weight=100.0)
+            for fn in self.platform.functions():
+                self.platform.set_weights(fn, d.target_version)
         self._event(
             d,
             "succeeded",
@@ -477,13 +493,16 @@ class Deployer:
         )
         self._notify("succeeded", d)
 
-    def _rollback(self, d: Deployment, rb: RollbackNeeded) -> None:
-        decided = time.time()
-        status = st.ROLLED_BACK
-        d = self.store.transition(d.id, status, reason=rb.reason, rollback_decided_at=decided)
-        self._apply_weights(d, 0.0)
-        done = time.time()
-        d = self.store.update(d.id, rollback_completed_at=done)
+    def _rollback(self, d: Deployment, rb: RollbackNeeded) -> bool:
+        """Roll back now; False when the deployment was already over (another thread got there first)."""
+        with self._switch:
+            if not self.store.get(d.id).active:
+                return False  # a stop took over while the runner was busy, or the other way round
+            decided = time.time()
+            d = self.store.transition(d.id, st.ROLLED_BACK, reason=rb.reason, rollback_decided_at=decided)
+            self._apply_weights(d, 0.0)
+            done = time.time()
+            d = self.store.update(d.id, rollback_completed_at=done)
         self._event(
             d,
             "rolled_back",
@@ -530,11 +549,14 @@ class Deployer:
             self.after_rollback(d, inc.id)
         except Exception:  # noqa: BLE001 - verification problems are reported, never undo a rollback
             log.exception("after-rollback step failed for %s", d.id)
+        return True
 
-    def _finish_stop(self, d: Deployment, lv: Live) -> None:
-        if not d.active:
-            return
-        self.store.transition(d.id, st.STOPPED, reason=lv.stop_requested or "stopped")
+    def _finish_stop(self, d: Deployment, lv: Live) -> bool:
+        with self._switch:
+            d = self.store.get(d.id)
+            if not d.active:
+                return False
+            self.store.transition(d.id, st.STOPPED, reason=lv.stop_requested or "stopped")
         self._event(
             d,
             "stopped",
@@ -542,6 +564,7 @@ class Deployer:
             severity="warning",
         )
         self._notify("stopped", d, reason=lv.stop_requested or "")
+        return True
 
     # --- helpers ----------------------------------------------------------------------------------
     def _event(

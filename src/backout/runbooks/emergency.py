@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from backout.control import store as st
 from backout.control.deployer import Deployer
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Store
@@ -62,8 +63,10 @@ def emergency_stop(
         active = store.active_deployment(env)
         if active is None:
             return "no deployment in progress"
-        deployer.stop(active.id, rollback=True, reason=f"emergency stop by {who}: {reason}", who=who)
+        d = deployer.stop(active.id, rollback=True, reason=f"emergency stop by {who}: {reason}", who=who)
         stopped.append(active.id)
+        if d.status != st.ROLLED_BACK:
+            raise RuntimeError(f"deployment {d.id} is {d.status}, not rolled back: roll back with `backout rollback`")
         return f"deployment {active.id} stopped and rolled back to v{active.stable_version}"
 
     snap: list[str] = []

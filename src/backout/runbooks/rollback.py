@@ -64,6 +64,9 @@ def manual_rollback(
     active = store.active_deployment(env)
     if active is not None and (to is None or to == active.stable_version):
         d = deployer.stop(active.id, rollback=True, reason=f"manual rollback by {who}: {reason}", who=who)
+        if d.status == st.SUCCEEDED:  # it finished just before the stop: roll back from what it made live
+            return manual_rollback(env=env, service=service, platform=platform, store=store, deployer=deployer,
+                                   notifier=notifier, reason=reason, who=who, to=d.stable_version)
         inc = store.incident_for_deployment(d.id)
         return {
             "mode": "stopped deployment",
