@@ -815,7 +815,11 @@ class _AsyncCall:
         """EOF or a socket error: the worker exited; its exit status (waited for in a thread)
         goes into the error message."""
         self._stop_io()
-        reaped = self.loop.run_in_executor(None, self.rt._reap, self.w)
+        try:
+            reaped = self.loop.run_in_executor(None, self.rt._reap, self.w)
+        except RuntimeError:  # the loop's executor is shutting down: wait here (the worker has exited)
+            reaped = self.loop.create_future()
+            reaped.set_result(self.rt._reap(self.w))
         reaped.add_done_callback(self._reaped)
 
     def _reaped(self, reaped: asyncio.Future[int]) -> None:
