@@ -603,7 +603,10 @@ def measure_impact(
     arrivals, and the canary weight over time (from the step events)."""
     from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, MetricQuery
 
-    start = int(d.created_at)
+    # from the first traffic shift: the pre-traffic hook's test invocations are not the bad version's traffic
+    events = store.events(deployment_id=d.id)
+    first = next((e.ts for e in events if e.kind == "step_reached"), d.created_at)
+    start = int(first)
     end = int(until) + 1
     v = str(d.target_version)
 
@@ -635,7 +638,7 @@ def measure_impact(
         if r.ok and isinstance(r.payload, dict):
             jobs_touched = len(r.payload.get("jobs", []))
     weights: list[list[float]] = [[d.created_at, 0.0]]
-    for e in store.events(deployment_id=d.id):
+    for e in events:
         if e.kind == "step_reached" and isinstance(e.data, dict):
             weights.append([e.ts, float(e.data.get("weight", 0.0))])
         elif e.kind == "rolled_back":

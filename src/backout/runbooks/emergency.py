@@ -145,14 +145,19 @@ def resume(
 ) -> dict[str, Any]:
     if not report.ok and not force:
         raise OperationFailed(f"not resuming: {report.summary()} (fix it, or --force to resume anyway)")
-    platform.set_processing(True)
-    platform.set_throttle(spec.throttle_rate, spec.throttle_burst)
     open_emergencies = [
         i
         for i in store.incidents(env, status="open")
         if isinstance(i.trigger, dict) and i.trigger.get("kind") == "emergency"
     ]
-    msg = f"resumed by {who}: processing on, API throttle back to {spec.throttle_rate:g}/s" + (
+    # the API goes back to the throttle it had before the first open emergency stop, else the manifest's
+    rate, burst = spec.throttle_rate, spec.throttle_burst
+    before = [i.trigger.get("throttle_before") for i in open_emergencies if i.trigger.get("throttle_before")]
+    if before and before[-1][0] > 0:
+        rate, burst = float(before[-1][0]), int(before[-1][1])
+    platform.set_processing(True)
+    platform.set_throttle(rate, burst)
+    msg = f"resumed by {who}: processing on, API throttle back to {rate:g}/s" + (
         " (FORCED past a failing verify)" if force and not report.ok else " after verify passed"
     )
     for inc in open_emergencies:

@@ -635,7 +635,7 @@ def _eval_row(
     val = "—" if value is None else f"{value:.2f}{unit}"
     thr = "—" if threshold is None else f"{_COMPARISON.get(comparison) or md(comparison)} {threshold:g}{unit}"
     st = f"**{state}**" if state == "ALARM" else state
-    return [clock(ts), code(name), st, val, thr, "—" if window is None else f"{window:g} s"]
+    return [clock(ts), code(name), st, val, thr, "—" if window is None else f"{window:.0f} s"]
 
 
 def _chart_section(view: IncidentView, image: str | None, has_chart: bool) -> list[str]:
