@@ -124,7 +124,7 @@ def run(only: set[str] | None = None, quick: bool = False) -> list[Figure]:
         big_pdf = next(big.glob("*.pdf")).read_bytes()
         env = Env(Path(d) / "env")
         try:
-            figures = [jobs_per_minute(env.gateway_url, 1 if quick else 4)]
+            figures = [jobs_per_minute(env.gateway_url, 1 if quick else 12)]
             figures += latencies(env.gateway_url, 20.0, 5.0 if quick else 15.0, big_pdf)
         finally:
             env.close()
