@@ -71,7 +71,7 @@ def _url_prefix(event: dict[str, Any]) -> str:
     return ""
 
 
-def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) -> Response:
+def _submit(event: dict[str, Any], settings: config.Settings, cid: str) -> Response:
     from sda import pdf
     from sda.errors import PermanentError
     from sda.pipeline import CONTEXT_TEXT, DRAWING
@@ -79,8 +79,8 @@ def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) ->
     from sda.storage import get_storage
     from sda.uploads import parse_submission, safe_filename
 
-    event = app.current_event.raw_event
-    sub = parse_submission(event, app.current_event.headers, settings.max_upload_bytes)
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    sub = parse_submission(event, headers, settings.max_upload_bytes)
     try:
         info = pdf.inspect(sub.drawing.data)
     except PermanentError as exc:
@@ -175,12 +175,14 @@ def _submit(app: APIGatewayRestResolver, settings: config.Settings, cid: str) ->
     )
 
 
-def build_app(settings: config.Settings, cid: str) -> APIGatewayRestResolver:
+def build_app(settings: config.Settings, cid: str, event: dict[str, Any]) -> APIGatewayRestResolver:
+    """Routes read the request from `event`, never `app.current_event`: powertools keeps that on a
+    class attribute (BaseRouter.current_event), shared by every thread of the process."""
     app = APIGatewayRestResolver()
 
     @app.post("/process-drawing")
     def process_drawing() -> Response:
-        return _submit(app, settings, cid)
+        return _submit(event, settings, cid)
 
     @app.get("/status/<job_id>")
     def status(job_id: str) -> Response:
@@ -189,7 +191,7 @@ def build_app(settings: config.Settings, cid: str) -> APIGatewayRestResolver:
         job = get_storage(settings).get_job(job_id) if is_job_id(job_id) else None
         if job is None:
             return _error(404, "JOB_NOT_FOUND", f"no job {job_id!r}", cid)
-        return _json(200, status_view(job, _url_prefix(app.current_event.raw_event)), cid)
+        return _json(200, status_view(job, _url_prefix(event)), cid)
 
     @app.get("/download/<job_id>/<file_type>")
     def download(job_id: str, file_type: str) -> Response:
@@ -239,8 +241,7 @@ def build_app(settings: config.Settings, cid: str) -> APIGatewayRestResolver:
 
     @app.not_found
     def not_found(_: Exception) -> Response:
-        event = app.current_event
-        return _error(404, "NOT_FOUND", f"no route {event.http_method} {event.path}", cid)
+        return _error(404, "NOT_FOUND", f"no route {event.get('httpMethod')} {event.get('path')}", cid)
 
     @app.exception_handler(UploadError)
     def upload_error(exc: UploadError) -> Response:
@@ -297,4 +298,4 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "isBase64Encoded": False,
             "headers": {"Content-Type": "application/json", "X-Correlation-ID": cid},
         }
-    return build_app(settings, cid).resolve(event, context)
+    return build_app(settings, cid, event).resolve(event, context)
