@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,49 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1, what:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class Receiver:
+    """A real HTTP endpoint for apprise's `json://` notifications; keeps every JSON body it got."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    doc = {"raw": body.decode("utf-8", "replace")}
+                outer.received.append({"path": self.path, "at": time.time(), **doc})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def about(self, deployment_id: str) -> list[dict[str, Any]]:
+        return [m for m in list(self.received) if deployment_id in m.get("title", "") + m.get("message", "")]
+
+    def wait(self, *needles: str) -> dict[str, Any]:
+        """The first notification whose title and message contain every needle."""
+
+        def found() -> dict[str, Any] | None:
+            return next(
+                (m for m in list(self.received)
+                 if all(n in m.get("title", "") + "\n" + m.get("message", "") for n in needles)),
+                None,
+            )
+
+        return wait_for(found, timeout=20, what=f"a notification with {needles}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

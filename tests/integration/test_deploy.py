@@ -15,8 +15,6 @@ deployment in progress, so they run in any order. Strategies are seconds long.
 
 from __future__ import annotations
 
-import http.server
-import json
 import random
 import shutil
 import socket
@@ -31,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from support import ROOT, SDA_SOURCE, RunningEnv, sda_manifest, wait_for
+from support import ROOT, SDA_SOURCE, Receiver, RunningEnv, sda_manifest, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,40 +55,6 @@ steps = [{ weight = 50, hold = "60s" }, { weight = 100 }]
 
 
 # --- helpers: a notification receiver, HTTP load, the environment ------------------------------------
-
-
-class Receiver:
-    """A real HTTP endpoint for apprise's `json://` notifications; keeps every JSON body it got."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    doc = json.loads(body)
-                except ValueError:
-                    doc = {"raw": body.decode("utf-8", "replace")}
-                outer.received.append({"path": self.path, "at": time.time(), **doc})
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def about(self, deployment_id: str) -> list[dict[str, Any]]:
-        return [m for m in list(self.received) if deployment_id in m.get("title", "") + m.get("message", "")]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def closed_port() -> int:

@@ -16,7 +16,6 @@ reports on an automatic rollback; the notifications of rollbacks, emergency stop
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import psutil
 import pytest
 
 from backout.control.store import Store
-from support import ROOT, SHARED_DRAWINGS, RunningEnv, sda_manifest, wait_for
+from support import ROOT, SHARED_DRAWINGS, Receiver, RunningEnv, sda_manifest, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,43 +56,6 @@ TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
 
 
 # --- the environment --------------------------------------------------------------------------------
-class Receiver:
-    """A real HTTP endpoint for apprise's `json://` notifications; keeps every JSON body it got."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.received.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, *needles: str) -> dict[str, Any]:
-        """The first notification whose title and message contain every needle."""
-
-        def found() -> dict[str, Any] | None:
-            return next(
-                (m for m in list(self.received) if all(n in m["title"] + "\n" + m["message"] for n in needles)), None
-            )
-
-        return wait_for(found, timeout=20, what=f"a notification with {needles}")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
     r = Receiver()

@@ -162,24 +162,7 @@ class MetricStore:
         ts: float | None = None,
     ) -> None:
         """One sample. Cheap on purpose: called several times per invocation from many threads."""
-        if ts is None:
-            ts = time.time()
-        key = (namespace, metric, tuple(sorted((k, str(v)) for k, v in dimensions.items())))
-        sec = int(ts)
-        value = float(value)
-        with self._lock:
-            s = self._series.get(key)
-            if s is None:
-                s = self._series[key] = _Series(unit)
-            b = s.hot.get(sec)
-            if b is None:
-                s.hot[sec] = [value]
-            else:
-                b.append(value)
-            s.total += value
-            s.count += 1
-            if ts >= s.last_ts:
-                s.last, s.last_ts = value, ts
+        self.record_many(((self.series_key(namespace, metric, dimensions), float(value), unit),), ts)
 
     @staticmethod
     def series_key(namespace: str, metric: str, dimensions: dict[str, str]) -> SeriesKey:
