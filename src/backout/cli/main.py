@@ -46,13 +46,8 @@ def up(
     name = env_name(env)
     m = SETTINGS.manifest
     if detach:
-        from backout.platforms.local.supervisor import read_endpoints, start_detached
+        from backout.platforms.local.supervisor import start_detached
 
-        if read_endpoints(m.state_dir(name)):
-            from backout.platforms.local.supervisor import supervisor_lock
-
-            with supervisor_lock(m.state_dir(name), name):
-                pass
         ep = start_detached(m.path, name, m.state_dir(name))
         console.print(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"

@@ -23,13 +23,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import httpx
 import uvicorn
 
 from backout.errors import UsageError
 from backout.manifest import Manifest
+
+if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
+    from backout.control.controller import Controller
+    from backout.platforms.local.platform import LocalPlatform
 
 log = logging.getLogger("backout.supervisor")
 
@@ -216,12 +220,8 @@ class Supervisor:
         gw, ctl = self._servers
         await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
 
-    def _tick(self, platform: object, controller: object) -> None:
+    def _tick(self, platform: LocalPlatform, controller: Controller) -> None:
         """Once a second: persist metrics, sample queues, let the control plane evaluate."""
-        from backout.control.controller import Controller
-        from backout.platforms.local.platform import LocalPlatform
-
-        assert isinstance(platform, LocalPlatform) and isinstance(controller, Controller)
         with contextlib.suppress(Exception):
             platform.sample_queues()
         while not self._stop.wait(1.0 - (time.time() % 1.0)):
@@ -236,6 +236,8 @@ def start_detached(
     manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0
 ) -> dict[str, object]:
     """Start `backout up` as a daemon; return its endpoints once the control API answers."""
+    with supervisor_lock(state_dir, env):  # one supervisor per environment: say so before forking
+        pass
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out = (logs / "supervisor.log").open("ab")
