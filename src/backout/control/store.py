@@ -41,38 +41,28 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from backout.control.states import (  # noqa: F401 - re-exported: the store's records speak these statuses
+    ACTIVE_STATUSES,
+    ALARM_STATES,
+    AWAITING_APPROVAL,
+    CREATED,
+    FAILED,
+    IN_PROGRESS,
+    POST_TRAFFIC,
+    PRE_TRAFFIC,
+    ROLLED_BACK,
+    SEVERITIES,
+    STATUSES,
+    STOPPED,
+    SUCCEEDED,
+    TERMINAL_STATUSES,
+    AlreadyActive,
+    InvalidTransition,
+    can_transition,
+)
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
-
-# --- statuses ---------------------------------------------------------------------------------
-CREATED = "Created"
-AWAITING_APPROVAL = "AwaitingApproval"
-PRE_TRAFFIC = "PreTraffic"
-IN_PROGRESS = "InProgress"
-POST_TRAFFIC = "PostTraffic"
-SUCCEEDED = "Succeeded"
-ROLLED_BACK = "RolledBack"
-STOPPED = "Stopped"
-FAILED = "Failed"
-
-ACTIVE_STATUSES = (CREATED, AWAITING_APPROVAL, PRE_TRAFFIC, IN_PROGRESS, POST_TRAFFIC)  # in forward order
-TERMINAL_STATUSES = (SUCCEEDED, ROLLED_BACK, STOPPED, FAILED)
-STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
-SEVERITIES = ("info", "warning", "critical")
-ALARM_STATES = ("OK", "ALARM", "INSUFFICIENT_DATA")
-
-
-class InvalidTransition(UsageError):
-    """A deployment cannot move from its current status to the one asked (e.g. approving a finished one)."""
-
-
-def can_transition(current: str, new: str) -> bool:
-    """Active statuses only move forward (skipping is fine: no approval, no hooks) or end;
-    terminal statuses never change."""
-    if current not in ACTIVE_STATUSES or new not in STATUSES:
-        return False
-    return new in TERMINAL_STATUSES or ACTIVE_STATUSES.index(new) >= ACTIVE_STATUSES.index(current)
-
+from backout.platforms.base import Release
 
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
 
@@ -87,8 +77,10 @@ class _DeploymentRow(_Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     id: Mapped[str] = mapped_column(String(32), unique=True)
     env: Mapped[str] = mapped_column(String(64))
-    stable_version: Mapped[int | None]
-    target_version: Mapped[int]
+    stable_release: Mapped[int | None]
+    target_release: Mapped[int]
+    stable_versions: Mapped[dict[str, Any]]
+    target_versions: Mapped[dict[str, Any]]
     strategy: Mapped[str] = mapped_column(String(128))
     steps: Mapped[list[Any]]
     status: Mapped[str] = mapped_column(String(32))
@@ -182,18 +174,31 @@ class _SnapshotRow(_Base):
     platform_snapshot_id: Mapped[str] = mapped_column(String(256))
 
 
+class _SwitchRow(_Base):
+    """The operator's wanted state of a traffic switch (API throttle, processing), written before
+    it is applied so a restarted process puts the platform back where the operator left it."""
+
+    __tablename__ = "switches"
+    env: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    ts: Mapped[float]
+    who: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 # --- public records ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Deployment:
     id: str
     env: str
-    stable_version: int | None
-    target_version: int
+    stable_release: int | None  # backout's release ids
+    target_release: int
     strategy: str
     steps: tuple[Step, ...]
     status: str
     current_step: int | None  # index into steps; None before the first traffic shift
-    current_weight: float  # percent of traffic on target_version
+    current_weight: float  # percent of traffic on the target release
     step_started_at: float | None
     created_at: float
     finished_at: float | None
@@ -202,6 +207,17 @@ class Deployment:
     created_by: str
     rollback_decided_at: float | None
     rollback_completed_at: float | None
+    stable_versions: dict[str, str] = field(default_factory=dict)  # function → its own version number
+    target_versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stable(self) -> str:
+        """`r6`, or `r6 (worker v12)` where a function's version number differs from the release id."""
+        return _release_label(self.stable_release, self.stable_versions)
+
+    @property
+    def target(self) -> str:
+        return _release_label(self.target_release, self.target_versions)
 
     @property
     def active(self) -> bool:
@@ -288,13 +304,32 @@ class SnapshotRecord:
     platform_snapshot_id: str
 
 
+def already_active(d: _DeploymentRow | Deployment) -> AlreadyActive:
+    return AlreadyActive(
+        f"deployment {d.id} is already active in {d.env} ({d.status}, "
+        f"{_release_label(d.stable_release, d.stable_versions or {})} → "
+        f"{_release_label(d.target_release, d.target_versions or {})}); "
+        f"wait for it to finish or stop it (backout deployment show {d.id})"
+    )
+
+
+def _release_label(release: int | None, versions: dict[str, str]) -> str:
+    if release is None:
+        return "none"
+    differ = {f: v for f, v in versions.items() if v != str(release)}
+    if not differ:
+        return f"r{release}"
+    return f"r{release} (" + ", ".join(f"{f} v{v}" for f, v in sorted(differ.items())) + ")"
+
+
 def _record(cls: type, row: Any, **overrides: Any) -> Any:
     return cls(**{f.name: overrides[f.name] if f.name in overrides else getattr(row, f.name)
                   for f in fields(cls)})
 
 
 def _deployment(row: _DeploymentRow) -> Deployment:
-    return _record(Deployment, row, steps=tuple(Step.from_dict(s) for s in row.steps))
+    return _record(Deployment, row, steps=tuple(Step.from_dict(s) for s in row.steps),
+                   stable_versions=dict(row.stable_versions or {}), target_versions=dict(row.target_versions or {}))
 
 
 def _incident(row: _IncidentRow) -> Incident:
@@ -302,7 +337,8 @@ def _incident(row: _IncidentRow) -> Incident:
                    lessons=list(row.lessons or []))
 
 
-_DEPLOYMENT_FIELDS = {f.name for f in fields(Deployment)} - {"id", "env", "created_at", "status", "steps"}
+_DEPLOYMENT_FIELDS = {f.name for f in fields(Deployment)} - {
+    "id", "env", "created_at", "status", "steps", "stable_versions", "target_versions"}
 
 
 def _canonical_id(prefix: str, raw: str) -> str:
@@ -376,8 +412,8 @@ class Store:
     def create_deployment(
         self,
         env: str,
-        stable_version: int | None,
-        target_version: int,
+        stable: Release | None,
+        target: Release,
         strategy: Strategy,
         *,
         description: str = "",
@@ -390,11 +426,12 @@ class Store:
             with self._write() as s:
                 active = self._active_row(s, env)
                 if active is not None:
-                    raise self._already_active(active)
+                    raise already_active(active)
                 seq = self._next_seq(s, _DeploymentRow)
                 row = _DeploymentRow(
-                    seq=seq, id=f"d-{seq:04d}", env=env, stable_version=stable_version,
-                    target_version=target_version, strategy=strategy.name, steps=strategy.as_json(),
+                    seq=seq, id=f"d-{seq:04d}", env=env, stable_release=None if stable is None else stable.id,
+                    target_release=target.id, stable_versions={} if stable is None else dict(stable.versions),
+                    target_versions=dict(target.versions), strategy=strategy.name, steps=strategy.as_json(),
                     status=CREATED, current_step=None, current_weight=0.0, step_started_at=None,
                     created_at=time.time() if now is None else now, finished_at=None,
                     description=description, reason="", created_by=created_by,
@@ -407,14 +444,13 @@ class Store:
             active_now = self.active_deployment(env)
             if active_now is None:
                 raise
-            raise self._already_active(active_now) from None
+            raise already_active(active_now) from None
 
-    @staticmethod
-    def _already_active(d: _DeploymentRow | Deployment) -> UsageError:
-        return UsageError(
-            f"deployment {d.id} is already active in {d.env} ({d.status}, v{d.stable_version} → "
-            f"v{d.target_version}); wait for it to finish or stop it (backout deployment show {d.id})"
-        )
+    def refuse_if_active(self, env: str) -> None:
+        """Raise AlreadyActive naming the environment's active deployment, if there is one."""
+        active = self.active_deployment(env)
+        if active is not None:
+            raise already_active(active)
 
     @staticmethod
     def _active_row(s: Session, env: str) -> _DeploymentRow | None:
@@ -738,6 +774,19 @@ class Store:
             return [_record(Drill, r) for r in s.scalars(q)]
 
     # --- snapshot index ------------------------------------------------------------------------
+    def set_switch(self, env: str, key: str, value: Any, who: str = "", reason: str = "") -> None:
+        with self._write() as s:
+            row = s.get(_SwitchRow, (env, key))
+            if row is None:
+                s.add(_SwitchRow(env=env, key=key, value=value, ts=time.time(), who=who, reason=reason))
+            else:
+                row.value, row.ts, row.who, row.reason = value, time.time(), who, reason
+
+    def switches(self, env: str) -> dict[str, Any]:
+        """Every switch's wanted value in `env` (absent: never set by an operator)."""
+        with self._read() as s:
+            return {r.key: r.value for r in s.scalars(select(_SwitchRow).where(_SwitchRow.env == env))}
+
     def record_snapshot(
         self,
         env: str,

@@ -1,0 +1,24 @@
+"""Where a service runs. `open_platform` is the one place that chooses a platform for an
+environment (`platform = "local" | "aws"` in the manifest); everything above `platforms/` gets a
+`Platform` from here and never imports a platform's package itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backout.errors import UsageError
+from backout.manifest import Manifest
+from backout.platforms.base import Platform
+
+
+def open_platform(manifest: Manifest, env: str, state_dir: Path | None = None) -> Platform:
+    """The platform of `env`, ready to use (a hosted one still needs its process: see `Hosted`)."""
+    kind = manifest.environment(env).platform
+    if kind == "local":
+        from backout.platforms.local.platform import LocalPlatform
+
+        return LocalPlatform(manifest, env, state_dir)
+    raise UsageError(
+        f"environment {env!r} asks for platform {kind!r}, which this version of backout cannot drive yet; "
+        f"use platform = \"local\""
+    )

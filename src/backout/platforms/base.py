@@ -1,17 +1,22 @@
-"""The Platform protocol: everything the control plane and the runbooks do to a running service.
+"""The platform protocols: everything the control plane, the runbooks and the server do to a running service.
 
-Each operation maps 1:1 to a real AWS call (see ARCHITECTURE.md), so one
-deployer drives both the embedded `local` platform and `aws`. The control
-plane imports only this module, never a platform's internals.
+Small protocols grouped by concern, each method the twin of one real AWS call (ARCHITECTURE.md has
+the table; `docs/platforms.md` names every method with its AWS call and its local twin), so one
+deployer drives both the embedded `local` platform and `aws`. Nothing above `platforms/` imports a
+platform's internals: it gets a `Platform` from `backout.platforms.open_platform`.
 
-Versions are service-wide: `publish` makes one immutable copy of the whole
-service's code, and every function gets that version number (like a SAM
-deployment publishing every function at once).
+A *release* is backout's id for one publish of the whole service; each function has its own
+version number in it (Lambda numbers versions per function). Routing, invoking and metrics speak
+function versions (strings, as Lambda does); deployments speak releases.
+
+A capability a platform lacks is declared by not implementing its protocol (`Capacity`,
+`Hosted`, `PrometheusExport`), never faked: callers check with `isinstance`.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,9 +26,7 @@ NS_LAMBDA = "AWS/Lambda"  # Invocations, Errors, Throttles, Duration, Concurrent
 NS_API = "AWS/ApiGateway"  # Count, 4XXError, 5XXError, Latency
 NS_SQS = "AWS/SQS"  # NumberOfMessagesSent/Received/Deleted, ApproximateNumberOfMessages{Visible,NotVisible},
 #                     ApproximateAgeOfOldestMessage
-NS_BACKOUT = (
-    "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
-)
+NS_BACKOUT = "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
 
 LAMBDA_METRICS = ("Invocations", "Errors", "Throttles", "Duration", "ConcurrentExecutions")
 API_METRICS = ("Count", "4XXError", "5XXError", "Latency")
@@ -37,6 +40,7 @@ SQS_METRICS = (
 )
 DLQ_ARRIVALS = "DeadLetterArrivals"
 STATISTICS = ("SampleCount", "Sum", "Average", "Minimum", "Maximum", "p50", "p90", "p99")
+MAX_QUERIES = 500  # GetMetricData's limit of queries per call
 
 # Dimension sets recorded for every Lambda datapoint:
 #   {FunctionName}, {FunctionName, ExecutedVersion}, {FunctionName, Resource="<fn>:live"}
@@ -45,16 +49,79 @@ STATISTICS = ("SampleCount", "Sum", "Average", "Minimum", "Maximum", "p50", "p90
 LIVE_ALIAS = "live"
 
 
+def legal_period(period: int) -> bool:
+    """CloudWatch accepts 1, 5, 10, 30 s (high resolution) or any multiple of 60 s."""
+    return period in (1, 5, 10, 30) or (period >= 60 and period % 60 == 0)
+
+
+def period_at_least(seconds: float) -> int:
+    """The smallest legal period that is ≥ `seconds`."""
+    for p in (1, 5, 10, 30):
+        if seconds <= p:
+            return p
+    return int(-(-seconds // 60) * 60)
+
+
+# --- releases -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Release:
+    """One publish of the whole service: backout's `id`, and each function's own version number."""
+
+    id: int
+    versions: dict[str, str]  # function → its version on the platform
+    digest: str
+    created_at: float
+    description: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def version(self, fn: str) -> str:
+        try:
+            return self.versions[fn]
+        except KeyError:
+            raise KeyError(f"release {self.id} has no function {fn!r}") from None
+
+    def label(self, fn: str | None = None) -> str:
+        """`r7`, or `r7 (worker v12)` when a function's version number differs from the release id."""
+        if fn is None:
+            differ = {f: v for f, v in self.versions.items() if v != str(self.id)}
+            if not differ:
+                return f"r{self.id}"
+            return f"r{self.id} (" + ", ".join(f"{f} v{v}" for f, v in sorted(differ.items())) + ")"
+        v = self.versions.get(fn)
+        return f"r{self.id}" if v in (None, str(self.id)) else f"r{self.id} ({fn} v{v})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Releases(Protocol):
+    def functions(self) -> list[str]:
+        """The functions a deployment moves (Lambda: the stack's functions with a live alias)."""
+
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
+        """Package `source` and publish every function's code and configuration (update_function_code →
+        update_function_configuration → publish_version); unchanged content → the existing release."""
+
+    def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
+        """The same code as `release_id` with extra environment (update_function_configuration +
+        publish_version): how drills inject faults without a code change."""
+
+    def releases(self) -> list[Release]:
+        """Every release, oldest first (list_versions_by_function)."""
+
+
+# --- routing --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AliasWeights:
     """The live alias: `canary_weight` percent of invocations go to `canary`, the rest to `stable`."""
 
     function: str
-    stable: int
-    canary: int | None = None
+    stable: str
+    canary: str | None = None
     canary_weight: float = 0.0
 
-    def pick(self, rnd: random.Random | None = None) -> int:
+    def pick(self, rnd: random.Random | None = None) -> str:
         """The version one invocation goes to, chosen by weight as Lambda does."""
         if self.canary is None or self.canary_weight <= 0:
             return self.stable
@@ -62,7 +129,7 @@ class AliasWeights:
         return self.canary if r < self.canary_weight else self.stable
 
     @property
-    def versions(self) -> dict[int, float]:
+    def versions(self) -> dict[str, float]:
         if self.canary is None or self.canary_weight <= 0:
             return {self.stable: 100.0}
         if self.canary_weight >= 100:
@@ -70,47 +137,24 @@ class AliasWeights:
         return {self.stable: 100.0 - self.canary_weight, self.canary: self.canary_weight}
 
 
-@dataclass(frozen=True)
-class MetricQuery:
-    """CloudWatch GetMetricStatistics: one metric, exact dimensions, [start, end) in epoch seconds."""
+@runtime_checkable
+class Routing(Protocol):
+    def get_weights(self, fn: str) -> AliasWeights:
+        """get_alias(live)."""
 
-    namespace: str
-    metric: str
-    dimensions: tuple[tuple[str, str], ...]
-    start: float
-    end: float
-    period: int = 60
-    statistic: str = "Sum"
-
-    @staticmethod
-    def of(
-        namespace: str,
-        metric: str,
-        dimensions: dict[str, str],
-        start: float,
-        end: float,
-        period: int = 60,
-        statistic: str = "Sum",
-    ) -> MetricQuery:
-        return MetricQuery(
-            namespace, metric, tuple(sorted(dimensions.items())), start, end, period, statistic
-        )
+    def set_weights(self, fn: str, stable: str, canary: str | None = None, pct: float = 0.0) -> None:
+        """update_alias(FunctionVersion=stable, RoutingConfig={canary: pct/100}); applies to the next
+        invocation and never drops one in flight."""
 
 
-@dataclass(frozen=True)
-class Datapoint:
-    timestamp: float  # start of the period, epoch seconds
-    value: float
-    sample_count: float
-
-
+# --- invoke ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InvokeResult:
     """One invocation. `error` is Lambda's X-Amz-Function-Error ("Unhandled") or None; on error
     `payload` is Lambda's shape {errorType, errorMessage, stackTrace}."""
 
     function: str
-    version: int
+    version: str
     request_id: str
     payload: Any
     error: str | None = None
@@ -122,41 +166,143 @@ class InvokeResult:
         return self.error is None and not self.throttled
 
 
+@runtime_checkable
+class Invoke(Protocol):
+    def invoke(self, fn: str, version: str | None, event: dict[str, Any]) -> InvokeResult:
+        """invoke(Qualifier=version); `version=None` invokes through the live alias."""
+
+
+# --- metrics --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class QueueStats:
-    name: str
-    visible: int
-    in_flight: int
-    delayed: int
-    age_of_oldest: float  # seconds, 0 when empty
-    sent: int  # counters since the queue was created
-    received: int
-    deleted: int
-    moved_to_dlq: int  # messages this queue moved to its DLQ
-    dlq_arrivals: int  # messages moved into this queue (when it is a DLQ)
-    dead_letter_queue: str | None = None
+class MetricQuery:
+    """One metric, exact dimensions, [start, end) in epoch seconds, one statistic, one legal period.
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    A period CloudWatch would refuse is refused here too, so a query that runs locally runs on AWS."""
+
+    namespace: str
+    metric: str
+    dimensions: tuple[tuple[str, str], ...]
+    start: float
+    end: float
+    period: int = 60
+    statistic: str = "Sum"
+
+    def __post_init__(self) -> None:
+        if not legal_period(self.period):
+            raise ValueError(f"metric period {self.period} s: CloudWatch accepts 1, 5, 10, 30 or a multiple of 60")
+
+    @staticmethod
+    def of(
+        namespace: str,
+        metric: str,
+        dimensions: dict[str, str],
+        start: float,
+        end: float,
+        period: int = 60,
+        statistic: str = "Sum",
+    ) -> MetricQuery:
+        dims = tuple(sorted((k, str(v)) for k, v in dimensions.items()))
+        return MetricQuery(namespace, metric, dims, start, end, period, statistic)
 
 
+@dataclass(frozen=True)
+class Datapoint:
+    timestamp: float  # start of the period, epoch seconds
+    value: float
+    sample_count: float
+
+
+@runtime_checkable
+class Metrics(Protocol):
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        """GetMetricData: every query of one evaluation in one call (≤ MAX_QUERIES), one series each,
+        oldest datapoint first; periods are epoch-aligned as CloudWatch's."""
+
+
+# --- ingress --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Throttle:
     rate: float  # requests per second; 0 blocks every request with 429
     burst: int
 
 
+@runtime_checkable
+class Ingress(Protocol):
+    def endpoint(self) -> str:
+        """The service's public base URL (the API stage's invoke URL)."""
+
+    def get_throttle(self) -> Throttle:
+        """get_stage: the stage's default method throttling."""
+
+    def set_throttle(self, rate: float, burst: int) -> None:
+        """update_stage patch `/*/*/throttling/rateLimit` and `/*/*/throttling/burstLimit`."""
+
+
+# --- processing -----------------------------------------------------------------------------------
+@runtime_checkable
+class Processing(Protocol):
+    def get_processing(self) -> bool:
+        """True when every event source mapping is enabled (list_event_source_mappings)."""
+
+    def set_processing(self, enabled: bool) -> None:
+        """update_event_source_mapping(Enabled=…) on every mapping; paused messages wait, none is
+        dead-lettered for the pause."""
+
+
+# --- queues ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class VersionInfo:
-    version: int
-    digest: str
-    created_at: float
-    description: str = ""
-    environment: dict[str, str] = field(default_factory=dict)
+class QueueAttributes:
+    """What SQS GetQueueAttributes answers (no lifetime counters: those are metrics)."""
+
+    name: str
+    visible: int  # ApproximateNumberOfMessages
+    in_flight: int  # ApproximateNumberOfMessagesNotVisible
+    delayed: int  # ApproximateNumberOfMessagesDelayed
+    dead_letter_queue: str | None = None  # RedrivePolicy.deadLetterTargetArn
+    max_receive_count: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
-class SnapshotInfo:
+class RedriveTask:
+    """A DLQ redrive (StartMessageMoveTask): asynchronous on AWS, so it has a status."""
+
+    id: str
+    source: str  # the DLQ
+    destination: str  # the queue its messages go back to
+    status: str  # RUNNING | COMPLETED | FAILED | CANCELLED
+    moved: int
+    to_move: int | None
+    started_at: float
+    failure: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Queues(Protocol):
+    def queues(self) -> list[str]:
+        """The service's queues by name (list_queues)."""
+
+    def queue_attributes(self, queue: str) -> QueueAttributes:
+        """get_queue_attributes."""
+
+    def send_message(self, queue: str, body: str) -> str:
+        """send_message: the message id once the message is durable."""
+
+    def start_redrive(self, dlq: str) -> RedriveTask:
+        """start_message_move_task: move the DLQ's messages back to their source queue."""
+
+    def redrive_status(self, dlq: str) -> list[RedriveTask]:
+        """list_message_move_tasks: the DLQ's redrives, newest first."""
+
+
+# --- data -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backup:
     id: str
     created_at: float
     label: str
@@ -171,74 +317,68 @@ class CheckResult:
     latency_ms: float = 0.0
 
 
-@dataclass(frozen=True)
-class HealthReport:
-    checks: list[CheckResult]
+@runtime_checkable
+class Data(Protocol):
+    def backup(self, label: str = "") -> Backup:
+        """create_backup of every table + the object stores' current versions."""
 
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+    def backups(self) -> list[Backup]:
+        """list_backups, oldest first."""
+
+    def restore_to_side(self, backup_id: str) -> str:
+        """restore_table_from_backup into a side table (never over live data); returns where the
+        service's own repair code reads it (a directory locally, a table name on AWS)."""
+
+    def restore(self, backup_id: str) -> None:
+        """Put the backup's data back as the live data (the procedure's full restore; data written since is lost)."""
+
+    def describe(self) -> list[CheckResult]:
+        """describe_table of every table, plus a read/write probe: is the service's data usable?"""
+
+
+# --- optional capabilities ------------------------------------------------------------------------
+@runtime_checkable
+class Capacity(Protocol):
+    """Pre-warming: the local platform starts workers; on AWS it is provisioned concurrency, used
+    only when the manifest asks (it takes minutes and costs money)."""
+
+    def prewarm(self, fn: str, version: str, count: int = 1) -> None:
+        """Start `count` instances of `version` and return once they answer."""
+
+    def is_warm(self, fn: str, version: str) -> bool: ...
+
+    def retire(self, fn: str, version: str) -> None:
+        """Let `version`'s idle instances go (after the rollback window); in-flight work finishes."""
 
 
 @runtime_checkable
-class Platform(Protocol):
-    """Where the service runs. Small on purpose: each method is one AWS call or its local twin."""
+class Hosted(Protocol):
+    """A platform that runs inside backout's own process (local): the server starts, ticks and
+    serves it. AWS runs on its own and does not implement this."""
 
-    def functions(self) -> list[str]: ...
+    def bootstrap(self) -> None:
+        """First start: publish the manifest's source as release 1 and point every alias at it."""
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> int:
-        """Immutable copy of the service's code (plus env overrides) → version; same content → same version."""
+    def bind(self, endpoint: str) -> None:
+        """Tell the platform where its gateway listens."""
 
-    def republish(self, version: int, environment: dict[str, str], description: str = "") -> int:
-        """The same code as `version` with extra environment (how drills inject faults)."""
+    def gateway_app(self) -> Any:
+        """The ASGI app of the service's public HTTP API."""
 
-    def versions(self) -> list[VersionInfo]: ...
+    def start(self) -> None: ...
 
-    def get_weights(self, fn: str) -> AliasWeights: ...
+    def tick(self) -> None:
+        """Once a second: sample gauges into the metric store and persist it."""
 
-    def set_weights(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> None:
-        """Applies to the next invocation; never drops one in flight."""
+    def close(self) -> None: ...
 
-    def warm(self, fn: str, version: int, count: int = 1) -> None:
-        """Start `count` workers of `version` and return once they answer (provisioned concurrency on AWS):
-        the new version is warmed before it takes traffic, rollback targets stay warm."""
 
-    def is_warm(self, fn: str, version: int) -> bool: ...
+@runtime_checkable
+class PrometheusExport(Protocol):
+    def prometheus(self) -> str:
+        """The platform's own figures in the Prometheus text format."""
 
-    def retire(self, fn: str, version: int) -> None:
-        """Let `version`'s idle workers go (after the rollback window); in-flight work finishes."""
 
-    def invoke(self, fn: str, version: int | None, event: dict[str, Any]) -> InvokeResult:
-        """`version=None` invokes through the live alias."""
-
-    def metrics(self, query: MetricQuery) -> list[Datapoint]: ...
-
-    def set_throttle(self, rate: float, burst: int) -> None: ...
-
-    def get_throttle(self) -> Throttle: ...
-
-    def set_processing(self, enabled: bool) -> None:
-        """Event source mappings on/off; paused messages wait, none is dead-lettered for the pause."""
-
-    def get_processing(self) -> bool: ...
-
-    def queues(self) -> list[str]: ...
-
-    def queue_stats(self, queue: str) -> QueueStats: ...
-
-    def send_message(self, queue: str, body: str) -> str:
-        """SQS SendMessage: returns the message id once the message is durable."""
-
-    def redrive(self, dlq: str) -> int:
-        """Move every message of a DLQ back to its source queue; returns how many moved."""
-
-    def snapshot(self, label: str = "") -> SnapshotInfo: ...
-
-    def snapshots(self) -> list[SnapshotInfo]: ...
-
-    def restore(self, snapshot_id: str) -> None: ...
-
-    def snapshot_location(self, snapshot_id: str) -> str:
-        """Where the service's own repair code can read a snapshot (a directory locally, a backup ARN on AWS)."""
-
-    def health(self) -> HealthReport: ...
+@runtime_checkable
+class Platform(Releases, Routing, Invoke, Metrics, Ingress, Processing, Queues, Data, Protocol):
+    """Where the service runs: the union of the concerns above."""

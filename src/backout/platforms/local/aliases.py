@@ -7,12 +7,13 @@ assignment: the next invocation sees the new weights, one already in flight keep
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from backout.errors import UsageError
-from backout.platforms.base import AliasWeights
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aliases (
@@ -24,6 +25,32 @@ CREATE TABLE IF NOT EXISTS aliases (
 """
 
 
+
+@dataclass(frozen=True)
+class Weights:
+    """The live alias as stored locally: versions are this platform's integers (the protocol's
+    `AliasWeights` carries them as strings, as Lambda does)."""
+
+    function: str
+    stable: int
+    canary: int | None = None
+    canary_weight: float = 0.0
+
+    def pick(self, rnd: random.Random | None = None) -> int:
+        """The version one invocation goes to, chosen by weight as Lambda does."""
+        if self.canary is None or self.canary_weight <= 0:
+            return self.stable
+        r = (rnd or random).random() * 100.0
+        return self.canary if r < self.canary_weight else self.stable
+
+    @property
+    def versions(self) -> dict[int, float]:
+        if self.canary is None or self.canary_weight <= 0:
+            return {self.stable: 100.0}
+        if self.canary_weight >= 100:
+            return {self.canary: 100.0}
+        return {self.stable: 100.0 - self.canary_weight, self.canary: self.canary_weight}
+
 class Aliases:
     """Live aliases stored in the `aliases` table of the platform db (shared with other tables)."""
 
@@ -34,25 +61,25 @@ class Aliases:
         self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
-        self._cache: dict[str, AliasWeights] = {}
+        self._cache: dict[str, Weights] = {}
         self.reload()
 
     def reload(self) -> None:
         """Re-read every alias from the db (another process may have changed one)."""
         with self._write_lock:
             rows = self._db.execute("SELECT function, stable, canary, canary_weight FROM aliases").fetchall()
-            self._cache = {row[0]: AliasWeights(*row) for row in rows}
+            self._cache = {row[0]: Weights(*row) for row in rows}
 
-    def get(self, fn: str) -> AliasWeights:
+    def get(self, fn: str) -> Weights:
         w = self._cache.get(fn)
         if w is None:
             raise UsageError(f"function {fn!r} has no live alias yet (deploy a version first)")
         return w
 
-    def all(self) -> dict[str, AliasWeights]:
+    def all(self) -> dict[str, Weights]:
         return dict(self._cache)
 
-    def set(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> AliasWeights:
+    def set(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> Weights:
         """Point `fn:live` at `stable`, with `pct` percent going to `canary` (100 → all to canary)."""
         w = _validated(fn, stable, canary, pct)
         with self._write_lock:
@@ -72,7 +99,7 @@ class Aliases:
             self._db.close()
 
 
-def _validated(fn: str, stable: int, canary: int | None, pct: float) -> AliasWeights:
+def _validated(fn: str, stable: int, canary: int | None, pct: float) -> Weights:
     if isinstance(stable, bool) or not isinstance(stable, int) or stable < 1:
         raise UsageError(f"{fn}: stable version must be a positive integer, not {stable!r}")
     if canary is not None and (isinstance(canary, bool) or not isinstance(canary, int) or canary < 1):
@@ -83,5 +110,5 @@ def _validated(fn: str, stable: int, canary: int | None, pct: float) -> AliasWei
     if canary is None and pct > 0:
         raise UsageError(f"{fn}: a canary weight of {pct:g}% needs a canary version")
     if canary is None or canary == stable:
-        return AliasWeights(fn, stable)
-    return AliasWeights(fn, stable, canary, pct)
+        return Weights(fn, stable)
+    return Weights(fn, stable, canary, pct)

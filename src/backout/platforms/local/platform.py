@@ -8,6 +8,7 @@ serves it to the CLI through the control API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -15,34 +16,34 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import (
     DLQ_ARRIVALS,
+    MAX_QUERIES,
     NS_BACKOUT,
     NS_SQS,
     AliasWeights,
+    Backup,
     CheckResult,
     Datapoint,
-    HealthReport,
     InvokeResult,
     MetricQuery,
-    QueueStats,
-    SnapshotInfo,
+    QueueAttributes,
+    RedriveTask,
+    Release,
     Throttle,
-    VersionInfo,
 )
 from backout.platforms.local.aliases import Aliases
 from backout.platforms.local.gateway import Gateway, routes_from_manifest
 from backout.platforms.local.mappings import EventSourceMapping
 from backout.platforms.local.metrics import MetricStore
-from backout.platforms.local.queues import QueueStore
-from backout.platforms.local.releases import Releases
+from backout.platforms.local.queues import QueueStats, QueueStore
+from backout.platforms.local.releases import Releases, VersionInfo
 from backout.platforms.local.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,12 @@ class LocalPlatform:
                 retention=q.retention,
                 delay=q.delay,
             )
-        self.releases = Releases(self.state_dir)
+        self.published = Releases(self.state_dir)
         self.aliases = Aliases(self.db_path)
         self.runtime = Runtime(
             manifest,
             self.state_dir,
-            self.releases,
+            self.published,
             self.metrics_store,
             extra_env=self.function_env(),
         )
@@ -136,17 +137,27 @@ class LocalPlatform:
     # --- lifecycle -----------------------------------------------------------------------
     def bootstrap(self) -> None:
         """First start: publish the manifest's source as version 1 and point every alias at it."""
-        if not self.releases.list():
+        if not self.published.list():
             self.publish(self.manifest.source_dir, description="initial version")
-        latest = self.releases.list()[-1].version
+        latest = self.published.list()[-1].version
         current = self.aliases.all()
         for fn in self.functions():
             if fn not in current:
                 self.aliases.set(fn, latest)
 
+    def bind(self, endpoint: str) -> None:
+        self.gateway_url = endpoint
+
+    def gateway_app(self) -> Any:
+        return self.gateway.app
+
     def start(self) -> None:
         for m in self.mappings:
             m.start()
+
+    def tick(self) -> None:
+        self.sample_queues()
+        self.metrics_store.flush()
 
     def close(self, drain_timeout: float = 10.0) -> None:
         for m in self.mappings:
@@ -154,53 +165,69 @@ class LocalPlatform:
         self.runtime.close(drain_timeout=drain_timeout)
         self.metrics_store.flush()
 
-    # --- Platform protocol ----------------------------------------------------------------
+    # --- releases ----------------------------------------------------------------------------
     def functions(self) -> list[str]:
         return [n for n, f in self.manifest.functions.items() if f.deploy]
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> int:
-        return self.releases.publish(Path(source), self.manifest.service.packages, environment, description)
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
+        v = self.published.publish(Path(source), self.manifest.service.packages, environment, description)
+        return self._release(self.published.get(v))
 
-    def republish(self, version: int, environment: dict[str, str], description: str = "") -> int:
-        info = self.releases.get(version)
+    def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
+        info = self.published.get(release_id)
         env = {**info.environment, **environment}
-        return self.releases.publish(self.releases.code_dir(version), [], env, description)
+        v = self.published.publish(self.published.code_dir(release_id), [], env, description)
+        return self._release(self.published.get(v))
 
-    def versions(self) -> list[VersionInfo]:
-        return self.releases.list()
+    def releases(self) -> list[Release]:
+        return [self._release(v) for v in self.published.list()]
 
+    def _release(self, info: VersionInfo) -> Release:
+        """Locally one number serves the release and every function's version."""
+        return Release(info.version, {fn: str(info.version) for fn in self.functions()}, info.digest,
+                       info.created_at, info.description, dict(info.environment))
+
+    # --- routing -----------------------------------------------------------------------------
     def get_weights(self, fn: str) -> AliasWeights:
         self._known(fn)
-        return self.aliases.get(fn)
+        w = self.aliases.get(fn)
+        return AliasWeights(fn, str(w.stable), None if w.canary is None else str(w.canary), w.canary_weight)
 
-    def set_weights(self, fn: str, stable: int, canary: int | None = None, pct: float = 0.0) -> None:
+    def set_weights(self, fn: str, stable: str, canary: str | None = None, pct: float = 0.0) -> None:
         self._known(fn)
-        self.releases.get(stable)
-        if canary is not None:
-            self.releases.get(canary)
-        self.aliases.set(fn, stable, canary, pct)
+        s = self._version(stable)
+        c = None if canary is None else self._version(canary)
+        self.aliases.set(fn, s, c, pct)
 
-    def warm(self, fn: str, version: int, count: int = 1) -> None:
+    def _version(self, version: str | int) -> int:
+        try:
+            v = int(version)
+        except (TypeError, ValueError):
+            raise UsageError(f"unknown version {version!r} (published: {self.published.describe_published()})") from None
+        self.published.get(v)
+        return v
+
+    # --- capacity (optional protocol: warm worker processes) ---------------------------------
+    def prewarm(self, fn: str, version: str, count: int = 1) -> None:
         self._known(fn)
-        self.releases.get(version)
-        self.runtime.warm(fn, version, count)
+        self.runtime.warm(fn, self._version(version), count)
 
-    def is_warm(self, fn: str, version: int) -> bool:
-        return self.runtime.is_warm(fn, version)
+    def is_warm(self, fn: str, version: str) -> bool:
+        return self.runtime.is_warm(fn, int(version))
 
-    def retire(self, fn: str, version: int) -> None:
-        self.runtime.retire(fn, version)
+    def retire(self, fn: str, version: str) -> None:
+        self.runtime.retire(fn, int(version))
 
-    def invoke(self, fn: str, version: int | None, event: dict[str, Any]) -> InvokeResult:
+    # --- invoke ------------------------------------------------------------------------------
+    def invoke(self, fn: str, version: str | None, event: dict[str, Any]) -> InvokeResult:
         if version is None:
             return self._invoke_alias(fn, event)
         self._known(fn)
-        self.releases.get(version)
-        return self.runtime.invoke(fn, version, event)
+        return _str_version(self.runtime.invoke(fn, self._version(version), event))
 
     def _invoke_alias(self, fn: str, event: dict[str, Any]) -> InvokeResult:
         version = self.aliases.get(fn).pick()
-        return self.runtime.invoke(fn, version, event, via_alias=True)
+        return _str_version(self.runtime.invoke(fn, version, event, via_alias=True))
 
     async def invoke_alias_async(self, fn: str, event: dict[str, Any]) -> InvokeResult:
         """`_invoke_alias` for the gateway's event loop: the version picked by weight, then
@@ -208,8 +235,18 @@ class LocalPlatform:
         version = self.aliases.get(fn).pick()
         return await self.runtime.invoke_async(fn, version, event, via_alias=True)
 
-    def metrics(self, query: MetricQuery) -> list[Datapoint]:
-        return self.metrics_store.query(query)
+    # --- metrics -----------------------------------------------------------------------------
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        if len(queries) > MAX_QUERIES:
+            raise UsageError(f"{len(queries)} metric queries in one call: GetMetricData takes at most {MAX_QUERIES}")
+        return [self.metrics_store.query(q) for q in queries]
+
+    def prometheus(self) -> str:
+        return self.metrics_store.prometheus()
+
+    # --- ingress -----------------------------------------------------------------------------
+    def endpoint(self) -> str:
+        return self.gateway_url
 
     def set_throttle(self, rate: float, burst: int) -> None:
         if rate < 0 or burst < 0:
@@ -220,6 +257,7 @@ class LocalPlatform:
     def get_throttle(self) -> Throttle:
         return self.gateway.throttle
 
+    # --- processing --------------------------------------------------------------------------
     def set_processing(self, enabled: bool) -> None:
         with self._lock:
             self._settings.put("processing", enabled)
@@ -230,10 +268,18 @@ class LocalPlatform:
     def get_processing(self) -> bool:
         return self._processing
 
+    # --- queues ------------------------------------------------------------------------------
     def queues(self) -> list[str]:
         return list(self.manifest.queues)
 
+    def queue_attributes(self, queue: str) -> QueueAttributes:
+        s = self.queue_stats(queue)
+        q = self.manifest.queues[queue]
+        return QueueAttributes(queue, s.visible, s.in_flight, s.delayed, s.dead_letter_queue,
+                               q.max_receive_count if q.dead_letter_queue else None)
+
     def queue_stats(self, queue: str) -> QueueStats:
+        """The local queue's depth and lifetime counters (beyond the protocol: local tests and benchmarks)."""
         if queue not in self.manifest.queues:
             raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
         return self.queue_store.stats(queue)
@@ -243,15 +289,31 @@ class LocalPlatform:
             raise UsageError(f"no queue named {queue!r}")
         return self.queue_store.send(queue, body)
 
-    def redrive(self, dlq: str) -> int:
+    def start_redrive(self, dlq: str) -> RedriveTask:
+        """Runs to completion before it returns (SQLite moves are fast); the task is kept like AWS's."""
         if dlq not in self.manifest.queues:
             raise UsageError(f"no queue named {dlq!r}")
-        if not any(q.dead_letter_queue == dlq for q in self.manifest.queues.values()):
+        sources = [n for n, q in self.manifest.queues.items() if q.dead_letter_queue == dlq]
+        if not sources:
             raise UsageError(f"{dlq!r} is not the dead-letter queue of any queue")
-        return self.queue_store.redrive(dlq)
+        started = time.time()
+        task_id = uuid.uuid4().hex
+        try:
+            moved = self.queue_store.redrive(dlq)
+            task = RedriveTask(task_id, dlq, sources[0], "COMPLETED", moved, moved, started)
+        except Exception as e:  # noqa: BLE001 - a failed move is the task's status, as on AWS
+            task = RedriveTask(task_id, dlq, sources[0], "FAILED", 0, None, started, f"{type(e).__name__}: {e}")
+        tasks = self._settings.get(f"redrive:{dlq}", [])
+        self._settings.put(f"redrive:{dlq}", [task.as_dict(), *tasks][:20])
+        return task
 
-    # --- data snapshots: SQLite online backup of every db in the data dir + a copy of the files ---
-    def snapshot(self, label: str = "") -> SnapshotInfo:
+    def redrive_status(self, dlq: str) -> list[RedriveTask]:
+        if dlq not in self.manifest.queues:
+            raise UsageError(f"no queue named {dlq!r}")
+        return [RedriveTask(**t) for t in self._settings.get(f"redrive:{dlq}", [])]
+
+    # --- data: SQLite online backup of every db in the data dir + a copy of the files -----------
+    def backup(self, label: str = "") -> Backup:
         sid = time.strftime("snap-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         tmp = self.snapshot_dir / f".{sid}.tmp"
         tmp.mkdir(parents=True)
@@ -275,7 +337,7 @@ class LocalPlatform:
             else:
                 shutil.copy2(p, dest)
                 files[rel] = {"size": dest.stat().st_size}
-        info = SnapshotInfo(sid, time.time(), label, {"databases": dbs, "files": len(files)})
+        info = Backup(sid, time.time(), label, {"databases": dbs, "files": len(files)})
         (tmp / "snapshot.json").write_text(
             json.dumps(
                 {"id": sid, "created_at": info.created_at, "label": label, "databases": dbs, "files": files}
@@ -284,7 +346,7 @@ class LocalPlatform:
         tmp.rename(self.snapshot_dir / sid)
         return info
 
-    def snapshots(self) -> list[SnapshotInfo]:
+    def backups(self) -> list[Backup]:
         out = []
         for d in sorted(self.snapshot_dir.iterdir()):
             meta = d / "snapshot.json"
@@ -292,7 +354,7 @@ class LocalPlatform:
                 continue
             m = json.loads(meta.read_text())
             out.append(
-                SnapshotInfo(
+                Backup(
                     m["id"],
                     m["created_at"],
                     m["label"],
@@ -304,14 +366,16 @@ class LocalPlatform:
     def snapshot_path(self, snapshot_id: str) -> Path:
         d = self.snapshot_dir / snapshot_id
         if not (d / "snapshot.json").exists():
-            raise UsageError(f"no snapshot {snapshot_id!r} (see `backout backup list`)")
+            raise UsageError(f"no backup {snapshot_id!r} (see `backout backup list`)")
         return d / "data"
 
-    def snapshot_location(self, snapshot_id: str) -> str:
-        return str(self.snapshot_path(snapshot_id))
+    def restore_to_side(self, backup_id: str) -> str:
+        """The backup is already a side copy (its own directory of databases and files): the
+        service's repair code reads it there, nothing live is touched."""
+        return str(self.snapshot_path(backup_id))
 
-    def restore(self, snapshot_id: str) -> None:
-        src_root = self.snapshot_path(snapshot_id)
+    def restore(self, backup_id: str) -> None:
+        src_root = self.snapshot_path(backup_id)
         self._settings.put("data_tables", {})  # the snapshot's schema is the expected one from now on
         meta = json.loads((src_root.parent / "snapshot.json").read_text())
         for rel in meta["databases"]:
@@ -334,25 +398,8 @@ class LocalPlatform:
             shutil.copy2(src_root / rel, tmp)
             tmp.replace(dest)
 
-    def health(self) -> HealthReport:
-        checks: list[CheckResult] = []
-        t0 = time.perf_counter()
-        try:
-            r = httpx.get(f"{self.gateway_url}/health", timeout=5)
-            ok = r.status_code == 200
-            checks.append(CheckResult("api", ok, f"GET /health → {r.status_code}", _ms(t0)))
-        except httpx.HTTPError as e:
-            checks.append(CheckResult("api", False, f"GET /health failed: {e}", _ms(t0)))
-        for q in self.queues():
-            t0 = time.perf_counter()
-            try:
-                s = self.queue_store.stats(q)
-                checks.append(
-                    CheckResult(f"queue {q}", True, f"{s.visible} visible, {s.in_flight} in flight", _ms(t0))
-                )
-            except Exception as e:  # noqa: BLE001 - a health check reports every failure
-                checks.append(CheckResult(f"queue {q}", False, str(e), _ms(t0)))
-        checks.extend(self._database_checks())
+    def describe(self) -> list[CheckResult]:
+        checks = self._database_checks()
         t0 = time.perf_counter()
         probe = self.data_dir / ".health-probe"
         try:
@@ -361,7 +408,7 @@ class LocalPlatform:
             checks.append(CheckResult("data dir", True, str(self.data_dir), _ms(t0)))
         except OSError as e:
             checks.append(CheckResult("data dir", False, str(e), _ms(t0)))
-        return HealthReport(checks)
+        return checks
 
     def _database_checks(self) -> list[CheckResult]:
         """A read/write probe of every SQLite database of the service (its jobs table among them).
@@ -476,3 +523,7 @@ def _is_sqlite(p: Path) -> bool:
 
 def _is_sqlite_sidecar(p: Path) -> bool:
     return p.name.endswith(("-wal", "-shm", "-journal"))
+
+
+def _str_version(r: InvokeResult) -> InvokeResult:
+    return dataclasses.replace(r, version=str(r.version))

@@ -23,12 +23,32 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from backout.errors import UsageError
-from backout.platforms.base import QueueStats
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A queue's depth and its lifetime counters (SQS keeps no such counters: the platform turns
+    their per-second deltas into CloudWatch-style metrics)."""
+
+    name: str
+    visible: int
+    in_flight: int
+    delayed: int
+    age_of_oldest: float  # seconds, 0 when empty
+    sent: int  # counters since the queue was created
+    received: int
+    deleted: int
+    moved_to_dlq: int  # messages this queue moved to its DLQ
+    dlq_arrivals: int  # messages moved into this queue (when it is a DLQ)
+    dead_letter_queue: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,26 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backout.errors import UsageError
-from backout.platforms.base import VersionInfo
 
 _SKIP_DIRS = {"__pycache__", ".git"}
 _SKIP_SUFFIXES = (".pyc",)
 _VERSION_DIR = re.compile(r"^v\d+$")
 
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published local version: the same number for every function of the service."""
+
+    version: int
+    digest: str
+    created_at: float
+    description: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
 
 def _skipped(name: str) -> bool:
     return name in _SKIP_DIRS or name.endswith(_SKIP_SUFFIXES)
@@ -54,14 +65,14 @@ class Releases:
         for v in self._read_index():
             if v["version"] == version:
                 return self._info(v)
-        raise UsageError(f"unknown version {version} (published: {self._published()})")
+        raise UsageError(f"unknown version {version} (published: {self.describe_published()})")
 
     def code_dir(self, version: int) -> Path:
         """The directory put first on a worker's sys.path (Lambda's task root)."""
         self.get(version)
         return self.root / f"v{version}"
 
-    def _published(self) -> str:
+    def describe_published(self) -> str:
         return ", ".join(str(v["version"]) for v in self._read_index()) or "none"
 
     def _read_index(self) -> list[dict]:
