@@ -4,7 +4,8 @@ backout knows which version was bad and which snapshot was taken before it took 
 service knows its schema. So backout invokes this function (through the live alias: the good
 version's code) with:
 
-  {"repair": "affected", "version": N}      → {"jobs": [job ids whose processed_by.version is N]}
+  {"repair": "affected", "version": N, "versions": {fn: v}}
+                                            → {"jobs": [job ids a function processed with its bad version]}
   {"repair": "diff", "snapshot": DIR}       → how the jobs now differ from a snapshot
   {"repair": "restore_jobs", "job_ids": [...], "snapshot": DIR, "requeue": true}
         a job the snapshot holds as completed gets that record and its output files back;
@@ -43,6 +44,22 @@ def _snapshot_jobs(snapshot: str) -> dict[str, dict[str, Any]]:
         con.close()
 
 
+def _affected(storage: Any, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Jobs a bad release processed. With `versions` ({function: version}, as backout sends: Lambda
+    numbers versions per function) a job counts when the function that processed it ran that
+    function's bad version; with `version` alone, when its processed_by.version is that number."""
+    versions = event.get("versions")
+    if not versions:
+        return storage.jobs_processed_by(event["version"])
+    out: dict[str, dict[str, Any]] = {}
+    for fn, v in versions.items():
+        for j in storage.jobs_processed_by(v):
+            by = j.get("processed_by") or {}
+            if by.get("function") in (fn, None, "") or by.get("function") not in versions:
+                out[j["job_id"]] = j
+    return list(out.values())
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bind_context(logger, context)
     settings = config.load()
@@ -53,8 +70,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise NotImplementedError("job repair from a snapshot is implemented for STORAGE_MODE=local")
     storage = get_storage(settings)
     if action == "affected":
-        jobs = storage.jobs_processed_by(event["version"])
-        return {"jobs": sorted(j["job_id"] for j in jobs)}
+        return {"jobs": sorted(j["job_id"] for j in _affected(storage, event))}
     if action == "diff":
         snap = _snapshot_jobs(event["snapshot"])
         current = {j["job_id"]: j for j in storage.list_jobs(limit=10**9)}  # every job: the limit is an int

@@ -47,7 +47,7 @@ class Client:
     """Talks to the running supervisor of one environment through its control API."""
 
     def __init__(self, env: str | None) -> None:
-        from backout.platforms.local.supervisor import read_endpoints, read_token
+        from backout.server.process import read_endpoints, read_token
 
         self.manifest = SETTINGS.manifest
         self.env = env_name(env)

@@ -39,15 +39,15 @@ def deploy(
     strategy: Annotated[
         str | None, typer.Option(help="e.g. Canary10Percent5Minutes (default: the env's)")
     ] = None,
-    description: Annotated[str, typer.Option(help="what this version changes")] = "",
-    version: Annotated[int | None, typer.Option(help="deploy an already published version instead")] = None,
+    description: Annotated[str, typer.Option(help="what this release changes")] = "",
+    release: Annotated[int | None, typer.Option(help="deploy an already published release instead")] = None,
     set_env: Annotated[
         list[str], typer.Option("--set-env", help="KEY=VALUE added to the release's environment")
     ] = [],  # noqa: B006
     no_wait: Annotated[bool, typer.Option("--no-wait", help="start it and return")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish a new version and shift traffic to it step by step, rolling back on any alarm."""
+    """Publish a new release and shift traffic to it step by step, rolling back on any alarm."""
     from backout.cli.main import _pairs
 
     c = Client(env)
@@ -57,7 +57,7 @@ def deploy(
         "description": description,
         "created_by": _who(),
         "environment": _pairs(set_env),
-        "version": version,
+        "release": release,
     }
     view = c.call("POST", "/deployments", body)
     d = view["deployment"]
@@ -65,7 +65,7 @@ def deploy(
         if as_json:
             return emit_json(view)
         console.print(
-            f"deployment {d['id']} started: v{d['stable_version']} → v{d['target_version']} "
+            f"deployment {d['id']} started: {d['stable']} → {d['target']} "
             f"({d['strategy']}); follow it with `backout deployment follow {d['id']} --env {c.env}`"
         )
         if d["status"] == "AwaitingApproval":
@@ -114,7 +114,7 @@ def deployments(env: EnvOpt = None, limit: int = 20, as_json: JsonOpt = False) -
         [
             (
                 d["id"],
-                f"v{d['stable_version']} → v{d['target_version']}",
+                f"{d['stable']} → {d['target']}",
                 d["strategy"],
                 d["status"],
                 _clock(d["created_at"]),
@@ -229,7 +229,7 @@ def _header(d: dict[str, Any], now: float) -> Text:
         if d["status"] not in ("RolledBack", "Stopped") or not d["rollback_completed_at"]
         else 0.0
     )
-    weights = f"v{d['stable_version']} {100 - w:g}% / v{d['target_version']} {w:g}%"
+    weights = f"{d['stable']} {100 - w:g}% / {d['target']} {w:g}%"
     status = Text(d["status"], style=STYLE.get(d["status"], "cyan"))
     return Text.assemble(
         f"deployment {d['id']} ({d['strategy']}): ",

@@ -46,14 +46,14 @@ def up(
     name = env_name(env)
     m = SETTINGS.manifest
     if detach:
-        from backout.platforms.local.supervisor import start_detached
+        from backout.server.process import start_detached
 
         ep = start_detached(m.path, name, m.state_dir(name))
         console.print(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
         )
         return
-    from backout.platforms.local.supervisor import Supervisor
+    from backout.server.process import Supervisor
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     Supervisor(m, name).run()
@@ -62,7 +62,7 @@ def up(
 @app.command()
 def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
     """Stop the environment: stop accepting, drain in-flight work, exit."""
-    from backout.platforms.local.supervisor import is_running
+    from backout.server.process import is_running
 
     c = Client(env)
     pid = int(str(c.endpoints["pid"]))
@@ -87,26 +87,32 @@ def publish(
     ] = [],  # noqa: B006
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish an immutable version of the service's code (same content → same version)."""
+    """Publish a release: every function's code and configuration (same content → same release)."""
     c = Client(env)
     extra = _pairs(set_env)
     src = str(source.resolve()) if source else None
     r = c.call("POST", "/publish", {"source": src, "environment": extra, "description": description})
-    emit_json(r) if as_json else console.print(f"version {r['version']}")
+    emit_json(r) if as_json else console.print(f"release {r['id']} ({_versions(r)})")
+
+
+def _versions(r: dict[str, Any]) -> str:
+    """`api v7, worker v7`: each function's own version in a release."""
+    return ", ".join(f"{fn} v{v}" for fn, v in sorted(r["versions"].items()))
 
 
 @app.command()
-def versions(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
-    """Published versions."""
-    rows = Client(env).call("GET", "/versions")
+def releases(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """Published releases, each with its functions' version numbers."""
+    rows = Client(env).call("GET", "/releases")
     if as_json:
         return emit_json(rows)
     table(
-        "versions",
-        ["version", "digest", "created", "description", "environment"],
+        "releases",
+        ["release", "versions", "digest", "created", "description", "environment"],
         [
             (
-                v["version"],
+                v["id"],
+                _versions(v),
                 v["digest"][:12],
                 _ts(v["created_at"]),
                 v["description"],
@@ -121,7 +127,7 @@ def versions(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
 def invoke(
     function: str,
     env: EnvOpt = None,
-    version: Annotated[int | None, typer.Option(help="a version (default: the live alias)")] = None,
+    version: Annotated[str | None, typer.Option(help="the function's version (default: the live alias)")] = None,
     payload: Annotated[str, typer.Option(help="the event, JSON")] = "{}",
     as_json: JsonOpt = False,
 ) -> None:
@@ -148,17 +154,20 @@ def invoke(
 def alias(
     function: str,
     env: EnvOpt = None,
-    stable: Annotated[int | None, typer.Option(help="version taking the rest of the traffic")] = None,
-    canary: Annotated[int | None, typer.Option(help="version taking --weight percent")] = None,
+    stable: Annotated[str | None, typer.Option(help="the function's version taking the rest of the traffic")] = None,
+    canary: Annotated[str | None, typer.Option(help="the function's version taking --weight percent")] = None,
     weight: Annotated[float, typer.Option(help="canary percent, 0..100")] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show or set a function's live alias weights."""
+    """Show or set a function's live alias weights (refused while a deployment runs: it owns them)."""
+    import getpass
+
     c = Client(env)
     if stable is None and canary is not None:
         raise UsageError("--canary needs --stable")
     if stable is not None:
-        r = c.call("PUT", f"/aliases/{function}", {"stable": stable, "canary": canary, "weight": weight})
+        r = c.call("PUT", f"/aliases/{function}",
+                   {"stable": stable, "canary": canary, "weight": weight, "who": getpass.getuser()})
     else:
         r = c.call("GET", f"/aliases/{function}")
     if as_json:
@@ -173,7 +182,8 @@ def alias(
 def queue_stats(
     name: Annotated[str | None, typer.Argument()] = None, env: EnvOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """Queue attributes: visible, in flight, age of oldest, counters, DLQ arrivals."""
+    """Queue attributes (visible, in flight, delayed), age of the oldest message, and the last hour's
+    counters (sent, received, deleted, to DLQ, DLQ arrivals: metrics, as SQS keeps no counters)."""
     c = Client(env)
     rows = [c.call("GET", f"/queues/{name}")] if name else c.call("GET", "/queues")
     if as_json:
@@ -212,18 +222,21 @@ def queue_stats(
 
 @queue_app.command("redrive")
 def queue_redrive(name: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
-    """Move every message of a dead-letter queue back to its source queue."""
+    """Move every message of a dead-letter queue back to its source queue (a move task, as SQS's)."""
     r = Client(env).call("POST", f"/queues/{name}/redrive")
-    emit_json(r) if as_json else console.print(
-        f"moved {r['moved']} message(s) from {name} back to its source queue"
-    )
+    if as_json:
+        return emit_json(r)
+    console.print(f"redrive {r['id'][:8]} {r['status']}: moved {r['moved']} message(s) from {name} "
+                  f"to {r['destination']}" + (f" ({r['failure']})" if r["failure"] else ""))
+    if r["status"] == "FAILED":
+        raise typer.Exit(1)
 
 
 @app.command()
 def metrics(
     function: str,
     env: EnvOpt = None,
-    version: Annotated[int | None, typer.Option()] = None,
+    version: Annotated[str | None, typer.Option(help="the function's version (default: every version)")] = None,
     since: Annotated[str, typer.Option(help="window, e.g. 5m, 30s, 1h")] = "5m",
     as_json: JsonOpt = False,
 ) -> None:

@@ -68,8 +68,8 @@ def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     d = s["deployment"]
     if d:
         console.print(
-            f"deployment {d['id']}: {d['status']} step {d['step_label']} — v{d['stable_version']} → "
-            f"v{d['target_version']} at {d['current_weight']:g}%"
+            f"deployment {d['id']}: {d['status']} step {d['step_label']} — {d['stable']} → "
+            f"{d['target']} at {d['current_weight']:g}%"
         )
     else:
         console.print("no deployment in progress")
@@ -139,17 +139,17 @@ def smoke(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
 
 def rollback(
     env: EnvOpt = None,
-    to: Annotated[int | None, typer.Option("--to", help="version to go back to (default: the previous stable)")] = None,
+    to: Annotated[int | None, typer.Option("--to", help="release to go back to (default: the previous stable)")] = None,
     reason: Annotated[str, typer.Option(help="why (recorded in the incident)")] = "",
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Roll back now: stop the deployment in progress, or return to the previous stable version."""
+    """Roll back now: stop the deployment in progress, or return to the previous stable release."""
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
     if name == "prod":
-        _confirm(f"roll back {name}{f' to v{to}' if to else ''}?", yes)
+        _confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
     r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": _who()})
     if as_json:
         emit_json(r)
@@ -161,7 +161,8 @@ def rollback(
         )
         sw = f", switch {r['switch_ms']:.1f} ms" if r.get("switch_ms") is not None else ""
         console.print(
-            f"rolled back v{r['from']} → v{r['to']} ({how}{sw}); deployment {r['deployment']}, incident {r['incident']}"
+            f"rolled back {r['from_label']} → {r['to_label']} ({how}{sw}); deployment {r['deployment']}, "
+            f"incident {r['incident']}"
         )
         if r.get("verify"):
             _check_rows(r["verify"])
@@ -219,7 +220,7 @@ def repair(
     if as_json:
         return emit_json(r)
     console.print(
-        f"v{r['bad_version']} of {r['deployment']} processed {len(r['jobs'])} job(s); snapshot {r['snapshot']}"
+        f"r{r['bad_release']} of {r['deployment']} processed {len(r['jobs'])} job(s); snapshot {r['snapshot']}"
     )
     for j in r["jobs"]:
         console.print(f"  {j}")

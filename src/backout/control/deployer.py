@@ -19,19 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backout.control import store as st
-from backout.control.alarms import ALARM, AlarmSet, Evaluation, default_rules
+from backout.control import states as st
+from backout.control.alarms import ALARM, AlarmSet, Evaluation, Fetched, default_rules
 from backout.control.analysis import JudgeSet, LatencyJudge
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Deployment, Store
-from backout.control.strategies import Strategy, progress_deadline, resolve
+from backout.control.strategies import Step, Strategy, progress_deadline, resolve
+from backout.control.traffic import Traffic
 from backout.errors import UsageError
 from backout.manifest import Manifest
-from backout.platforms.base import Platform
+from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, Release
 
 log = logging.getLogger(__name__)
 
+MANUAL = "ManualRollback"  # the strategy name a manual rollback is recorded under
 EVAL_INTERVAL = 0.25  # seconds between alarm evaluations while traffic is on the new version
 
 
@@ -66,8 +68,9 @@ class Deployer:
         platform: Platform,
         store: Store,
         notifier: Notifier,
-        gateway_url: str = "",
+        traffic: Traffic | None = None,
         after_rollback: Callable[[Deployment, str | None], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.manifest = manifest
         self.env = env
@@ -75,15 +78,14 @@ class Deployer:
         self.platform = platform
         self.store = store
         self.notifier = notifier
-        self.gateway_url = gateway_url
+        self.traffic = traffic or Traffic(platform, store, env)
         self.after_rollback = after_rollback or (lambda d, inc: None)
+        self.clock = clock
         self.live: dict[str, Live] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = threading.Event()
         self._lock = threading.Lock()
-        # held while a status change and its alias writes are applied: a stop that takes over from a
-        # busy runner and the runner itself never interleave their weights
-        self._switch = threading.RLock()
+        self._switch = self.traffic.lock
 
     # --- commands ------------------------------------------------------------------------------
     def create(
@@ -93,37 +95,32 @@ class Deployer:
         description: str = "",
         created_by: str = "",
         environment: dict[str, str] | None = None,
-        version: int | None = None,
+        release: int | None = None,
         strategy_obj: Strategy | None = None,
     ) -> Deployment:
-        """Publish the new version and start deploying it; returns at once (follow it by id)."""
+        """Publish the new release and start deploying it; returns at once (follow it by id)."""
         strat = strategy_obj or resolve(strategy or self.spec.strategy, self.manifest)
-        active = self.store.active_deployment(self.env)
-        if active is not None:
-            raise self.store._already_active(active)
-        if version is None:
-            version = self.platform.publish(source or self.manifest.source_dir, environment, description)
+        self.store.refuse_if_active(self.env)
+        if release is None:
+            target = self.platform.publish(source or self.manifest.source_dir, environment, description)
         else:
-            known = [v.version for v in self.platform.versions()]
-            if version not in known:
-                raise UsageError(
-                    f"unknown version {version} (published: {', '.join(map(str, known)) or 'none'})"
-                )
-        fns = self.platform.functions()
-        stable = self.platform.get_weights(fns[0]).stable
-        if all(
-            self.platform.get_weights(f).stable == version and not self.platform.get_weights(f).canary
-            for f in fns
-        ):
-            raise UsageError(f"version {version} is already live in {self.env}: nothing to deploy")
-        with self._lock:  # tick() spawns runners under this lock: none may see the deployment half-made
+            target = self.release(release)
+        stable = self.traffic.stable_release()
+        if stable is None:
+            raise UsageError(
+                f"the live aliases of {self.env} point at no single release: "
+                f"roll back to one first (backout rollback --to R --reason …)"
+            )
+        if self.traffic.live_release() == target:
+            raise UsageError(f"release {target.label()} is already live in {self.env}: nothing to deploy")
+        with self._lock:
             d = self.store.create_deployment(
-                self.env, stable, version, strat, description=description, created_by=created_by
+                self.env, stable, target, strat, description=description, created_by=created_by
             )
             self._event(
                 d,
                 "created",
-                f"deployment {d.id} created: v{stable} → v{version} with {strat.name}",
+                f"deployment {d.id} created: {d.stable} → {d.target} with {strat.name}",
                 data={"steps": strat.as_json(), "created_by": created_by},
             )
             self._notify("deployment_started", d)
@@ -183,6 +180,124 @@ class Deployer:
             t.join(timeout=10.0)  # the runner stopped it and is opening the incident: return with it
         return self.store.get(d.id)
 
+    def release(self, release_id: int) -> Release:
+        known = self.platform.releases()
+        for r in known:
+            if r.id == release_id:
+                return r
+        raise UsageError(f"unknown release {release_id} (published: {', '.join(str(r.id) for r in known) or 'none'})")
+
+    def previous_release(self, current: Release) -> Release:
+        """The release that was stable before `current` went live. A manual rollback that made `current`
+        live does not count: its "stable" is the release rolled away from, and going back there is
+        rolling forward."""
+        for d in self.store.deployments(self.env, limit=200):
+            if d.strategy == MANUAL:
+                continue
+            if (d.status == st.SUCCEEDED and d.target_release == current.id
+                    and d.stable_release not in (None, current.id)):
+                return self.release(int(d.stable_release))  # type: ignore[arg-type]
+        older = [r for r in self.platform.releases() if r.id < current.id]
+        if not older:
+            raise UsageError(f"{current.label()} is the first release: there is nothing to roll back to")
+        return older[-1]
+
+    def manual_rollback(self, reason: str, who: str, to: int | None = None) -> dict[str, Any]:
+        """The procedure's manual rollback. During a deployment: stop it with rollback. After one: every
+        live alias back on the previous stable release (or `to`), at once when its instances are warm,
+        else once they answer; recorded as a deployment (strategy `ManualRollback`) before the switch,
+        so history, `verify` and a restarted process agree on what should be live."""
+        if not reason.strip():
+            raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
+        target_r = None if to is None else self.release(to)
+        active = self.store.active_deployment(self.env)
+        if active is not None and (to is None or to == active.stable_release):
+            d = self.stop(active.id, rollback=True, reason=f"manual rollback by {who}: {reason}", who=who)
+            if d.status == st.SUCCEEDED:  # it finished just before the stop: roll back from what it made live
+                return self.manual_rollback(reason, who, to=d.stable_release)
+            inc = self.store.incident_for_deployment(d.id)
+            return {
+                "mode": "stopped deployment",
+                "deployment": d.id,
+                "from": d.target_release,
+                "to": d.stable_release,
+                "from_label": d.target,
+                "to_label": d.stable,
+                "incident": inc.id if inc else None,
+                "warm": True,
+                "switch_ms": None
+                if not (d.rollback_completed_at and d.rollback_decided_at)
+                else round(1000 * (d.rollback_completed_at - d.rollback_decided_at), 1),
+            }
+        if active is not None:
+            self.stop(active.id, rollback=True, reason=f"manual rollback to r{to} by {who}: {reason}", who=who)
+        fns = self.platform.functions()
+        live = self.traffic.live_release()
+        stable = self.traffic.stable_release()
+        split = any(self.platform.get_weights(fn).canary_weight > 0 for fn in fns)
+        if target_r is None and split and stable is not None:
+            # traffic is split (a deployment stopped without rollback): back out the canary, keep the stable
+            current = next((d for d in self.store.deployments(self.env, limit=20) if d.stable_release == stable.id),
+                           None)
+            current_r = self.release(current.target_release) if current is not None else stable
+            target_r = stable
+        else:
+            current_r = live or stable
+            if current_r is None:
+                raise UsageError("the live aliases point at no single release: name one with --to R")
+            target_r = target_r or self.previous_release(current_r)
+        if live == target_r:
+            raise UsageError(f"{target_r.label()} is already live in {self.env}")
+        decided = self.clock()
+        warm = True
+        if isinstance(self.platform, Capacity):  # cold target: start its instances, switch once they answer
+            warm = all(self.platform.is_warm(fn, target_r.version(fn)) for fn in fns)
+            for fn in fns:
+                self.platform.prewarm(fn, target_r.version(fn))
+        warmed = self.clock()
+        with self._switch:
+            d = self.store.create_deployment(self.env, current_r, target_r, Strategy(MANUAL, (Step(100.0, 0.0),)),
+                                             description=f"manual rollback: {reason}", created_by=who)
+            t0 = time.perf_counter()
+            self.traffic.point_all(target_r)
+            switch_ms = (time.perf_counter() - t0) * 1000
+            done = self.clock()
+            d = self.store.transition(d.id, st.SUCCEEDED, current_step=0, current_weight=100.0, reason=reason,
+                                      rollback_decided_at=decided, rollback_completed_at=done)
+        self.store.add_event(
+            "manual_rollback",
+            f"{who} rolled back {d.stable} → {d.target} "
+            f"({'warm' if warm else f'cold: instances started in {warmed - decided:.1f} s'}, "
+            f"switch {switch_ms:.1f} ms): {reason}",
+            deployment_id=d.id,
+            severity="critical",
+            data={"from": current_r.id, "to": target_r.id, "who": who, "reason": reason, "warm": warm,
+                  "switch_ms": switch_ms},
+        )
+        inc = self.store.open_incident(
+            self.env,
+            f"manual rollback {d.stable} → {d.target}: {reason}",
+            severity="critical",
+            deployment_id=d.id,
+            trigger={"kind": "manual", "reason": reason, "who": who, "decided_at": decided, "completed_at": done},
+            evidence={"alarms": [f"operator {who}: {reason}"]},
+        )
+        self._notify("rolled_back", d, reason=f"manual: {reason} ({who})", incident_id=inc.id,
+                     command=f"backout incident show {inc.id} --env {self.env}",
+                     stable_version=target_r.id, target_version=current_r.id)
+        return {
+            "mode": "rollback",
+            "deployment": d.id,
+            "from": current_r.id,
+            "to": target_r.id,
+            "from_label": current_r.label(),
+            "to_label": target_r.label(),
+            "incident": inc.id,
+            "warm": warm,
+            "switch_ms": round(switch_ms, 1),
+            "warm_seconds": round(warmed - decided, 3),
+        }
+
     # --- supervisor lifecycle ---------------------------------------------------------------------
     def resume(self) -> None:
         """After a (re)start: finish half-done rollbacks, repair aliases, continue active deployments."""
@@ -204,27 +319,30 @@ class Deployer:
         last = next(iter(self.store.deployments(self.env, limit=1)), None)
         if last is None:
             return
-        if last.status in (st.ROLLED_BACK, st.STOPPED, st.FAILED) and last.stable_version is not None:
-            want = last.stable_version
+        if last.status in (st.ROLLED_BACK, st.STOPPED, st.FAILED) and last.stable_release is not None:
+            want, label = last.stable_versions, last.stable
         elif last.status == st.SUCCEEDED:
-            want = last.target_version
+            want, label = last.target_versions, last.target
         else:
             return
         changed = False
         for fn in self.platform.functions():
             w = self.platform.get_weights(fn)
-            if w.canary is not None and w.canary_weight > 0 and set(w.versions) != {want}:
-                self.platform.set_weights(fn, want)
+            v = want.get(fn)
+            if v is None:
+                continue
+            if w.canary is not None and w.canary_weight > 0 and set(w.versions) != {v}:
+                self.platform.set_weights(fn, v)
                 changed = True
-            elif w.canary is not None and w.stable != want and w.versions == {want: 100.0}:
-                self.platform.set_weights(fn, want)
+            elif w.canary is not None and w.stable != v and w.versions == {v: 100.0}:
+                self.platform.set_weights(fn, v)
                 changed = True
         if last.rollback_decided_at and not last.rollback_completed_at:
-            self.store.update(last.id, rollback_completed_at=time.time())
+            self.store.update(last.id, rollback_completed_at=self.clock())
             changed = True
         if changed:
             self._event(
-                last, "reconciled", f"live aliases set to v{want} to agree with {last.id} ({last.status})"
+                last, "reconciled", f"live aliases set to {label} to agree with {last.id} ({last.status})"
             )
 
     def close(self) -> None:
@@ -294,45 +412,45 @@ class Deployer:
         lv = self._live(d.id)
         if lv.traffic_started_at is None:
             ev = [e for e in self.store.events(deployment_id=d.id) if e.kind == "pre_traffic_started"]
-            lv.traffic_started_at = ev[0].ts if ev else time.time()
+            lv.traffic_started_at = ev[0].ts if ev else self.clock()
         return lv.traffic_started_at
 
     def _pre_traffic(self, d: Deployment) -> None:
         self._started_at(d)
-        self._event(
-            d, "pre_traffic_started", f"pre-traffic: snapshot data, warm v{d.target_version}, run hooks"
-        )
-        snap = self.platform.snapshot(label=f"before {d.id}")
+        self._event(d, "pre_traffic_started", f"pre-traffic: back up data, warm {d.target}, run hooks")
+        snap = self.platform.backup(label=f"before {d.id}")
         self.store.record_snapshot(self.env, snap.id, label=f"before {d.id}", deployment_id=d.id)
         self._event(
             d,
             "snapshot",
-            f"data snapshot {snap.id} taken before any traffic shift",
+            f"data backup {snap.id} taken before any traffic shift",
             data={"snapshot": snap.id},
         )
-        for fn in self.platform.functions():
-            try:
-                self.platform.warm(fn, d.target_version)
-            except Exception as e:  # noqa: BLE001 - an init failure is a pre-traffic failure
-                raise RollbackNeeded(
-                    "pre_traffic",
-                    f"v{d.target_version} of {fn} does not start: {e}",
-                    [f"{fn} v{d.target_version} init failed: {e}"],
-                ) from None
-            if d.stable_version is not None:
-                self.platform.warm(fn, d.stable_version)
-        self._hooks("pre_traffic", d, time.time())
+        if isinstance(self.platform, Capacity):
+            for fn in self.platform.functions():
+                v = d.target_versions[fn]
+                try:
+                    self.platform.prewarm(fn, v)
+                except Exception as e:  # noqa: BLE001 - an init failure is a pre-traffic failure
+                    raise RollbackNeeded(
+                        "pre_traffic",
+                        f"{fn} v{v} ({d.target}) does not start: {e}",
+                        [f"{fn} v{v} init failed: {e}"],
+                    ) from None
+                if fn in d.stable_versions:
+                    self.platform.prewarm(fn, d.stable_versions[fn])
+        self._hooks("pre_traffic", d, self.clock())
 
     def _hooks(self, phase: str, d: Deployment, since: float) -> list[HookResult]:
         ctx = HookContext(
             self.manifest,
             self.env,
             self.platform,
-            self.gateway_url,
             d.id,
-            {fn: d.stable_version or d.target_version for fn in self.platform.functions()},
-            d.target_version,
+            {fn: d.stable_versions.get(fn, d.target_versions[fn]) for fn in self.platform.functions()},
+            dict(d.target_versions),
             since,
+            d.target_release,
         )
         results = run_hooks(phase, getattr(self.manifest.hooks, phase), ctx)
         for r in results:
@@ -361,48 +479,46 @@ class Deployer:
         return results
 
     def _prewarm(self, d: Deployment, weight: float) -> None:
-        """Before a step, start as many workers of the new version as its share of the recent peak
-        concurrency needs, so the shift meets warm workers instead of a wave of cold starts."""
-        from backout.platforms.base import NS_LAMBDA, MetricQuery
-
-        now = time.time()
-        for fn in self.platform.functions():
+        """Before a step, start as many instances of the new version as its share of the recent peak
+        concurrency needs, so the shift meets warm workers instead of a wave of cold starts (only on a
+        platform with the optional Capacity protocol)."""
+        if not isinstance(self.platform, Capacity):
+            return
+        now = self.clock()
+        fns = self.platform.functions()
+        start = (int(now) // 60 - 1) * 60
+        series = self.platform.metrics([
+            MetricQuery.of(NS_LAMBDA, "ConcurrentExecutions", {"FunctionName": fn}, start, now + 1, 60, "Maximum")
+            for fn in fns
+        ])
+        for fn, pts in zip(fns, series, strict=True):
             spec = self.manifest.functions[fn]
             cap = spec.reserved_concurrency if spec.reserved_concurrency is not None else 16
-            pts = self.platform.metrics(MetricQuery.of(NS_LAMBDA, "ConcurrentExecutions", {"FunctionName": fn},
-                                                       now - 60, now + 1, 60, "Maximum"))
             peak = max((p.value for p in pts), default=0.0)
             want = max(1, min(cap, math.ceil(peak * min(weight, 100.0) / 100.0) + 1))
+            v = d.target_versions[fn]
             try:
-                self.platform.warm(fn, d.target_version, want)
-            except Exception as e:  # noqa: BLE001 - a worker that cannot start is a failed deployment
-                raise RollbackNeeded("pre_traffic", f"v{d.target_version} of {fn} does not start: {e}",
-                                     [f"{fn} v{d.target_version}: {e}"]) from None
+                self.platform.prewarm(fn, v, want)
+            except Exception as e:  # noqa: BLE001 - an instance that cannot start is a failed deployment
+                raise RollbackNeeded("pre_traffic", f"{fn} v{v} ({d.target}) does not start: {e}",
+                                     [f"{fn} v{v}: {e}"]) from None
 
     def _apply_weights(self, d: Deployment, weight: float) -> None:
-        for fn in self.platform.functions():
-            if weight <= 0 or d.stable_version is None:
-                self.platform.set_weights(fn, d.stable_version or d.target_version)
-            else:
-                self.platform.set_weights(fn, d.stable_version, d.target_version, min(weight, 100.0))
+        self.traffic.route(d.stable_versions, d.target_versions, weight)
 
     def _shift(self, d: Deployment, lv: Live, deadline: float) -> Deployment:
-        alarms = AlarmSet(
-            default_rules(
-                self.manifest, self.env, self.platform.functions(), d.target_version, self._started_at(d)
-            )
-        )
+        alarms = AlarmSet(default_rules(self.manifest, self.env, dict(d.target_versions), self._started_at(d)))
         judges = JudgeSet([])
-        if self.spec.latency_judge and d.stable_version is not None:
-            judges = JudgeSet([LatencyJudge(fn, d.target_version, d.stable_version, self._started_at(d),
+        if self.spec.latency_judge and d.stable_release is not None:
+            judges = JudgeSet([LatencyJudge(fn, d.target_versions[fn], d.stable_versions[fn], self._started_at(d),
                                             window=self.spec.alarm_window, min_samples=self.spec.min_invocations)
-                               for fn in self.platform.functions()])
+                               for fn in self.platform.functions() if fn in d.stable_versions])
         start_index = d.current_step if d.current_step is not None else 0
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]
             resuming = i == d.current_step and d.step_started_at is not None
             self._prewarm(d, step.weight)
-            started = d.step_started_at if resuming else time.time()
+            started = d.step_started_at if resuming else self.clock()
             with self._switch:
                 d = self.store.transition(
                     d.id, st.IN_PROGRESS, current_step=i, current_weight=step.weight, step_started_at=started
@@ -412,7 +528,7 @@ class Deployer:
                 self._event(
                     d,
                     "step_reached",
-                    f"step {i + 1}/{len(d.steps)}: {step.weight:g} % on v{d.target_version}"
+                    f"step {i + 1}/{len(d.steps)}: {step.weight:g} % on {d.target}"
                     + (f", hold {step.hold:g} s" if step.hold else ""),
                     data={"step": i, "weight": step.weight, "hold": step.hold},
                 )
@@ -420,16 +536,25 @@ class Deployer:
             end = started + step.hold
             while True:
                 self._watch(d, lv, alarms, judges, deadline)
-                if time.time() >= end:
+                if self.clock() >= end:
                     break
-                lv.wake.wait(min(EVAL_INTERVAL, max(0.0, end - time.time())))
+                lv.wake.wait(min(EVAL_INTERVAL, max(0.0, end - self.clock())))
                 lv.wake.clear()
         return self.store.transition(d.id, st.POST_TRAFFIC, expect=st.IN_PROGRESS)
 
     def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float) -> None:
-        """One evaluation: store every alarm state change; any ALARM → rollback; stop; deadline."""
+        """One evaluation — every alarm and judge from one batched metrics call: store every state
+        change; any ALARM → rollback; stop; deadline."""
         self._check_stop(d, lv)
-        for ch in [*alarms.evaluate(self.platform), *judges.evaluate(self.platform)]:
+        now = self.clock()
+        changes: list[Any] = []
+        try:
+            fetched = Fetched.fetch(self.platform, alarms.plan(now) + judges.plan(now))
+        except Exception as e:  # noqa: BLE001 - metrics unavailable: keep every state, try again next time
+            log.warning("deployment %s: metrics unavailable: %s", d.id, e)
+        else:
+            changes = [*alarms.decide(fetched, now), *judges.decide(fetched, now)]
+        for ch in changes:
             e = ch.evaluation
             self.store.record_alarm_evaluation(
                 d.id,
@@ -453,12 +578,12 @@ class Deployer:
         firing = alarms.alarming() + judges.alarming()
         if firing:
             raise RollbackNeeded(
-                "alarm",
+                "alarm" if firing[0].alarm in alarms.current else "judge",
                 f"alarm {firing[0].alarm} in ALARM: {firing[0].detail}",
                 [e.detail for e in firing],
                 {"alarms": [e.as_dict() for e in firing]},
             )
-        if time.time() > deadline:
+        if self.clock() > deadline:
             self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
             raise RollbackNeeded(
                 "deadline",
@@ -475,7 +600,7 @@ class Deployer:
             raise _Stopped()
 
     def _post_traffic(self, d: Deployment, lv: Live) -> None:
-        self._event(d, "post_traffic_started", f"post-traffic: 100 % on v{d.target_version}, running hooks")
+        self._event(d, "post_traffic_started", f"post-traffic: 100 % on {d.target}, running hooks")
         since = self._started_at(d)
         self._hooks("post_traffic", d, since)
         self._check_stop(d, lv)
@@ -483,13 +608,12 @@ class Deployer:
     def _succeed(self, d: Deployment) -> None:
         with self._switch:
             d = self.store.transition(d.id, st.SUCCEEDED, expect=st.POST_TRAFFIC, current_weight=100.0)
-            for fn in self.platform.functions():
-                self.platform.set_weights(fn, d.target_version)
+            self._apply_weights(d, 100.0)
         self._event(
             d,
             "succeeded",
-            f"deployment {d.id} succeeded: v{d.target_version} live; "
-            f"v{d.stable_version} kept warm for {self.spec.rollback_window:g} s",
+            f"deployment {d.id} succeeded: {d.target} live; "
+            f"{d.stable} kept ready for {self.spec.rollback_window:g} s",
         )
         self._notify("succeeded", d)
 
@@ -498,15 +622,15 @@ class Deployer:
         with self._switch:
             if not self.store.get(d.id).active:
                 return False  # a stop took over while the runner was busy, or the other way round
-            decided = time.time()
+            decided = self.clock()
             d = self.store.transition(d.id, st.ROLLED_BACK, reason=rb.reason, rollback_decided_at=decided)
             self._apply_weights(d, 0.0)
-            done = time.time()
+            done = self.clock()
             d = self.store.update(d.id, rollback_completed_at=done)
         self._event(
             d,
             "rolled_back",
-            f"rolled back to v{d.stable_version} in {1000 * (done - decided):.0f} ms: {rb.reason}",
+            f"rolled back to {d.stable} in {1000 * (done - decided):.0f} ms: {rb.reason}",
             severity="critical",
             data={
                 "trigger": rb.trigger,
@@ -584,8 +708,8 @@ class Deployer:
                     kind=kind,
                     environment=self.env,
                     deployment_id=d.id,
-                    stable_version=d.stable_version,
-                    target_version=d.target_version,
+                    stable_version=kw.pop("stable_version", d.stable_release),
+                    target_version=kw.pop("target_version", d.target_release),
                     service=self.manifest.service.name,
                     command=kw.pop("command", f"backout deployment show {d.id} --env {self.env}"),
                     **kw,
@@ -598,43 +722,48 @@ class Deployer:
 def measure_impact(
     manifest: Manifest, env: str, platform: Platform, store: Store, d: Deployment, until: float
 ) -> dict[str, Any]:
-    """What the bad version did, kept with the incident so its report needs no running platform:
-    per-second invocations/errors of the new version per function, API 5xx it served, DLQ
-    arrivals, and the canary weight over time (from the step events)."""
-    from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, MetricQuery
+    """What the bad release did, kept with the incident so its report needs no running platform:
+    per-second invocations/errors of each function's new version, API 5xx it served, DLQ arrivals,
+    and the canary weight over time (from the step events). One batched metrics call."""
+    from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT
 
     # from the first traffic shift: the pre-traffic hook's test invocations are not the bad version's traffic
     events = store.events(deployment_id=d.id)
     first = next((e.ts for e in events if e.kind == "step_reached"), d.created_at)
     start = int(first)
     end = int(until) + 1
-    v = str(d.target_version)
-
-    def series(ns: str, metric: str, dims: dict[str, str]) -> dict[int, float]:
-        pts = platform.metrics(MetricQuery.of(ns, metric, dims, start, end, 1, "Sum"))
-        return {int(p.timestamp): p.value for p in pts}
+    fns = platform.functions()
+    http_fn = next((fn for fn, f in manifest.functions.items() if f.http_events and fn in d.target_versions), None)
+    dlqs = sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue})
+    queries: list[MetricQuery] = []
+    for fn in fns:
+        dims = {"FunctionName": fn, "ExecutedVersion": d.target_versions[fn]}
+        queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
+                    MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum")]
+    api_dims = {"ApiName": manifest.service.name, "Stage": env,
+                "ExecutedVersion": d.target_versions[http_fn] if http_fn else ""}
+    queries += [MetricQuery.of(NS_API, "5XXError", api_dims, start, end, 1, "Sum"),
+                MetricQuery.of(NS_API, "Count", api_dims, start, end, 1, "Sum")]
+    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, start, end, 1, "Sum") for q in dlqs]
+    got = [{int(p.timestamp): p.value for p in pts} for pts in platform.metrics(queries)]
 
     seconds = list(range(start, end))
     functions: dict[str, Any] = {}
-    for fn in platform.functions():
-        inv = series(NS_LAMBDA, "Invocations", {"FunctionName": fn, "ExecutedVersion": v})
-        err = series(NS_LAMBDA, "Errors", {"FunctionName": fn, "ExecutedVersion": v})
+    for i, fn in enumerate(fns):
+        inv, err = got[2 * i], got[2 * i + 1]
         functions[fn] = {
+            "version": d.target_versions[fn],
             "invocations": sum(inv.values()),
             "errors": sum(err.values()),
             "per_second": [[t, inv.get(t, 0.0), err.get(t, 0.0)] for t in seconds if t in inv or t in err],
         }
-    api_dims = {"ApiName": manifest.service.name, "Stage": env, "ExecutedVersion": v}
-    failed = series(NS_API, "5XXError", api_dims)
-    served = series(NS_API, "Count", api_dims)
-    dlq = {}
-    for q in manifest.queues.values():
-        if q.dead_letter_queue:
-            arrivals = series(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q.dead_letter_queue})
-            dlq[q.dead_letter_queue] = sum(arrivals.values())
+    failed, served = got[2 * len(fns)], got[2 * len(fns) + 1]
+    dlq = {q: sum(got[2 * len(fns) + 2 + k].values()) for k, q in enumerate(dlqs)}
     jobs_touched = None
     if manifest.service.repair_function:
-        r = platform.invoke(manifest.service.repair_function, None, {"repair": "affected", "version": d.target_version})
+        rf = manifest.service.repair_function
+        r = platform.invoke(rf, None, {"repair": "affected", "version": d.target_release,
+                                       "versions": dict(d.target_versions)})
         if r.ok and isinstance(r.payload, dict):
             jobs_touched = len(r.payload.get("jobs", []))
     weights: list[list[float]] = [[d.created_at, 0.0]]
@@ -644,8 +773,9 @@ def measure_impact(
         elif e.kind == "rolled_back":
             weights.append([e.ts, 0.0])
     return {
-        "version": d.target_version,
-        "stable_version": d.stable_version,
+        "release": d.target_release,
+        "stable_release": d.stable_release,
+        "versions": dict(d.target_versions),
         "window": [start, end],
         "functions": functions,
         "api": {"requests_served": sum(served.values()), "failed_requests": sum(failed.values()),

@@ -5,6 +5,7 @@ as evidence in the deployment's events.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,9 @@ from typing import Any
 
 import httpx
 
+from backout.control.smoke import run_smoke
 from backout.manifest import HookSpec, Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_LAMBDA, MetricQuery, Platform
-from backout.runbooks.smoke import run_smoke
 
 TEST_EVENT = {"test": True}
 
@@ -26,11 +27,15 @@ class HookContext:
     manifest: Manifest
     env: str
     platform: Platform
-    gateway_url: str
     deployment_id: str
-    stable: dict[str, int]
-    target: int
+    stable: dict[str, str]  # function → its stable version
+    target: dict[str, str]  # function → its new version
     since: float  # when the new version started taking traffic (post) or the deployment began (pre)
+    release: int = 0  # the new release's id
+
+    @property
+    def gateway_url(self) -> str:
+        return self.platform.endpoint()
 
 
 @dataclass
@@ -90,26 +95,42 @@ def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
     checks = []
     deadline = time.monotonic() + timeout
     for fn in ctx.platform.functions():
+        v = ctx.target[fn]
         r = _invoke(ctx, fn, TEST_EVENT, deadline)
-        detail = f"v{ctx.target} answered in {r.duration_ms:.0f} ms" if r.ok else _error_text(r.payload, r)
-        checks.append({"name": f"invoke {fn} v{ctx.target}", "ok": r.ok, "detail": detail})
-    for c in ctx.platform.health().checks:
-        if c.name == "api":  # the API still serves the stable version before traffic shifts
-            continue
+        detail = f"v{v} answered in {r.duration_ms:.0f} ms" if r.ok else _error_text(r.payload, r)
+        checks.append({"name": f"invoke {fn} v{v}", "ok": r.ok, "detail": detail})
+    for c in ctx.platform.describe():
         checks.append({"name": c.name, "ok": c.ok, "detail": c.detail})
+    for q in ctx.platform.queues():
+        try:
+            a = ctx.platform.queue_attributes(q)
+            checks.append({"name": f"queue {q}", "ok": True, "detail": f"{a.visible} visible, {a.in_flight} in flight"})
+        except Exception as e:  # noqa: BLE001 - an unreachable queue is a failed check, with its evidence
+            checks.append({"name": f"queue {q}", "ok": False, "detail": f"{type(e).__name__}: {e}"})
     return checks
 
 
 def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
-    """After 100 %: the new version's error rate and average duration, and no DLQ arrivals."""
+    """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals — every
+    figure since the new release took traffic, from one batched metrics call of 1 s periods."""
     spec = ctx.manifest.environment(ctx.env)
     now = time.time()
+    start, end = int(ctx.since), int(now) + 1
+    fns = ctx.platform.functions()
+    dlqs = [q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None]
+    queries: list[MetricQuery] = []
+    for fn in fns:
+        dims = {"FunctionName": fn, "ExecutedVersion": ctx.target[fn]}
+        queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
+                    MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum"),
+                    MetricQuery.of(NS_LAMBDA, "Duration", dims, start, end, 1, "Average")]
+    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, start, end, 1, "Sum") for q in dlqs]
+    series = ctx.platform.metrics(queries)
     checks = []
-    period = max(1, int(now - ctx.since) + 2)
-    for fn in ctx.platform.functions():
-        dims = {"FunctionName": fn, "ExecutedVersion": str(ctx.target)}
-        inv = _sum(ctx.platform, NS_LAMBDA, "Invocations", dims, ctx.since, now, period)
-        err = _sum(ctx.platform, NS_LAMBDA, "Errors", dims, ctx.since, now, period)
+    for i, fn in enumerate(fns):
+        inv = sum(p.value for p in series[3 * i])
+        err = sum(p.value for p in series[3 * i + 1])
+        durations = series[3 * i + 2]
         if inv:
             rate = 100.0 * err / inv
             ok = rate <= spec.error_rate_threshold
@@ -123,12 +144,9 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
         else:
             checks.append({"name": f"{fn} error rate", "ok": True, "detail": "no invocations yet"})
         limit = spec.duration_p99_limits.get(fn)
-        pts = ctx.platform.metrics(
-            MetricQuery.of(NS_LAMBDA, "Duration", dims, ctx.since, now + 1, period, "Average")
-        )
-        if pts and limit is not None:
-            n = sum(p.sample_count for p in pts)
-            avg = sum(p.value * p.sample_count for p in pts) / n
+        n = sum(p.sample_count for p in durations)
+        if n and limit is not None:
+            avg = sum(p.value * p.sample_count for p in durations) / n
             checks.append(
                 {
                     "name": f"{fn} average duration",
@@ -136,33 +154,16 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
                     "detail": f"{avg:.0f} ms vs limit {limit:g} ms",
                 }
             )
-    for qs in ctx.manifest.queues.values():
-        if qs.dead_letter_queue is None:
-            continue
-        arrivals = _sum(
-            ctx.platform,
-            NS_BACKOUT,
-            DLQ_ARRIVALS,
-            {"QueueName": qs.dead_letter_queue},
-            ctx.since,
-            now,
-            period,
-        )
+    for k, q in enumerate(dlqs):
+        arrivals = sum(p.value for p in series[3 * len(fns) + k])
         checks.append(
             {
-                "name": f"DLQ {qs.dead_letter_queue}",
+                "name": f"DLQ {q}",
                 "ok": arrivals == 0,
-                "detail": f"{arrivals:.0f} arrival(s) since v{ctx.target} took traffic",
+                "detail": f"{arrivals:.0f} arrival(s) since r{ctx.release} took traffic",
             }
         )
     return checks
-
-
-def _sum(
-    platform: Platform, ns: str, metric: str, dims: dict[str, str], start: float, end: float, period: int
-) -> float:
-    pts = platform.metrics(MetricQuery.of(ns, metric, dims, start, end + 1, period, "Sum"))
-    return sum(p.value for p in pts)
 
 
 def _function_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
@@ -171,7 +172,8 @@ def _function_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
     event = {
         "DeploymentId": ctx.deployment_id,
         "LifecycleEventHookExecutionId": f"{ctx.deployment_id}-{hook.function}",
-        "backout": {"env": ctx.env, "target_version": ctx.target, "gateway_url": ctx.gateway_url},
+        "backout": {"env": ctx.env, "target_release": ctx.release, "target_versions": dict(ctx.target),
+                    "gateway_url": ctx.gateway_url},
     }
     r = _invoke(ctx, hook.function, event, time.monotonic() + hook.timeout)
     if not r.ok:
@@ -189,7 +191,8 @@ def _command_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
         ENVIRONMENT=ctx.env,
         BACKOUT_ENV=ctx.env,
         BACKOUT_DEPLOYMENT_ID=ctx.deployment_id,
-        BACKOUT_TARGET_VERSION=str(ctx.target),
+        BACKOUT_TARGET_RELEASE=str(ctx.release),
+        BACKOUT_TARGET_VERSIONS=json.dumps(ctx.target),
     )
     try:
         r = subprocess.run(
@@ -225,10 +228,11 @@ def _http_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
 
 def _invoke(ctx: HookContext, fn: str, event: Any, deadline: float) -> Any:
     """Invoke the new version of `fn`; while throttled (busy, not broken) retry until `deadline`."""
-    r = ctx.platform.invoke(fn, ctx.target, event)
+    version = ctx.target.get(fn)  # a hook function outside the deployment runs on its live alias
+    r = ctx.platform.invoke(fn, version, event)
     while r.throttled and time.monotonic() < deadline:
         time.sleep(0.1)
-        r = ctx.platform.invoke(fn, ctx.target, event)
+        r = ctx.platform.invoke(fn, version, event)
     return r
 
 

@@ -15,16 +15,19 @@ from backout.control.store import Store
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import Platform
+from backout.runbooks.context import RunbookContext
 
 
-def create(platform: Platform, store: Store, env: str, label: str) -> dict[str, Any]:
-    s = platform.snapshot(label=label or "manual backup")
+def create(ctx: RunbookContext, label: str) -> dict[str, Any]:
+    platform, store, env = ctx.platform, ctx.store, ctx.env
+    s = platform.backup(label=label or "manual backup")
     rec = store.record_snapshot(env, s.id, label=label or "manual backup")
     return {"id": rec.id, "snapshot": s.id, "created_at": s.created_at, "label": rec.label, "detail": s.detail}
 
 
-def list_backups(platform: Platform, store: Store, env: str) -> list[dict[str, Any]]:
-    by_platform = {s.id: s for s in platform.snapshots()}
+def list_backups(ctx: RunbookContext) -> list[dict[str, Any]]:
+    platform, store, env = ctx.platform, ctx.store, ctx.env
+    by_platform = {s.id: s for s in platform.backups()}
     out = []
     for rec in store.snapshots(env):
         s = by_platform.get(rec.platform_snapshot_id)
@@ -40,9 +43,8 @@ def resolve(store: Store, env: str, backup_id: str) -> str:
     raise UsageError(f"no backup {backup_id!r} in {env} (see `backout backup list --env {env}`)")
 
 
-def restore(
-    manifest: Manifest, platform: Platform, store: Store, env: str, backup_id: str, yes: bool, who: str
-) -> dict[str, Any]:
+def restore(ctx: RunbookContext, backup_id: str, yes: bool, who: str) -> dict[str, Any]:
+    manifest, platform, store, env = ctx.manifest, ctx.platform, ctx.store, ctx.env
     sid = resolve(store, env, backup_id)
     diff = service_diff(manifest, platform, sid)
     if not yes:
@@ -58,12 +60,12 @@ def restore(
             f"`backout repair --deployment ID`; to restore anyway add --yes"
         )
     was_processing = platform.get_processing()
-    platform.set_processing(False)  # no worker writes while the data is swapped
+    ctx.traffic.set_processing(False, who, f"restoring backup {backup_id}")  # no worker writes during the swap
     t0 = time.time()
     try:
         platform.restore(sid)
     finally:
-        platform.set_processing(was_processing)
+        ctx.traffic.set_processing(was_processing, who, f"restored backup {backup_id}")
     store.add_event(
         "backup_restored",
         f"{who} restored backup {backup_id} ({sid}); {diff}",
@@ -78,7 +80,7 @@ def service_diff(manifest: Manifest, platform: Platform, snapshot_id: str) -> di
     fn = manifest.service.repair_function
     if fn is None:
         return {}
-    r = platform.invoke(fn, None, {"repair": "diff", "snapshot": platform.snapshot_location(snapshot_id)})
+    r = platform.invoke(fn, None, {"repair": "diff", "snapshot": platform.restore_to_side(snapshot_id)})
     if not r.ok or not isinstance(r.payload, dict):
         return {"error": str(r.payload)[:300]}
     return r.payload

@@ -21,16 +21,14 @@ from typing import Any
 
 import httpx
 
-from backout.control import store as st
-from backout.control.deployer import Deployer
-from backout.control.notify import Notification, Notifier
-from backout.control.store import Store
+from backout.control import states as st
+from backout.control.notify import Notification
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.manifest import EnvironmentSpec, Manifest
-from backout.platforms.base import Platform
-from backout.runbooks.rollback import live_version
-from backout.runbooks.verify import settle_seconds
+from backout.runbooks.context import RunbookContext
+from backout.runbooks.smoke import run_smoke
+from backout.runbooks.verify import settle_seconds, verify
 
 FAULTS = {
     "errors": re.compile(r"^errors=(0(\.\d+)?|1(\.0+)?)$"),
@@ -118,23 +116,11 @@ class SyntheticTraffic:
                 self.stats["messages"] += 1
 
 
-def drill(
-    *,
-    manifest: Manifest,
-    env: str,
-    platform: Platform,
-    store: Store,
-    deployer: Deployer,
-    notifier: Notifier,
-    gateway_url: str,
-    send: Callable[[str, str], None],
-    fault: str,
-    target_seconds: float,
-    allow_prod: bool,
-    who: str,
-    verify: Callable[[], Any],
-    smoke: Callable[[], list[Any]],
-) -> dict[str, Any]:
+def drill(ctx: RunbookContext, fault: str, target_seconds: float, allow_prod: bool, who: str) -> dict[str, Any]:
+    """The procedure's monthly rollback drill: the live release republished with a fault, deployed
+    under synthetic traffic; passes when an alarm rolls it back within the target and verify and the
+    smoke tests pass after."""
+    manifest, env, platform, store, deployer = ctx.manifest, ctx.env, ctx.platform, ctx.store, ctx.deployer
     refuse_prod(env, manifest.environment(env), allow_prod)
     fault = parse_fault(fault)
     if target_seconds <= 0:
@@ -142,16 +128,19 @@ def drill(
     if store.active_deployment(env) is not None:
         raise UsageError("a deployment is in progress: drill when it has finished")
     started = time.time()
-    stable = live_version(platform)
-    faulty = platform.republish(stable, {"BACKOUT_FAULT": fault}, description=f"drill: v{stable} with {fault}")
-    traffic = SyntheticTraffic(manifest, gateway_url, send)
+    live = deployer.traffic.live_release()
+    if live is None:
+        raise UsageError("traffic is split or the aliases point at no single release: roll back first")
+    faulty = platform.republish(live.id, {"BACKOUT_FAULT": fault}, description=f"drill: r{live.id} with {fault}")
+    traffic = SyntheticTraffic(manifest, platform.endpoint(), platform.send_message)
     traffic.start()
-    detail: dict[str, Any] = {"stable": stable, "faulty_version": faulty, "who": who}
+    detail: dict[str, Any] = {"stable": live.id, "faulty_release": faulty.id, "faulty_versions": faulty.versions,
+                              "who": who}
     try:
         time.sleep(2.0)  # a baseline of the stable version for the judges
         strategy = Strategy("Drill", (Step(DRILL_WEIGHT, target_seconds + 30.0), Step(100.0, 0.0)))
         d = deployer.create(
-            version=faulty, strategy_obj=strategy, description=f"rollback drill: {fault}", created_by=who
+            release=faulty.id, strategy_obj=strategy, description=f"rollback drill: {fault}", created_by=who
         )
         deadline = time.time() + target_seconds + 90
         while time.time() < deadline:
@@ -188,8 +177,8 @@ def drill(
         )
     # messages the faulty version failed just before the rollback still reach the DLQ one retry later
     time.sleep(settle_seconds(manifest) + 1.0)
-    v = verify()
-    sm = smoke()
+    v = verify(ctx)
+    sm = run_smoke(ctx)
     detail["verify"] = v.as_dict()
     detail["smoke"] = [s.__dict__ for s in sm]
     detail["reason"] = rb.data.get("reason") if rb and isinstance(rb.data, dict) else None
@@ -221,7 +210,7 @@ def drill(
         severity="info" if passed else "warning",
         data={"drill": rec.id},
     )
-    notifier.notify(
+    ctx.notifier.notify(
         Notification(
             kind="drill_result",
             environment=env,

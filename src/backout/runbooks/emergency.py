@@ -13,27 +13,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from backout.control import store as st
-from backout.control.deployer import Deployer
-from backout.control.notify import Notification, Notifier
-from backout.control.store import Store
+from backout.control import states as st
+from backout.control.notify import Notification
 from backout.errors import OperationFailed, UsageError
-from backout.manifest import EnvironmentSpec
-from backout.platforms.base import Platform
+from backout.runbooks.context import RunbookContext
 from backout.runbooks.verify import VerifyReport
 
 
-def emergency_stop(
-    *,
-    env: str,
-    service: str,
-    platform: Platform,
-    store: Store,
-    deployer: Deployer,
-    notifier: Notifier,
-    reason: str,
-    who: str,
-) -> dict[str, Any]:
+def emergency_stop(ctx: RunbookContext, reason: str, who: str) -> dict[str, Any]:
+    """Every switch goes through the deployer's Traffic (stored first, then applied), so a restarted
+    process keeps the API blocked and processing paused until `resume`."""
+    env, platform, store = ctx.env, ctx.platform, ctx.store
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
     steps: list[dict[str, Any]] = []
@@ -50,11 +40,11 @@ def emergency_stop(
     before = platform.get_throttle()
 
     def block_api() -> str:
-        platform.set_throttle(0, 0)
+        ctx.traffic.set_throttle(0, 0, who, f"emergency stop: {reason}")
         return f"API throttled to 0 (was rate {before.rate:g}, burst {before.burst}); clients get 429"
 
     def pause() -> str:
-        platform.set_processing(False)
+        ctx.traffic.set_processing(False, who, f"emergency stop: {reason}")
         return "event source mappings paused; messages wait in their queues"
 
     stopped: list[str] = []
@@ -63,16 +53,16 @@ def emergency_stop(
         active = store.active_deployment(env)
         if active is None:
             return "no deployment in progress"
-        d = deployer.stop(active.id, rollback=True, reason=f"emergency stop by {who}: {reason}", who=who)
+        d = ctx.deployer.stop(active.id, rollback=True, reason=f"emergency stop by {who}: {reason}", who=who)
         stopped.append(active.id)
         if d.status != st.ROLLED_BACK:
             raise RuntimeError(f"deployment {d.id} is {d.status}, not rolled back: roll back with `backout rollback`")
-        return f"deployment {active.id} stopped and rolled back to v{active.stable_version}"
+        return f"deployment {active.id} stopped and rolled back to {active.stable}"
 
     snap: list[str] = []
 
     def snapshot() -> str:
-        s = platform.snapshot(label=f"emergency stop: {reason}")
+        s = platform.backup(label=f"emergency stop: {reason}")
         store.record_snapshot(env, s.id, label="emergency stop")
         snap.append(s.id)
         return f"data snapshot {s.id}"
@@ -80,7 +70,7 @@ def emergency_stop(
     step("block API", block_api)
     step("pause processing", pause)
     step("stop deployment", stop_deployment)
-    step("snapshot data", snapshot)
+    step("back up data", snapshot)
     inc = store.open_incident(
         env,
         f"emergency stop: {reason}",
@@ -106,11 +96,11 @@ def emergency_stop(
             data=s,
         )
     t0 = time.perf_counter()
-    notifier.notify(
+    ctx.notifier.notify(
         Notification(
             kind="emergency_stop",
             environment=env,
-            service=service,
+            service=ctx.service,
             reason=f"{reason} ({who})",
             incident_id=inc.id,
             evidence=[f"{s['step']}: {s['detail']}" for s in steps],
@@ -133,16 +123,8 @@ def emergency_stop(
     }
 
 
-def resume(
-    *,
-    env: str,
-    spec: EnvironmentSpec,
-    platform: Platform,
-    store: Store,
-    report: VerifyReport,
-    force: bool,
-    who: str,
-) -> dict[str, Any]:
+def resume(ctx: RunbookContext, report: VerifyReport, force: bool, who: str) -> dict[str, Any]:
+    env, spec, store = ctx.env, ctx.spec, ctx.store
     if not report.ok and not force:
         raise OperationFailed(f"not resuming: {report.summary()} (fix it, or --force to resume anyway)")
     open_emergencies = [
@@ -155,8 +137,8 @@ def resume(
     before = [i.trigger.get("throttle_before") for i in open_emergencies if i.trigger.get("throttle_before")]
     if before and before[-1][0] > 0:
         rate, burst = float(before[-1][0]), int(before[-1][1])
-    platform.set_processing(True)
-    platform.set_throttle(rate, burst)
+    ctx.traffic.set_processing(True, who, "resume")
+    ctx.traffic.set_throttle(rate, burst, who, "resume")
     msg = f"resumed by {who}: processing on, API throttle back to {rate:g}/s" + (
         " (FORCED past a failing verify)" if force and not report.ok else " after verify passed"
     )

@@ -17,66 +17,68 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from backout.control import store as st
+from backout.control import states as st
+from backout.control.deployer import MANUAL
 from backout.control.store import Deployment, Store
 from backout.errors import OperationFailed, UsageError
-from backout.manifest import Manifest
-from backout.platforms.base import Platform
-from backout.runbooks.rollback import MANUAL
+from backout.runbooks.context import RunbookContext
 
 
-def bad_version_and_snapshot(store: Store, env: str, d: Deployment) -> tuple[int, str]:
-    """Which version did the damage, and the snapshot taken before it took traffic."""
+def bad_release_and_snapshot(store: Store, env: str, d: Deployment) -> tuple[int, dict[str, str], str]:
+    """Which release did the damage (its id and each function's version), and the backup taken
+    before it took traffic."""
     if d.strategy == MANUAL:
-        bad = d.stable_version
+        bad, versions = d.stable_release, dict(d.stable_versions)
         origin = next(
             (
                 x
                 for x in store.deployments(env, limit=500)
-                if x.status == st.SUCCEEDED and x.target_version == bad and x.strategy != MANUAL
+                if x.status == st.SUCCEEDED and x.target_release == bad and x.strategy != MANUAL
             ),
             None,
         )
         if bad is None or origin is None:
-            raise UsageError(f"{d.id} rolled back v{bad}, but no deployment of v{bad} with a snapshot is recorded")
+            raise UsageError(f"{d.id} rolled back {d.stable}, but no deployment of it with a backup is recorded")
         snaps = store.snapshots(env, deployment_id=origin.id)
     else:
         if d.status not in (st.ROLLED_BACK, st.STOPPED):
-            raise UsageError(f"deployment {d.id} is {d.status}: repair is for a rolled-back version's jobs")
-        bad = d.target_version
+            raise UsageError(f"deployment {d.id} is {d.status}: repair is for a rolled-back release's jobs")
+        bad, versions = d.target_release, dict(d.target_versions)
         snaps = store.snapshots(env, deployment_id=d.id)
     if not snaps:
-        raise UsageError(f"no pre-deployment snapshot recorded for v{bad}")
-    return int(bad), snaps[0].platform_snapshot_id  # type: ignore[arg-type]
+        raise UsageError(f"no pre-deployment backup recorded for r{bad}")
+    return int(bad), versions, snaps[0].platform_snapshot_id  # type: ignore[arg-type]
 
 
-def repair(
-    manifest: Manifest, platform: Platform, store: Store, env: str, deployment_id: str, dry_run: bool, who: str
-) -> dict[str, Any]:
+def repair(ctx: RunbookContext, deployment_id: str, dry_run: bool, who: str) -> dict[str, Any]:
+    """Restore, job by job, what a rolled-back release wrote, from the backup taken before it took
+    traffic; the service's own repair function does the work (backout cannot know its schema)."""
+    manifest, platform, store, env = ctx.manifest, ctx.platform, ctx.store, ctx.env
     fn = manifest.service.repair_function
     if fn is None:
         raise UsageError("the manifest names no service.repair_function: backout cannot know which jobs to repair")
     d = store.get(deployment_id)
-    bad, snap = bad_version_and_snapshot(store, env, d)
-    r = platform.invoke(fn, None, {"repair": "affected", "version": bad})
+    bad, versions, snap = bad_release_and_snapshot(store, env, d)
+    r = platform.invoke(fn, None, {"repair": "affected", "version": bad, "versions": versions})
     if not r.ok:
-        raise OperationFailed(f"repair function {fn} failed listing v{bad}'s jobs: {r.payload}")
+        raise OperationFailed(f"repair function {fn} failed listing r{bad}'s jobs: {r.payload}")
     jobs = list(r.payload.get("jobs", []))
-    out: dict[str, Any] = {"deployment": d.id, "bad_version": bad, "snapshot": snap, "jobs": jobs, "dry_run": dry_run}
+    out: dict[str, Any] = {"deployment": d.id, "bad_release": bad, "bad_versions": versions, "snapshot": snap,
+                           "jobs": jobs, "dry_run": dry_run}
     if dry_run or not jobs:
         return out
     t0 = time.time()
     r = platform.invoke(
         fn,
         None,
-        {"repair": "restore_jobs", "job_ids": jobs, "snapshot": platform.snapshot_location(snap), "requeue": True},
+        {"repair": "restore_jobs", "job_ids": jobs, "snapshot": platform.restore_to_side(snap), "requeue": True},
     )
     if not r.ok:
         raise OperationFailed(f"repair function {fn} failed restoring jobs: {r.payload}")
     out.update(r.payload)
     out["seconds"] = round(time.time() - t0, 3)
     msg = (
-        f"{who} repaired {len(jobs)} job(s) processed by v{bad}: restored {len(r.payload.get('restored', []))} "
+        f"{who} repaired {len(jobs)} job(s) processed by r{bad}: restored {len(r.payload.get('restored', []))} "
         f"from {snap}, reset {len(r.payload.get('reset', []))}, re-queued {len(r.payload.get('requeued', []))}"
     )
     store.add_event("repair", msg, deployment_id=d.id, severity="warning", data=out)

@@ -11,15 +11,47 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from backout.control.store import Store
-from backout.platforms.base import Platform
+from backout.manifest import Manifest
+from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_SQS, MetricQuery, Platform
+from backout.runbooks.context import RunbookContext
+from backout.runbooks.verify import queue_ages
 
 DRILL_MAX_AGE_DAYS = 30
 
 
-def status(
-    env: str, service: str, platform: Platform, store: Store, live_alarms: dict[str, Any], gateway_url: str
-) -> dict[str, Any]:
+COUNTER_WINDOW = 3600  # seconds of queue counters shown next to the depths
+
+
+def queue_view(manifest: Manifest, platform: Platform, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every queue as an operator reads it: SQS's attributes, the age of the oldest message, and the
+    last hour's counters — the counters are metrics (SQS keeps none), all queues in one call."""
+    now = time.time() if now is None else now
+    names = platform.queues()
+    ages = queue_ages(platform, names, now)
+    start = (int(now - COUNTER_WINDOW) // 60) * 60
+    wanted = [(NS_SQS, "NumberOfMessagesSent", "sent"), (NS_SQS, "NumberOfMessagesReceived", "received"),
+              (NS_SQS, "NumberOfMessagesDeleted", "deleted"), (NS_BACKOUT, "MovedToDLQ", "moved_to_dlq"),
+              (NS_BACKOUT, DLQ_ARRIVALS, "dlq_arrivals")]
+    queries = [MetricQuery.of(ns, m, {"QueueName": q}, start, int(now) + 1, 60, "Sum")
+               for q in names for ns, m, _ in wanted]
+    series = platform.metrics(queries) if queries else []
+    dlqs = {q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}
+    out: dict[str, dict[str, Any]] = {}
+    for i, q in enumerate(names):
+        a = platform.queue_attributes(q)
+        row: dict[str, Any] = {**a.as_dict(), "age_of_oldest": ages.get(q, 0.0), "is_dlq": q in dlqs,
+                               "counters_window_seconds": COUNTER_WINDOW}
+        for k, (_, _, key) in enumerate(wanted):
+            row[key] = int(sum(p.value for p in series[i * len(wanted) + k]))
+        out[q] = row
+    return out
+
+
+def status(ctx: RunbookContext) -> dict[str, Any]:
+    """`backout status`: the first thing on call — live versions, deployment, alarms, switches,
+    queues, incidents, drills, and what needs doing."""
+    env, platform, store = ctx.env, ctx.platform, ctx.store
+    live_alarms = ctx.live_alarms()
     now = time.time()
     functions = {}
     for fn in platform.functions():
@@ -49,9 +81,9 @@ def status(
         warnings.append(f"API blocked (throttle 0): resume with `backout resume --env {env}`")
     if not platform.get_processing():
         warnings.append(f"processing paused: resume with `backout resume --env {env}`")
-    queues = {q: platform.queue_stats(q).as_dict() for q in platform.queues()}
+    queues = queue_view(ctx.manifest, platform, now)
     for q, s in queues.items():
-        if s["dlq_arrivals"] and (s["visible"] or s["in_flight"]):
+        if s["is_dlq"] and (s["visible"] or s["in_flight"]):
             warnings.append(f"{s['visible'] + s['in_flight']} message(s) waiting in DLQ {q}")
     incidents = [asdict(i) for i in store.incidents(env, status="open")]
     if incidents:
@@ -59,11 +91,12 @@ def status(
     dep = None
     if active is not None:
         step = active.current_step
-        dep = {**asdict(active), "step_label": f"{step + 1}/{len(active.steps)}" if step is not None else "-"}
+        dep = {**asdict(active), "stable": active.stable, "target": active.target,
+               "step_label": f"{step + 1}/{len(active.steps)}" if step is not None else "-"}
     return {
         "env": env,
-        "service": service,
-        "gateway_url": gateway_url,
+        "service": ctx.service,
+        "gateway_url": ctx.gateway_url,
         "functions": functions,
         "deployment": dep,
         "alarms": {k: (e.as_dict() if hasattr(e, "as_dict") else e) for k, e in live_alarms.items()},

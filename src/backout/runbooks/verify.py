@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
@@ -19,11 +18,12 @@ from typing import Any
 
 import httpx
 
-from backout.control import store as st
+from backout.control import states as st
 from backout.control.alarms import ALARM, AlarmSet, default_rules
 from backout.control.store import Store
 from backout.manifest import Manifest
-from backout.platforms.base import Platform
+from backout.platforms.base import NS_SQS, MetricQuery, Platform
+from backout.runbooks.context import RunbookContext
 
 CHECK_TIMEOUT = 10.0
 
@@ -59,33 +59,29 @@ class VerifyReport:
         return "verify FAILED: " + "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
 
 
-def expected_version(store: Store, env: str) -> int | None:
-    """The version every live alias should serve, from the last finished deployment."""
+def expected_versions(store: Store, env: str) -> tuple[str, dict[str, str]] | None:
+    """The release every live alias should serve (its label and each function's version), from the
+    last finished deployment; None while one runs or before any."""
     if store.active_deployment(env) is not None:
         return None
     last = next(iter(store.deployments(env, limit=1)), None)
     if last is None:
         return None
     if last.status == st.SUCCEEDED:
-        return last.target_version
-    return last.stable_version
+        return last.target, dict(last.target_versions)
+    return last.stable, dict(last.stable_versions)
 
 
-def verify(
-    manifest: Manifest,
-    env: str,
-    platform: Platform,
-    store: Store,
-    gateway_url: str,
-    live_alarms: dict[str, Any] | None = None,
-) -> VerifyReport:
+def verify(ctx: RunbookContext) -> VerifyReport:
+    """The procedure's "Validation After Rollback": API health, every live version answers, the
+    database, the queues, no alarm firing, every alias where the last deployment left it."""
     checks: list[Check] = []
-    checks.extend(_timed("api", lambda: _api(manifest, platform, gateway_url)))
-    checks.extend(_timed("functions", lambda: _functions(platform)))
-    checks.extend(_timed("database", lambda: _database(platform)))
-    checks.extend(_timed("queues", lambda: _queues(manifest, env, platform)))
-    checks.extend(_timed("alarms", lambda: _alarms(manifest, env, platform, store, live_alarms)))
-    checks.extend(_timed("aliases", lambda: _aliases(platform, store, env)))
+    checks.extend(_timed("api", lambda: _api(ctx.manifest, ctx.platform)))
+    checks.extend(_timed("functions", lambda: _functions(ctx.platform)))
+    checks.extend(_timed("database", lambda: _database(ctx.platform)))
+    checks.extend(_timed("queues", lambda: _queues(ctx.manifest, ctx.env, ctx.platform)))
+    checks.extend(_timed("alarms", lambda: _alarms(ctx.manifest, ctx.env, ctx.platform, ctx.store, ctx.live_alarms())))
+    checks.extend(_timed("aliases", lambda: _aliases(ctx.platform, ctx.store, ctx.env)))
     return VerifyReport(checks, time.time())
 
 
@@ -111,7 +107,7 @@ def _health_route(manifest: Manifest) -> str | None:
     return None
 
 
-def _api(manifest: Manifest, platform: Platform, gateway_url: str) -> list[Check]:
+def _api(manifest: Manifest, platform: Platform) -> list[Check]:
     fn = _health_route(manifest)
     if fn is None:
         return [Check("api", "API health", True, "the service has no GET /health route")]
@@ -127,14 +123,15 @@ def _api(manifest: Manifest, platform: Platform, gateway_url: str) -> list[Check
         status, body = _proxy_result(r.payload)
         ok = status == 200 and body.get("status") == "healthy"
         return [Check("api", "API health", ok, f"API blocked (throttle 0); {fn} GET /health → {status} {body}", ms)]
+    url = platform.endpoint()
     try:
-        resp = httpx.get(f"{gateway_url}/health", timeout=CHECK_TIMEOUT)
+        resp = httpx.get(f"{url}/health", timeout=CHECK_TIMEOUT)
         ms = (time.perf_counter() - t0) * 1000
         body = _json(resp.text)
         ok = resp.status_code == 200 and body.get("status") == "healthy"
         return [Check("api", "API health", ok, f"GET /health → {resp.status_code} {resp.text[:200]}", ms)]
     except httpx.HTTPError as e:
-        return [Check("api", "API health", False, f"GET {gateway_url}/health failed: {e}")]
+        return [Check("api", "API health", False, f"GET {url}/health failed: {e}")]
 
 
 def _functions(platform: Platform) -> list[Check]:
@@ -152,33 +149,32 @@ def _functions(platform: Platform) -> list[Check]:
 
 
 def _database(platform: Platform) -> list[Check]:
-    return [
-        Check("database", c.name, c.ok, c.detail, c.latency_ms)
-        for c in platform.health().checks
-        if c.name.startswith("database") or c.name == "data dir"
-    ]
+    return [Check("database", c.name, c.ok, c.detail, c.latency_ms) for c in platform.describe()]
 
 
 def _queues(manifest: Manifest, env: str, platform: Platform) -> list[Check]:
     limits = manifest.environment(env).queue_age_limits
     dlqs = {q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}
+    names = platform.queues()
+    ages = queue_ages(platform, names)
     out = []
-    for q in platform.queues():
+    for q in names:
         t0 = time.perf_counter()
-        s = platform.queue_stats(q)
+        s = platform.queue_attributes(q)
         ms = (time.perf_counter() - t0) * 1000
-        detail = f"{s.visible} visible, {s.in_flight} in flight, oldest {s.age_of_oldest:.0f} s"
+        age = ages.get(q, 0.0)
+        detail = f"{s.visible} visible, {s.in_flight} in flight, oldest {age:.0f} s"
         ok = True
         if q in dlqs:
             depth = s.visible + s.in_flight
-            detail += f", DLQ depth {depth}, {s.dlq_arrivals} arrivals in all"
+            detail += f", DLQ depth {depth}"
             consumers = [n for n, f in manifest.functions.items() if any(e.queue == q for e in f.queue_events)]
             if depth and consumers:
                 detail += f" (being handled by {', '.join(consumers)})"
             elif depth:
                 ok = False
                 detail += " (messages in the DLQ: inspect, fix, then `backout queue redrive`)"
-        if q in limits and s.age_of_oldest > limits[q]:
+        if q in limits and age > limits[q]:
             if platform.get_processing():
                 ok = False
                 detail += f" (oldest message older than the {limits[q]:g} s limit)"
@@ -188,6 +184,16 @@ def _queues(manifest: Manifest, env: str, platform: Platform) -> list[Check]:
     return out
 
 
+def queue_ages(platform: Platform, queues: list[str], now: float | None = None) -> dict[str, float]:
+    """Each queue's ApproximateAgeOfOldestMessage, its newest datapoint of the last 10 s (SQS has no
+    such attribute: it is a metric), all queues in one call."""
+    now = time.time() if now is None else now
+    qs = [MetricQuery.of(NS_SQS, "ApproximateAgeOfOldestMessage", {"QueueName": q}, int(now) - 10, int(now) + 1, 1,
+                         "Maximum") for q in queues]
+    series = platform.metrics(qs) if qs else []
+    return {q: (pts[-1].value if pts else 0.0) for q, pts in zip(queues, series, strict=True)}
+
+
 def _alarms(
     manifest: Manifest, env: str, platform: Platform, store: Store, live_alarms: dict[str, Any] | None
 ) -> list[Check]:
@@ -195,8 +201,7 @@ def _alarms(
     if active is not None and live_alarms:
         evals = list(live_alarms.values())
     else:
-        fns = platform.functions()
-        live = platform.get_weights(fns[0]).stable if fns else 0
+        live = {fn: platform.get_weights(fn).stable for fn in platform.functions()}
         # the window starts at the last deployment's end: what the rolled-back version did is its incident's
         # evidence, not a fault of the version now live
         since = time.time() - manifest.environment(env).alarm_window
@@ -205,9 +210,8 @@ def _alarms(
             since = max(since, (last.rollback_completed_at or last.finished_at) + settle_seconds(manifest))
         # a queue's age is judged now, by the queues check: a backlog a pause built and that has drained
         # since must not fail verify for a whole alarm window after `resume`
-        rules = [r for r in default_rules(manifest, env, fns, live, since) if r.kind != "queue_age"]
-        evals = list(AlarmSet(rules).evaluate(platform))
-        evals = [c.evaluation for c in evals]
+        rules = [r for r in default_rules(manifest, env, live, since) if r.kind != "queue_age"]
+        evals = [c.evaluation for c in AlarmSet(rules).evaluate(platform)]
     firing = [e for e in evals if e.state == ALARM]
     if not platform.get_processing():  # paused on purpose: queues age, that is not a fault of the version
         firing = [e for e in firing if not e.alarm.startswith("queue-age:")]
@@ -230,23 +234,25 @@ def settle_seconds(manifest: Manifest) -> float:
 
 def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
     active = store.active_deployment(env)
-    want = expected_version(store, env)
+    expected = expected_versions(store, env)
     weights = {fn: platform.get_weights(fn) for fn in platform.functions()}
-    if active is None and want is None:
-        # no deployment has finished yet: every alias should serve one version, the same one
-        singles = Counter(next(iter(w.versions)) for w in weights.values() if len(w.versions) == 1)
-        want = singles.most_common(1)[0][0] if singles else None
+    if active is None and expected is None:
+        # no deployment has finished yet: every alias should serve one release, the same one
+        live = next((r for r in reversed(platform.releases())
+                     if all(w.versions == {r.version(fn): 100.0} for fn, w in weights.items())), None)
+        expected = None if live is None else (live.label(), dict(live.versions))
     out = []
     for fn, w in weights.items():
         desc = ", ".join(f"v{v} {p:g}%" for v, p in w.versions.items())
         if active is not None:
             out.append(Check("aliases", f"{fn}:live", True, f"{desc} (deployment {active.id} in progress)"))
-        elif want is None:
-            out.append(Check("aliases", f"{fn}:live", False, f"{desc}; no deployment in progress, so one version "
+        elif expected is None or fn not in expected[1]:
+            out.append(Check("aliases", f"{fn}:live", False, f"{desc}; no deployment in progress, so one release "
                              "at 100% is expected"))
         else:
-            ok = w.versions == {want: 100.0}
-            out.append(Check("aliases", f"{fn}:live", ok, f"{desc}; expected v{want} 100%"))
+            label, want = expected
+            ok = w.versions == {want[fn]: 100.0}
+            out.append(Check("aliases", f"{fn}:live", ok, f"{desc}; expected v{want[fn]} ({label}) 100%"))
     return out
 
 

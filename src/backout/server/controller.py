@@ -1,7 +1,7 @@
-"""The Controller: the control plane of one environment, as the control API sees it.
+"""The Controller: the control plane of one environment, as the server's API sees it.
 
-It owns the Platform (through the protocol only), and later the deployer,
-alarm evaluator and runbooks, and is ticked once a second by the supervisor.
+It wires the store, the notifier, the deployer (with its Traffic) and the runbook context over one
+Platform, reached through the protocols only; the process that hosts it ticks it once a second.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +16,34 @@ from backout.control.deployer import Deployer
 from backout.control.notify import Notifier
 from backout.control.store import Deployment, Store
 from backout.manifest import Manifest
-from backout.platforms.base import MetricQuery, Platform
+from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, period_at_least
+from backout.runbooks import backups, drill, emergency, repair, rollback, smoke, status, verify
+from backout.runbooks.context import RunbookContext
 
 log = logging.getLogger(__name__)
 
 
 class Controller:
-    def __init__(
-        self, manifest: Manifest, env: str, platform: Platform, state_dir: Path, gateway_url: str = ""
-    ) -> None:
+    def __init__(self, manifest: Manifest, env: str, platform: Platform, state_dir: Path) -> None:
         self.manifest = manifest
         self.env = env
         self.platform = platform
         self.state_dir = state_dir
-        self.gateway_url = gateway_url
         self.started_at = time.time()
         self.on_shutdown: Callable[[], None] = lambda: None
         self.store = Store.for_env(state_dir)
         self.notifier = Notifier(manifest.environment(env).notify, on_result=self._delivery)
-        self.deployer = Deployer(
-            manifest,
-            env,
-            platform,
-            self.store,
-            self.notifier,
-            gateway_url,
-            after_rollback=self._after_rollback,
-        )
-        self._retire: dict[int, float] = {}
+        self.deployer = Deployer(manifest, env, platform, self.store, self.notifier,
+                                 after_rollback=self._after_rollback)
+        self.ctx = RunbookContext(manifest, env, platform, self.store, self.deployer, self.notifier,
+                                  live_alarms=self.live_alarms)
+        self._retire: dict[tuple[str, str], float] = {}
 
     def start(self) -> None:
-        """Called once the platform runs: resume or finish whatever a previous supervisor left."""
+        """Called once the platform runs: put the switches back where the operator left them, then
+        resume or finish whatever a previous process left."""
+        for what in self.deployer.traffic.reconcile_switches():
+            self.store.add_event("reconciled", f"restart: {what} (as stored)", severity="warning")
         self.deployer.resume()
 
     def close(self) -> None:
@@ -62,20 +58,27 @@ class Controller:
         self._retire_old_versions()
 
     def _retire_old_versions(self) -> None:
-        """Versions no alias routes to are kept warm for the rollback window, then let go."""
+        """Versions no alias routes to are kept warm for the rollback window, then let go (only on a
+        platform with the optional Capacity protocol)."""
+        p = self.platform
+        if not isinstance(p, Capacity):
+            return
         now = time.time()
-        live = {v for fn in self.platform.functions() for v in self.platform.get_weights(fn).versions}
         active = self.store.active_deployment(self.env)
-        if active is not None:
-            live |= {active.target_version, active.stable_version or active.target_version}
-        for fn in self.platform.functions():
-            for v in [v.version for v in self.platform.versions()]:
-                if v in live or not self.platform.is_warm(fn, v):
-                    self._retire.pop(v, None)
+        window = self.manifest.environment(self.env).rollback_window
+        for fn in p.functions():
+            live = set(p.get_weights(fn).versions)
+            if active is not None:
+                live |= {active.target_versions.get(fn), active.stable_versions.get(fn)} - {None}  # type: ignore[arg-type]
+            for r in p.releases():
+                v = r.version(fn)
+                key = (fn, v)
+                if v in live or not p.is_warm(fn, v):
+                    self._retire.pop(key, None)
                     continue
-                due = self._retire.setdefault(v, now + self.manifest.environment(self.env).rollback_window)
+                due = self._retire.setdefault(key, now + window)
                 if now >= due:
-                    self.platform.retire(fn, v)
+                    p.retire(fn, v)
 
     def _after_rollback(self, d: Deployment, incident_id: str | None) -> None:
         """After every automatic rollback: run `verify` and keep its result with the incident."""
@@ -83,61 +86,44 @@ class Controller:
         self.store.add_event("verify", report.summary(), deployment_id=d.id, incident_id=incident_id,
                              severity="info" if report.ok else "critical", data=report.as_dict())
 
-    # --- runbooks ----------------------------------------------------------------------------------
     def live_alarms(self) -> dict[str, Any]:
         active = self.store.active_deployment(self.env)
         lv = self.deployer.live.get(active.id) if active else None
         return dict(lv.alarms) if lv else {}
 
-    def verify(self) -> Any:
-        from backout.runbooks.verify import verify
-
-        return verify(self.manifest, self.env, self.platform, self.store, self.gateway_url, self.live_alarms())
+    # --- runbooks ----------------------------------------------------------------------------------
+    def verify(self) -> verify.VerifyReport:
+        return verify.verify(self.ctx)
 
     def smoke(self) -> list[Any]:
-        from backout.runbooks.smoke import run_smoke
-
-        return run_smoke(self.manifest, self.env, self.gateway_url)
+        return smoke.run_smoke(self.ctx)
 
     def runbook_status(self) -> dict[str, Any]:
-        from backout.runbooks.status import status
-
-        return status(self.env, self.manifest.service.name, self.platform, self.store, self.live_alarms(),
-                      self.gateway_url)
+        return status.status(self.ctx)
 
     def rollback(self, to: int | None, reason: str, who: str) -> dict[str, Any]:
-        from backout.runbooks.rollback import manual_rollback
-
-        out = manual_rollback(env=self.env, service=self.manifest.service.name, platform=self.platform,
-                              store=self.store, deployer=self.deployer, notifier=self.notifier, reason=reason,
-                              who=who, to=to)
-        report = self.verify()
-        self.store.add_event("verify", report.summary(), deployment_id=out["deployment"],
-                             incident_id=out.get("incident"), severity="info" if report.ok else "critical",
-                             data=report.as_dict())
-        out["verify"] = report.as_dict()
-        return out
+        return rollback.manual_rollback(self.ctx, reason, who, to)
 
     def emergency_stop(self, reason: str, who: str) -> dict[str, Any]:
-        from backout.runbooks.emergency import emergency_stop
-
-        return emergency_stop(env=self.env, service=self.manifest.service.name, platform=self.platform,
-                              store=self.store, deployer=self.deployer, notifier=self.notifier, reason=reason,
-                              who=who)
+        return emergency.emergency_stop(self.ctx, reason, who)
 
     def resume(self, force: bool, who: str) -> dict[str, Any]:
-        from backout.runbooks.emergency import resume
-
-        return resume(env=self.env, spec=self.manifest.environment(self.env), platform=self.platform,
-                      store=self.store, report=self.verify(), force=force, who=who)
+        return emergency.resume(self.ctx, self.verify(), force, who)
 
     def drill(self, fault: str, target_seconds: float, allow_prod: bool, who: str) -> dict[str, Any]:
-        from backout.runbooks.drill import drill
+        return drill.drill(self.ctx, fault, target_seconds, allow_prod, who)
 
-        return drill(manifest=self.manifest, env=self.env, platform=self.platform, store=self.store,
-                     deployer=self.deployer, notifier=self.notifier, gateway_url=self.gateway_url,
-                     send=self.platform.send_message, fault=fault, target_seconds=target_seconds,
-                     allow_prod=allow_prod, who=who, verify=self.verify, smoke=self.smoke)
+    def backups(self) -> list[dict[str, Any]]:
+        return backups.list_backups(self.ctx)
+
+    def backup(self, label: str) -> dict[str, Any]:
+        return backups.create(self.ctx, label)
+
+    def restore(self, backup_id: str, yes: bool, who: str) -> dict[str, Any]:
+        return backups.restore(self.ctx, backup_id, yes, who)
+
+    def repair(self, deployment_id: str, dry_run: bool, who: str) -> dict[str, Any]:
+        return repair.repair(self.ctx, deployment_id, dry_run, who)
 
     def _delivery(self, result: Any) -> None:
         if not result.ok:
@@ -149,7 +135,7 @@ class Controller:
             )
 
     # --- read models for the API ------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def platform_view(self) -> dict[str, Any]:
         p = self.platform
         functions = {}
         for fn in p.functions():
@@ -158,43 +144,39 @@ class Controller:
                 "stable": w.stable,
                 "canary": w.canary,
                 "canary_weight": w.canary_weight,
-                "weights": {str(k): v for k, v in w.versions.items()},
+                "weights": dict(w.versions),
             }
         t = p.get_throttle()
         return {
             "env": self.env,
             "service": self.manifest.service.name,
-            "gateway_url": self.gateway_url,
+            "gateway_url": p.endpoint(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "functions": functions,
             "throttle": {"rate": t.rate, "burst": t.burst, "blocked": t.rate == 0},
             "processing": p.get_processing(),
-            "queues": {q: p.queue_stats(q).as_dict() for q in p.queues()},
-            "versions": [asdict(v) for v in p.versions()],
+            "queues": status.queue_view(self.manifest, p),
+            "releases": [r.as_dict() for r in p.releases()],
         }
 
-    def metric_summary(self, fn: str, version: int | None, since: float) -> dict[str, Any]:
-        """Totals and duration percentiles of one function (or one of its versions) since `since`."""
-        from backout.platforms.base import NS_LAMBDA
-
+    def metric_summary(self, fn: str, version: str | None, since: float) -> dict[str, Any]:
+        """Totals and duration percentiles of one function (or one of its versions) since `since`:
+        one batched call, one aligned period covering the window (CloudWatch's semantics)."""
         now = time.time()
         dims = {"FunctionName": fn}
         if version is not None:
             dims["ExecutedVersion"] = str(version)
-        period = max(1, int(now - since) + 1)
-        out: dict[str, Any] = {"function": fn, "version": version, "window_seconds": round(now - since)}
-        for metric, stats in (
-            ("Invocations", ("Sum",)),
-            ("Errors", ("Sum",)),
-            ("Throttles", ("Sum",)),
-            ("Duration", ("Average", "p50", "p90", "p99", "Maximum")),
-            ("ConcurrentExecutions", ("Maximum",)),
-        ):
-            for stat in stats:
-                q = MetricQuery.of(NS_LAMBDA, metric, dims, since, now + 1, period, stat)
-                pts = self.platform.metrics(q)
-                value = _combine(pts, stat)
-                out[f"{metric}.{stat}" if len(stats) > 1 or stat != "Sum" else metric] = value
+        period = period_at_least(now - since)
+        start = (int(since) // period) * period
+        wanted = [("Invocations", "Sum"), ("Errors", "Sum"), ("Throttles", "Sum"), ("Duration", "Average"),
+                  ("Duration", "p50"), ("Duration", "p90"), ("Duration", "p99"), ("Duration", "Maximum"),
+                  ("ConcurrentExecutions", "Maximum")]
+        series = self.platform.metrics([MetricQuery.of(NS_LAMBDA, m, dims, start, now + 1, period, stat)
+                                        for m, stat in wanted])
+        out: dict[str, Any] = {"function": fn, "version": version, "window_seconds": round(now - start)}
+        for (metric, stat), pts in zip(wanted, series, strict=True):
+            key = metric if stat == "Sum" else f"{metric}.{stat}"
+            out[key] = _combine(pts, stat)
         inv = out.get("Invocations") or 0
         out["error_rate_pct"] = round(100.0 * (out.get("Errors") or 0) / inv, 2) if inv else None
         return out

@@ -1,5 +1,6 @@
-"""The supervisor: one process per environment running the gateway, the control API,
-queue pollers, warm workers and the periodic control loop.
+"""The server process: one per environment, running the control API and the controller's loop,
+and — for a hosted platform (local) — the platform itself: its gateway, queue pollers and warm
+workers. The platform comes from `open_platform`; nothing here knows which one it is.
 
 `backout up` runs it in the foreground; `backout up --detach` starts it as a
 daemon and returns once its control API answers. A second supervisor for the
@@ -32,8 +33,8 @@ from backout.errors import UsageError
 from backout.manifest import Manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
-    from backout.control.controller import Controller
-    from backout.platforms.local.platform import LocalPlatform
+    from backout.platforms.base import Hosted
+    from backout.server.controller import Controller
 
 log = logging.getLogger("backout.supervisor")
 
@@ -148,9 +149,10 @@ class Supervisor:
             s.should_exit = True
 
     def run(self) -> None:
-        from backout.control.api import build_app
-        from backout.control.controller import Controller
-        from backout.platforms.local.platform import LocalPlatform
+        from backout.platforms import open_platform
+        from backout.platforms.base import Hosted
+        from backout.server.app import build_app
+        from backout.server.controller import Controller
 
         with supervisor_lock(self.state_dir, self.env):
             (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
@@ -159,17 +161,15 @@ class Supervisor:
             ctl_sock = _bind(self.spec.host, self.spec.control_port)
             gw_url = f"http://{self.spec.host}:{gw_sock.getsockname()[1]}"
             ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
-            platform = LocalPlatform(self.manifest, self.env, self.state_dir)
-            platform.gateway_url = gw_url
+            platform = open_platform(self.manifest, self.env, self.state_dir)
+            if not isinstance(platform, Hosted):
+                raise UsageError(f"environment {self.env!r} runs on its own platform: there is nothing to bring up")
+            platform.bind(gw_url)
             platform.bootstrap()
-            controller = Controller(self.manifest, self.env, platform, self.state_dir, gateway_url=gw_url)
+            controller = Controller(self.manifest, self.env, platform, self.state_dir)
             controller.on_shutdown = lambda: self.request_stop("POST /shutdown (backout down)")
             app = build_app(controller, token)
-            for fn in platform.functions():
-                w = platform.get_weights(fn)
-                for v in w.versions:
-                    with contextlib.suppress(Exception):
-                        platform.warm(fn, v)
+            _prewarm_live(platform)
             platform.start()
             controller.start()
             ticker = threading.Thread(
@@ -179,7 +179,7 @@ class Supervisor:
             self._servers = [
                 _Server(
                     uvicorn.Config(
-                        platform.gateway.app,
+                        platform.gateway_app(),
                         log_level="warning",
                         access_log=False,
                         loop="uvloop",
@@ -220,16 +220,28 @@ class Supervisor:
         gw, ctl = self._servers
         await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
 
-    def _tick(self, platform: LocalPlatform, controller: Controller) -> None:
-        """Once a second: persist metrics, sample queues, let the control plane evaluate."""
+    def _tick(self, platform: Hosted, controller: Controller) -> None:
+        """Once a second: the platform samples and persists its metrics, then the control plane ticks."""
         with contextlib.suppress(Exception):
-            platform.sample_queues()
+            platform.tick()
         while not self._stop.wait(1.0 - (time.time() % 1.0)):
-            for step in (platform.sample_queues, platform.metrics_store.flush, controller.tick):
+            for step in (platform.tick, controller.tick):
                 try:
                     step()
                 except Exception:
                     log.exception("periodic %s failed", getattr(step, "__name__", step))
+
+
+def _prewarm_live(platform: object) -> None:
+    """Every version a live alias routes to answers its first request warm (optional Capacity)."""
+    from backout.platforms.base import Capacity, Routing
+
+    if not isinstance(platform, Capacity) or not isinstance(platform, Routing):
+        return
+    for fn in platform.functions():  # type: ignore[attr-defined]
+        for v in platform.get_weights(fn).versions:
+            with contextlib.suppress(Exception):
+                platform.prewarm(fn, v)
 
 
 def start_detached(

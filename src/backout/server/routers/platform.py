@@ -1,0 +1,128 @@
+"""Platform routes: releases, aliases (operator overrides go through Traffic), invoke, queues, switches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from backout.errors import UsageError
+from backout.server.controller import Controller
+
+
+class PublishBody(BaseModel):
+    source: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+
+class AliasBody(BaseModel):
+    stable: str
+    canary: str | None = None
+    weight: float = Field(default=0.0, ge=0, le=100)
+    who: str = ""
+
+
+class InvokeBody(BaseModel):
+    version: str | None = None
+    payload: Any = Field(default_factory=dict)
+
+
+class ThrottleBody(BaseModel):
+    rate: float = Field(ge=0)
+    burst: int = Field(ge=0)
+    who: str = ""
+    reason: str = ""
+
+
+class ProcessingBody(BaseModel):
+    enabled: bool
+    who: str = ""
+    reason: str = ""
+
+
+def router(c: Controller) -> APIRouter:
+    r = APIRouter()
+    p = c.platform
+    traffic = c.deployer.traffic
+
+    @r.get("/platform")
+    def platform_view() -> dict[str, Any]:
+        return c.platform_view()
+
+    @r.post("/shutdown")
+    def shutdown() -> dict[str, Any]:
+        c.on_shutdown()
+        return {"stopping": True}
+
+    @r.post("/publish")
+    def publish(body: PublishBody) -> dict[str, Any]:
+        src = Path(body.source) if body.source else c.manifest.source_dir
+        return p.publish(src, body.environment or None, body.description).as_dict()
+
+    @r.get("/releases")
+    def releases() -> list[dict[str, Any]]:
+        return [x.as_dict() for x in p.releases()]
+
+    @r.get("/aliases/{fn}")
+    def get_alias(fn: str) -> dict[str, Any]:
+        _known(c, fn)
+        return asdict(p.get_weights(fn))
+
+    @r.put("/aliases/{fn}")
+    def set_alias(fn: str, body: AliasBody) -> dict[str, Any]:
+        _known(c, fn)
+        traffic.override(fn, body.stable, body.canary, body.weight, body.who)
+        return asdict(p.get_weights(fn))
+
+    @r.post("/invoke/{fn}")
+    def invoke(fn: str, body: InvokeBody) -> dict[str, Any]:
+        _known(c, fn)
+        return asdict(p.invoke(fn, body.version, body.payload))
+
+    @r.get("/queues")
+    def queues() -> list[dict[str, Any]]:
+        from backout.runbooks.status import queue_view
+
+        return list(queue_view(c.manifest, p).values())
+
+    @r.get("/queues/{name}")
+    def queue(name: str) -> dict[str, Any]:
+        from backout.runbooks.status import queue_view
+
+        view = queue_view(c.manifest, p)
+        if name not in view:
+            raise UsageError(f"no queue named {name!r} (known: {', '.join(view)})")
+        return view[name]
+
+    @r.post("/queues/{name}/redrive")
+    def redrive(name: str) -> dict[str, Any]:
+        return p.start_redrive(name).as_dict()
+
+    @r.get("/queues/{name}/redrives")
+    def redrives(name: str) -> list[dict[str, Any]]:
+        return [t.as_dict() for t in p.redrive_status(name)]
+
+    @r.post("/throttle")
+    def throttle(body: ThrottleBody) -> dict[str, Any]:
+        return asdict(traffic.set_throttle(body.rate, body.burst, body.who, body.reason))
+
+    @r.post("/processing")
+    def processing(body: ProcessingBody) -> dict[str, Any]:
+        traffic.set_processing(body.enabled, body.who, body.reason)
+        return {"enabled": p.get_processing()}
+
+    @r.get("/health")
+    def health() -> dict[str, Any]:
+        checks = p.describe()
+        return {"ok": all(x.ok for x in checks), "checks": [asdict(x) for x in checks]}
+
+    return r
+
+
+def _known(c: Controller, fn: str) -> None:
+    if fn not in c.manifest.functions:
+        raise UsageError(f"no function named {fn!r} (known: {', '.join(c.manifest.functions)})")
