@@ -216,7 +216,7 @@ def _failed(a: Answer) -> bool:
 
 def analyse(load: OpenLoad, view: dict[str, Any], rate: float) -> dict[str, Any]:
     d = view["deployment"]
-    new = str(d["target_version"])
+    new = str(d["target_release"])
     answers = sorted(load.answers, key=lambda a: a.done)
     bad = [a for a in answers if a.version == new and a.status >= 500]
     during = [a for a in answers if a.sent >= d["created_at"]]

@@ -296,7 +296,7 @@ def queue_round_trips(tmp: Path, n: int) -> list[Figure]:
 
 def weight_change(sup: Supervisor, rounds: int) -> list[Figure]:
     """Under steady traffic, flip the alias between v1 and v2 (100 %) and time the first new answer."""
-    v2 = sup.api("POST", "/publish", json={"environment": {"BENCH_VERSION": "2"}})["version"]
+    v2 = sup.api("POST", "/publish", json={"environment": {"BENCH_VERSION": "2"}})["id"]
     sup.api("PUT", "/aliases/api", json={"stable": 1, "canary": v2, "weight": 0})  # both warm
     sup.api("PUT", "/aliases/api", json={"stable": 1})
     interval = 0.4

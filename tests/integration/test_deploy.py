@@ -234,12 +234,12 @@ def test_good_version_goes_through_the_canary_to_succeeded(world: World) -> None
     assert "step 1/2: 20 % on v" in r.stdout and "step 2/2: 100 % on v" in r.stdout, r.stdout
     assert "error-rate:api" in r.stdout and "API 5xx 0 ≤ 5 over" in r.stdout, r.stdout
     assert "Succeeded" in r.stdout
-    assert_all_on(env, d["target_version"])
-    assert load.served_by(d["target_version"]), "the canary took no traffic"
+    assert_all_on(env, d["target_release"])
+    assert load.served_by(d["target_release"]), "the canary took no traffic"
     # no client saw a failure (a 429 is possible: cold starts of the new version on a busy machine)
     assert all(a.status in (200, 202, 429) for a in load.answers), {a.status for a in load.answers}
     health = httpx.get(f"{env.gateway_url}/health", timeout=10).json()
-    assert health["service_version"].startswith("good-") and health["version"] == str(d["target_version"])
+    assert health["service_version"].startswith("good-") and health["version"] == str(d["target_release"])
     listed = env.cli_json("deployments")
     assert listed[0]["id"] == d["id"] and listed[0]["status"] == "Succeeded"
     kinds = [e["kind"] for e in env.deployment(d["id"])["events"]]
@@ -267,10 +267,10 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     assert (" > 10 %" in evidence and "on api v" in evidence) or " > 5 over" in evidence, evidence
     assert rollback_ms(d) < 1000
     assert env.weights() == before, "every alias back on the stable version, 100 %"
-    bad = load.served_by(d["target_version"])
+    bad = load.served_by(d["target_release"])
     assert any(a.status >= 500 for a in bad) and any(a.status < 500 for a in bad)
     late = [a for a in load.answers if a.sent > d["rollback_completed_at"] + 0.5]
-    assert late and not [a for a in late if a.version == str(d["target_version"])]
+    assert late and not [a for a in late if a.version == str(d["target_release"])]
     # no job lost: every drawing acknowledged during the deployment completes
     jobs = [a.job_id for a in load.answers if a.job_id and a.sent >= started]
     assert len(jobs) >= 5, len(jobs)
@@ -291,7 +291,7 @@ def test_worker_crashing_on_every_message_rolls_back(world: World) -> None:
     assert d["status"] == "RolledBack" and d["current_step"] == 0
     assert "error-rate:worker" in d["reason"] or "dlq-arrivals" in d["reason"], d["reason"]
     evidence = " ".join(rolled_back_event(view)["data"]["evidence"])
-    assert f"on worker v{d['target_version']}" in evidence or "DLQ arrivals" in evidence, evidence
+    assert f"on worker v{d['target_release']}" in evidence or "DLQ arrivals" in evidence, evidence
     assert " > " in evidence, evidence
     assert rollback_ms(d) < 1000
     assert env.weights() == before
@@ -322,11 +322,11 @@ def test_failing_pre_traffic_hook_rolls_back_before_any_traffic(world: World) ->
     assert "exit 3" in failed["message"] and "refused by the gate file" in failed["data"]["output"]
     assert rollback_ms(d) < 1000
     assert env.weights() == before
-    assert load.answers and not load.served_by(d["target_version"])
+    assert load.answers and not load.served_by(d["target_release"])
     served = env.api("POST", "/metrics/query", json={
         "namespace": "AWS/ApiGateway", "metric": "Count", "start": d["created_at"] - 1, "end": time.time() + 1,
         "dimensions": {"ApiName": "security-assistant", "Stage": "staging",
-                       "ExecutedVersion": str(d["target_version"])},
+                       "ExecutedVersion": str(d["target_release"])},
         "period": 3600, "statistic": "Sum"})
     assert sum(p["value"] for p in served) == 0, served
 
@@ -362,10 +362,10 @@ def test_stop_without_rollback_leaves_traffic_where_it_is(world: World) -> None:
     after = env.deployment(d["id"])["deployment"]
     assert after["status"] == "Stopped" and after["rollback_decided_at"] is None
     for w in env.weights().values():
-        assert w == {str(d["stable_version"]): 50.0, str(d["target_version"]): 50.0}, w
+        assert w == {str(d["stable_release"]): 50.0, str(d["target_release"]): 50.0}, w
     # an operator decides what comes next; here: a manual rollback puts the stable version back
-    env.cli("rollback", "--to", str(d["stable_version"]), "--reason", "test cleanup", check=True)
-    assert_all_on(env, d["stable_version"])
+    env.cli("rollback", "--to", str(d["stable_release"]), "--reason", "test cleanup", check=True)
+    assert_all_on(env, d["stable_release"])
 
 
 def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: World) -> None:
@@ -391,7 +391,7 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     # the hold went on from the stored step start: neither cut short nor started again
     assert steps[1]["ts"] >= steps[0]["ts"] + 8.0 - 0.5
     assert steps[1]["ts"] < max(resumed["ts"], steps[0]["ts"] + 8.0) + 3.0
-    want = after["target_version"] if after["status"] == "Succeeded" else after["stable_version"]
+    want = after["target_release"] if after["status"] == "Succeeded" else after["stable_release"]
     assert after["status"] in ("Succeeded", "RolledBack")
     assert_all_on(env, want)
     r = env.cli("verify")
@@ -407,11 +407,11 @@ def test_approval_gate_waits_for_backout_approve(world: World) -> None:
         wait_for(lambda: prod.latest()["status"] == "AwaitingApproval", timeout=30, what="AwaitingApproval")
         time.sleep(1.0)
         assert prod.latest()["status"] == "AwaitingApproval" and prod.latest()["current_step"] is None
-        assert_all_on(prod, d["stable_version"])
+        assert_all_on(prod, d["stable_release"])
         r = prod.cli("approve", d["id"], check=True)
         view = prod.wait_terminal(d["id"], timeout=60)
         assert view["deployment"]["status"] == "Succeeded"
-        assert_all_on(prod, d["target_version"])
+        assert_all_on(prod, d["target_release"])
         kinds = [e["kind"] for e in view["events"]]
         assert kinds.index("approval_needed") < kinds.index("approved") < kinds.index("step_reached")
         wait_for(lambda: any("waits for approval" in m.get("title", "") for m in world.receiver.about(d["id"])),
@@ -437,7 +437,7 @@ def test_notifications_carry_the_evidence_and_a_dead_target_delays_nothing(world
 
     got = wait_for(both, timeout=20, what="deployment_started and rolled_back notifications")
     started = next(m for m in got if " started: " in m["title"])
-    assert f"v{d['stable_version']} → v{d['target_version']}" in started["title"]
+    assert f"v{d['stable_release']} → v{d['target_release']}" in started["title"]
     rolled = next(m for m in got if " rolled back to " in m["title"])
     assert rolled["type"] == "failure"
     assert "Evidence:" in rolled["message"], rolled["message"]

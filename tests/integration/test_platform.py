@@ -222,9 +222,9 @@ def _versions(svc: Svc, n: int, path: str = "/items/1", threads: int = 3) -> Cou
 
 def test_weighted_routing_matches_weights_and_changes_at_once(svc: Svc) -> None:
     env = svc.env
-    v2 = env.cli_json("publish", "--set-env", "X=1")["version"]
+    v2 = env.cli_json("publish", "--set-env", "X=1")["id"]
     assert v2 > 1
-    assert env.cli_json("publish", "--set-env", "X=1")["version"] == v2  # same content → same version
+    assert env.cli_json("publish", "--set-env", "X=1")["id"] == v2  # same content → same version
     try:
         w = env.cli_json("alias", "api", "--stable", "1", "--canary", str(v2), "--weight", "10")
         assert (w["stable"], w["canary"], w["canary_weight"]) == (1, v2, 10.0)
@@ -271,7 +271,7 @@ def test_two_versions_run_side_by_side_isolated(svc: Svc) -> None:
     code2 = svc.root / "code2"
     code2.mkdir(exist_ok=True)
     (code2 / "app.py").write_text(APP.format(tag="two"))
-    v = env.cli_json("publish", str(code2))["version"]
+    v = env.cli_json("publish", str(code2))["id"]
     assert v > 1
 
     def invoke(version: int) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def test_two_versions_run_side_by_side_isolated(svc: Svc) -> None:
 
     with ThreadPoolExecutor(2) as pool:  # both at the same time
         a, b = pool.map(invoke, [1, v])
-    assert (a["version"], b["version"]) == (1, v)
+    assert (a["version"], b["version"]) == ("1", str(v))
     assert (a["payload"]["tag"], b["payload"]["tag"]) == ("one", "two")
     assert a["payload"]["version"] == "1" and b["payload"]["version"] == str(v)
     assert a["payload"]["pid"] != b["payload"]["pid"]

@@ -269,11 +269,11 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     assert s["deployment"]["id"] == d["id"] and s["deployment"]["step_label"] == "1/2"
     assert {"error-rate:api", "api-5xx"} <= set(s["alarms"]) and s["alarms"]["api-5xx"]["state"] == "OK"
     for f in s["functions"].values():
-        assert f["weights"] == {str(stable): 50.0, str(d["target_version"]): 50.0}
+        assert f["weights"] == {str(stable): 50.0, str(d["target_release"]): 50.0}
 
     r = env.cli("rollback", "--reason", "canary looks wrong to me")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "stopped the deployment" in r.stdout and f"v{d['target_version']} → v{stable}" in r.stdout
+    assert "stopped the deployment" in r.stdout and f"r{d['target_release']} → r{stable}" in r.stdout
     assert "all checks passed" in r.stdout  # verify ran and printed its table
 
     view = env.cli_json("deployment", "show", d["id"])
@@ -321,8 +321,8 @@ def test_rollback_does_not_wait_for_a_busy_deployment_runner(env: RunningEnv, ga
 def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningEnv, receiver: Receiver) -> None:
     base = live_version(env)
     a = deploy(env, "--strategy", "Fast", "--set-env", "RUNBOOK_TEST=after-a")["deployment"]
-    assert a["status"] == "Succeeded" and a["stable_version"] == base
-    va = a["target_version"]
+    assert a["status"] == "Succeeded" and a["stable_release"] == base
+    va = a["target_release"]
 
     # right after: the previous version is still warm → the switch is an alias update, nothing more
     r = env.cli_json("rollback", "--reason", "users report wrong totals")
@@ -338,16 +338,16 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
     # a version found bad after it succeeded: repair knows it and its pre-deployment snapshot
     dry = env.cli_json("repair", "--deployment", r["deployment"], "--dry-run")
     by_va = sorted(j for j, rec in jobs_db(env).items() if (rec["processed_by"] or {}).get("version") == str(va))
-    assert dry["bad_version"] == va and dry["jobs"] == by_va and by_va  # the known-answer hook's job at least
+    assert dry["bad_release"] == va and dry["jobs"] == by_va and by_va  # the known-answer hook's job at least
     assert dry["snapshot"] == next(b for b in env.cli_json("backup", "list") if b["deployment_id"] == a["id"])[
         "platform_snapshot_id"
     ]
 
     # base → va again, then va → vc: the previous stable of vc is va, and `--to base` goes further back
-    assert deploy(env, "--strategy", "Fast", "--version", str(va))["deployment"]["status"] == "Succeeded"
+    assert deploy(env, "--strategy", "Fast", "--release", str(va))["deployment"]["status"] == "Succeeded"
     c = deploy(env, "--strategy", "Fast", "--set-env", "RUNBOOK_TEST=after-c")["deployment"]
-    assert c["status"] == "Succeeded" and c["stable_version"] == va
-    vc = c["target_version"]
+    assert c["status"] == "Succeeded" and c["stable_release"] == va
+    vc = c["target_release"]
     # base went out of the rollback window: its workers are gone
     wait_for(lambda: worker_versions(env)[base] == 0, timeout=60, what=f"v{base}'s workers to retire")
 
@@ -393,12 +393,12 @@ def test_emergency_stop_under_load_loses_nothing(env: RunningEnv, receiver: Rece
     assert set(load.codes) == {202, 429}, load.codes  # accepted, then turned away: no errors
 
     steps = [s["step"] for s in stop["steps"]]
-    assert steps == ["block API", "pause processing", "stop deployment", "snapshot data", "notify"]
+    assert steps == ["block API", "pause processing", "stop deployment", "back up data", "notify"]
     assert all(s["ok"] and s["ms"] >= 0 for s in stop["steps"]), stop["steps"]
     assert d["id"] in stop["steps"][2]["detail"]
 
     note = receiver.wait("emergency stop", "schedules look corrupt", stop["incident"])
-    assert "block API" in note["message"] and "snapshot" in note["message"]
+    assert "block API" in note["message"] and "back up data" in note["message"]
     r = gw.get("/health")
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
     view = env.cli_json("deployment", "show", d["id"])
@@ -456,7 +456,7 @@ def test_emergency_stop_under_load_loses_nothing(env: RunningEnv, receiver: Rece
 
 def test_resume_refuses_a_failing_verify_unless_forced(env: RunningEnv) -> None:
     live = live_version(env)
-    other = env.cli_json("publish", "--set-env", "RUNBOOK_TEST=resume")["version"]
+    other = env.cli_json("publish", "--set-env", "RUNBOOK_TEST=resume")["id"]
     stop = env.cli_json("emergency-stop", "--reason", "drill of the drill", "--yes")
     try:
         env.cli("alias", "api", "--stable", str(live), "--canary", str(other), "--weight", "50", check=True)
@@ -592,7 +592,7 @@ def test_verify_passes_then_names_what_is_unreachable(env: RunningEnv, tmp_path:
 
     # an alias moved by hand, behind the control plane's back
     live = live_version(env)
-    other = env.cli_json("publish", "--set-env", "RUNBOOK_TEST=verify")["version"]
+    other = env.cli_json("publish", "--set-env", "RUNBOOK_TEST=verify")["id"]
     try:
         env.cli("alias", "api", "--stable", str(live), "--canary", str(other), "--weight", "50", check=True)
         (bad,) = _failures(env)
@@ -662,7 +662,7 @@ def test_drill_of_each_fault_kind_and_the_monthly_warning(env: RunningEnv, recei
         assert 0 < out["first_traffic_to_stable_seconds"] <= 60
         d = env.cli_json("deployment", "show", out["deployment"])
         assert d["deployment"]["status"] == "RolledBack"
-        assert d["deployment"]["target_version"] != stable
+        assert d["deployment"]["target_release"] != stable
         assert d["incident"]["status"] == "closed" and "drill" in d["incident"]["root_cause"]
         assert out["detail"]["verify"]["ok"] and all(s["ok"] for s in out["detail"]["smoke"])
         assert live_version(env) == stable
@@ -693,7 +693,7 @@ def test_corrupting_version_is_caught_rolled_back_and_its_jobs_repaired(env: Run
         view = deploy(env, "--strategy", "Fast", "--set-env", "SDA_FAULTS=corrupt_results")
         time.sleep(1.0)  # a few more jobs after the rollback, for the good version
     d = view["deployment"]
-    bad = d["target_version"]
+    bad = d["target_release"]
     assert d["status"] == "RolledBack" and "known-answer" in d["reason"], d
     assert live_version(env) == good
     hook = [e for e in view["events"] if e["kind"] == "hook_failed"]
@@ -715,7 +715,7 @@ def test_corrupting_version_is_caught_rolled_back_and_its_jobs_repaired(env: Run
         files_before = {j: components(env, j) for j in submitted if j not in affected}
 
     dry = env.cli_json("repair", "--deployment", d["id"], "--dry-run")
-    assert dry["dry_run"] and dry["bad_version"] == bad and dry["jobs"] == affected
+    assert dry["dry_run"] and dry["bad_release"] == bad and dry["jobs"] == affected
     assert jobs_db(env) == records  # a dry run changes nothing
 
     r = env.cli_json("repair", "--deployment", d["id"])

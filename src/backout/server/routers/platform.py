@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from backout.errors import UsageError
 from backout.server.controller import Controller
@@ -20,6 +20,8 @@ class PublishBody(BaseModel):
 
 
 class AliasBody(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)  # versions are strings, as Lambda's; 7 means "7"
+
     stable: str
     canary: str | None = None
     weight: float = Field(default=0.0, ge=0, le=100)
@@ -27,6 +29,8 @@ class AliasBody(BaseModel):
 
 
 class InvokeBody(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     version: str | None = None
     payload: Any = Field(default_factory=dict)
 
