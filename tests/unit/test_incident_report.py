@@ -23,6 +23,7 @@ from backout.control.store import Store
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.runbooks import incidents as ir
+from backout.runbooks.incidents import chart as incident_chart
 
 ENV = "staging"
 CANARY = Strategy("Canary10Percent30Seconds", (Step(10.0, 30.0), Step(100.0, 0.0)))
@@ -351,7 +352,7 @@ def test_chart_is_a_real_png_with_both_series(rolled_back: dict[str, Any], tmp_p
     reds = ((img[:, :, 0] > 0.9) & (img[:, :, 1] < 0.2) & (img[:, :, 2] < 0.2)).sum()
     assert reds > 100  # the rollback line
     # the error-rate series: a trailing 5 s sum; 0 % before the bad seconds, then 2 of every 3 calls fail
-    xs, ys = ir._rolling_rate(
+    xs, ys = incident_chart._rolling_rate(
         view.impact["functions"]["worker"]["per_second"],
         int(view.impact["window"][0]),
         int(view.impact["window"][1]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from backout.cli.context import Client, EnvOpt, JsonOpt
+from backout.cli.inputs import parse_set_env, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed
 
@@ -48,15 +48,13 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a new release and shift traffic to it step by step, rolling back on any alarm."""
-    from backout.cli.main import _pairs
-
     c = Client(env)
     body = {
         "source": str(source.resolve()) if source else None,
         "strategy": strategy,
         "description": description,
-        "created_by": _who(),
-        "environment": _pairs(set_env),
+        "created_by": who(),
+        "environment": parse_set_env(set_env),
         "release": release,
     }
     view = c.call("POST", "/deployments", body)
@@ -128,7 +126,7 @@ def deployments(env: EnvOpt = None, limit: int = 20, as_json: JsonOpt = False) -
 
 def approve(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     """Approve a deployment waiting in AwaitingApproval (environments with require_approval)."""
-    view = Client(env).call("POST", f"/deployments/{deployment_id}/approve", {"who": _who()})
+    view = Client(env).call("POST", f"/deployments/{deployment_id}/approve", {"who": who()})
     emit_json(view) if as_json else console.print(f"approved {deployment_id}")
 
 
@@ -141,7 +139,7 @@ def stop(
 ) -> None:
     """Stop an active deployment (like CodeDeploy stop-deployment); by default roll it back."""
     c = Client(env)
-    body = {"rollback": not no_rollback, "reason": reason or f"stopped by {_who()}", "who": _who()}
+    body = {"rollback": not no_rollback, "reason": reason or f"stopped by {who()}", "who": who()}
     view = c.call("POST", f"/deployments/{deployment_id}/stop", body)
     if as_json:
         return emit_json(view)
@@ -247,10 +245,3 @@ def _dur(d: dict[str, Any]) -> str:
     if d["finished_at"] is None:
         return "running"
     return f"{d['finished_at'] - d['created_at']:.1f} s"
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

@@ -6,7 +6,6 @@ incident is worked on after the fact, often while the environment is down.
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from backout.cli.context import SETTINGS, EnvOpt, JsonOpt, env_name
+from backout.cli.inputs import who
 from backout.cli.render import console, emit_json, table
 from backout.control.store import Store
 from backout.errors import UsageError
@@ -47,13 +47,6 @@ def _open(env: str | None, must_exist: bool = True) -> tuple[str, Store | None]:
             raise UsageError(f"environment {name!r} has no incidents yet (no {path})")
         return name, None
     return name, Store(path)
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 @incident_app.command("list")
@@ -169,7 +162,7 @@ def note(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.add_note(store, incident_id, text, _who())
+        inc = ir.add_note(store, incident_id, text, who())
     console.print(f"note {len(inc.notes)} added to {inc.id}")
 
 
@@ -236,7 +229,7 @@ def close_(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.close(store, incident_id, root_cause, _who())
+        inc = ir.close(store, incident_id, root_cause, who())
         open_actions = sum(1 for a in inc.action_items if not a.get("done"))
     console.print(
         f"{inc.id} closed"

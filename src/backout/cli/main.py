@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
+from backout.cli.inputs import parse_set_env
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
@@ -89,7 +90,7 @@ def publish(
 ) -> None:
     """Publish a release: every function's code and configuration (same content → same release)."""
     c = Client(env)
-    extra = _pairs(set_env)
+    extra = parse_set_env(set_env)
     src = str(source.resolve()) if source else None
     r = c.call("POST", "/publish", {"source": src, "environment": extra, "description": description})
     emit_json(r) if as_json else console.print(f"release {r['id']} ({_versions(r)})")
@@ -296,16 +297,6 @@ def _exited(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise UsageError(f"--set-env {it!r}: expected KEY=VALUE")
-        k, v = it.split("=", 1)
-        out[k] = v
-    return out
 
 
 def _ts(t: float) -> str:

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.deploy_cmds import _who
+from backout.cli.inputs import who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed, UsageError
 
@@ -150,7 +150,7 @@ def rollback(
         raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
     if name == "prod":
         _confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
-    r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": _who()})
+    r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": who()})
     if as_json:
         emit_json(r)
     else:
@@ -181,7 +181,7 @@ def emergency_stop(
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
     _confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
-    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": _who()})
+    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who()})
     if as_json:
         return emit_json(r)
     table(
@@ -202,7 +202,7 @@ def resume(
 ) -> None:
     """Re-enable processing and the API after an emergency stop, once verify passes."""
     c = Client(env)
-    r = c.call("POST", "/resume", {"force": force, "who": _who()})
+    r = c.call("POST", "/resume", {"force": force, "who": who()})
     if as_json:
         return emit_json(r)
     _check_rows(r["verify"])
@@ -216,7 +216,7 @@ def repair(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the jobs a rolled-back version processed to their pre-deployment state and reprocess them."""
-    r = Client(env).call("POST", "/repair", {"deployment": deployment, "dry_run": dry_run, "who": _who()})
+    r = Client(env).call("POST", "/repair", {"deployment": deployment, "dry_run": dry_run, "who": who()})
     if as_json:
         return emit_json(r)
     console.print(
@@ -264,7 +264,7 @@ def backup_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
 @backup_app.command("restore")
 def backup_restore(backup_id: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Restore all data from a backup (drops later jobs: prefer `backout repair`); needs --yes."""
-    r = Client(env).call("POST", f"/backups/{backup_id}/restore", {"yes": yes, "who": _who()})
+    r = Client(env).call("POST", f"/backups/{backup_id}/restore", {"yes": yes, "who": who()})
     emit_json(r) if as_json else console.print(f"restored {r['restored']} in {r['seconds']:.2f} s: {r['diff']}")
 
 
@@ -288,7 +288,7 @@ def drill(
     c = Client(name)
     c._http.timeout = target_seconds + 300
     r = c.call(
-        "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": _who()}
+        "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": who()}
     )
     if as_json:
         emit_json(r)
