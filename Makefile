@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(PY) -m backout.demo
+	$(PY) -m backout.cli.demo
 
 test: install
 	$(PY) -m pytest -n 2 -q

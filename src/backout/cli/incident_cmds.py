@@ -106,7 +106,7 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
     if d is not None:
         console.print(
             f"deployment {d.id} ({escape(d.strategy)}): "
-            f"v{view.stable_version} → v{view.bad_version}, {d.status}"
+            f"{view.stable_label} → {view.bad_label}, {d.status}"
         )
     t = view.trigger
     if t:

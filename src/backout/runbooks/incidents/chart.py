@@ -79,14 +79,14 @@ def render_chart(view: IncidentView) -> bytes | None:
             marker="o",
             ms=2.5,
             color=next(colours),
-            label=f"{fn} v{v} error rate",
+            label=f"{fn} v{(view.deployment.target_versions.get(fn) if view.deployment else None) or v} error rate",
         )
         plotted = True
     thresholds = sorted({a.threshold for a in view.alarm_evaluations if a.alarm.startswith("error-rate")})
     for thr in thresholds[:1]:
         ax.axhline(thr, color="dimgray", ls="--", lw=1, label=f"error-rate alarm threshold ({thr:g} %)")
     ax.set_ylim(-3, 103)
-    ax.set_ylabel(f"error rate of v{v} (%)" if plotted else "error rate (no data)")
+    ax.set_ylabel(f"error rate of r{v} (%)" if plotted else "error rate (no data)")
     ax.set_xlabel("seconds since the deployment started" if d else "seconds")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -94,10 +94,10 @@ def render_chart(view: IncidentView) -> bytes | None:
         ax2 = ax.twinx()
         wx = [t - t0 for t, _ in weights] + [end - t0]
         wy = [w for _, w in weights] + [weights[-1][1]]
-        ax2.step(wx, wy, where="post", color="tab:purple", lw=2.2, alpha=0.8, label=f"traffic on v{v} (%)")
+        ax2.step(wx, wy, where="post", color="tab:purple", lw=2.2, alpha=0.8, label=f"traffic on r{v} (%)")
         ax2.fill_between(wx, wy, step="post", color="tab:purple", alpha=0.08)
         ax2.set_ylim(-3, 103)
-        ax2.set_ylabel(f"share of traffic on v{v} (%)")
+        ax2.set_ylabel(f"share of traffic on r{v} (%)")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     if view.decided_at is not None:
@@ -109,7 +109,7 @@ def render_chart(view: IncidentView) -> bytes | None:
             ax.axvspan(x, view.completed_at - t0, color="red", alpha=0.15)
     ax.set_xlim(start - t0, end - t0)
     title = (
-        f"{view.incident.id}: {d.id} v{d.stable_version} → v{d.target_version} in {view.env}"
+        f"{view.incident.id}: {d.id} {d.stable} → {d.target} in {view.env}"
         if d
         else f"{view.incident.id} in {view.env}"
     )

@@ -124,7 +124,7 @@ def _summary(view: IncidentView) -> list[str]:
                 f"{code(d.id)} ({d.status}), {code(d.strategy)}"
                 + (f", by {md(d.created_by)}" if d.created_by else ""),
             ],
-            ["Versions", f"v{view.bad_version} rolled back → v{view.stable_version} restored"],
+            ["Releases", f"{view.bad_label} rolled back → {view.stable_label} restored"],
             ["Change", md(d.description) if d.description else "—"],
             ["First traffic on the new version", clock(view.first_traffic_at)],
         ]
@@ -147,7 +147,7 @@ def impact_sentence(view: IncidentView) -> str:
     errs = sum(float(f.get("errors", 0)) for f in fns.values())
     inv = sum(float(f.get("invocations", 0)) for f in fns.values())
     api = imp.get("api") or {}
-    parts = [f"v{view.bad_version} handled {num(inv)} invocations, {num(errs)} of them failed"]
+    parts = [f"{view.bad_label} handled {num(inv)} invocations, {num(errs)} of them failed"]
     if api:
         parts.append(f"{num(api.get('failed_requests', 0))} API requests failed")
     if view.jobs_touched is not None:
@@ -189,10 +189,10 @@ def _impact(view: IncidentView) -> list[str]:
     )
     rows = [
         [
-            f"Failed API requests (5xx served by v{v})",
+            f"Failed API requests (5xx served by r{v})",
             f"**{num(failed)}** of {num(served)} ({pct(failed, served)})",
         ],
-        [f"Jobs touched by v{v}", jobs],
+        [f"Jobs touched by r{v}", jobs],
         [
             "Messages dead-lettered",
             ", ".join(f"{code(q)}: {num(n)}" for q, n in sorted(dlq.items())) if dlq else "none (no DLQ)",
@@ -203,7 +203,7 @@ def _impact(view: IncidentView) -> list[str]:
     out += [table(["measure", "value"], rows), ""]
     fns = imp.get("functions") or {}
     if fns:
-        out += [f"Invocations of v{v} by function (the stable version's are not counted):", ""]
+        out += [f"Invocations of {view.bad_label} by function (the stable version's are not counted):", ""]
         frows = []
         for fn, f in sorted(fns.items()):
             inv, err = float(f.get("invocations", 0)), float(f.get("errors", 0))
@@ -318,12 +318,12 @@ def _chart_section(view: IncidentView, image: str | None, has_chart: bool) -> li
         return out + ["No chart: this incident has no deployment metrics.", ""]
     v = view.bad_version
     caption = (
-        f"Error rate of v{v} per function ({ROLLING_SECONDS} s rolling, left axis) and the share of "
-        f"traffic on v{v} (step line, right axis); the red line marks the rollback decision."
+        f"Error rate of {view.bad_label} per function ({ROLLING_SECONDS} s rolling, left axis) and the share of "
+        f"traffic on {view.bad_label} (step line, right axis); the red line marks the rollback decision."
     )
     if image is None:
         return out + [caption, "", "(The chart is written next to the report with `-o FILE`.)", ""]
-    return out + [f"![error rate and canary weight of v{v}]({image})", "", caption, ""]
+    return out + [f"![error rate and canary weight of r{v}]({image})", "", caption, ""]
 
 
 def _notes(view: IncidentView) -> list[str]:

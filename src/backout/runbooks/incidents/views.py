@@ -98,13 +98,25 @@ class IncidentView:
 
     @property
     def bad_version(self) -> int | None:
-        return _first((self.impact or {}).get("version"), self.deployment and self.deployment.target_version)
+        """The rolled-back release's id."""
+        imp = self.impact or {}
+        return _first(imp.get("release"), imp.get("version"), self.deployment and self.deployment.target_release)
 
     @property
     def stable_version(self) -> int | None:
-        return _first(
-            (self.impact or {}).get("stable_version"), self.deployment and self.deployment.stable_version
-        )
+        """The id of the release traffic went back to."""
+        imp = self.impact or {}
+        return _first(imp.get("stable_release"), imp.get("stable_version"),
+                      self.deployment and self.deployment.stable_release)
+
+    @property
+    def bad_label(self) -> str:
+        """`r7`, or `r7 (worker v12)` where a function's version number differs from the release id."""
+        return self.deployment.target if self.deployment is not None else f"r{self.bad_version}"
+
+    @property
+    def stable_label(self) -> str:
+        return self.deployment.stable if self.deployment is not None else f"r{self.stable_version}"
 
     def _rolled_back(self, key: str) -> float | None:
         for e in self.events:

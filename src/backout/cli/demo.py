@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared" / "drawings" / "example_b2_drawing.pdf"
 SAMPLE = ROOT / "examples" / "drawings" / "sample_01.pdf"
 ENV = "staging"
