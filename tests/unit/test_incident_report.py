@@ -22,6 +22,7 @@ from backout.cli.incident_cmds import register
 from backout.control.store import Store
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
+from backout.platforms.base import Release
 from backout.runbooks import incidents as ir
 from backout.runbooks.incidents import chart as incident_chart
 
@@ -55,6 +56,11 @@ state_dir = "{state}/prod"
 """
 
 
+def rel(n: int) -> Release:
+    """A release whose functions all carry the release id as their version (as the local platform numbers them)."""
+    return Release(n, {"api": str(n), "worker": str(n)}, f"digest-{n}", 0.0)
+
+
 # --- an incident as the deployer leaves it --------------------------------------------------------------
 def _per_second(start: int, seconds: range, inv: int, bad_from: int, err_every: int) -> list[list[float]]:
     """A canary at 10 %: `inv` invocations a second; from second `bad_from` on, every `err_every`-th fails."""
@@ -68,8 +74,8 @@ def _per_second(start: int, seconds: range, inv: int, bad_from: int, err_every: 
 def build_rollback_incident(store: Store, t0: float) -> tuple[str, str, dict[str, float]]:
     """Deployment v2 → v3 with a canary step, an error-rate alarm firing on the worker, the rollback, and the
     incident with the trigger/evidence/impact shapes of `Deployer._rollback` and `measure_impact`."""
-    d = store.create_deployment(
-        ENV, 2, 3, CANARY, description="faster schedule export", created_by="ana", now=t0
+    d = store.create_deployment(ENV, rel(2), rel(3), CANARY, description="faster schedule export", created_by="ana",
+                                now=t0
     )
     ev = lambda kind, msg, dt, **kw: store.add_event(kind, msg, deployment_id=d.id, ts=t0 + dt, **kw)  # noqa: E731
     ev("created", f"deployment {d.id} created: v2 → v3 with {CANARY.name}", 0.0)
@@ -515,7 +521,7 @@ def test_a_rollback_incident_with_list_evidence_still_charts_its_weights(
     """Incidents written before impact was measured: evidence is a list; weights come from the step events."""
     _, state = env_dir
     with Store.for_env(state) as store:
-        d = store.create_deployment(ENV, 4, 5, CANARY, now=t0)
+        d = store.create_deployment(ENV, rel(4), rel(5), CANARY, now=t0)
         store.add_event("step_reached", "step 1/2", deployment_id=d.id, ts=t0 + 2, data={"weight": 10.0})
         store.transition(d.id, "RolledBack", reason="operator", rollback_decided_at=t0 + 5)
         store.update(d.id, rollback_completed_at=t0 + 5.02)

@@ -18,8 +18,14 @@ from backout.control.store import (
 )
 from backout.control.strategies import Step, Strategy, resolve
 from backout.errors import UsageError
+from backout.platforms.base import Release
 
 QUICK = Strategy("Quick", (Step(10, 2), Step(100, 0)))
+
+
+def rel(n: int) -> Release:
+    """A release whose functions all carry the release id as their version (as the local platform numbers them)."""
+    return Release(n, {"api": str(n), "worker": str(n)}, f"digest-{n}", 0.0)
 
 
 @pytest.fixture
@@ -30,12 +36,12 @@ def store(tmp_path: Path):
 
 
 def test_create_get_and_ids(store: Store) -> None:
-    d = store.create_deployment("staging", 3, 4, QUICK, description="fix parser", created_by="ana",
+    d = store.create_deployment("staging", rel(3), rel(4), QUICK, description="fix parser", created_by="ana",
                                 now=1000.0)
     assert d.id == "d-0001" and d.status == "Created" and d.active and not d.terminal
     assert d.steps == (Step(10, 2), Step(100, 0)) and d.strategy_obj == QUICK
     assert d.current_step is None and d.current_weight == 0 and d.created_at == 1000.0
-    assert (d.stable_version, d.target_version, d.description, d.created_by) == (3, 4, "fix parser", "ana")
+    assert (d.stable_release, d.target_release, d.description, d.created_by) == (3, 4, "fix parser", "ana")
     for ref in ("d-0001", "1", "D-1", "d-01"):
         assert store.get(ref) == d
     with pytest.raises(UsageError, match="no deployment 'd-0099'"):
@@ -46,14 +52,14 @@ def test_create_get_and_ids(store: Store) -> None:
 
 
 def test_second_active_deployment_is_refused_naming_the_active_one(store: Store) -> None:
-    first = store.create_deployment("staging", 1, 2, QUICK)
+    first = store.create_deployment("staging", rel(1), rel(2), QUICK)
     with pytest.raises(UsageError) as e:
-        store.create_deployment("staging", 1, 3, QUICK)
+        store.create_deployment("staging", rel(1), rel(3), QUICK)
     assert "d-0001" in str(e.value) and "staging" in str(e.value) and "\n" not in str(e.value)
-    other = store.create_deployment("prod", 1, 2, QUICK)  # other environment: fine
+    other = store.create_deployment("prod", rel(1), rel(2), QUICK)  # other environment: fine
     assert other.id == "d-0002"
     store.transition(first.id, "RolledBack", reason="alarm")
-    again = store.create_deployment("staging", 1, 3, QUICK)
+    again = store.create_deployment("staging", rel(1), rel(3), QUICK)
     assert again.id == "d-0003"
     assert [d.id for d in store.deployments("staging")] == ["d-0003", "d-0001"]
     assert [d.id for d in store.deployments(limit=2)] == ["d-0003", "d-0002"]
@@ -70,7 +76,7 @@ def test_concurrent_creates_in_threads_only_one_wins(tmp_path: Path) -> None:
     def attempt(i: int) -> None:
         barrier.wait()
         try:
-            results[i] = stores[i].create_deployment("staging", 1, 2 + i, QUICK)
+            results[i] = stores[i].create_deployment("staging", rel(1), rel(2 + i), QUICK)
         except UsageError as e:
             results[i] = e
 
@@ -95,11 +101,13 @@ def test_concurrent_creates_in_processes_only_one_wins(tmp_path: Path) -> None:
         from backout.control.store import Store
         from backout.control.strategies import Step, Strategy
         from backout.errors import UsageError
+        from backout.platforms.base import Release
         s = Store({str(path)!r})
         print("READY", flush=True)
         sys.stdin.readline()  # the barrier: every process is loaded and waiting
         try:
-            print("WON", s.create_deployment("prod", 1, int(sys.argv[1]), Strategy("Q", (Step(100, 0),))).id)
+            r1, rn = (Release(n, {{"api": str(n)}}, "d", 0.0) for n in (1, int(sys.argv[1])))
+            print("WON", s.create_deployment("prod", r1, rn, Strategy("Q", (Step(100, 0),))).id)
         except UsageError as e:
             print("LOST", e)
     """)
@@ -121,7 +129,7 @@ def test_concurrent_creates_in_processes_only_one_wins(tmp_path: Path) -> None:
 
 
 def test_schema_itself_refuses_two_active_deployments(store: Store) -> None:
-    store.create_deployment("staging", 1, 2, QUICK)
+    store.create_deployment("staging", rel(1), rel(2), QUICK)
     con = sqlite3.connect(store.path)
     with pytest.raises(sqlite3.IntegrityError):
         con.execute(
@@ -133,7 +141,7 @@ def test_schema_itself_refuses_two_active_deployments(store: Store) -> None:
 
 
 def test_transitions_are_validated(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     d = store.transition(d.id, "AwaitingApproval")
     with pytest.raises(InvalidTransition, match="is AwaitingApproval, not PreTraffic"):
         store.transition(d.id, "InProgress", expect="PreTraffic")
@@ -167,7 +175,7 @@ def test_can_transition_table() -> None:
 
 
 def test_rolled_back_records_decision_and_completion(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     store.transition(d.id, "InProgress", current_step=0, current_weight=10.0)
     before = time.time()
     d = store.transition(d.id, "RolledBack", reason="error rate 31.0 % (9/29) > 5 % over 60 s on worker v2",
@@ -176,7 +184,7 @@ def test_rolled_back_records_decision_and_completion(store: Store) -> None:
     assert d.finished_at is not None and d.rollback_completed_at is None
     d = store.update(d.id, rollback_completed_at=d.rollback_decided_at + 0.02)  # allowed after terminal
     assert d.rollback_completed_at == pytest.approx(d.rollback_decided_at + 0.02)
-    explicit = store.create_deployment("staging", 1, 3, QUICK)
+    explicit = store.create_deployment("staging", rel(1), rel(3), QUICK)
     d2 = store.transition(explicit.id, "RolledBack", rollback_decided_at=123.0, finished_at=124.0)
     assert (d2.rollback_decided_at, d2.finished_at) == (123.0, 124.0)
 
@@ -185,7 +193,7 @@ def test_transition_is_durable_when_it_returns(tmp_path: Path) -> None:
     """A process killed with SIGKILL right after `transition` returns: the status is on disk."""
     path = tmp_path / "control.db"
     with Store(path) as s:
-        d = s.create_deployment("staging", 1, 2, QUICK)
+        d = s.create_deployment("staging", rel(1), rel(2), QUICK)
     script = textwrap.dedent(f"""
         import os, signal
         from backout.control.store import Store
@@ -201,7 +209,7 @@ def test_transition_is_durable_when_it_returns(tmp_path: Path) -> None:
 
 
 def test_wal_mode_and_readers_not_blocked_by_a_writer(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     con = sqlite3.connect(store.path, isolation_level=None)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -221,7 +229,7 @@ def test_wal_mode_and_readers_not_blocked_by_a_writer(store: Store) -> None:
 
 
 def test_events_filtering_and_polling(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     e1 = store.add_event("deployment_started", "v1 → v2", deployment_id=d.id, ts=10.0)
     e2 = store.add_event("step_reached", "10 %", deployment_id="1", data={"weight": 10}, ts=11.0)
     inc = store.open_incident("staging", "rollback of d-0001", deployment_id=d.id)
@@ -238,7 +246,7 @@ def test_events_filtering_and_polling(store: Store) -> None:
 
 
 def test_events_from_many_threads(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     errors: list[BaseException] = []
 
     def writer(n: int) -> None:
@@ -259,7 +267,7 @@ def test_events_from_many_threads(store: Store) -> None:
 
 
 def test_alarm_evaluations(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     store.record_alarm_evaluation(d.id, "error-rate-worker", "OK", 0.0, 5.0, "GreaterThanThreshold", 60,
                                   "error rate 0.0 % (0/25) ≤ 5 % over 60 s on worker v2", ts=1.0)
     store.record_alarm_evaluation(d.id, "error-rate-worker", "ALARM", 31.0, 5.0, "GreaterThanThreshold", 60,
@@ -277,7 +285,7 @@ def test_alarm_evaluations(store: Store) -> None:
 
 
 def test_incidents_lifecycle(store: Store) -> None:
-    d = store.create_deployment("prod", 6, 7, resolve("AllAtOnce"))
+    d = store.create_deployment("prod", rel(6), rel(7), resolve("AllAtOnce"))
     evidence = {"alarm": "error-rate-worker", "value": 31.0, "threshold": 5.0}
     inc = store.open_incident("prod", "automatic rollback of d-0001", deployment_id=d.id,
                               trigger={"kind": "alarm"}, evidence=evidence, opened_at=100.0)
@@ -314,7 +322,7 @@ def test_incidents_lifecycle(store: Store) -> None:
 
 
 def test_drills_and_snapshots(store: Store) -> None:
-    d = store.create_deployment("staging", 1, 2, QUICK)
+    d = store.create_deployment("staging", rel(1), rel(2), QUICK)
     dr = store.record_drill("staging", "error-rate", 30.0, 100.0, 112.0, True, detection_seconds=4.2,
                             rollback_seconds=0.04, detail={"deployment": d.id})
     store.record_drill("staging", "dlq", 30.0, 200.0, 260.0, False, detail={"why": "too slow"})
@@ -332,7 +340,7 @@ def test_drills_and_snapshots(store: Store) -> None:
 def test_reopen_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "control.db"
     with Store(path) as s:
-        d = s.create_deployment("staging", 1, 2, QUICK)
+        d = s.create_deployment("staging", rel(1), rel(2), QUICK)
         s.transition(d.id, "InProgress", current_step=0, current_weight=10.0, step_started_at=50.0)
     with Store.for_env(tmp_path) as s:
         again = s.get(d.id)

@@ -203,7 +203,8 @@ class LocalPlatform:
         try:
             v = int(version)
         except (TypeError, ValueError):
-            raise UsageError(f"unknown version {version!r} (published: {self.published.describe_published()})") from None
+            known = self.published.describe_published()
+            raise UsageError(f"unknown version {version!r} (published: {known})") from None
         self.published.get(v)
         return v
 
