@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from backout.control import alarms as alarms_module
 from backout.control.alarms import (
     ALARM,
     INSUFFICIENT_DATA,
     OK,
     AlarmRule,
     AlarmSet,
+    Fetched,
     MetricStat,
     default_rules,
     evaluate,
+    merge_queries,
+    plan_rule,
 )
 from backout.manifest import Manifest, load_manifest
-from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, NS_SQS, Datapoint, MetricQuery
+from backout.platforms.base import (
+    DLQ_ARRIVALS,
+    MAX_QUERIES,
+    NS_API,
+    NS_BACKOUT,
+    NS_LAMBDA,
+    NS_SQS,
+    Datapoint,
+    MetricQuery,
+    legal_period,
+)
 from backout.platforms.local.metrics import MetricStore
 
 T0 = 1_700_000_000.0  # a round epoch second: periods line up with it in the tests below
@@ -47,23 +63,27 @@ api_5xx_period = "5m"
 
 
 class Source:
-    """The Platform's `metrics` method over a real MetricStore."""
+    """The Platform's batched `metrics` method over a real MetricStore; counts calls, refuses more
+    than GetMetricData's 500 queries."""
 
     def __init__(self) -> None:
         self.store = MetricStore(db_path=None)
         self.queries: list[MetricQuery] = []
+        self.calls = 0
 
-    def metrics(self, query: MetricQuery) -> list[Datapoint]:
-        self.queries.append(query)
-        return self.store.query(query)
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        assert len(queries) <= MAX_QUERIES
+        self.calls += 1
+        self.queries.extend(queries)
+        return [self.store.query(q) for q in queries]
 
-    def invocations(self, fn: str, version: int, ts: float, n: int, errors: int = 0) -> None:
+    def invocations(self, fn: str, version: int | str, ts: float, n: int, errors: int = 0) -> None:
         for i in range(n):
             for dims in ({"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": str(version)}):
                 self.store.record(NS_LAMBDA, "Invocations", dims, 1.0, "Count", ts)
                 self.store.record(NS_LAMBDA, "Errors", dims, 1.0 if i < errors else 0.0, "Count", ts)
 
-    def responses(self, version: int, ts: float, n: int, e5: int = 0, api: str = "sda",
+    def responses(self, version: int | str, ts: float, n: int, e5: int = 0, api: str = "sda",
                   stage: str = "prod") -> None:
         for i in range(n):
             for dims in ({"ApiName": api, "Stage": stage},
@@ -115,7 +135,7 @@ def test_each_comparison(src: Source, comparison: str, value: float, state: str)
 # --- the error-rate rule ------------------------------------------------------------------------
 def test_ratio_detail_string(src: Source, manifest: Manifest) -> None:
     start = T0
-    rule = rule_by_name(default_rules(manifest, "prod", ["api", "worker"], 7, start), "error-rate:worker")
+    rule = rule_by_name(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start), "error-rate:worker")
     src.invocations("worker", 7, T0 + 100, 29, errors=9)
     ev = evaluate(rule, src, now=T0 + 120)
     assert ev.state == ALARM
@@ -128,7 +148,7 @@ def test_ratio_detail_string(src: Source, manifest: Manifest) -> None:
 
 
 def test_min_invocations_before_the_error_rate_can_decide(src: Source, manifest: Manifest) -> None:
-    rule = rule_by_name(default_rules(manifest, "prod", ["worker"], 7, T0), "error-rate:worker")
+    rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, T0), "error-rate:worker")
     assert rule.guard == 20
     src.invocations("worker", 7, T0 + 10, 19, errors=19)  # 100 % of 19: not enough to judge
     ev = evaluate(rule, src, now=T0 + 11)
@@ -144,7 +164,7 @@ def test_min_invocations_before_the_error_rate_can_decide(src: Source, manifest:
 
 def test_error_rate_is_scoped_to_the_canary_and_the_deployment(src: Source, manifest: Manifest) -> None:
     start = T0 + 1000
-    rule = rule_by_name(default_rules(manifest, "prod", ["worker"], 7, start), "error-rate:worker")
+    rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, start), "error-rate:worker")
     src.invocations("worker", 6, start + 5, 100, errors=100)  # the stable version is failing: not ours
     src.invocations("worker", 7, start - 10, 50, errors=50)  # v7 failed before, in an older deployment
     src.invocations("worker", 7, start + 5, 40)
@@ -153,7 +173,7 @@ def test_error_rate_is_scoped_to_the_canary_and_the_deployment(src: Source, mani
 
 
 def test_error_rate_window_slides_per_second(src: Source, manifest: Manifest) -> None:
-    rule = rule_by_name(default_rules(manifest, "prod", ["worker"], 7, T0), "error-rate:worker")
+    rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, T0), "error-rate:worker")
     src.invocations("worker", 7, T0 + 100, 30, errors=30)
     for s in range(101, 200):
         src.invocations("worker", 7, T0 + s, 1)
@@ -225,7 +245,7 @@ def test_larger_periods_with_lookback_past_missing_ones(src: Source) -> None:
 # --- API 5xx -----------------------------------------------------------------------------------
 def test_api_5xx_sliding_window_counts_only_the_canary(src: Source, manifest: Manifest) -> None:
     start = T0 + 1000
-    rule = rule_by_name(default_rules(manifest, "prod", ["api", "worker"], 7, start), "api-5xx")
+    rule = rule_by_name(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start), "api-5xx")
     assert (rule.period, rule.threshold, rule.treat_missing_data) == (300.0, 5.0, "notBreaching")
     ev = evaluate(rule, src, now=start + 5)
     assert ev.state == OK and ev.detail == "API 5xx: no data over 5 s on sda v7"
@@ -245,7 +265,7 @@ def test_api_5xx_sliding_window_counts_only_the_canary(src: Source, manifest: Ma
 # --- DLQ arrivals --------------------------------------------------------------------------------
 def test_dlq_arrivals_since_the_deployment_started(src: Source, manifest: Manifest) -> None:
     start = T0 + 1000
-    rule = rule_by_name(default_rules(manifest, "prod", ["api", "worker"], 7, start), "dlq-arrivals:jobs-dlq")
+    rule = rule_by_name(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start), "dlq-arrivals:jobs-dlq")
     dims = {"QueueName": "jobs-dlq"}
     src.store.record(NS_BACKOUT, DLQ_ARRIVALS, dims, 4.0, "Count", start - 20)  # an older failure
     for s in range(1, 30):
@@ -261,32 +281,36 @@ def test_dlq_arrivals_since_the_deployment_started(src: Source, manifest: Manife
 
 # --- optional rules -----------------------------------------------------------------------------
 def test_duration_and_queue_age_rules_only_when_configured(src: Source, manifest: Manifest) -> None:
-    names = [r.name for r in default_rules(manifest, "prod", ["api", "worker"], 7, T0)]
+    names = [r.name for r in default_rules(manifest, "prod", {"api": "7", "worker": "7"}, T0)]
     assert names == ["error-rate:api", "error-rate:worker", "api-5xx", "dlq-arrivals:jobs-dlq"]
     env = manifest.environments["prod"].model_copy(update={
         "duration_p99_limits": {"worker": "2s"}, "queue_age_limits": {"jobs": "5m"}, "alarm_window": "30s"})
     m = manifest.model_copy(update={"environments": {"prod": env}})
-    rules = default_rules(m, "prod", ["api", "worker"], 7, T0)
+    rules = default_rules(m, "prod", {"api": "7", "worker": "7"}, T0)
     assert [r.name for r in rules][-2:] == ["duration-p99:worker", "queue-age:jobs"]
     p99 = rule_by_name(rules, "duration-p99:worker")
     assert p99.threshold == 2000.0 and p99.period == 30.0 and p99.metric.statistic == "p99"
     assert rule_by_name(rules, "error-rate:worker").period == 30.0
 
-    # p99 over a sliding window that straddles aligned periods is exact
-    now = T0 + 1017.5
+    # p99 over CloudWatch's aligned periods of 30 s: the one still filling, exact over its samples
+    now = T0 + 1018  # T0 + 1000 is a multiple of 30: the newest period is [T0 + 1000, now)
+    assert (T0 + 1000) % 30 == 0
     rng = np.random.default_rng(7)
-    samples = []
+    by_second: dict[int, list[float]] = {}
     dims = {"FunctionName": "worker", "ExecutedVersion": "7"}
     for s in range(int(now) - 40, int(now) + 1):
         for v in rng.gamma(2.0, 400.0, size=5):
             src.store.record(NS_LAMBDA, "Duration", dims, float(v), "Milliseconds", s)
-            if s >= now - 30:
-                samples.append(float(v))
+            by_second.setdefault(s, []).append(float(v))
+    src.queries.clear()
     ev = evaluate(p99, src, now=now)
+    (q,) = src.queries
+    assert q.period == 30 and q.statistic == "p99" and q.start % 30 == 0 and q.end == now
+    samples = [v for s in range(int(T0) + 1000, int(now)) for v in by_second[s]]
     assert ev.value == pytest.approx(float(np.percentile(samples, 99)))
-    assert ev.samples == len(samples) == 150
+    assert ev.samples == len(samples) == 90 and ev.window_seconds == 18
     assert ev.state == (ALARM if ev.value > 2000 else OK)
-    assert ev.detail.startswith("duration p99 ") and ev.detail.endswith(" ms over 30 s on worker v7")
+    assert ev.detail.startswith("duration p99 ") and ev.detail.endswith(" ms over 18 s on worker v7")
 
     age = rule_by_name(rules, "queue-age:jobs")
     queue = {"QueueName": "jobs"}
@@ -299,18 +323,64 @@ def test_duration_and_queue_age_rules_only_when_configured(src: Source, manifest
 
 def test_default_rules_of_the_sda_manifest() -> None:
     m = load_manifest(ROOT / "backout.toml")
-    fns = list(m.functions)
-    prod = {r.name: r for r in default_rules(m, "prod", fns, 3, T0)}
+    versions = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
+    assert set(versions) == set(m.functions)
+    prod = {r.name: r for r in default_rules(m, "prod", versions, T0)}
     assert set(prod) == {"error-rate:api", "error-rate:worker", "error-rate:dlq_processor", "error-rate:repair",
                          "api-5xx", "dlq-arrivals:processing-dlq"}
     assert prod["error-rate:worker"].threshold == 5.0 and prod["error-rate:worker"].guard == 20
-    assert dict(prod["error-rate:worker"].denominator.dimensions) == {"FunctionName": "worker",
-                                                                      "ExecutedVersion": "3"}
+    for fn, v in versions.items():
+        rule = prod[f"error-rate:{fn}"]
+        want = {"FunctionName": fn, "ExecutedVersion": v}
+        assert dict(rule.denominator.dimensions) == dict(rule.numerator.dimensions) == want
+        assert rule.subject == f"{fn} v{v}"
+    # the gateway's responses carry the version of the function that served them: api's
     assert dict(prod["api-5xx"].metric.dimensions) == {"ApiName": "security-assistant", "Stage": "prod",
                                                        "ExecutedVersion": "3"}
-    staging = {r.name: r for r in default_rules(m, "staging", fns, 3, T0)}
+    staging = {r.name: r for r in default_rules(m, "staging", versions, T0)}
     assert staging["error-rate:api"].threshold == 10.0
     assert all(r.since == T0 for r in staging.values())
+
+
+def test_query_budget_of_the_sda_manifest_in_prod() -> None:
+    """The budget the module docstring states: 2 per function + 1 (api-5xx) + 1 per DLQ = 10."""
+    m = load_manifest(ROOT / "backout.toml")
+    versions = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
+    alarms = AlarmSet(default_rules(m, "prod", versions, T0))
+    qs = alarms.plan(T0 + 30)
+    assert len(qs) == 2 * 4 + 1 + 1 == 10
+    assert all(q.period == 1 for q in qs)
+    assert "2×4 + 1 + 1 = 10 queries" in " ".join(alarms_module.__doc__.split())
+
+
+def test_per_function_versions_land_in_their_dimensions(manifest: Manifest) -> None:
+    rules = {r.name: r for r in default_rules(manifest, "prod", {"api": "7", "worker": "12"}, T0)}
+    assert dict(rules["error-rate:worker"].numerator.dimensions) == {"FunctionName": "worker",
+                                                                     "ExecutedVersion": "12"}
+    assert dict(rules["error-rate:api"].denominator.dimensions) == {"FunctionName": "api", "ExecutedVersion": "7"}
+    assert rules["error-rate:worker"].subject == "worker v12" and rules["api-5xx"].subject == "sda v7"
+    assert dict(rules["api-5xx"].metric.dimensions)["ExecutedVersion"] == "7"  # api serves HTTP, not worker
+
+    # two HTTP functions on different canary versions: one api-5xx rule each
+    two = manifest.model_copy(update={"functions": {
+        **manifest.functions,
+        "admin": manifest.functions["api"].model_copy(update={"handler": "app.admin"}),
+    }})
+    rules = {r.name: r for r in default_rules(two, "prod", {"api": "7", "worker": "12", "admin": "3"}, T0)}
+    assert "api-5xx" not in rules
+    assert {n: dict(r.metric.dimensions)["ExecutedVersion"] for n, r in rules.items() if r.kind == "api_5xx"} == {
+        "api-5xx:api": "7", "api-5xx:admin": "3"}
+    assert rules["api-5xx:admin"].subject == "admin v3"
+    same = {r.name for r in default_rules(two, "prod", {"api": "7", "worker": "12", "admin": "7"}, T0)}
+    assert "api-5xx" in same and not any(n.startswith("api-5xx:") for n in same)
+
+    # and the evaluation reads them: worker v12's failures alarm, v7's do not count
+    src = Source()
+    src.invocations("worker", 7, T0 + 5, 40, errors=40)
+    src.invocations("worker", 12, T0 + 5, 40, errors=4)
+    rule = rules["error-rate:worker"]
+    ev = evaluate(rule, src, now=T0 + 10)
+    assert ev.state == ALARM and ev.detail == "error rate 10.0 % (4/40) > 5 % over 10 s on worker v12"
 
 
 # --- state changes ---------------------------------------------------------------------------------
@@ -319,16 +389,16 @@ class FlakySource(Source):
         super().__init__()
         self.fail = False
 
-    def metrics(self, query: MetricQuery) -> list[Datapoint]:
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
         if self.fail:
             raise ConnectionError("metric store unreachable")
-        return super().metrics(query)
+        return super().metrics(queries)
 
 
 def test_alarm_set_reports_only_state_changes(manifest: Manifest) -> None:
     src = FlakySource()
     start = T0
-    alarms = AlarmSet(default_rules(manifest, "prod", ["api", "worker"], 7, start))
+    alarms = AlarmSet(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start))
     first = alarms.evaluate(src, now=start + 1)
     assert {c.rule.name: (c.previous, c.state) for c in first} == {
         "error-rate:api": (None, INSUFFICIENT_DATA), "error-rate:worker": (None, INSUFFICIENT_DATA),
@@ -357,13 +427,169 @@ def test_alarm_set_reports_only_state_changes(manifest: Manifest) -> None:
 
 
 def test_queries_stay_cheap(src: Source, manifest: Manifest) -> None:
-    """Evaluated every second: a rule with data costs one query (two for a ratio)."""
-    rule = rule_by_name(default_rules(manifest, "prod", ["worker"], 7, T0), "error-rate:worker")
+    """Evaluated every second: a ratio costs two 1 s queries over its look-back range, in one call."""
+    rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, T0), "error-rate:worker")
     src.invocations("worker", 7, T0 + 100, 30)
     src.queries.clear()
     evaluate(rule, src, now=T0 + 120)
-    assert len(src.queries) == 2
-    assert all(q.start == T0 + 60 and q.end == T0 + 120 and q.period >= 60 for q in src.queries)
+    assert len(src.queries) == 2 and src.calls == 1
+    assert {q.metric for q in src.queries} == {"Errors", "Invocations"}
+    # N + 2 periods of 60 s, none before the deployment started
+    assert all(q.start == T0 and q.end == T0 + 120 and q.period == 1 for q in src.queries)
+    assert plan_rule(rule, T0 + 500) == [
+        MetricQuery(NS_LAMBDA, m, rule.numerator.dimensions, T0 + 320, T0 + 500, 1, "Sum")
+        for m in ("Invocations", "Errors")]
+
+
+class StrictSource(Source):
+    """What GetMetricData would refuse, refused: an illegal period, more than 500 queries, a start
+    not on a period boundary (unless it is a percentile's clip at the deployment start)."""
+
+    def __init__(self, allowed_unaligned: set[float] = frozenset()) -> None:
+        super().__init__()
+        self.allowed_unaligned = allowed_unaligned
+
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        if len(queries) > MAX_QUERIES:
+            raise ValueError("too many queries")
+        for q in queries:
+            if not legal_period(q.period):
+                raise ValueError(f"illegal period {q.period}")
+            if q.start % q.period and q.start not in self.allowed_unaligned:
+                raise ValueError(f"start {q.start} not aligned to {q.period}")
+        return super().metrics(queries)
+
+
+def many_rules(since: float) -> list[AlarmRule]:
+    """Rules with periods CloudWatch would refuse as query periods, summable and percentile."""
+    rules = []
+    for i, period in enumerate((1.0, 7.0, 45.0, 69.0, 300.0, 3601.0, 86_400.0)):
+        for stat in ("Sum", "Maximum", "Average", "SampleCount", "p99", "p50"):
+            for with_since in (False, True):
+                rules.append(AlarmRule(
+                    name=f"r{i}-{stat}-{with_since}", threshold=1.0, period=period, evaluation_periods=3,
+                    datapoints_to_alarm=2, since=since if with_since else None,
+                    metric=MetricStat.of("Test", "Gauge", {"Id": str(i % 3)}, stat)))
+    rules.append(AlarmRule("since", 0.0, metric=MetricStat.of("Test", "Gauge", {"Id": "0"}), period=None,
+                           since=since))
+    rules.append(AlarmRule("ratio", 5.0, numerator=MetricStat.of("Test", "Gauge", {"Id": "1"}),
+                           denominator=MetricStat.of("Test", "Gauge", {"Id": "2"}, "SampleCount"), since=since))
+    return rules
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.5, 59.25, 4 * 3600 + 0.75])
+def test_one_legal_call_per_evaluation_whatever_the_number_of_rules(offset: float) -> None:
+    since = T0 + 13.25  # not on any period boundary
+    src = StrictSource(allowed_unaligned={since})
+    now = since + 1 + offset
+    for s in range(int(now) - 100, int(now) + 1):
+        for i in range(3):
+            src.store.record("Test", "Gauge", {"Id": str(i)}, float(s % 7), "None", s)
+    alarms = AlarmSet(many_rules(since))
+    assert len(alarms.rules) == 7 * 6 * 2 + 2
+    for k in range(3):
+        src.calls = 0
+        alarms.evaluate(src, now=now + k)
+        assert src.calls == 1 and not alarms.errors, alarms.errors
+        assert len(alarms.current) == len(alarms.rules)
+    # the query budget: one per (series, statistic, period) whatever the number of rules on it
+    qs = alarms.plan(now)
+    assert len(qs) == len({(q.metric, q.dimensions, q.statistic, q.period, q.start % q.period != 0)
+                           for q in qs})
+    assert all(legal_period(q.period) for q in qs)
+
+
+def test_more_than_500_series_split_into_calls_of_500() -> None:
+    src = StrictSource()
+    rules = [AlarmRule(f"g{i}", 1.0, metric=MetricStat.of("Test", "Gauge", {"Id": str(i)}, "Maximum"))
+             for i in range(501)]
+    AlarmSet(rules).evaluate(src, now=T0 + 100)
+    assert src.calls == 2 and len(src.queries) == 501
+
+
+def test_percentile_periods_are_aligned_not_sliding(src: Source) -> None:
+    """p99 of per-second datapoints cannot be merged: a 45 s rule reads aligned 60 s periods, the
+    one still filling first, the previous (complete) one when the newest is under min_samples."""
+    rule = AlarmRule("p", 100.0, metric=MetricStat.of("Test", "Lat", {}, "p99"), period=45.0, min_samples=10)
+    assert rule.bucket == 60
+    base = T0 + 40  # a multiple of 60
+    assert base % 60 == 0
+    for s in range(60):
+        src.store.record("Test", "Lat", {}, float(s), "Milliseconds", base + s)  # 0..59 in [base, base+60)
+    for s in range(5):
+        src.store.record("Test", "Lat", {}, 500.0, "Milliseconds", base + 60 + s)  # 5 slow ones, too few
+    src.queries.clear()
+    ev = evaluate(rule, src, now=base + 65.5)
+    assert [(q.start, q.period) for q in src.queries] == [(base - 60, 60)]  # N + 2 aligned periods
+    assert ev.state == OK and ev.samples == 60 and ev.window_seconds == 60
+    assert ev.value == pytest.approx(float(np.percentile(np.arange(60.0), 99)))
+    for s in range(5, 10):
+        src.store.record("Test", "Lat", {}, 500.0, "Milliseconds", base + 60 + s)
+    ev = evaluate(rule, src, now=base + 70)
+    assert ev.state == ALARM and ev.value == 500.0 and ev.samples == 10 and ev.window_seconds == 10
+    assert ev.detail == "p 500 > 100 over 10 s"
+    # cut at `since`: only the seconds of the newest period after it (the store clips the query's start)
+    late = AlarmRule("p", 100.0, metric=rule.metric, period=45.0, min_samples=1, since=base + 30.5)
+    ev = evaluate(late, src, now=base + 45)
+    assert ev.samples == 14 and ev.window_seconds == 14.5 and ev.value == pytest.approx(
+        float(np.percentile(np.arange(31.0, 45.0), 99)))
+
+
+def test_sliding_error_rate_counts_are_exact_from_one_second_data(src: Source, manifest: Manifest) -> None:
+    rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, T0), "error-rate:worker")
+    rng = np.random.default_rng(3)
+    calls, errors = {}, {}
+    for s in range(0, 300):
+        n = int(rng.integers(0, 4))
+        e = int(rng.integers(0, n + 1))
+        src.invocations("worker", 7, T0 + s, n, errors=e)
+        calls[int(T0) + s], errors[int(T0) + s] = n, e
+    for now in (T0 + 61, T0 + 100.5, T0 + 157.25, T0 + 299.999, T0 + 300):
+        lo, hi = math.ceil(now - 60), math.ceil(now)  # seconds s with now - 60 <= s < now
+        want_n = sum(calls[s] for s in range(lo, hi))
+        want_e = sum(errors[s] for s in range(lo, hi))
+        src.queries.clear()
+        ev = evaluate(rule, src, now=now)
+        assert (ev.numerator, ev.denominator) == (want_e, want_n), now
+        assert ev.value == pytest.approx(100 * want_e / want_n) and ev.window_seconds == 60
+        assert {q.period for q in src.queries} == {1}
+
+
+def test_look_back_past_three_hours_asks_minutes(src: Source) -> None:
+    """CloudWatch keeps sub-minute data 3 h: a longer range is asked in multiples of 60 s."""
+    since = T0 + 40  # a multiple of 60
+    assert since % 60 == 0
+    rule = AlarmRule("dlq", 0.0, metric=MetricStat.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "q"}),
+                     period=None, since=since, treat_missing_data="notBreaching")
+    src.store.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "q"}, 2.0, "Count", since - 5)  # before: not counted
+    assert [q.period for q in plan_rule(rule, since + 3 * 3600)] == [1]
+    (q,) = plan_rule(rule, since + 5 * 3600)
+    assert q.period == 60 and q.start == since
+    assert evaluate(rule, src, now=since + 5 * 3600).state == OK
+    src.store.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "q"}, 1.0, "Count", since + 4 * 3600 + 7)
+    ev = evaluate(rule, src, now=since + 5 * 3600)
+    assert ev.state == ALARM and ev.value == 1.0
+
+
+def test_fetched_merges_one_series_for_several_rules(src: Source) -> None:
+    gauge = MetricStat.of("Test", "Gauge", {"Id": "1"}, "Maximum")
+    short = AlarmRule("short", 10.0, metric=gauge, period=5.0)
+    long = AlarmRule("long", 10.0, metric=gauge, period=60.0)
+    for s in range(200):
+        src.store.record("Test", "Gauge", {"Id": "1"}, float(s % 30), "None", T0 + s)
+    now = T0 + 150.5
+    alarms = AlarmSet([short, long])
+    (q,) = alarms.plan(now)
+    assert (q.start, q.end, q.period) == (T0 - 30, now, 1)
+    fetched = Fetched.fetch(src, alarms.plan(now))
+    together = {c.rule.name: c.evaluation for c in alarms.decide(fetched, now)}
+    assert together == {"short": evaluate(short, src, now), "long": evaluate(long, src, now)}
+    # unaligned starts or ends are not widened (they would change the clipped period's content)
+    p99 = MetricStat.of("Test", "Gauge", {"Id": "1"}, "p99")
+    assert len(merge_queries([p99.query(T0 + 0.5, now, 60), p99.query(T0 + 1.5, now, 60)])) == 2
+    assert len(merge_queries([p99.query(T0 - 20, now, 60), p99.query(T0 + 40, now, 60)])) == 1
+    with pytest.raises(KeyError, match="not fetched"):
+        fetched.series(p99.query(T0, now, 60))
 
 
 def test_rule_validation() -> None:
@@ -378,5 +604,7 @@ def test_rule_validation() -> None:
         AlarmRule("x", 1, metric=m, evaluation_periods=2, datapoints_to_alarm=3)
     with pytest.raises(ValueError, match="needs `since`"):
         AlarmRule("x", 1, metric=m, period=None)
+    with pytest.raises(ValueError, match="summable"):
+        AlarmRule("x", 1, metric=MetricStat.of("N", "M", {}, "p99"), period=None, since=T0)
     with pytest.raises(ValueError, match="duplicate"):
         AlarmSet([AlarmRule("x", 1, metric=m), AlarmRule("x", 2, metric=m)])

@@ -81,10 +81,10 @@ def test_periods_are_aligned_to_epoch_and_window_is_half_open() -> None:
     # end is exclusive, period 1 gives per-second datapoints
     q = MetricQuery.of(NS, "Invocations", DIMS, t0 + 10, t0 + 13, 1, "SampleCount")
     assert [d.timestamp for d in store.query(q)] == [t0 + 10, t0 + 11, t0 + 12]
-    # a 7 s period is aligned to multiples of 7 since the epoch, not to the window
-    q = MetricQuery.of(NS, "Invocations", DIMS, t0, t0 + 180, 7, "Sum")
-    assert all(d.timestamp % 7 == 0 for d in store.query(q))
-    assert sum(d.value for d in store.query(q)) == 180
+    # a 30 s period is aligned to multiples of 30 since the epoch, not to the window
+    q = MetricQuery.of(NS, "Invocations", DIMS, t0 + 7, t0 + 180, 30, "Sum")
+    assert [d.timestamp for d in store.query(q)] == [t0 + 30 * k for k in range(6)]
+    assert [d.value for d in store.query(q)] == [23, 30, 30, 30, 30, 30]
 
 
 def test_only_periods_with_samples_are_returned() -> None:
@@ -125,14 +125,15 @@ def test_dimensions_match_exactly() -> None:
     assert store.list_metrics("AWS/SQS") == []
 
 
-def test_bad_statistic_or_period_is_a_usage_error() -> None:
+def test_bad_statistic_is_a_usage_error_and_an_illegal_period_refused() -> None:
     store = MetricStore()
     store.record(NS, "Duration", DIMS, 1.0)
     for stat in ("Median", "p101", "tm99", "sum"):
         with pytest.raises(UsageError, match="statistic"):
             store.query(MetricQuery.of(NS, "Duration", DIMS, 0, time.time() + 1, 60, stat))
-    with pytest.raises(UsageError, match="period"):
-        store.query(MetricQuery.of(NS, "Duration", DIMS, 0, time.time() + 1, 0, "Sum"))
+    for period in (0, 7, 45, 69, 90):  # CloudWatch's periods only: 1, 5, 10, 30 s or multiples of 60
+        with pytest.raises(ValueError, match="period"):
+            MetricQuery.of(NS, "Duration", DIMS, 0, time.time() + 1, period, "Sum")
 
 
 def test_metrics_survive_a_new_store_on_the_same_db(tmp_path) -> None:

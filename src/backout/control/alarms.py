@@ -3,15 +3,37 @@
 A rule watches one metric statistic, or the ratio of two (metric math `100 * errors / invocations`),
 over `evaluation_periods` periods of `period` seconds, and is in ALARM when `datapoints_to_alarm` of
 them breach `threshold` under `comparison`; `treat_missing_data` says what a period without data
-means. Unlike CloudWatch, periods *slide*: they end at the evaluation instant rather than on a
-period boundary, and the source holds per-second data, so a rule evaluated every second sees a
-failure within a second or two of it reaching the metric store, not after a 60 s period closes.
+means. Unlike CloudWatch, periods of a summable statistic (Sum, SampleCount, Minimum, Maximum,
+Average) *slide*: they end at the evaluation instant rather than on a period boundary, built
+client-side from 1 s datapoints, so a rule evaluated every second sees a failure within a second
+or two of it reaching the metric store, not after a 60 s period closes, and the sums are exact.
+
+Percentiles (p50, p90, p99 …) of per-second datapoints cannot be merged into the percentile of a
+window, so a percentile rule keeps CloudWatch's own semantics: *tumbling* periods of
+`period_at_least(period)` seconds aligned to the epoch, the newest one still filling (it holds the
+data up to the evaluation instant; under `min_samples` it counts as missing and the look-back
+reaches the previous, complete one).
 
 `min_samples` guards small numbers: a period whose denominator (or sample count, for one metric)
 has not reached it counts as missing, so 1 failure out of 2 invocations is "not enough data",
 never "50 % error rate".
 
-The source is anything with `metrics(MetricQuery) -> list[Datapoint]` (the Platform method).
+Queries are those CloudWatch accepts (periods of 1, 5, 10, 30 s or multiples of 60 s) and every
+query of one evaluation goes in ONE call: each rule *plans* its queries (`plan_rule`: one per
+metric statistic over its whole look-back range, 1 s for summable statistics, or 60 s multiples
+beyond `HIGH_RESOLUTION_RANGE` where CloudWatch keeps no sub-minute data), `Fetched.fetch` merges
+identical series and asks the source once (`metrics(queries) -> series`, GetMetricData), and each
+rule *decides* from the fetched series (`decide_rule`). `AlarmSet.evaluate` is plan + one call +
+decide; `backout.control.analysis.evaluate_all` does the same for alarms and judges together.
+
+Query budget per evaluation (GetMetricData takes 500 queries per call and charges per metric):
+`default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for
+`api-5xx` (1 per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured
+p99 duration limit + 1 per configured queue-age limit; each latency judge adds 2 (canary and
+stable p99), plus 1 on its first evaluation (the stable baseline before the deployment). The SDA
+manifest (`backout.toml`: 4 functions, one HTTP function, one DLQ, no limits) in prod: 2×4 + 1 +
+1 = 10 queries for the alarms, + 2×4 = 8 for the latency judges (on by default) = 18 per
+evaluation (22 on the first), one call each second.
 """
 
 from __future__ import annotations
@@ -27,12 +49,14 @@ from typing import Any, Protocol
 from backout.manifest import Manifest, parse_duration
 from backout.platforms.base import (
     DLQ_ARRIVALS,
+    MAX_QUERIES,
     NS_API,
     NS_BACKOUT,
     NS_LAMBDA,
     NS_SQS,
     Datapoint,
     MetricQuery,
+    period_at_least,
 )
 
 log = logging.getLogger(__name__)
@@ -51,10 +75,15 @@ COMPARISONS: dict[str, tuple[Any, str, str]] = {
 TREAT_MISSING = ("missing", "notBreaching", "breaching", "ignore")
 EXTRA_LOOKBACK_PERIODS = 2  # CloudWatch looks a little further back than N when data is missing
 DEFAULT_MIN_SAMPLES = 20
+SUMMABLE = ("Sum", "SampleCount", "Minimum", "Maximum", "Average")  # exact over any union of periods
+HIGH_RESOLUTION_RANGE = 3 * 3600  # CloudWatch keeps sub-minute periods 3 h: 10,800 points at 1 s
+MAX_POINTS = 10_800  # points per query beyond which a coarser (60 s multiple) period is asked
 
 
 class MetricSource(Protocol):
-    def metrics(self, query: MetricQuery) -> list[Datapoint]: ...
+    def metrics(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        """GetMetricData: one series per query, oldest datapoint first (the Platform method)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -71,13 +100,86 @@ class MetricStat:
         dims = tuple(sorted((k, str(v)) for k, v in dimensions.items()))
         return MetricStat(namespace, metric, dims, statistic)
 
+    @property
+    def percentile(self) -> bool:
+        """Percentiles of parts do not give the percentile of the whole: they need aligned periods."""
+        return self.statistic not in SUMMABLE
+
+    def query(self, start: float, end: float, period: int) -> MetricQuery:
+        return MetricQuery(self.namespace, self.metric, self.dimensions, start, end, period, self.statistic)
+
+
+def _floor(t: float, period: int) -> float:
+    """The start of the epoch-aligned period holding instant `t`."""
+    return float(math.floor(t / period) * period)
+
+
+def _merge_key(q: MetricQuery) -> tuple[Any, ...]:
+    """Queries with one key ask the same series; an unaligned start or end is part of the key, as
+    widening it would change the first or last period's content (the store clips it there)."""
+    return (q.namespace, q.metric, q.dimensions, q.statistic, q.period,
+            q.start if q.start % q.period else None, q.end if q.end % q.period else None)
+
+
+def merge_queries(queries: Iterable[MetricQuery]) -> list[MetricQuery]:
+    """One query per series: those with the same key become one over the union of their ranges
+    (first-seen order kept), so rules and judges watching one metric share it."""
+    merged: dict[tuple[Any, ...], MetricQuery] = {}
+    for q in queries:
+        k = _merge_key(q)
+        have = merged.get(k)
+        if have is None:
+            merged[k] = q
+        elif have.start > q.start or have.end < q.end:
+            merged[k] = MetricQuery(q.namespace, q.metric, q.dimensions, min(have.start, q.start),
+                                    max(have.end, q.end), q.period, q.statistic)
+    return list(merged.values())
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The series one batched metrics call answered, looked up by the query a rule planned."""
+
+    answers: dict[MetricQuery, list[Datapoint]] = field(default_factory=dict)
+
+    @classmethod
+    def fetch(cls, source: MetricSource, queries: Iterable[MetricQuery]) -> Fetched:
+        """Merge `queries` and ask `source` once (once per `MAX_QUERIES` beyond GetMetricData's limit;
+        not at all for none)."""
+        merged = merge_queries(queries)
+        answers: dict[MetricQuery, list[Datapoint]] = {}
+        for i in range(0, len(merged), MAX_QUERIES):
+            batch = merged[i : i + MAX_QUERIES]
+            got = source.metrics(batch)
+            if len(got) != len(batch):
+                raise ValueError(f"metric source answered {len(got)} series for {len(batch)} queries")
+            answers.update(zip(batch, got, strict=True))
+        return cls(answers)
+
+    @property
+    def queries(self) -> list[MetricQuery]:
+        return list(self.answers)
+
+    def series(self, q: MetricQuery) -> list[Datapoint]:
+        """The datapoints of `q`: its own answer, or those of the merged query that covers it."""
+        got = self.answers.get(q)
+        if got is not None:
+            return got
+        key = _merge_key(q)
+        for asked, points in self.answers.items():
+            if _merge_key(asked) == key and asked.start <= q.start and q.end <= asked.end:
+                lo = _floor(q.start, q.period)
+                return [d for d in points if lo <= d.timestamp < q.end]
+        raise KeyError(f"{q.namespace} {q.metric} {dict(q.dimensions)} {q.statistic} was not fetched")
+
 
 @dataclass(frozen=True)
 class AlarmRule:
     """Either `metric`, or `numerator` and `denominator` (value = 100 × num ÷ den, in percent).
 
     `period=None` means one window from `since` to now (e.g. "DLQ arrivals since the deployment
-    started"); otherwise every window starts no earlier than `since` when it is set.
+    started"), for a summable statistic only; otherwise every window starts no earlier than `since`
+    when it is set. Windows slide, except on a percentile: aligned periods of `period_at_least(period)`.
     `min_samples` defaults to 20 for a ratio (minimum invocations) and 0 for one metric.
     `label`, `unit`, `subject` and `samples_label` only shape the detail sentence."""
 
@@ -115,10 +217,28 @@ class AlarmRule:
             raise ValueError(f"alarm {self.name}: period=None needs `since` and one evaluation period")
         if self.period is not None and self.period <= 0:
             raise ValueError(f"alarm {self.name}: period must be positive")
+        if self.period is None and any(st.percentile for st in self.stats):
+            raise ValueError(f"alarm {self.name}: period=None needs a summable statistic"
+                             f" ({', '.join(SUMMABLE)}), not a percentile")
 
     @property
     def is_ratio(self) -> bool:
         return self.metric is None
+
+    @property
+    def stats(self) -> tuple[MetricStat, ...]:
+        """The statistics the rule reads: (metric,) or (denominator, numerator)."""
+        if self.metric is not None:
+            return (self.metric,)
+        assert self.numerator is not None and self.denominator is not None
+        return (self.denominator, self.numerator)
+
+    @property
+    def bucket(self) -> int | None:
+        """The aligned period of a rule on a percentile (tumbling periods); None when it slides."""
+        if self.period is None or not any(st.percentile for st in self.stats):
+            return None
+        return period_at_least(self.period)
 
     @property
     def m(self) -> int:
@@ -166,21 +286,6 @@ class _Point:
     samples: float = 0.0
 
 
-def _covering_period(start: float, end: float) -> int:
-    """The smallest period (≥ the window) whose epoch-aligned bucket holds all of [start, end).
-
-    Metric sources group samples into periods aligned to multiples of the period (as
-    GetMetricStatistics does); a sliding window rarely starts on one, and two partial buckets cannot
-    be merged exactly for a percentile. With this period the window is one bucket: one exact datapoint.
-    """
-    lo, hi = math.ceil(start), math.ceil(end)
-    width = max(1, hi - lo)
-    for p in range(width, width + 100_000):
-        if lo // p == (hi - 1) // p:
-            return p
-    return hi + 1
-
-
 def _combine(points: Sequence[Datapoint], statistic: str) -> tuple[float, float] | None:
     """(value, sample count) of the datapoints a source returned for one window."""
     if not points:
@@ -200,25 +305,57 @@ def _combine(points: Sequence[Datapoint], statistic: str) -> tuple[float, float]
     return max(p.value for p in points), n
 
 
-def _query(source: MetricSource, stat: MetricStat, start: float, end: float) -> tuple[float, float] | None:
-    q = MetricQuery(stat.namespace, stat.metric, stat.dimensions, start, end, _covering_period(start, end),
-                    stat.statistic)
-    return _combine(source.metrics(q), stat.statistic)
+def _resolution(start: float, end: float) -> int:
+    """The period of a summable statistic's query over [start, end): 1 s (exact sliding windows)
+    unless the range reaches past CloudWatch's 3 h of sub-minute data, then a multiple of 60 s."""
+    if end - start <= HIGH_RESOLUTION_RANGE:
+        return 1
+    return max(60, period_at_least((end - start) / MAX_POINTS))
 
 
-def _point(rule: AlarmRule, source: MetricSource, start: float, end: float) -> _Point:
+def _rule_query(rule: AlarmRule, stat: MetricStat, windows: Sequence[tuple[float, float]]) -> MetricQuery:
+    """One query for `stat` over every window of the rule (they are all cut from its series)."""
+    lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
+    if rule.bucket is not None:  # the oldest period's aligned start, or `since` inside it (clipped)
+        return stat.query(lo, hi, rule.bucket)
+    period = _resolution(lo, hi)
+    return stat.query(_floor(lo, period), hi, period)
+
+
+def _window(points: Sequence[Datapoint], q: MetricQuery, start: float, end: float,
+            aligned: bool) -> tuple[float, float] | None:
+    """(value, sample count) of the window [start, end) from a fetched series.
+
+    A sliding window takes the datapoints whose period starts at a second in it (exact at 1 s; within
+    one period at coarser ones); an aligned window is the one period that holds it."""
+    if aligned:
+        t = _floor(start, q.period)
+        inside = [d for d in points if d.timestamp == t]
+    else:
+        lo, hi = math.ceil(start), math.ceil(end)  # seconds s with start <= s < end
+        inside = [d for d in points if lo <= d.timestamp < hi]
+    return _combine(inside, q.statistic)
+
+
+def _point(rule: AlarmRule, series: dict[MetricStat, tuple[MetricQuery, list[Datapoint]]],
+           start: float, end: float) -> _Point:
+    aligned = rule.bucket is not None
+
+    def stat(s: MetricStat | None) -> tuple[float, float] | None:
+        assert s is not None
+        q, points = series[s]
+        return _window(points, q, start, end, aligned)
+
     if rule.is_ratio:
-        assert rule.numerator is not None and rule.denominator is not None
-        den = _query(source, rule.denominator, start, end)
+        den = stat(rule.denominator)
         if den is None or den[0] <= 0:
             return _Point(start, end, None, 0.0, 0.0 if den is None else den[0], 0.0)
-        num = _query(source, rule.numerator, start, end)
+        num = stat(rule.numerator)
         num_v = 0.0 if num is None else num[0]  # no error datapoints while invocations exist: 0 errors
         if den[0] < rule.guard:
             return _Point(start, end, None, num_v, den[0], den[0])
         return _Point(start, end, 100.0 * num_v / den[0], num_v, den[0], den[0])
-    assert rule.metric is not None
-    got = _query(source, rule.metric, start, end)
+    got = stat(rule.metric)
     if got is None:
         return _Point(start, end, None)
     value, n = got
@@ -228,19 +365,26 @@ def _point(rule: AlarmRule, source: MetricSource, start: float, end: float) -> _
 
 
 def _windows(rule: AlarmRule, now: float) -> list[tuple[float, float]]:
-    """Evaluation range, newest period first: sliding periods ending at `now`, none before `since`."""
+    """Evaluation range, newest period first, none before `since`: sliding periods ending at `now`,
+    or for a percentile the aligned periods up to the one still filling (cut at `now`)."""
     if rule.period is None:
         assert rule.since is not None
         return [(rule.since, now)] if now > rule.since else []
+    step: float = rule.period
+    top = now - rule.period
+    if rule.bucket is not None:
+        step = rule.bucket
+        top = _floor(math.ceil(now) - 1, rule.bucket)  # the period holding the last second before now
     out = []
     for k in range(rule.evaluation_periods + EXTRA_LOOKBACK_PERIODS):
-        end = now - k * rule.period
-        start = end - rule.period
+        start = top - k * step
+        end = min(start + step, now)
         if rule.since is not None:
             if end <= rule.since:
                 break
             start = max(start, rule.since)
-        out.append((start, end))
+        if end > start:
+            out.append((start, end))
     return out
 
 
@@ -282,19 +426,37 @@ def _describe(rule: AlarmRule, p: _Point | None, filled_breaching: bool, note: s
     return f"{label} {value}{ratio} {sym} {_fmt_threshold(rule.threshold, rule.unit)}{over}{periods}{where}"
 
 
+def plan_rule(rule: AlarmRule, now: float) -> list[MetricQuery]:
+    """The queries `rule` needs at `now`: one per statistic over its whole look-back range."""
+    windows = _windows(rule, now)
+    return [_rule_query(rule, st, windows) for st in rule.stats] if windows else []
+
+
 def evaluate(rule: AlarmRule, source: MetricSource, now: float | None = None,
              previous_state: str | None = None) -> Evaluation:
-    """Evaluate `rule` at `now` (default: the current time). `previous_state` matters only for
-    `treat_missing_data="ignore"`, which keeps it when the data present cannot decide."""
+    """Evaluate `rule` at `now` (default: the current time) with one metrics call. `previous_state`
+    matters only for `treat_missing_data="ignore"`, which keeps it when the data present cannot decide."""
     now = time.time() if now is None else now
+    return decide_rule(rule, Fetched.fetch(source, plan_rule(rule, now)), now, previous_state)
+
+
+def decide_rule(rule: AlarmRule, fetched: Fetched, now: float, previous_state: str | None = None) -> Evaluation:
+    """Evaluate `rule` at `now` from series fetched for `plan_rule(rule, now)` (or a superset)."""
     test = COMPARISONS[rule.comparison][0]
     n, m = rule.evaluation_periods, rule.m
 
-    # Newest first; stop as soon as N real datapoints are found (the usual case: one or two queries).
+    windows = _windows(rule, now)
+    series: dict[MetricStat, tuple[MetricQuery, list[Datapoint]]] = {}
+    if windows:
+        for st in rule.stats:
+            q = _rule_query(rule, st, windows)
+            series[st] = (q, fetched.series(q))
+
+    # Newest first; stop as soon as N real datapoints are found.
     points: list[_Point] = []
     real: list[_Point] = []
-    for start, end in _windows(rule, now):
-        p = _point(rule, source, start, end)
+    for start, end in windows:
+        p = _point(rule, series, start, end)
         points.append(p)
         if p.value is not None:
             real.append(p)
@@ -368,8 +530,9 @@ class StateChange:
 class AlarmSet:
     """The rules of one deployment and each one's current state.
 
-    `evaluate()` returns only the changes, so the deployer stores each with its value, threshold
-    and window; a rule whose source raises keeps its state (logged, in `errors`)."""
+    `evaluate()` (or `plan` + `Fetched.fetch` + `decide`) returns only the changes, so the deployer
+    stores each with its value, threshold and window; when the metrics call raises every rule keeps
+    its state (logged, in `errors`)."""
 
     rules: list[AlarmRule]
     _current: dict[str, Evaluation] = field(default_factory=dict, init=False, repr=False)
@@ -382,17 +545,19 @@ class AlarmSet:
         if dupes:
             raise ValueError(f"duplicate alarm names: {', '.join(sorted(dupes))}")
 
-    def evaluate(self, source: MetricSource, now: float | None = None) -> list[StateChange]:
-        now = time.time() if now is None else now
+    def plan(self, now: float) -> list[MetricQuery]:
+        """Every query the rules need at `now`, merged: what one evaluation asks in one call."""
+        return merge_queries(q for rule in self.rules for q in plan_rule(rule, now))
+
+    def decide(self, fetched: Fetched, now: float) -> list[StateChange]:
+        """Evaluate every rule from `fetched` (holding at least `plan(now)`); only the changes."""
         changes: list[StateChange] = []
         for rule in self.rules:
             prev = self._current.get(rule.name)
             try:
-                ev = evaluate(rule, source, now, previous_state=None if prev is None else prev.state)
-            except Exception as e:  # a flaky metric source must not kill the deployer's loop
-                with self._lock:
-                    self.errors[rule.name] = f"{type(e).__name__}: {e}"
-                log.warning("alarm %s: metrics unavailable: %s", rule.name, e)
+                ev = decide_rule(rule, fetched, now, previous_state=None if prev is None else prev.state)
+            except Exception as e:  # one broken rule must not kill the deployer's loop
+                self._failed(rule, e)
                 continue
             with self._lock:
                 self._current[rule.name] = ev
@@ -400,6 +565,26 @@ class AlarmSet:
             if prev is None or prev.state != ev.state:
                 changes.append(StateChange(rule, None if prev is None else prev.state, ev))
         return changes
+
+    def evaluate(self, source: MetricSource, now: float | None = None) -> list[StateChange]:
+        """plan + one `source.metrics` call + decide."""
+        now = time.time() if now is None else now
+        try:
+            fetched = Fetched.fetch(source, self.plan(now))
+        except Exception as e:  # a flaky metric source must not kill the deployer's loop
+            self.unavailable(e)
+            return []
+        return self.decide(fetched, now)
+
+    def unavailable(self, error: Exception) -> None:
+        """The batched call failed: every rule keeps its state, each with the error in `errors`."""
+        for rule in self.rules:
+            self._failed(rule, error)
+
+    def _failed(self, rule: AlarmRule, e: Exception) -> None:
+        with self._lock:
+            self.errors[rule.name] = f"{type(e).__name__}: {e}"
+        log.warning("alarm %s: metrics unavailable: %s", rule.name, e)
 
     @property
     def current(self) -> dict[str, Evaluation]:
@@ -428,29 +613,33 @@ def _limits(*sources: Any) -> dict[str, float]:
 def default_rules(
     manifest: Manifest,
     env_name: str,
-    functions: Iterable[str],
-    canary_version: int,
+    versions: dict[str, str],
     deployment_start: float,
 ) -> list[AlarmRule]:
-    """The alarms of `rollback-procedures.md`, scoped to the new version so that an alarm already
-    firing on the stable version cannot block the deployment that fixes it:
+    """The alarms of `rollback-procedures.md`, scoped to the new version of each function (`versions`:
+    function → its canary version) so that an alarm already firing on the stable version cannot
+    block the deployment that fixes it:
 
     - `error-rate:<fn>`: Errors ÷ Invocations of the canary > `error_rate_threshold` % over a sliding
       `alarm_window` (default 60 s), deciding only after `min_invocations`;
     - `api-5xx`: 5XX responses the canary served > `api_5xx_threshold` over a sliding
-      `api_5xx_period` (only when the service has HTTP events);
+      `api_5xx_period` (only when the service has HTTP events); the gateway's ExecutedVersion is
+      that of the HTTP function, so when HTTP functions have different canary versions there is one
+      `api-5xx:<fn>` per function (the dimension carries no function name: a number shared with
+      another HTTP function's version counts its responses too);
     - `dlq-arrivals:<dlq>`: any message moved into a DLQ since the deployment started;
     - `duration-p99:<fn>`: p99 duration of the canary > a per-function limit, if configured
-      (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function);
+      (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function),
+      over aligned periods of `alarm_window` (a percentile cannot slide);
     - `queue-age:<queue>`: age of the oldest message > a limit, if configured (`queue_age_limits`).
     Every window starts no earlier than `deployment_start`."""
     env = manifest.environment(env_name)
-    v = str(canary_version)
     window = _seconds(getattr(env, "alarm_window", 60.0))
-    fns = list(functions)
+    fns = list(versions)
     rules: list[AlarmRule] = []
 
     for fn in fns:
+        v = str(versions[fn])
         dims = {"FunctionName": fn, "ExecutedVersion": v}
         rules.append(AlarmRule(
             name=f"error-rate:{fn}", kind="error_rate",
@@ -462,14 +651,18 @@ def default_rules(
             samples_label="invocations",
         ))
 
-    if any(f.http_events for f in manifest.functions.values()):
+    http = [fn for fn in fns if fn in manifest.functions and manifest.functions[fn].http_events]
+    http_versions = sorted({str(versions[fn]) for fn in http})
+    service = manifest.service.name
+    api_rules = ([("api-5xx", http_versions[0], service)] if len(http_versions) == 1
+                 else [(f"api-5xx:{fn}", str(versions[fn]), fn) for fn in http])
+    for name, v, who in api_rules:
         rules.append(AlarmRule(
-            name="api-5xx", kind="api_5xx",
-            metric=MetricStat.of(NS_API, "5XXError",
-                                 {"ApiName": manifest.service.name, "Stage": env_name, "ExecutedVersion": v}),
+            name=name, kind="api_5xx",
+            metric=MetricStat.of(NS_API, "5XXError", {"ApiName": service, "Stage": env_name, "ExecutedVersion": v}),
             threshold=float(env.api_5xx_threshold), comparison="GreaterThanThreshold",
             period=float(env.api_5xx_period), treat_missing_data="notBreaching", min_samples=0,
-            since=deployment_start, label="API 5xx", subject=f"{manifest.service.name} v{v}",
+            since=deployment_start, label="API 5xx", subject=f"{who} v{v}",
         ))
 
     dlqs = sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue})
@@ -488,11 +681,11 @@ def default_rules(
         if fn in p99:
             rules.append(AlarmRule(
                 name=f"duration-p99:{fn}", kind="duration_p99",
-                metric=MetricStat.of(NS_LAMBDA, "Duration", {"FunctionName": fn, "ExecutedVersion": v},
-                                     "p99"),
+                metric=MetricStat.of(NS_LAMBDA, "Duration",
+                                     {"FunctionName": fn, "ExecutedVersion": str(versions[fn])}, "p99"),
                 threshold=p99[fn] * 1000.0, comparison="GreaterThanThreshold", period=window,
                 treat_missing_data="missing", min_samples=env.min_invocations, since=deployment_start,
-                label="duration p99", unit="ms", subject=f"{fn} v{v}", samples_label="invocations",
+                label="duration p99", unit="ms", subject=f"{fn} v{versions[fn]}", samples_label="invocations",
             ))
 
     for queue, limit in sorted(_limits(getattr(env, "queue_age_limits", None)).items()):
