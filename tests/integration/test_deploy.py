@@ -231,7 +231,7 @@ def test_good_version_goes_through_the_canary_to_succeeded(world: World) -> None
     d = env.latest()
     assert d["status"] == "Succeeded" and d["description"] == "a real change"
     # the follow display: the step lines, an alarm state line with its evidence, the outcome
-    assert "step 1/2: 20 % on v" in r.stdout and "step 2/2: 100 % on v" in r.stdout, r.stdout
+    assert "step 1/2: 20 % on r" in r.stdout and "step 2/2: 100 % on r" in r.stdout, r.stdout
     assert "error-rate:api" in r.stdout and "API 5xx 0 ≤ 5 over" in r.stdout, r.stdout
     assert "Succeeded" in r.stdout
     assert_all_on(env, d["target_release"])
