@@ -313,6 +313,8 @@ class Pipeline:
             "completeness": evaluation["completeness"],
             "consistency": evaluation["consistency"],
             "issues": len(evaluation["issues"]),
+            "warnings": schedule.get("warnings", []),
+            "skipped_pages": schedule.get("skipped_pages", []),
         }
         prefix = f"{job['client_slug']}/{job['project_slug']}/{job['job_id']}"
         outputs = {
@@ -333,12 +335,14 @@ class Pipeline:
             raise PermanentError(f"the uploaded drawing is missing: {exc}", "INPUT_MISSING") from exc
         pages = extract_pages(data)
         chars = sum(len(p["text"].strip()) for p in pages)
-        if chars == 0:
+        if chars == 0 and not any(p.get("scanned") for p in pages):
+            # neither text nor an image: nothing a reader (or OCR) could ever get from it
             raise PermanentError(
-                "the drawing has no text layer (a scanned image?); text extraction found nothing",
+                "the drawing has no text layer and no scanned image; text extraction found nothing",
                 "NO_TEXT_LAYER",
             )
-        return {"page_count": len(pages), "chars": chars, "pages": pages}
+        scanned = [p["page"] for p in pages if p.get("scanned")]
+        return {"page_count": len(pages), "chars": chars, "pages": pages, "scanned_pages": scanned}
 
     def _context_processing(self, job: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         from sda import context
