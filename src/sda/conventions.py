@@ -19,6 +19,7 @@ system prefix is not a device (sheet numbers, room numbers, references).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,37 +240,48 @@ def read_page(number: int, words: list[Word], legend: dict[str, str | None]) -> 
         if o is not None:
             how = "phrase" if any(op is p for _w, op, _m in ids) else "near"
             seen.setdefault(owners.index(o), []).append((kind, sym, how))
-    # schedule lines: one id and the words naming its devices
-    by_line: dict[int, list[int]] = {}
-    for i, (_, p, _) in enumerate(ids):
-        by_line.setdefault(p.line, []).append(i)
-    lines_text: dict[int, str] = {}
+    # schedule rows: the phrases on an id's baseline that run on from it without a wide break
+    # (a table row, not the whole width of the sheet), holding that one id and words naming devices
+    on_line: dict[int, list[Phrase]] = {}
     for p in parts:
         if id(p) not in legend_phrases:
-            lines_text[p.line] = (lines_text.get(p.line, "") + "  " + p.text).strip()
-    for line, idx in by_line.items():
-        if len(idx) != 1:
+            on_line.setdefault(p.line, []).append(p)
+    id_phrases = {id(p) for _, p, _ in ids}
+    for i, (w, p, _) in enumerate(ids):
+        row = _row(on_line.get(p.line, [p]), p, 40 * w.size, id_phrases)
+        if sum(1 for q in row for x in ids if x[1] is q) != 1:
             continue
-        text = lines_text.get(line, "")
+        text = "  ".join(q.text for q in row)
         if _METADATA.search(text):
             continue
         for rx, kind in _WORDS:
             for m in rx.finditer(text):
                 if kind == "door" and re.search(r"door\s+(contact|schedule|type)", text[m.start():], re.I):
                     continue
-                seen.setdefault(idx[0], []).append((kind, m.group(0), "line"))
+                seen.setdefault(i, []).append((kind, m.group(0), "line"))
                 break
 
     for i, o in enumerate(owners):
-        kinds = seen.get(i, [])
-        primary = [k for k, _, _ in kinds if k in PRIMARY]
         m = ids[i][2]
         prefix = m.group("pre") or ""
+        kinds = seen.get(i, [])
+        drawn = [k for k in kinds if k[2] != "line"]
+        if prefix in ("C", "I") and not drawn:  # a system prefix outranks words that merely share its row
+            kinds = []
+        primary = [k for k, _, _ in kinds if k in PRIMARY]
+        system = {"C": ("camera",), "I": ("motion_detector", "glass_break", "intrusion_device")}.get(prefix)
+        if system and any(k in system for k in primary):  # the prefix's own system first
+            primary = [k for k in primary if k in system]
         if not o.type:
             if primary:
                 o.type = primary[0]
                 o.how = kinds[[k for k, _, _ in kinds].index(primary[0])][2]
-            elif kinds and (prefix in ("A", "D", "DR") or m.group("bare")):
+            elif kinds and (
+                prefix in ("A", "D", "DR")
+                or m.group("bare")
+                or any(how == "line" for _, _, how in kinds)  # a schedule row describes a door
+                or len({k for k, _, _ in kinds if k in ACCESSORY}) > 1  # a reader and a button: their door
+            ):
                 o.type, o.how = "door", kinds[0][2]
             elif kinds and prefix == "C":
                 o.type, o.how = "camera", kinds[0][2]
@@ -320,6 +332,23 @@ def read_page(number: int, words: list[Word], legend: dict[str, str | None]) -> 
             d._loc_d = distance(pos, (d.x, d.y))
     legend_types = {k: v for k, (v, _) in local.items()}
     return PageReading(devices, legend_types, len(syms))  # type: ignore[arg-type]
+
+
+def _row(line: list[Phrase], start: Phrase, gap: float, stops: set[int]) -> list[Phrase]:
+    """The phrases of `line` from `start` up to (not into) the next phrase holding another id, through
+    gaps narrower than `gap`: a table row, however wide its columns, but not the next label's."""
+    ordered = sorted(line, key=lambda q: q.words[0].x * math.cos(math.radians(q.words[0].angle))
+                     + q.words[0].y * math.sin(math.radians(q.words[0].angle)))  # fmt: skip
+    i = next(k for k, q in enumerate(ordered) if q is start)
+    lo = hi = i
+    def near(a: Phrase, b: Phrase) -> bool:
+        return id(b) not in stops and distance(a.words[-1].center(), b.words[0].center()) < gap
+
+    while lo > 0 and near(ordered[lo], ordered[lo - 1]):
+        lo -= 1
+    while hi + 1 < len(ordered) and near(ordered[hi], ordered[hi + 1]):
+        hi += 1
+    return ordered[lo : hi + 1]
 
 
 def _lock_from_legend(sym: str, local: dict[str, tuple[str | None, str]]) -> str | None:

@@ -694,6 +694,25 @@ def convention_drawing(seed: int, pages: int = 2) -> tuple[bytes, dict[str, Any]
             pdf.text(x + 3, y + 1, tag)
             pdf.text(x + 3, y + 5, sym)
             expected.append({"type": kind, "id": tag, "page": page})
+        if rnd.random() < 0.4:  # a door schedule in columns, ids with a building letter
+            letter = rnd.choice("BEFGHLMN")
+            pdf.set_font("Courier", "", 7)
+            wide = rnd.random() < 0.5
+            pdf.text(*((150, 154) if wide else (225, 40)), "DOOR    ROOM          HARDWARE")
+            for k in range(rnd.randint(2, 5)):
+                tag = f"{letter}-{page}{k:02d}"
+                kit = rnd.choice(["Card Reader", "Card Reader + Exit Button", "Exit Button", "Reader + Keypad"])
+                if wide:  # columns far apart, as a table drawn across the sheet
+                    for x, cell in zip((150, 190, 245), (tag, rnd.choice(ROOMS), kit), strict=True):
+                        pdf.text(x, 160 + 5 * k, cell)
+                else:
+                    pdf.text(225, 46 + 5 * k, f"{tag:<8}{rnd.choice(ROOMS)[:12]:<14}{kit}")
+                expected.append({"type": "door", "id": tag, "page": page})
+                for word, kind, abbr in (("Reader", "card_reader", "CR"), ("Exit", "exit_button", "EB"),
+                                         ("Keypad", "keypad", "KP")):  # fmt: skip
+                    if word in kit:
+                        expected.append({"type": kind, "id": f"{tag}-{abbr}", "page": page})
+            pdf.set_font("Helvetica", "", 7)
         pdf.text(20, 185, f"Ref: A-{200 + page}  Scale 1:100  3600  2400  Room {page}01")
     data = bytes(pdf.output())
     return data, {"components": expected, "excluded": sorted(excluded), "skipped_pages": skipped}
