@@ -8,12 +8,16 @@ applies; the analysis lowers the confidence of whatever came from OCR.
 
 from __future__ import annotations
 
+import re
 import shutil
 from typing import Any
 
 from sda.layout import Word
 
 MIN_CONFIDENCE = 40  # Tesseract's per-word confidence (0-100) below which a word is dropped
+TARGET_DPI = 250  # Tesseract reads small print best at 250-300 dpi; low-resolution scans are upscaled
+# Tesseract often drops the hyphen of a short id (`A-101` → `A101`): restored for the system prefixes
+_LOST_HYPHEN = re.compile(r"^(A|C|I|D|DR)(\d{2,4})([.,;:]?)$")
 
 
 def available() -> bool:
@@ -32,8 +36,12 @@ def read_image(image: Any, page_width: float, page_height: float) -> list[Word]:
     import pytesseract
 
     gray = image.convert("L")
+    dpi = gray.width / (page_width / 72.0)
+    if dpi < TARGET_DPI * 0.8:
+        factor = TARGET_DPI / dpi
+        gray = gray.resize((int(gray.width * factor), int(gray.height * factor)))
     sx, sy = page_width / gray.width, page_height / gray.height
-    data = pytesseract.image_to_data(gray, output_type=pytesseract.Output.DICT, config="--psm 11")
+    data = pytesseract.image_to_data(gray, output_type=pytesseract.Output.DICT, config="--psm 3")
     words = []
     for i, text in enumerate(data["text"]):
         text = (text or "").strip()
@@ -43,6 +51,7 @@ def read_image(image: Any, page_width: float, page_height: float) -> list[Word]:
             conf = -1.0
         if not text or conf < MIN_CONFIDENCE:
             continue
+        text = _LOST_HYPHEN.sub(r"\1-\2\3", text)
         left, top, h = data["left"][i], data["top"][i], data["height"][i]
         size = max(4.0, h * sy * 1.3)
         # image rows grow downwards; the baseline sits at the box's bottom

@@ -716,3 +716,35 @@ def convention_drawing(seed: int, pages: int = 2) -> tuple[bytes, dict[str, Any]
         pdf.text(20, 185, f"Ref: A-{200 + page}  Scale 1:100  3600  2400  Room {page}01")
     data = bytes(pdf.output())
     return data, {"components": expected, "excluded": sorted(excluded), "skipped_pages": skipped}
+
+
+def convention_scan(seed: int, dpi: int = 100) -> tuple[bytes, dict[str, Any]]:
+    """A scanned convention drawing: one grayscale raster page, no text layer (develops the OCR path)."""
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw, ImageFont
+
+    rnd = random.Random(seed)
+    w, h = int(297 / 25.4 * dpi), int(210 / 25.4 * dpi)
+    img = Image.new("L", (w, h), 255)
+    draw = ImageDraw.Draw(img)
+    px = max(10, int(dpi * 0.14))
+    try:
+        font = ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: the bitmap font
+        font = ImageFont.load_default()
+    draw.text((w * 0.05, h * 0.05), "SECURITY LAYOUT", fill=0, font=font)
+    expected: list[dict[str, Any]] = []
+    for i in range(rnd.randint(3, 6)):
+        tag = f"A-{rnd.randint(1, 9)}{i:02d}"
+        x, y = w * (0.08 + 0.3 * (i % 3)), h * (0.25 + 0.35 * (i // 3))
+        draw.rectangle((x - px, y - px, x + 12 * px, y + 5 * px), outline=0, width=2)
+        syms = ["D"] + (["R"] if rnd.random() < 0.7 else [])
+        draw.text((x, y), "  ".join([tag, *syms]), fill=0, font=font)
+        expected.append({"type": "door", "id": tag, "page": 1})
+        if "R" in syms:
+            expected.append({"type": "card_reader", "id": f"{tag}-CR", "page": 1})
+    pdf = FPDF(orientation="L", unit="mm", format="A4")
+    pdf.set_creation_date(FIXED_DATE)
+    pdf.add_page()
+    pdf.image(img, x=0, y=0, w=297, h=210)
+    return bytes(pdf.output()), {"components": expected, "excluded": [], "skipped_pages": []}
