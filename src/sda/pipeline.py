@@ -263,7 +263,8 @@ class Pipeline:
         results: dict[str, Any] = {}
         if faults.roll("worker_error_rate"):
             raise faults.InjectedFault("injected worker fault (SDA_FAULTS=worker_error_rate)")
-        for stage in planned_stages(job):
+        planned = planned_stages(job)
+        for index, stage in enumerate(planned):
             stage_ref["stage"] = stage
             done = stage in (job.get("stages_completed") or [])
             if done:
@@ -287,7 +288,12 @@ class Pipeline:
             completed = list(job.get("stages_completed") or [])
             if stage not in completed:
                 completed.append(stage)
-            job = self.storage.update_job(job["job_id"], {"stages_completed": completed, "stages": stages})
+            # the next stage becomes current in the same write: a status read in between never shows a
+            # stage as both current and completed
+            following = planned[index + 1] if index + 1 < len(planned) else stage
+            job = self.storage.update_job(
+                job["job_id"], {"stages_completed": completed, "stages": stages, "current_stage": following}
+            )
             self.metrics.add_metric(name="StageSuccess", unit=MetricUnit.Count, value=1)
         analysis = results["drawing_analysis"]
         evaluation = results["evaluation"]
