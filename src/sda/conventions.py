@@ -132,7 +132,7 @@ class Found:
 @dataclass
 class PageReading:
     devices: list[Found]
-    legend: dict[str, str]  # symbol → type, as the page's legend defines it
+    legend: dict[str, str | None]  # symbol → type (None: not security), as the page's legend defines it
     symbols_seen: int
 
 
@@ -289,7 +289,7 @@ def read_page(number: int, words: list[Word], legend: dict[str, str | None]) -> 
                 o.type, o.how = kinds[0][0], kinds[0][2]
                 if prefix == "I" and o.type not in ("keypad", "door_contact"):
                     o.type = "intrusion_device"
-            elif prefix in PREFIX_SYSTEM:
+            elif prefix in PREFIX_SYSTEM and len(m.group("num")) >= 2:  # `A-1` is a grid or detail reference
                 o.type, o.how = PREFIX_SYSTEM[prefix], "prefix"
             else:
                 continue
@@ -308,6 +308,8 @@ def read_page(number: int, words: list[Word], legend: dict[str, str | None]) -> 
         found[o.id] = o
 
     devices = list(found.values())
+    if all(d.how == "prefix" for d in devices):  # a bare prefix counts only beside confirmed devices
+        devices = []
     # qualifiers: the note's own phrase first, else the nearest id on its line, else the nearest nearby
     for p, status in notes:
         pos = p.center()
@@ -331,7 +333,7 @@ def read_page(number: int, words: list[Word], legend: dict[str, str | None]) -> 
             d.location = _clean(p.text).strip(" -\u2013")
             d._loc_d = distance(pos, (d.x, d.y))
     legend_types = {k: v for k, (v, _) in local.items()}
-    return PageReading(devices, legend_types, len(syms))  # type: ignore[arg-type]
+    return PageReading(devices, legend_types, len(syms))
 
 
 def _row(line: list[Phrase], start: Phrase, gap: float, stops: set[int]) -> list[Phrase]:

@@ -118,6 +118,13 @@ def test_system_prefixes_and_intrusion_symbols() -> None:
     assert s["metadata"]["total_cameras"] == 2 and s["metadata"]["total_other_devices"] == 3
 
 
+def test_bare_prefixes_need_company_and_two_digits() -> None:
+    # references, grid and detail callouts look like ids; alone on a page they are not devices
+    assert components(analyze([page(1, ("SEE DETAIL", 40, 500), ("C-12", 100, 300), ("A-40", 200, 300))])) == []
+    s = analyze([page(1, ("A-101 D R", 100, 400), ("A-2", 300, 300), ("C-07", 400, 300))])
+    assert found(s) == {("door", "A-101", 1), ("card_reader", "A-101-CR", 1), ("camera", "C-07", 1)}
+
+
 def test_qualifying_notes() -> None:
     s = analyze(
         [
