@@ -29,6 +29,7 @@ class Word:
     size: float  # effective font size in points
     angle: int  # text direction, rounded to 0 / 90 / 180 / 270 degrees
     source: str = "text"  # "text" (the PDF's text layer) | "ocr"
+    advance: float = 0.0  # the word's width in points from the font's metrics (0: unknown, estimated)
 
     def direction(self) -> tuple[float, float]:
         a = math.radians(self.angle)
@@ -36,7 +37,7 @@ class Word:
 
     @property
     def width(self) -> float:
-        return len(self.text) * CHAR_EM * self.size
+        return self.advance or len(self.text) * CHAR_EM * self.size
 
     def center(self) -> tuple[float, float]:
         dx, dy = self.direction()
@@ -51,11 +52,15 @@ class Word:
             "size": round(self.size, 1),
             "angle": self.angle,
             "source": self.source,
+            "advance": round(self.advance, 2),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Word:
-        return cls(d["text"], float(d["x"]), float(d["y"]), float(d["size"]), int(d["angle"]), d.get("source", "text"))
+        return cls(
+            d["text"], float(d["x"]), float(d["y"]), float(d["size"]), int(d["angle"]), d.get("source", "text"),
+            float(d.get("advance") or 0.0),
+        )  # fmt: skip
 
 
 @dataclass
@@ -86,9 +91,28 @@ def _mul(a: list[float], b: list[float]) -> list[float]:
     ]
 
 
+def _metrics(font_dict: Any, cache: dict[int, Any]) -> Any:
+    """`text → width in ems` from the font's widths (pypdf's Font, base-14 metrics included), or None.
+
+    pypdf keeps this class private; when it moves, positions fall back to the half-em estimate.
+    """
+    key = id(font_dict)
+    if key not in cache:
+        try:
+            from pypdf.generic._font import Font
+
+            font = Font.from_font_resource(font_dict)
+            font.get_text_width("A")
+            cache[key] = lambda t: font.get_text_width(t) / 1000.0
+        except Exception:  # noqa: BLE001 - any failure: estimate instead
+            cache[key] = None
+    return cache[key]
+
+
 def words_from_page(page: Any) -> list[Word]:
     """Positioned words of a pypdf page, from the text visitor (one extraction pass)."""
     words: list[Word] = []
+    fonts: dict[int, Any] = {}
 
     def visit(text: str, cm: Any, tm: Any, font_dict: Any, font_size: Any) -> None:
         if not text or not text.strip():
@@ -101,15 +125,54 @@ def words_from_page(page: Any) -> list[Word]:
             return
         angle = int(round(math.degrees(math.atan2(m[1], m[0])) / 90.0)) % 4 * 90
         dx, dy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        ems = _metrics(font_dict, fonts) if font_dict is not None else None
         for n, line in enumerate(text.split("\n")):
             # a run spanning lines (rare with the visitor): later lines sit one leading further down
             ox, oy = m[4] + dy * 1.2 * size * n, m[5] - dx * 1.2 * size * n
+            # leading blanks are pypdf's own (a gap since the previous text object): the text matrix
+            # is where the first glyph sits
+            lead = len(line) - len(line.lstrip())
             for w in _WORD.finditer(line):
-                off = w.start() * CHAR_EM * size
-                words.append(Word(w.group(), ox + dx * off, oy + dy * off, size, angle))
+                before = line[lead : w.start()]
+                off = (ems(before) if ems else len(before) * CHAR_EM) * size
+                advance = ems(w.group()) * size if ems else 0.0
+                words.append(Word(w.group(), ox + dx * off, oy + dy * off, size, angle, "text", advance))
 
     page.extract_text(visitor_text=visit)
-    return words
+    return join_glyphs(words)
+
+
+def join_glyphs(words: list[Word]) -> list[Word]:
+    """Glue text placed glyph by glyph (CAD exports: one text object per character) back into words.
+
+    A one-character text object that starts where the previous one-character object on its baseline
+    ends (by the font's widths, within 0.12 em) continues it: `A` `-` `1` `0` `1` → `A-101`. Words
+    are separated by at least a space (~0.25 em); a symbol squeezed against a whole label (`RDR` `B`)
+    stays apart. Without the font's widths nothing is joined.
+    """
+    out: list[Word] = []
+    glued: set[int] = set()  # words in `out` made only of one-glyph text objects
+    for w in words:
+        prev = out[-1] if out else None
+        if (
+            prev is not None
+            and prev.advance
+            and w.advance
+            and prev.angle == w.angle
+            and abs(prev.size - w.size) <= 0.1 * w.size
+            and len(w.text) == 1
+            and (len(prev.text) == 1 or id(prev) in glued)
+        ):
+            dx, dy = w.direction()
+            gap = (w.x * dx + w.y * dy) - (prev.x * dx + prev.y * dy + prev.advance)
+            v_gap = abs((-w.x * dy + w.y * dx) - (-prev.x * dy + prev.y * dx))
+            if v_gap < 0.2 * w.size and abs(gap) < 0.12 * w.size:
+                prev.text += w.text
+                prev.advance += w.advance + gap
+                glued.add(id(prev))
+                continue
+        out.append(w)
+    return out
 
 
 def phrases(words: list[Word]) -> list[Phrase]:

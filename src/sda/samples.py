@@ -662,9 +662,15 @@ def convention_drawing(seed: int, pages: int = 2) -> tuple[bytes, dict[str, Any]
             note = rnd.choice([None, None, None, "(incomplete)", "existing", "by others", "NOT IN SCOPE"])
             parts = [symbol["door"]] + ([symbol["card_reader"]] if has_reader else [])
             parts += [symbol["exit_button"]] if has_exit else []
-            form = rnd.choice(["phrase", "near", "rotated"])
+            form = rnd.choice(["phrase", "near", "rotated", "glyphs"])
             if form == "phrase":
                 pdf.text(x, y + 10, " ".join([tag, *parts]))
+            elif form == "glyphs":  # as CAD exports write text: one text object per character
+                gx = x
+                for ch in " ".join([tag, *parts]):
+                    if ch != " ":
+                        pdf.text(gx, y + 10, ch)
+                    gx += pdf.get_string_width(ch)
             elif form == "near":
                 pdf.text(x, y + 10, tag)
                 for j, s in enumerate(parts):

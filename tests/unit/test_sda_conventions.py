@@ -220,6 +220,22 @@ def test_a_rotated_page_keeps_its_neighbours() -> None:
     assert found(s) == {("door", "D-21", 1), ("card_reader", "D-21-CR", 1), ("door", "D-22", 1)}
 
 
+def test_text_placed_glyph_by_glyph_is_read_as_words() -> None:
+    pdf = _fpdf()
+    pdf.add_page()
+    pdf.set_font("Times", size=8)
+    x = 100.0
+    for ch in "A-117 D R":  # one text object per character, as CAD exports write labels
+        if ch != " ":
+            pdf.text(x, 300, ch)
+        x += pdf.get_string_width(ch)
+    pdf.text(100, 200, "C-01")
+    pdf.text(100 + pdf.get_string_width("C-01"), 200, "B")  # squeezed against a label: still apart
+    pages = extract_pages(bytes(pdf.output()))
+    assert [w["text"] for w in pages[0]["words"]] == ["A-117", "D", "R", "C-01", "B"]
+    assert found(analyze(pages)) == {("door", "A-117", 1), ("card_reader", "A-117-CR", 1), ("camera", "C-01", 1)}
+
+
 def _scan_pdf() -> bytes:
     from PIL import Image, ImageDraw
 
