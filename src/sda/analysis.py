@@ -411,7 +411,8 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
         number = int(p["page"])
         if p.get("scanned") and not p.get("ocr"):
             skipped.append({"page": number, "reason": "no text layer (scanned)"})
-            warnings.append(f"page {number}: no text layer (scanned)")
+            failed = f"; OCR failed ({p['ocr_error']})" if p.get("ocr_error") else ""
+            warnings.append(f"page {number}: no text layer (scanned){failed}")
         elif p.get("scanned"):
             warnings.append(f"page {number}: no text layer (scanned), read by OCR at lower confidence")
             if number not in with_devices:

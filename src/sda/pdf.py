@@ -101,10 +101,14 @@ def extract_pages(data: bytes, ocr: bool = True) -> list[dict[str, Any]]:
             if scanned:
                 entry["scanned"] = True
                 if ocr and ocr_mod.available():
-                    ocr_words = ocr_mod.read_page(page)
-                    entry["words"] = [w.to_dict() for w in ocr_words]
-                    entry["text"] = ocr_mod.as_text(ocr_words)
-                    entry["ocr"] = True
+                    try:
+                        ocr_words = ocr_mod.read_page(page)
+                    except Exception as exc:  # noqa: BLE001 - an OCR failure leaves a scan, not a corrupt PDF
+                        entry["ocr_error"] = f"{type(exc).__name__}: {exc}"[:200]
+                    else:
+                        entry["words"] = [w.to_dict() for w in ocr_words]
+                        entry["text"] = ocr_mod.as_text(ocr_words)
+                        entry["ocr"] = True
             pages.append(entry)
     except Exception as exc:  # noqa: BLE001
         raise PermanentError(f"the PDF is corrupt: {exc}", "CORRUPT_PDF") from exc

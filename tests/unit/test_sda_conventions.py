@@ -264,6 +264,16 @@ def test_a_scan_without_ocr_is_said_to_be_a_scan_not_an_empty_drawing() -> None:
     assert summary["Skipped page"] == "page 1: no text layer (scanned)"
 
 
+def test_an_ocr_failure_leaves_a_reported_scan_not_a_corrupt_pdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(page: Any) -> list[Word]:
+        raise RuntimeError("tesseract crashed")
+
+    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "read_page", broken)
+    s = analyze(extract_pages(_scan_pdf()))
+    assert s["warnings"][0] == "page 1: no text layer (scanned); OCR failed (RuntimeError: tesseract crashed)"
+
+
 @pytest.mark.skipif(not ocr.available(), reason="OCR needs pytesseract and the tesseract binary (not installed)")
 def test_ocr_reads_a_scan_at_a_lower_confidence() -> None:
     data, truth = samples.convention_scan(2, dpi=200)
