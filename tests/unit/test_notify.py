@@ -26,6 +26,7 @@ class Receiver:
         self.received: list[dict] = []
         self.paths: list[str] = []
         self.requests = 0
+        self.times: list[float] = []  # time.monotonic() of each request's arrival
         self.fail_first = fail_first
         self.arrived = threading.Event()
         outer = self
@@ -33,6 +34,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.times.append(time.monotonic())
                 outer.requests += 1
                 if outer.requests <= outer.fail_first:
                     self.send_response(500)
@@ -164,6 +166,61 @@ def test_retries_with_backoff_until_the_target_recovers(caplog: pytest.LogCaptur
         assert "retrying in 0.10 s" in caplog.text and "retrying in 0.20 s" in caplog.text
     finally:
         flaky.close()
+
+
+def test_attempts_and_backoff_are_pinned(caplog: pytest.LogCaptureFixture) -> None:
+    """4 attempts, waits of backoff·2^(n-1) capped at max_backoff, no jitter; the last failure is
+    reported with the attempt count and apprise's reason."""
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    down = Receiver(fail_first=100)  # answers every request with 500
+    try:
+        results: list[DeliveryResult] = []
+        with Notifier([NotifySpec(url=down.url())], attempts=4, backoff=0.1, max_backoff=0.25,
+                      on_result=results.append) as n:
+            n.notify(rolled_back())
+            assert n.flush(20)
+        assert down.requests == 4 and down.received == []
+        assert results == [DeliveryResult(results[0].target, results[0].notification, False, 4,
+                                          "the service refused it or could not be reached")]
+        gaps = [b - a for a, b in zip(down.times, down.times[1:], strict=False)]
+        for gap, wait in zip(gaps, [0.1, 0.2, 0.25], strict=True):
+            assert wait - 0.01 <= gap < wait + 1.0, gaps  # the cap itself is pinned by the log below
+        ours = [r for r in caplog.records if r.name == "backout.control.notify"]
+        retries = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+        assert [m.rsplit("; ", 1)[1] for m in retries] == [
+            "retrying in 0.10 s", "retrying in 0.20 s", "retrying in 0.25 s"
+        ]
+        assert [m.split(": ", 1)[0].rsplit(" ", 4)[1:] for m in retries] == [
+            ["(attempt", "1", "of", "4)"], ["(attempt", "2", "of", "4)"], ["(attempt", "3", "of", "4)"]
+        ]
+        assert [r.getMessage().split(": ", 1)[0] for r in ours if r.levelno == logging.ERROR] == [
+            f"notification rolled_back to {results[0].target} failed after 4 attempts, giving up"
+        ]
+    finally:
+        down.close()
+
+
+def test_close_cuts_a_backoff_short_and_reports_the_attempts_made(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    down = Receiver(fail_first=100)
+    try:
+        results: list[DeliveryResult] = []
+        n = Notifier([NotifySpec(url=down.url())], attempts=3, backoff=30.0, on_result=results.append)
+        n.notify(rolled_back())
+        deadline = time.monotonic() + 5
+        while not any("retrying in 30.00 s" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no retry was scheduled"
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        n.close(timeout=0.2)
+        assert time.monotonic() - t0 < 2  # not 30 s
+        assert down.requests == 1
+        assert [(r.ok, r.attempts, r.error) for r in results] == [
+            (False, 1, "the service refused it or could not be reached")
+        ]
+        assert "dropped at shutdown after 1 attempt(s)" in caplog.text
+    finally:
+        down.close()
 
 
 def test_invalid_url_is_a_usage_error() -> None:
