@@ -79,7 +79,7 @@ def closed_port() -> int:
 
 def rolled_back() -> Notification:
     return Notification(
-        kind="rolled_back", environment="prod", deployment_id="d-0007", stable_version=6, target_version=7,
+        kind="rolled_back", environment="prod", deployment_id="d-0007", stable="r6", target="r7",
         reason="alarm error-rate:worker", evidence=[EVIDENCE], incident_id="INC-0003",
         command="backout incident show INC-0003 --env prod", service="security-assistant",
     )
@@ -93,9 +93,9 @@ def test_rollback_notification_reaches_a_real_receiver_with_its_evidence(receive
     (msg,) = receiver.received
     assert receiver.paths == ["/hooks/backout"]
     assert msg["type"] == "failure"  # critical
-    assert msg["title"] == "[security-assistant/prod] deployment d-0007 rolled back to v6"
+    assert msg["title"] == "[security-assistant/prod] deployment d-0007 rolled back to r6"
     assert EVIDENCE in msg["message"]
-    assert "Versions: stable v6, new v7" in msg["message"]
+    assert "Releases: stable r6, new r7" in msg["message"]
     assert "backout incident show INC-0003 --env prod" in msg["message"]
     assert "Reason: alarm error-rate:worker" in msg["message"]
     assert [(r.ok, r.attempts) for r in results] == [(True, 1)]
@@ -108,17 +108,17 @@ def test_min_severity_filters_per_target(receiver: Receiver) -> None:
         specs = [NotifySpec(url=receiver.url("all")), NotifySpec(url=critical_only.url("pager"),
                                                                   min_severity="critical")]
         with Notifier(specs) as notifier:
-            started = Notification("deployment_started", "prod", deployment_id="d-0007", stable_version=6,
-                                   target_version=7)
+            started = Notification("deployment_started", "prod", deployment_id="d-0007", stable="r6",
+                                   target="r7")
             assert notifier.notify(started) == 1
             assert notifier.notify(rolled_back()) == 2
             assert notifier.notify(Notification("approval_needed", "prod", deployment_id="d-0008",
-                                                stable_version=6, target_version=8)) == 1
+                                                stable="r6", target="r8")) == 1
             assert notifier.flush(10)
         assert [m["title"] for m in receiver.received] == [
-            "[prod] deployment d-0007 started: v6 → v7",
-            "[security-assistant/prod] deployment d-0007 rolled back to v6",
-            "[prod] deployment d-0008 waits for approval: v6 → v8",
+            "[prod] deployment d-0007 started: r6 → r7",
+            "[security-assistant/prod] deployment d-0007 rolled back to r6",
+            "[prod] deployment d-0008 waits for approval: r6 → r8",
         ]
         assert [m["type"] for m in receiver.received] == ["info", "failure", "warning"]
         assert len(critical_only.received) == 1 and EVIDENCE in critical_only.received[0]["message"]
@@ -230,14 +230,14 @@ def test_invalid_url_is_a_usage_error() -> None:
 
 def test_every_kind_renders_a_title_and_body() -> None:
     for kind in KINDS:
-        n = Notification(kind, "staging", deployment_id="d-0002", stable_version=1, target_version=2,
+        n = Notification(kind, "staging", deployment_id="d-0002", stable="r1", target="r2",
                          weight=10, hook="pre-traffic", passed=True, incident_id="INC-0001",
                          evidence=["DLQ arrivals 1 > 0 over 31 s since the deployment started on jobs-dlq"],
                          command="backout deployment show d-0002 --env staging")
         assert n.title.startswith("[staging]") and "?" not in n.title, n.title
         assert "DLQ arrivals 1 > 0" in n.body and "backout deployment show d-0002" in n.body
-    assert Notification("step_reached", "prod", deployment_id="d-1", target_version=7, weight=10).title \
-        == "[prod] deployment d-1: 10 % on v7"
+    assert Notification("step_reached", "prod", deployment_id="d-1", target="r7", weight=10).title \
+        == "[prod] deployment d-1: 10 % on r7"
     assert Notification("hook_failed", "prod", deployment_id="d-1", hook="pre-traffic").severity == "critical"
     assert Notification("drill_result", "staging", passed=False).severity == "warning"
     assert Notification("drill_result", "staging", passed=False).title == "[staging] rollback drill FAILED"

@@ -33,9 +33,9 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _D = "{where} deployment {deployment_id}"
 KINDS: dict[str, tuple[str, str]] = {
     "deployment_started": ("info", _D + " started: {arrow}"),
-    "step_reached": ("info", _D + ": {weight_pct} on v{target_version}"),
-    "succeeded": ("info", _D + " succeeded: v{target_version} serves 100 %"),
-    "rolled_back": ("critical", _D + " rolled back to v{stable_version}"),
+    "step_reached": ("info", _D + ": {weight_pct} on {target}"),
+    "succeeded": ("info", _D + " succeeded: {target} serves 100 %"),
+    "rolled_back": ("critical", _D + " rolled back to {stable}"),
     "stopped": ("warning", _D + " stopped: {arrow}"),
     "hook_failed": ("critical", _D + ": {hook} hook failed"),
     "deadline_exceeded": ("critical", _D + " exceeded its progress deadline"),
@@ -62,8 +62,8 @@ class Notification:
     environment: str
     severity: str | None = None
     deployment_id: str | None = None
-    stable_version: int | None = None
-    target_version: int | None = None
+    stable: str | None = None  # release labels: `r6`, or `r6 (worker v12)` where versions differ
+    target: str | None = None
     reason: str = ""
     evidence: Sequence[str] = ()
     command: str = ""
@@ -92,8 +92,7 @@ class Notification:
     def title(self) -> str:
         values = _Blank({k: v for k, v in self.__dict__.items() if v is not None})
         values["where"] = f"[{self.service}/{self.environment}]" if self.service else f"[{self.environment}]"
-        values["arrow"] = (f"v{self.stable_version} → v{self.target_version}"
-                           if self.stable_version is not None else f"v{self.target_version}")
+        values["arrow"] = f"{self.stable} → {self.target}" if self.stable is not None else f"{self.target}"
         values["weight_pct"] = f"{self.weight:g} %" if self.weight is not None else "?"
         values["outcome"] = {True: "passed", False: "FAILED", None: "finished"}[self.passed]
         return KINDS[self.kind][1].format_map(values)
@@ -106,9 +105,9 @@ class Notification:
         if self.evidence:
             lines.append("Evidence:")
             lines.extend(f"  - {e}" for e in self.evidence)
-        if self.target_version is not None:
-            versions = f"stable v{self.stable_version}, " if self.stable_version is not None else ""
-            lines.append(f"Versions: {versions}new v{self.target_version}")
+        if self.target is not None:
+            releases = f"stable {self.stable}, " if self.stable is not None else ""
+            lines.append(f"Releases: {releases}new {self.target}")
         if self.deployment_id:
             lines.append(f"Deployment: {self.deployment_id}")
         if self.incident_id:
