@@ -5,14 +5,17 @@ environment (`platform = "local" | "aws"` in the manifest); everything above `pl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backout.errors import UsageError
-from backout.manifest import Manifest
-from backout.platforms.base import Platform
+if TYPE_CHECKING:  # not at run time: a worker process imports this package and must stay small
+    from backout.manifest import Manifest
+    from backout.platforms.base import Platform
 
 
 def open_platform(manifest: Manifest, env: str, state_dir: Path | None = None) -> Platform:
     """The platform of `env`, ready to use (a hosted one still needs its process: see `Hosted`)."""
+    from backout.errors import UsageError
+
     kind = manifest.environment(env).platform
     if kind == "local":
         from backout.platforms.local.platform import LocalPlatform
