@@ -644,8 +644,8 @@ class FakePlatform:
 
                 self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _H)
                 self._server.daemon_threads = True
-                self._server_thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                                       name="fake-gateway")
+                self._server_thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                                       daemon=True, name="fake-gateway")
                 self._server_thread.start()
             return f"http://127.0.0.1:{self._server.server_address[1]}"
 
@@ -1032,6 +1032,9 @@ post_traffic = [{post}]
 [strategies.Fast]
 steps = [{{ weight = 50, hold = "0s" }}, {{ weight = 100 }}]
 
+[strategies.Hold]
+steps = [{{ weight = 50, hold = "5s" }}, {{ weight = 100 }}]
+
 [environments.staging]
 gateway_port = 0
 control_port = 0
@@ -1124,6 +1127,19 @@ class World:
         self.deployer = Deployer(self.manifest, self.env, self.fake, self.store, self.notifier, clock=self.clock.now)
         return self.deployer
 
+    @property
+    def ctx(self) -> Any:
+        """The RunbookContext over this world (the running deployment's alarms as `live_alarms`)."""
+        from backout.runbooks.context import RunbookContext
+
+        def live_alarms() -> dict[str, Any]:
+            active = self.store.active_deployment(self.env)
+            lv = self.deployer.live.get(active.id) if active else None
+            return dict(lv.alarms) if lv else {}
+
+        return RunbookContext(self.manifest, self.env, self.fake, self.store, self.deployer, self.notifier,
+                              live_alarms=live_alarms)
+
     def release(self, *changed: str, environment: dict[str, str] | None = None) -> Release:
         """Publish a new release in which only the `changed` functions' code differs from the last."""
         tag = str(next(self._tags))
@@ -1136,7 +1152,7 @@ class World:
         strategy = Strategy("T", tuple(Step(w, h) for w, h in (steps or ((50, 5.0), (100, 0.0)))))
         return self.deployer.create(release=release.id, strategy_obj=strategy, created_by="tester")
 
-    def wait(self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    def wait(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
         while True:
             got = predicate()
@@ -1144,7 +1160,7 @@ class World:
                 return got
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.005)
+            time.sleep(0.01)
 
     def wait_step(self, deployment_id: str, step: int) -> Any:
         """Until the runner holds at `step` with its weights applied (its step_reached event written)."""

@@ -22,7 +22,7 @@ from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, stat
 @pytest.fixture(autouse=True)
 def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's real wait between evaluations; time itself is the FakeClock's."""
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.02)
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.05)
 
 
 @pytest.fixture
@@ -384,8 +384,12 @@ def test_metrics_outage_keeps_every_alarm_state_and_the_deployment_going(world: 
     d = world.deploy(r2)
     world.wait_step(d.id, 0)
     world.clock.advance(1)
-    world.wait(lambda: not world.fake._fail.get("metrics"), what="the outage to pass")
-    world.wait(lambda: world.deployer.live[d.id].alarms, what="alarms evaluated after the outage")
+
+    def outage_over() -> bool:
+        world.nudge(d.id)
+        return not world.fake._fail.get("metrics")
+
+    world.wait(outage_over, what="every failing metrics call made")
     assert world.store.get(d.id).status == st.IN_PROGRESS
     world.clock.advance(4)
     world.nudge(d.id)

@@ -17,7 +17,7 @@ from fakes import CrashingStore, Killed, World
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.02)
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.05)
     w = World(tmp_path)
     yield w
     w.close()
