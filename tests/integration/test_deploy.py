@@ -190,7 +190,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         f'notify = [{{ url = "json://127.0.0.1:{receiver.port}/hook", min_severity = "info" }}, '
         f'{{ url = "json://127.0.0.1:{closed_port()}/dead", min_severity = "info" }}]'
     )
-    text = sda_manifest(tmp / "state", extra=STRATEGIES, env_extra=f"min_invocations = 5\n{notify}")
+    # One alarm per fault, by construction, so that each test can name the alarm that rolled back:
+    # API 5xx and the latency judge are left to the unit tests (their count / p99 race the error rate
+    # here), and a failed message waits 10 s before its retry, so the worker's error rate always
+    # decides long before a message could reach the DLQ.
+    env_extra = f"min_invocations = 5\napi_5xx_threshold = 100000\nlatency_judge = false\n{notify}"
+    text = sda_manifest(tmp / "state", extra=STRATEGIES, env_extra=env_extra)
+    retry = 'events = [{ queue = "processing", batch_size = 1, retry_after = "2s" }]'
+    assert retry in text
+    text = text.replace(retry, retry.replace('"2s"', '"10s"'))
     pre = 'pre_traffic = [{ builtin = "checks" }]'
     assert pre in text
     hook = (f'{{ command = "if [ -e {gate} ]; then echo refused by the gate file >&2; exit 3; fi", '
@@ -231,7 +239,7 @@ def test_good_version_goes_through_the_canary_to_succeeded(world: World) -> None
     d = env.latest()
     assert d["status"] == "Succeeded" and d["description"] == "a real change"
     # the follow display: the step lines, an alarm state line with its evidence, the outcome
-    assert "step 1/2: 20 % on v" in r.stdout and "step 2/2: 100 % on v" in r.stdout, r.stdout
+    assert "step 1/2: 20 % on r" in r.stdout and "step 2/2: 100 % on r" in r.stdout, r.stdout
     assert "error-rate:api" in r.stdout and "API 5xx 0 ≤ 5 over" in r.stdout, r.stdout
     assert "Succeeded" in r.stdout
     assert_all_on(env, d["target_release"])
@@ -259,12 +267,13 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     view = env.deployment(env.latest()["id"])
     d = view["deployment"]
     assert d["status"] == "RolledBack" and d["id"] != stable["id"]
-    assert "error-rate:api" in d["reason"] or "api-5xx" in d["reason"], d["reason"]
+    assert d["reason"].startswith("alarm error-rate:api in ALARM: error rate "), d["reason"]
     assert d["current_step"] == 0, "decided during the 20 % canary"
     ev = rolled_back_event(view)
     assert ev["data"]["trigger"] == "alarm"
     evidence = " ".join(ev["data"]["evidence"])
-    assert (" > 10 %" in evidence and "on api v" in evidence) or " > 5 over" in evidence, evidence
+    assert " > 10 % over " in evidence and f"on api v{d['target_release']}" in evidence, evidence
+    assert [a["alarm"] for a in ev["data"]["alarms"]] == ["error-rate:api"]
     assert rollback_ms(d) < 1000
     assert env.weights() == before, "every alias back on the stable version, 100 %"
     bad = load.served_by(d["target_release"])
@@ -289,10 +298,11 @@ def test_worker_crashing_on_every_message_rolls_back(world: World) -> None:
     view = env.deployment(env.latest()["id"])
     d = view["deployment"]
     assert d["status"] == "RolledBack" and d["current_step"] == 0
-    assert "error-rate:worker" in d["reason"] or "dlq-arrivals" in d["reason"], d["reason"]
-    evidence = " ".join(rolled_back_event(view)["data"]["evidence"])
-    assert f"on worker v{d['target_release']}" in evidence or "DLQ arrivals" in evidence, evidence
-    assert " > " in evidence, evidence
+    assert d["reason"].startswith("alarm error-rate:worker in ALARM: error rate "), d["reason"]
+    ev = rolled_back_event(view)
+    evidence = " ".join(ev["data"]["evidence"])
+    assert " > 10 % over " in evidence and f"on worker v{d['target_release']}" in evidence, evidence
+    assert [a["alarm"] for a in ev["data"]["alarms"]] == ["error-rate:worker"]
     assert rollback_ms(d) < 1000
     assert env.weights() == before
     # the API of the crashing version was fine; its drawings are processed by the stable worker
@@ -378,9 +388,9 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     env.restart()
     # the new supervisor goes on by itself; `follow` re-attaches to it
     r = env.cli("deployment", "follow", d["id"], timeout=90)
-    assert "resuming" in r.stdout and r.returncode in (0, 1), r.stdout + r.stderr
+    assert "resuming" in r.stdout and r.returncode == 0, r.stdout + r.stderr
     view = env.wait_terminal(d["id"], timeout=30)
-    assert r.returncode == (0 if view["deployment"]["status"] == "Succeeded" else 1)
+    assert view["deployment"]["status"] == "Succeeded", view["deployment"]
     after = view["deployment"]
     kinds = [e["kind"] for e in view["events"]]
     assert "resumed" in kinds, kinds
@@ -391,9 +401,7 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     # the hold went on from the stored step start: neither cut short nor started again
     assert steps[1]["ts"] >= steps[0]["ts"] + 8.0 - 0.5
     assert steps[1]["ts"] < max(resumed["ts"], steps[0]["ts"] + 8.0) + 3.0
-    want = after["target_release"] if after["status"] == "Succeeded" else after["stable_release"]
-    assert after["status"] in ("Succeeded", "RolledBack")
-    assert_all_on(env, want)
+    assert_all_on(env, after["target_release"])
     r = env.cli("verify")
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -441,8 +449,13 @@ def test_notifications_carry_the_evidence_and_a_dead_target_delays_nothing(world
     rolled = next(m for m in got if " rolled back to " in m["title"])
     assert rolled["type"] == "failure"
     assert "Evidence:" in rolled["message"], rolled["message"]
-    assert "> 10 %" in rolled["message"] or "> 5 over" in rolled["message"], rolled["message"]
+    assert "error rate 100.0 %" in rolled["message"] and "> 10 %" in rolled["message"], rolled["message"]
     inc = view["incident"]["id"]
     assert f"backout incident show {inc} --env staging" in rolled["message"], rolled["message"]
-    assert rolled["at"] - d["rollback_completed_at"] < 10
+    # the dead target's retries (1 + 2 + 4 s) delay neither the rollback nor the live target: the rollback
+    # followed the alarm at once, and the live target had its message within 3 s of the incident opening
+    firing = next(e for e in view["events"] if e["kind"] == "alarm_state" and e["data"]["state"] == "ALARM")
+    assert d["rollback_decided_at"] - firing["ts"] < 0.5, (firing["ts"], d["rollback_decided_at"])
+    opened = next(e for e in view["events"] if e["kind"] == "incident_opened")
+    assert rolled["at"] - opened["ts"] < 3.0, rolled["at"] - opened["ts"]
     assert all(m["path"] == "/hook" for m in world.receiver.received)

@@ -227,7 +227,7 @@ def test_weighted_routing_matches_weights_and_changes_at_once(svc: Svc) -> None:
     assert env.cli_json("publish", "--set-env", "X=1")["id"] == v2  # same content → same version
     try:
         w = env.cli_json("alias", "api", "--stable", "1", "--canary", str(v2), "--weight", "10")
-        assert (w["stable"], w["canary"], w["canary_weight"]) == (1, v2, 10.0)
+        assert (w["stable"], w["canary"], w["canary_weight"]) == ("1", str(v2), 10.0)
         counts = _versions(svc, 2000)
         assert set(counts) == {"1", str(v2)}
         observed = [counts["1"], counts[str(v2)]]

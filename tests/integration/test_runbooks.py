@@ -359,11 +359,19 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
     assert worker_versions(env)[base] >= len(env.manifest.functions)  # started before the switch
 
     # rolling back again does not go "back" to the version just rolled away from
+    # the previous stable of `base` is the stable of the last automatic deployment that made it live, else the
+    # newest older release; never vc (just rolled away from) nor base itself
+    history = env.cli_json("deployments")
+    made_live = [x for x in history if x["strategy"] != "ManualRollback" and x["status"] == "Succeeded"
+                 and x["target_release"] == base and x["stable_release"] not in (None, base)]
+    older = [x["id"] for x in env.cli_json("releases") if x["id"] < base]
+    expected = made_live[0]["stable_release"] if made_live else max(older, default=None)
     r2 = env.cli("rollback", "--reason", "again", "--json")
-    if r2.returncode == 0:
-        assert json.loads(r2.stdout)["to"] not in (vc, base)
-    else:
+    if expected is None:
         assert r2.returncode == 2 and "nothing to roll back to" in r2.stderr, r2.stderr
+    else:
+        assert r2.returncode == 0, r2.stdout + r2.stderr
+        assert json.loads(r2.stdout)["to"] == expected and expected not in (vc, base)
 
 
 def test_rollback_usage_errors(env: RunningEnv) -> None:
@@ -662,6 +670,12 @@ def test_drill_of_each_fault_kind_and_the_monthly_warning(env: RunningEnv, recei
         assert 0 < out["first_traffic_to_stable_seconds"] <= 60
         d = env.cli_json("deployment", "show", out["deployment"])
         assert d["deployment"]["status"] == "RolledBack"
+        # the alarm that rolled it back is the first one that went to ALARM, named with its evidence
+        first = next(e for e in d["events"] if e["kind"] == "alarm_state" and e["data"]["state"] == "ALARM")
+        rolled = next(e for e in d["events"] if e["kind"] == "rolled_back")
+        kind = "judge" if first["data"]["alarm"].startswith("latency-judge:") else "alarm"
+        assert rolled["data"]["trigger"] == kind and rolled["data"]["alarms"][0]["alarm"] == first["data"]["alarm"]
+        assert out["detail"]["reason"].startswith(f"alarm {first['data']['alarm']} in ALARM: "), out["detail"]
         assert d["deployment"]["target_release"] != stable
         assert d["incident"]["status"] == "closed" and "drill" in d["incident"]["root_cause"]
         assert out["detail"]["verify"]["ok"] and all(s["ok"] for s in out["detail"]["smoke"])

@@ -13,8 +13,8 @@ import pytest
 from scipy.stats import chisquare
 
 from backout.errors import UsageError
-from backout.platforms.base import AliasWeights
 from backout.platforms.local.aliases import Aliases
+from backout.platforms.local.aliases import Weights as AliasWeights
 
 
 def test_set_get_and_persist_across_instances(tmp_path: Path) -> None:

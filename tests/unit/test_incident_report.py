@@ -291,12 +291,12 @@ def test_markdown_report_has_every_section_and_the_numbers(rolled_back: dict[str
     summary = md.split("## Impact")[0]
     # first traffic at t0+1.000, decided at t0+9.512, 100 % stable at t0+9.527
     assert "8,512 ms" in summary and "15 ms" in summary
-    assert "`d-0001`" in summary and "from v2 to v3" in summary and "**staging**" in summary
+    assert "`d-0001`" in summary and "from r2 to r3" in summary and "**staging**" in summary
     assert "the alarm `error-rate:worker` went into ALARM" in summary
     assert ir.clock(rolled_back["first_traffic"]) in summary and ir.clock(rolled_back["decided"]) in summary
     impact = md.split("## Impact")[1].split("## Timeline")[0]
     assert "**4** of 36 (11.1 %)" in impact  # failed API requests
-    assert "| Jobs touched by v3 | 7 |" in impact
+    assert "| Jobs touched by r3 | 7 |" in impact
     assert "`jobs-dlq`: 2" in impact and "10 %" in impact and "9.5 s" in impact
     assert "| `worker` | 27 | 10 | 37.0 % |" in impact and "| `api` | 36 | 0 | 0.0 % |" in impact
     timeline = md.split("## Timeline")[1].split("## Alarm evidence")[0]
@@ -312,7 +312,7 @@ def test_markdown_report_has_every_section_and_the_numbers(rolled_back: dict[str
     assert f"- {ALARM_SENTENCE}" in evidence
     assert "| `error-rate:worker` | **ALARM** | 41.67 % | > 10 % | 60 s |" in evidence
     assert "| `api-5xx` | OK | 0.00 | > 5 | 60 s |" in evidence
-    assert "![error rate and canary weight of v3](r-chart.png)" in md
+    assert "![error rate and canary weight of r3](r-chart.png)" in md
     assert "_Not yet determined._" in md and "None recorded yet" in md
     assert md.rstrip().endswith(".") and "`backout incident report INC-0001`" in md.split("---")[-1]
     assert "`backout deployment show d-0001 --env staging`" in md
@@ -448,7 +448,7 @@ def test_cli_list_show_note_action_lesson_close_and_report(
     png = md_path.with_name("INC-0001-chart.png")
     assert md_path.exists() and png.exists() and png.stat().st_size > 5 * 1024
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "![error rate and canary weight of v3](INC-0001-chart.png)" in md_path.read_text()
+    assert "![error rate and canary weight of r3](INC-0001-chart.png)" in md_path.read_text()
     assert f"-o {md_path}" in md_path.read_text()
 
     html_path = tmp_path / "INC-0001.html"

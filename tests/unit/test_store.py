@@ -133,9 +133,9 @@ def test_schema_itself_refuses_two_active_deployments(store: Store) -> None:
     con = sqlite3.connect(store.path)
     with pytest.raises(sqlite3.IntegrityError):
         con.execute(
-            "INSERT INTO deployments (seq, id, env, stable_version, target_version, strategy, steps, status,"
-            " current_weight, created_at, description, reason, created_by)"
-            " VALUES (99, 'd-0099', 'staging', 1, 3, 'Q', '[]', 'InProgress', 0, 0, '', '', '')"
+            "INSERT INTO deployments (seq, id, env, stable_release, target_release, stable_versions, target_versions,"
+            " strategy, steps, status, current_weight, created_at, description, reason, created_by)"
+            " VALUES (99, 'd-0099', 'staging', 1, 3, '{}', '{}', 'Q', '[]', 'InProgress', 0, 0, '', '', '')"
         )
     con.close()
 

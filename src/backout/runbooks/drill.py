@@ -166,8 +166,8 @@ def drill(ctx: RunbookContext, fault: str, target_seconds: float, allow_prod: bo
         reasons.append(f"deployment ended {d.status}, not RolledBack")
         if d.active:
             deployer.stop(d.id, rollback=True, reason="drill timed out", who=who)
-    elif trigger not in ("alarm", "judge"):  # a judge is an automatic detection as much as an alarm
-        reasons.append(f"rolled back by {trigger}, not by an alarm")
+    elif trigger not in ("alarm", "judge"):
+        reasons.append(f"rolled back by {trigger}, not by an alarm or a judge")
     total = (d.rollback_completed_at - first_traffic) if (first_traffic and d.rollback_completed_at) else None
     if total is None or total > target_seconds:
         reasons.append(

@@ -252,7 +252,7 @@ def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
         else:
             label, want = expected
             ok = w.versions == {want[fn]: 100.0}
-            out.append(Check("aliases", f"{fn}:live", ok, f"{desc}; expected v{want[fn]} ({label}) 100%"))
+            out.append(Check("aliases", f"{fn}:live", ok, f"{desc}; expected v{want[fn]} 100% ({label})"))
     return out
 
 

@@ -81,7 +81,8 @@ def _summary(view: IncidentView) -> list[str]:
     if d is not None:
         bad, good = view.bad_version, view.stable_version
         s = (
-            f"Deployment {code(d.id)} in **{md(view.env)}** shifted traffic from v{good} to v{bad} with the "
+            f"Deployment {code(d.id)} in **{md(view.env)}** shifted traffic from {view.stable_label} to "
+            f"{view.bad_label} with the "
             f"{code(d.strategy)} strategy."
         )
         first = view.first_traffic_at
