@@ -7,8 +7,10 @@ whose code did not change keeps its version, so nothing here passes by one numbe
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -276,16 +278,29 @@ def test_failing_post_traffic_hook_rolls_back_from_100_percent_with_trigger_post
         w.close()
 
 
-def test_missed_progress_deadline_rolls_back_with_trigger_deadline(world: World) -> None:
-    r2 = world.release("worker")
-    d = world.deploy(r2)  # holds 5 s + deadline_margin 5 s → deadline 10 s after the start
-    world.wait_step(d.id, 0)
-    world.clock.advance(11)
-    world.nudge(d.id)
-    data, trigger = rolled_back(world, d.id)
-    assert data["trigger"] == "deadline" and trigger["kind"] == "deadline"
-    assert data["reason"] == "progress deadline exceeded (10 s)"
-    assert "deadline_exceeded" in world.notifier.kinds()
+def test_missed_progress_deadline_rolls_back_with_trigger_deadline(tmp_path: Path) -> None:
+    w = World(tmp_path, pre='{ builtin = "checks" }, { function = "checker" }')
+    try:
+        entered, gate = threading.Event(), threading.Event()
+
+        def slow_hook(c: Any) -> Any:
+            entered.set()
+            gate.wait(10)
+            return {"status": "Succeeded"}
+
+        w.fake.handle("checker", slow_hook)
+        d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: rolled back 10 s after its start
+        assert entered.wait(10)
+        w.clock.advance(11)  # the pre-traffic hook took 11 s
+        gate.set()
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "deadline" and trigger["kind"] == "deadline"
+        assert data["reason"] == "progress deadline exceeded (10 s)"
+        assert data["evidence"] == ["deployment still at step 1 after the deadline"]
+        assert "deadline_exceeded" in w.notifier.kinds()
+        assert w.fake.live_versions() == w.live(w.fake.releases()[0])
+    finally:
+        w.close()
 
 
 def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tmp_path: Path) -> None:
@@ -558,3 +573,23 @@ def test_manual_rollback_needs_a_reason(world: World) -> None:
 def test_manual_rollback_of_the_first_release_is_refused(world: World) -> None:
     with pytest.raises(UsageError, match="is the first release: there is nothing to roll back to"):
         world.deployer.manual_rollback("why not", "alice")
+
+
+@pytest.mark.parametrize("crash_at", ["create_deployment", "transition Succeeded step 0"])
+def test_kill_during_a_manual_rollback_then_resume_leaves_the_rollback_target_live(tmp_path: Path,
+                                                                                   crash_at: str) -> None:
+    w = World(tmp_path)
+    try:
+        r1, r2 = w.fake.releases()[0], w.release("worker")
+        w.finish(w.deploy(r2, (100, 0)).id)
+        w.restart(CrashingStore(w.store_path, crash_at))
+        with pytest.raises(Killed):
+            w.deployer.manual_rollback("bad totals", "alice")
+        w.restart().resume()
+        d = w.finish(w.store.deployments(w.env)[0].id)
+        assert d.strategy == deployer_mod.MANUAL and d.status == st.SUCCEEDED and d.target_release == r1.id
+        assert w.fake.live_versions() == w.live(r1)
+        label, versions = expected_versions(w.store, w.env)
+        assert w.fake.live_versions() == {fn: {v: 100.0} for fn, v in versions.items()}
+    finally:
+        w.close()

@@ -53,7 +53,7 @@ def test_verify_passes_on_a_healthy_service_checking_every_group(world: World) -
     assert set(got) == {"API health", "api v1", "worker v11", "repair v21", "table jobs", "queue jobs",
                         "queue jobs-dlq", "all alarms", "api:live", "worker:live", "repair:live"}
     assert got["API health"][1].startswith("GET /health → 200")
-    assert got["worker:live"][1] == "v11 100%; expected v11 (r1 (repair v21, worker v11)) 100%"
+    assert got["worker:live"][1] == "v11 100%; expected v11 100% (r1 (repair v21, worker v11))"
     assert report.summary() == "verify passed (11 checks)"
 
 
@@ -89,7 +89,7 @@ def test_verify_fails_when_an_alias_is_not_where_the_last_deployment_left_it(wor
     world.fake.set_weights("worker", "11")
     (f,) = verify(world.ctx).failures
     assert f.name == "worker:live"
-    assert f.detail == f"v11 100%; expected v12 ({r2.label()}) 100%"
+    assert f.detail == f"v11 100%; expected v12 100% ({r2.label()})"
 
 
 def test_verify_checks_the_health_function_itself_while_the_api_is_blocked(world: World) -> None:

@@ -134,3 +134,39 @@ def test_reconcile_switches_with_nothing_stored_changes_nothing(world: World) ->
     world.fake.set_processing(False)  # not through Traffic: no wanted state, nothing to restore
     assert Traffic(world.fake, world.store, "staging").reconcile_switches() == []
     assert not world.fake.get_processing()
+
+
+# --- the FakePlatform's own rules (what every test above relies on) -----------------------------------------
+def test_fake_numbers_each_functions_versions_on_its_own_and_keeps_unchanged_ones(world: World) -> None:
+    r1 = world.fake.releases()[0]
+    assert r1.versions == {"api": "1", "worker": "11", "repair": "21"}
+    assert world.fake.publish(world.manifest.source_dir) == r1, "same content: the same release"
+    r2 = world.release("worker")
+    assert (r2.id, r2.versions) == (2, {"api": "1", "worker": "12", "repair": "21"})
+    r3 = world.fake.republish(r2.id, {"BACKOUT_FAULT": "crash"})
+    assert (r3.id, r3.versions) == (3, {"api": "2", "worker": "13", "repair": "22"}), "new configuration everywhere"
+
+
+def test_fake_alias_sends_exactly_the_canary_weight_evenly(world: World) -> None:
+    world.release("worker")
+    world.fake.set_weights("worker", "11", "12", 10)
+    picks = [r.version for r in world.fake.traffic("worker", 100)]
+    assert picks.count("12") == 10 and picks[9] == picks[19] == "12"
+
+
+def test_fake_metrics_are_epoch_aligned_counted_and_within_getmetricdata_limits(world: World) -> None:
+    from backout.platforms.base import MAX_QUERIES, NS_LAMBDA, MetricQuery
+
+    t0 = world.clock.now()
+    world.fake.traffic("worker", 3, at=t0 - t0 % 60 + 59)  # the last second of a minute
+    world.fake.traffic("worker", 2, at=t0 - t0 % 60 + 60)  # the first of the next
+    q = MetricQuery.of(NS_LAMBDA, "Invocations", {"FunctionName": "worker", "ExecutedVersion": "11"},
+                       t0 - t0 % 60, t0 - t0 % 60 + 120, 60)
+    calls = world.fake.metrics_calls
+    (series,) = world.fake.metrics([q])
+    assert [(p.timestamp % 60, p.value) for p in series] == [(0, 3.0), (0, 2.0)]
+    assert world.fake.metrics_calls == calls + 1
+    with pytest.raises(UsageError, match="501 metric queries in one call"):
+        world.fake.metrics([q] * (MAX_QUERIES + 1))
+    with pytest.raises(ValueError, match="metric period 7 s"):
+        MetricQuery.of(NS_LAMBDA, "Invocations", {}, 0, 60, 7)
