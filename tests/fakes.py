@@ -650,6 +650,8 @@ class FakePlatform:
             return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def get_throttle(self) -> Throttle:
+        """The stage throttle: rate 0 answers every request 429; any other rate admits them all (the
+        fake keeps no token bucket)."""
         return self._throttle
 
     def set_throttle(self, rate: float, burst: int) -> None:
@@ -950,17 +952,21 @@ _WRITERS = ("create_deployment", "transition", "update", "add_event", "record_al
 
 def _describe_write(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """`transition InProgress step 0`, `update rollback_completed_at`, `add_event step_reached` …"""
+
+    def arg(i: int, key: str) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key)
+
     if name == "transition":
         step = kwargs.get("current_step")
-        return f"transition {args[1]}" + ("" if step is None else f" step {step}")
+        return f"transition {arg(1, 'status')}" + ("" if step is None else f" step {step}")
     if name == "update":
         return "update " + ",".join(sorted(kwargs))
     if name == "add_event":
-        return f"add_event {args[0]}"
+        return f"add_event {arg(0, 'kind')}"
     if name == "set_switch":
-        return f"set_switch {args[1]}"
+        return f"set_switch {arg(1, 'key')}"
     if name == "record_alarm_evaluation":
-        return f"record_alarm_evaluation {args[1]} {args[2]}"
+        return f"record_alarm_evaluation {arg(1, 'alarm')} {arg(2, 'state')}"
     return name
 
 
@@ -1160,7 +1166,7 @@ class World:
                 return got
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.01)
+            time.sleep(0.025)
 
     def wait_step(self, deployment_id: str, step: int) -> Any:
         """Until the runner holds at `step` with its weights applied (its step_reached event written)."""
@@ -1179,7 +1185,7 @@ class World:
         if lv is not None:
             lv.wake.set()
 
-    def finish(self, deployment_id: str, timeout: float = 5.0) -> Any:
+    def finish(self, deployment_id: str, timeout: float = 10.0) -> Any:
         """Wait for the runner to end (its incident opened, its notifications sent); the final record."""
         t = self.deployer._threads.get(deployment_id)
         if t is not None:

@@ -24,7 +24,7 @@ from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, stat
 @pytest.fixture(autouse=True)
 def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner's real wait between evaluations; time itself is the FakeClock's."""
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.05)
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from fakes import Call, FakePlatform, World, raising
 
 @pytest.fixture(autouse=True)
 def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.05)
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ from backout.control import deployer as deployer_mod
 from backout.control.traffic import Traffic
 from backout.errors import UsageError
 from backout.platforms.base import Throttle
-from fakes import CrashingStore, Killed, World
+from fakes import CrashingStore, FakePlatform, Killed, World, write_manifest
 
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.05)
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
     w = World(tmp_path)
     yield w
     w.close()
@@ -170,3 +170,11 @@ def test_fake_metrics_are_epoch_aligned_counted_and_within_getmetricdata_limits(
         world.fake.metrics([q] * (MAX_QUERIES + 1))
     with pytest.raises(ValueError, match="metric period 7 s"):
         MetricQuery.of(NS_LAMBDA, "Invocations", {}, 0, 60, 7)
+
+
+def test_a_fake_platform_is_a_platform_with_capacity(tmp_path: Path) -> None:
+    from backout.platforms.base import Capacity, Hosted, Platform, PrometheusExport
+
+    fake = FakePlatform(write_manifest(tmp_path))
+    assert isinstance(fake, Platform) and isinstance(fake, Capacity)
+    assert not isinstance(fake, Hosted) and not isinstance(fake, PrometheusExport)
