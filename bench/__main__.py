@@ -1,6 +1,6 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
-Options: `--only throughput,latency,queue,weights,memory,deploy,sda`, `--quick` (shorter runs, for a smoke
+Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy`, `--quick` (shorter runs, for a smoke
 check), `--json PATH` (also write the figures and the machine as JSON). BENCHMARKS.md explains each
 figure and records a run.
 """
@@ -13,9 +13,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench import deploy, platform, sda
+from bench import deploy, platform, sda, sda_accuracy
 
-MODULES = (platform, deploy, sda)  # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
+MODULES = (platform, deploy, sda, sda_accuracy)  # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 

@@ -11,6 +11,12 @@ button), `A-301-CAM-B2` (camera), `A-101-LK-B2` (lock). The analysis reads:
 * any other tag       (floor-plan labels, reader/exit-button lists), attributed to its first page
 * exclusions          tags on lines marked NOT IN SCOPE / TO BE REMOVED / FUTURE PHASE … are left out
 
+Pages without such tags are read by `sda.conventions` from the words' positions
+(short ids, symbols, legends, system prefixes, qualifying notes). Every device
+keeps its evidence (page, text, position) and a confidence; pages with nothing
+security-related are listed as skipped, scans without OCR are said to be scans,
+and an empty result carries a warning instead of passing for an empty drawing.
+
 No network and no model: the same text always gives the same schedule.
 """
 
@@ -72,6 +78,69 @@ _LOCK_SYNONYMS = {"maglock": "electromagnetic", "magnetic": "electromagnetic", "
 DEFAULT_HOLDING_FORCE = {"electromagnetic": "1200 lbs"}  # the standard maglock rating, when unstated
 
 
+def _convention_score(f: Any) -> float:
+    """How sure: a symbol in the id's own label beats one nearby, a bare system prefix is a guess."""
+    base = {"phrase": 0.92, "suffix": 0.92, "line": 0.88, "near": 0.82, "prefix": 0.55}.get(f.how, 0.6)
+    if f.source == "ocr":
+        base *= 0.7
+    if f.status == "incomplete":
+        base *= 0.9
+    return round(base, 2)
+
+
+def _read_conventions(col: _Collector, pages: list[dict[str, Any]], skip: set[int]) -> set[int]:
+    """Pages without full tags, read by position (sda.conventions); returns the pages with devices."""
+    from sda import conventions
+    from sda.layout import Word, phrases
+
+    todo = [(int(p["page"]), [Word.from_dict(w) for w in p.get("words") or []]) for p in pages]
+    todo = [(n, ws) for n, ws in todo if n not in skip and ws]
+    legend: dict[str, str | None] = {}
+    for _, ws in todo:  # a legend on one sheet applies to the whole set (a page's own legend wins)
+        entries, _used = conventions.legend_entries(phrases(ws))
+        legend.update({k: v for k, (v, _d) in entries.items()})
+    col.legend.update(legend)
+    with_devices: set[int] = set()
+    for number, ws in todo:
+        reading = conventions.read_page(number, ws, legend)
+        col.legend.update(reading.legend)
+        doors = {conventions.base_id(f.id): f for f in reading.devices if f.type == "door"}
+        for f in reading.devices:
+            with_devices.add(number)
+            if f.status == "excluded":
+                col.excluded.add(f.id)
+                col.excluded.update(conventions.accessory_id(f.id, k) for k in f.symbols)
+                continue
+            known = f.id in col.devices
+            dev = col.device(f.id, number)
+            if known and dev.source != "convention":
+                continue
+            dev.type, dev.source, dev.declared = f.type, "convention", True
+            dev.evidence = dev.evidence or f.evidence()
+            dev.status = dev.status or f.status
+            dev.location = dev.location or f.location
+            dev.score = max(dev.score or 0.0, _convention_score(f))
+            if f.type in conventions.ACCESSORY:  # a separately labelled reader (`A-101-CR`, `R-12`)
+                owner = doors.get(conventions.base_id(f.id).rsplit("-", 1)[0]) if f.how == "suffix" else None
+                dev.door_id = owner.id if owner else None
+                continue
+            if f.type != "door":
+                continue
+            names = [conventions.COMPONENT_NAME[k] for k in ("card_reader", "exit_button", "keypad", "door_contact")
+                     if k in f.symbols]
+            if "Exit Button" in names and "Card Reader" not in names:
+                names[names.index("Exit Button")] = "Exit Button Only"
+            dev.components = list(dict.fromkeys(dev.components + names))
+            if "lock" in f.symbols and not dev.lock_type:
+                dev.lock_type = f.lock_kind or "lock"
+            for kind in f.symbols:
+                aid = conventions.accessory_id(f.id, kind)
+                acc = col.device(aid, number)
+                acc.type, acc.source, acc.declared, acc.door_id = kind, "convention", True, f.id
+                acc.evidence, acc.status, acc.score = dev.evidence, dev.status, dev.score
+    return with_devices
+
+
 def tag_type(tag: str) -> str:
     m = TAG_RE.fullmatch(tag)
     return TAG_TYPES[m.group(3)] if m else "unknown"
@@ -128,8 +197,12 @@ class _Device:
     lock_type: str | None = None
     holding_force: str | None = None
     camera_type: str | None = None
-    source: str = "tag"  # "list" | "table" | "tag"
+    source: str = "tag"  # "list" | "table" | "tag" | "convention"
     declared: bool = False  # the door's own entry was found (list or table)
+    evidence: dict[str, Any] | None = None  # page, text, x, y (and source: text | ocr)
+    status: str | None = None  # incomplete | existing | by_others (qualifying notes)
+    door_id: str | None = None  # for a door's reader, exit button, lock, keypad, contact
+    score: float | None = None  # the confidence, when the convention reader set it
 
 
 class _Collector:
@@ -139,6 +212,7 @@ class _Collector:
         self.excluded: set[str] = set()
         self.default_lock: tuple[str | None, str | None] = (None, None)
         self.default_reader: str | None = None
+        self.legend: dict[str, str | None] = {}
 
     def device(self, tag: str, page: int) -> _Device:
         if tag not in self.devices:
@@ -274,8 +348,11 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
     """Pages (`{page, text, layout}`) and context defaults → the schedule (see module doc)."""
     defaults = defaults or {}
     col = _Collector()
+    tagged: set[int] = set()
     for p in pages:
         number, text = int(p["page"]), p.get("text") or ""
+        if TAG_RE.search(text):
+            tagged.add(number)
         for line in text.splitlines():
             if _EXCLUDE.search(line):
                 col.excluded.update(m.group(0) for m in TAG_RE.finditer(line))
@@ -288,6 +365,8 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
             if not _EXCLUDE.search(line):
                 for m in TAG_RE.finditer(line):
                     col.device(m.group(0), number)
+        _tag_evidence(col, p)
+    with_devices = tagged | _read_conventions(col, pages, tagged)
 
     default_lock, default_force = col.default_lock
     if default_lock is None and defaults.get("lock_type"):
@@ -326,6 +405,22 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
     readers = [d.id for d in devices if d.type == "card_reader"]
     exits = [d.id for d in devices if d.type == "exit_button"]
     tagged_locks = [d.id for d in devices if d.type == "lock"]
+    others = [d for d in devices if d.type not in ("door", "camera", "card_reader", "exit_button", "lock")]
+    skipped, warnings = [], []
+    for p in pages:
+        number = int(p["page"])
+        if p.get("scanned") and not p.get("ocr"):
+            skipped.append({"page": number, "reason": "no text layer (scanned)"})
+            failed = f"; OCR failed ({p['ocr_error']})" if p.get("ocr_error") else ""
+            warnings.append(f"page {number}: no text layer (scanned){failed}")
+        elif p.get("scanned"):
+            warnings.append(f"page {number}: no text layer (scanned), read by OCR at lower confidence")
+            if number not in with_devices:
+                skipped.append({"page": number, "reason": "nothing security-related read by OCR"})
+        elif number not in with_devices:
+            skipped.append({"page": number, "reason": "no security content"})
+    if not devices:
+        warnings.append("nothing security-related was read from this drawing: the schedule is empty")
     all_text = "\n".join(p.get("text") or "" for p in pages)
     metadata = _metadata(all_text)
     metadata.update(
@@ -334,6 +429,7 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
         total_exit_buttons=len(exits),
         total_locks=locks["quantity"],
         total_cameras=len(cameras),
+        total_other_devices=len(others),
         pages=len(pages),
     )
     return {
@@ -366,13 +462,55 @@ def analyze(pages: list[dict[str, Any]], defaults: dict[str, str] | None = None)
         "locks": locks,
         "lock_types": dict(sorted(lock_types.items())),
         "tagged_locks": tagged_locks,
+        "devices": [
+            {
+                "id": d.id,
+                "type": d.type,
+                "location": d.location,
+                "door_id": d.door_id,
+                "page": d.page,
+                "confidence": _confidence(d, col),
+            }
+            for d in others
+        ],
         "excluded": sorted(col.excluded),
-        "_devices": {d.id: {"page": d.page, "confidence": _confidence(d, col)} for d in devices},
+        "warnings": warnings,
+        "skipped_pages": skipped,
+        "legend": {k: v for k, v in sorted(col.legend.items())},
+        "_devices": {
+            d.id: {
+                "page": d.page,
+                "confidence": _confidence(d, col),
+                "evidence": d.evidence or {"page": d.page},
+                "status": d.status,
+                "door_id": d.door_id or (door_of(d.id) if d.type != "door" else None),
+            }
+            for d in devices
+        },
     }
+
+
+def _tag_evidence(col: _Collector, page: dict[str, Any]) -> None:
+    """Where each full tag first appears on the page: its word's position and its text line."""
+    number = int(page["page"])
+    todo = {t for t, d in col.devices.items() if d.page == number and d.evidence is None}
+    if not todo:
+        return
+    for line in (page.get("text") or "").splitlines():
+        for m in TAG_RE.finditer(line):
+            dev = col.devices.get(m.group(0))
+            if dev is not None and dev.evidence is None and m.group(0) in todo:
+                dev.evidence = {"page": number, "text": line.strip()[:200], "x": None, "y": None, "source": "text"}
+    for w in page.get("words") or []:
+        dev = col.devices.get(w["text"].strip(",;:"))
+        if dev is not None and dev.evidence is not None and dev.evidence.get("x") is None and dev.page == number:
+            dev.evidence.update(x=w["x"], y=w["y"])
 
 
 def _confidence(dev: _Device, col: _Collector) -> float:
     """How sure the analysis is, from how the device was found (declared entries beat bare tags)."""
+    if dev.score is not None:
+        return dev.score
     if dev.type in ("door", "camera"):
         if dev.declared:
             return 0.98 if dev.location else 0.85
@@ -387,10 +525,27 @@ def _confidence(dev: _Device, col: _Collector) -> float:
 
 
 def components(schedule: dict[str, Any]) -> list[dict[str, Any]]:
-    """The flat component list (Excel's schedule sheet, the components download)."""
+    """The flat component list (Excel's schedule sheet, the components download), each with its evidence."""
     doors = {d["id"]: d for d in schedule["doors"]}
     info = schedule.get("_devices", {})
     out: list[dict[str, Any]] = []
+
+    def add(tag: str, kind: str, location: Any, page: Any, attrs: dict[str, Any], confidence: Any) -> None:
+        meta = info.get(tag, {})
+        if meta.get("status"):
+            attrs["status"] = meta["status"]
+        out.append(
+            {
+                "id": tag,
+                "type": kind,
+                "location": location,
+                "page": page,
+                "attributes": attrs,
+                "confidence": confidence,
+                "evidence": meta.get("evidence") or {"page": page},
+            }
+        )
+
     for d in schedule["doors"]:
         attrs = {
             "components": d["components"],
@@ -398,50 +553,27 @@ def components(schedule: dict[str, Any]) -> list[dict[str, Any]]:
             "lock_type": d["lock_type"],
             "holding_force": d["holding_force"],
         }
-        out.append(
-            {
-                "id": d["id"],
-                "type": "door",
-                "location": d["location"],
-                "page": d["page"],
-                "attributes": attrs,
-                "confidence": d["confidence"],
-            }
-        )
+        add(d["id"], "door", d["location"], d["page"], attrs, d["confidence"])
     for kind, ids in (
         ("card_reader", schedule["card_readers"]),
         ("exit_button", schedule["exit_buttons"]),
         ("lock", schedule.get("tagged_locks", [])),
     ):
         for tag in ids:
-            door = doors.get(door_of(tag) or "")
+            meta = info.get(tag, {})
+            door = doors.get(meta.get("door_id") or door_of(tag) or "")
             attrs: dict[str, Any] = {"door_id": door["id"] if door else None}
             if kind == "card_reader":
                 attrs["reader_type"] = door["reader_type"] if door else None
             if kind == "lock":
                 attrs["lock_type"] = door["lock_type"] if door else None
-            meta = info.get(tag, {})
-            out.append(
-                {
-                    "id": tag,
-                    "type": kind,
-                    "location": door["location"] if door else None,
-                    "page": meta.get("page"),
-                    "attributes": attrs,
-                    "confidence": meta.get("confidence", 0.7),
-                }
-            )
+            add(tag, kind, door["location"] if door else None, meta.get("page"), attrs, meta.get("confidence", 0.7))
     for c in schedule["cameras"]:
-        out.append(
-            {
-                "id": c["id"],
-                "type": "camera",
-                "location": c["location"],
-                "page": c["page"],
-                "attributes": {"camera_type": c["camera_type"]},
-                "confidence": c["confidence"],
-            }
-        )
+        add(c["id"], "camera", c["location"], c["page"], {"camera_type": c["camera_type"]}, c["confidence"])
+    for d in schedule.get("devices", []):
+        door = doors.get(d.get("door_id") or "")
+        location = d["location"] or (door["location"] if door else None)
+        add(d["id"], d["type"], location, d["page"], {"door_id": d.get("door_id")}, d["confidence"])
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sda.analysis import door_of
+from sda.analysis import door_of as tag_door
 
 
 def _check(name: str, kind: str, problems: list[str], total: int) -> dict[str, Any]:
@@ -24,6 +24,11 @@ def _check(name: str, kind: str, problems: list[str], total: int) -> dict[str, A
 
 
 def evaluate(schedule: dict[str, Any]) -> dict[str, Any]:
+    info = schedule.get("_devices", {})
+
+    def door_of(tag: str) -> str | None:  # the analysis records the door of short-id devices itself
+        return (info.get(tag) or {}).get("door_id") or tag_door(tag)
+
     doors = schedule.get("doors", [])
     door_ids = {d["id"] for d in doors}
     readers = set(schedule.get("card_readers", []))
@@ -104,8 +109,10 @@ def evaluate(schedule: dict[str, Any]) -> dict[str, Any]:
     failed = [c for c in checks if not c["passed"]]
     completeness = _score([c for c in checks if c["kind"] == "completeness"])
     consistency = _score([c for c in checks if c["kind"] == "consistency"])
-    if not doors:
+    if not doors and not schedule.get("cameras") and not schedule.get("devices"):
         assessment = "Poor"
+    elif not doors:
+        assessment = "Fair" if not failed else "Poor"
     elif not failed:
         assessment = "Good"
     elif len(failed) <= 2 and min(completeness, consistency) >= 0.8:
@@ -118,6 +125,7 @@ def evaluate(schedule: dict[str, Any]) -> dict[str, Any]:
         "consistency": round(consistency, 3),
         "checks": checks,
         "issues": [p for c in failed for p in c["problems"]],
+        "warnings": list(schedule.get("warnings") or []),
     }
 
 

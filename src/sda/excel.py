@@ -7,7 +7,19 @@ from datetime import datetime
 from typing import Any
 
 CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-SCHEDULE_COLUMNS = ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence")
+SCHEDULE_COLUMNS = ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence", "Evidence")
+
+
+def _evidence(ev: dict[str, Any] | None) -> str:
+    """`p1 (120, 455) "A-101 D R B"`: where a reviewer finds the component on the drawing."""
+    if not ev:
+        return ""
+    where = f"p{ev.get('page')}"
+    if ev.get("x") is not None:
+        where += f" ({ev['x']:.0f}, {ev['y']:.0f})"
+    if ev.get("source") == "ocr":
+        where += " OCR"
+    return f'{where} "{ev["text"]}"' if ev.get("text") else where
 
 
 def _attributes(attrs: dict[str, Any]) -> str:
@@ -55,12 +67,13 @@ def build(
                 c.get("page"),
                 _attributes(c.get("attributes") or {}),
                 round(float(c.get("confidence") or 0), 2),
+                _evidence(c.get("evidence")),
             ]
         )
-    for col, width in zip(range(1, 7), (18, 14, 26, 7, 70, 11), strict=True):
+    for col, width in zip(range(1, 8), (18, 14, 26, 7, 70, 11, 60), strict=True):
         ws.column_dimensions[get_column_letter(col)].width = width
     ws.freeze_panes = "A2"
-    ws.auto_filter.ref = f"A1:F{max(1, len(components) + 1)}"
+    ws.auto_filter.ref = f"A1:G{max(1, len(components) + 1)}"
 
     summary = wb.create_sheet("Summary")
     meta = schedule.get("metadata", {})
@@ -83,6 +96,11 @@ def build(
         ("Lock holding force", (schedule.get("locks") or {}).get("holding_force")),
     ]
     rows += [(f"Locks: {kind}", n) for kind, n in (schedule.get("lock_types") or {}).items()]
+    if meta.get("total_other_devices"):
+        rows.append(("Other devices", meta.get("total_other_devices")))
+    # honest results: an empty or partial reading says so where the reader looks first
+    rows += [("Skipped page", f"page {s['page']}: {s['reason']}") for s in schedule.get("skipped_pages") or []]
+    rows += [("WARNING", w) for w in schedule.get("warnings") or []]
     summary.append(["Item", "Value"])
     for cell in summary[1]:
         cell.font, cell.fill = bold, fill

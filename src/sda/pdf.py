@@ -64,18 +64,52 @@ def inspect(data: bytes) -> PdfInfo:
     return PdfInfo(pages=pages, encrypted=bool(reader.is_encrypted))
 
 
-def extract_pages(data: bytes) -> list[dict[str, Any]]:
-    """Per page: plain text (reading order) and layout text (columns kept, for tables)."""
+def _has_images(page: Any) -> bool:
+    """Whether the page paints an image XObject (a scan is one big image and no text)."""
+    try:
+        xobjects = (page.get("/Resources") or {}).get_object().get("/XObject") or {}
+        xobjects = xobjects.get_object()
+        return any(xobjects[k].get_object().get("/Subtype") == "/Image" for k in xobjects)
+    except Exception:  # noqa: BLE001 - a malformed resource dictionary is not a scan
+        return False
+
+
+def extract_pages(data: bytes, ocr: bool = True) -> list[dict[str, Any]]:
+    """Per page: plain text (reading order), layout text (columns kept, for tables) and positioned words.
+
+    A page without a text layer but with an image is marked `scanned`; when the optional OCR
+    (Tesseract) is installed its words are read from the image instead, marked `source: ocr`.
+    """
+    from sda import layout
+    from sda import ocr as ocr_mod
+
     reader = _open(data)
     pages = []
     try:
         for number, page in enumerate(reader.pages, start=1):
             text = page.extract_text() or ""
             try:
-                layout = page.extract_text(extraction_mode="layout") or ""
+                layout_text = page.extract_text(extraction_mode="layout") or ""
             except Exception:  # noqa: BLE001 - layout mode is a bonus; plain text is enough
-                layout = ""
-            pages.append({"page": number, "text": text, "layout": layout})
+                layout_text = ""
+            try:
+                words = [w.to_dict() for w in layout.words_from_page(page)]
+            except Exception:  # noqa: BLE001 - positions are a bonus too
+                words = []
+            scanned = not text.strip() and _has_images(page)
+            entry: dict[str, Any] = {"page": number, "text": text, "layout": layout_text, "words": words}
+            if scanned:
+                entry["scanned"] = True
+                if ocr and ocr_mod.available():
+                    try:
+                        ocr_words = ocr_mod.read_page(page)
+                    except Exception as exc:  # noqa: BLE001 - an OCR failure leaves a scan, not a corrupt PDF
+                        entry["ocr_error"] = f"{type(exc).__name__}: {exc}"[:200]
+                    else:
+                        entry["words"] = [w.to_dict() for w in ocr_words]
+                        entry["text"] = ocr_mod.as_text(ocr_words)
+                        entry["ocr"] = True
+            pages.append(entry)
     except Exception as exc:  # noqa: BLE001
         raise PermanentError(f"the PDF is corrupt: {exc}", "CORRUPT_PDF") from exc
     if not pages:

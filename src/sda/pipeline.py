@@ -263,7 +263,8 @@ class Pipeline:
         results: dict[str, Any] = {}
         if faults.roll("worker_error_rate"):
             raise faults.InjectedFault("injected worker fault (SDA_FAULTS=worker_error_rate)")
-        for stage in planned_stages(job):
+        planned = planned_stages(job)
+        for index, stage in enumerate(planned):
             stage_ref["stage"] = stage
             done = stage in (job.get("stages_completed") or [])
             if done:
@@ -287,7 +288,12 @@ class Pipeline:
             completed = list(job.get("stages_completed") or [])
             if stage not in completed:
                 completed.append(stage)
-            job = self.storage.update_job(job["job_id"], {"stages_completed": completed, "stages": stages})
+            # the next stage becomes current in the same write: a status read in between never shows a
+            # stage as both current and completed
+            following = planned[index + 1] if index + 1 < len(planned) else stage
+            job = self.storage.update_job(
+                job["job_id"], {"stages_completed": completed, "stages": stages, "current_stage": following}
+            )
             self.metrics.add_metric(name="StageSuccess", unit=MetricUnit.Count, value=1)
         analysis = results["drawing_analysis"]
         evaluation = results["evaluation"]
@@ -313,6 +319,8 @@ class Pipeline:
             "completeness": evaluation["completeness"],
             "consistency": evaluation["consistency"],
             "issues": len(evaluation["issues"]),
+            "warnings": schedule.get("warnings", []),
+            "skipped_pages": schedule.get("skipped_pages", []),
         }
         prefix = f"{job['client_slug']}/{job['project_slug']}/{job['job_id']}"
         outputs = {
@@ -333,12 +341,14 @@ class Pipeline:
             raise PermanentError(f"the uploaded drawing is missing: {exc}", "INPUT_MISSING") from exc
         pages = extract_pages(data)
         chars = sum(len(p["text"].strip()) for p in pages)
-        if chars == 0:
+        if chars == 0 and not any(p.get("scanned") for p in pages):
+            # neither text nor an image: nothing a reader (or OCR) could ever get from it
             raise PermanentError(
-                "the drawing has no text layer (a scanned image?); text extraction found nothing",
+                "the drawing has no text layer and no scanned image; text extraction found nothing",
                 "NO_TEXT_LAYER",
             )
-        return {"page_count": len(pages), "chars": chars, "pages": pages}
+        scanned = [p["page"] for p in pages if p.get("scanned")]
+        return {"page_count": len(pages), "chars": chars, "pages": pages, "scanned_pages": scanned}
 
     def _context_processing(self, job: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         from sda import context

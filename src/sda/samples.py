@@ -591,3 +591,166 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- convention drawings (the development set of the position-based reader) ------------------------
+#
+# Drawings in the common conventions rather than the full-tag format: short ids, symbols beside
+# them, legends, system prefixes, qualifying notes, several pages, rotated labels, clutter. The
+# analysis is developed against these (seeded, endless); the held-out corpus under
+# examples/drawings/heldout/ is made by a different generator and only measured.
+
+CONVENTION_SYMBOLS = {
+    "card_reader": ["R", "CR", "RDR"],
+    "exit_button": ["B", "EB", "EX", "REX", "PTE"],
+    "door": ["D", "DR", "DOOR"],
+}
+
+
+def _conv_id(rnd: random.Random, style: str, n: int) -> str:
+    return {"A": f"A-{n}", "D": f"D-{n % 100}", "DR": f"DR-{n:04d}", "bare": f"{n}{rnd.choice('ABC')}"}[style]
+
+
+def convention_drawing(seed: int, pages: int = 2) -> tuple[bytes, dict[str, Any]]:
+    """A seeded convention-style drawing (fpdf2) and its expected components `(type, id, page)`."""
+    from fpdf import FPDF
+
+    rnd = random.Random(seed)
+    pdf = FPDF(orientation="L", unit="mm", format="A4")
+    pdf.set_creation_date(FIXED_DATE)
+    pdf.set_auto_page_break(False)
+    expected: list[dict[str, Any]] = []
+    excluded: list[str] = []
+    skipped: list[int] = []
+    style = rnd.choice(["A", "D", "DR", "bare"])
+    legend = rnd.random() < 0.5
+    symbol = {k: rnd.choice(v) for k, v in CONVENTION_SYMBOLS.items()}
+    if legend:  # the legend introduces symbols the defaults do not know
+        symbol = {"door": "SD", "card_reader": "PX", "exit_button": "RQ"}
+    used: set[str] = set()
+    blank = rnd.randrange(pages + 1) if pages > 1 else -1
+    for page in range(1, pages + 1):
+        pdf.add_page()
+        pdf.set_font("Helvetica", "B", 13)
+        pdf.text(12, 14, f"ACCESS CONTROL LAYOUT - FLOOR {page}")
+        pdf.set_font("Helvetica", "", 7)
+        pdf.text(230, 195, f"Drawing No: A-{100 + page}   Rev C   Sheet {page} of {pages}")
+        if page - 1 == blank:
+            pdf.text(20, 40, "GENERAL NOTES: all cabling in accordance with the specification.")
+            pdf.text(20, 46, "Coordinate containment with the electrical contractor.")
+            skipped.append(page)
+            continue
+        if legend and page == (2 if blank == 0 else 1):
+            pdf.set_font("Helvetica", "B", 8)
+            pdf.text(225, 150, "LEGEND")
+            pdf.set_font("Helvetica", "", 7)
+            pdf.text(225, 156, "SD = Secured Door, PX = Proximity Reader, RQ = Request to Exit")
+        for i in range(rnd.randint(4, 9)):
+            n = page * 100 + i + 1
+            tag = _conv_id(rnd, style, n)
+            if tag in used:
+                continue
+            used.add(tag)
+            x, y = 20 + (i % 4) * 50, 35 + (i // 4) * 45
+            pdf.set_draw_color(0)
+            pdf.rect(x - 5, y - 10, 45, 38)
+            pdf.set_font("Helvetica", "", 6)
+            pdf.text(x - 3, y - 6, rnd.choice(ROOMS).upper())
+            size = rnd.choice([6, 7, 8])
+            pdf.set_font(rnd.choice(["Helvetica", "Courier", "Times"]), "", size)
+            has_reader, has_exit = rnd.random() < 0.75, rnd.random() < 0.5
+            note = rnd.choice([None, None, None, "(incomplete)", "existing", "by others", "NOT IN SCOPE"])
+            parts = [symbol["door"]] + ([symbol["card_reader"]] if has_reader else [])
+            parts += [symbol["exit_button"]] if has_exit else []
+            form = rnd.choice(["phrase", "near", "rotated", "glyphs"])
+            if form == "phrase":
+                pdf.text(x, y + 10, " ".join([tag, *parts]))
+            elif form == "glyphs":  # as CAD exports write text: one text object per character
+                gx = x
+                for ch in " ".join([tag, *parts]):
+                    if ch != " ":
+                        pdf.text(gx, y + 10, ch)
+                    gx += pdf.get_string_width(ch)
+            elif form == "near":
+                pdf.text(x, y + 10, tag)
+                for j, s in enumerate(parts):
+                    pdf.text(x + 2 + j * 5, y + 15, s)
+            else:
+                with pdf.rotation(90, x + 30, y + 20):
+                    pdf.text(x + 30, y + 20, " ".join([tag, *parts]))
+            if note:
+                pdf.set_font("Helvetica", "I", 6)
+                pdf.text(x, y + 20, note)
+            if note == "NOT IN SCOPE":
+                excluded.append(tag)
+                continue
+            expected.append({"type": "door", "id": tag, "page": page})
+            if has_reader:
+                expected.append({"type": "card_reader", "id": f"{tag}-CR", "page": page})
+            if has_exit:
+                expected.append({"type": "exit_button", "id": f"{tag}-EB", "page": page})
+        pdf.set_font("Helvetica", "", 7)
+        for j in range(rnd.randint(0, 3)):
+            kind, sym, pre = rnd.choice(
+                [("camera", "CAM", "C"), ("motion_detector", "PIR", "I"), ("glass_break", "GB", "I")]
+            )
+            tag = f"{pre}-{page}{j + 1:02d}"
+            x, y = 30 + j * 60, 150
+            pdf.circle(x, y, 2, style="D")
+            pdf.text(x + 3, y + 1, tag)
+            pdf.text(x + 3, y + 5, sym)
+            expected.append({"type": kind, "id": tag, "page": page})
+        if rnd.random() < 0.4:  # a door schedule in columns, ids with a building letter
+            letter = rnd.choice("BEFGHLMN")
+            pdf.set_font("Courier", "", 7)
+            wide = rnd.random() < 0.5
+            pdf.text(*((150, 154) if wide else (225, 40)), "DOOR    ROOM          HARDWARE")
+            for k in range(rnd.randint(2, 5)):
+                tag = f"{letter}-{page}{k:02d}"
+                kit = rnd.choice(["Card Reader", "Card Reader + Exit Button", "Exit Button", "Reader + Keypad"])
+                if wide:  # columns far apart, as a table drawn across the sheet
+                    for x, cell in zip((150, 190, 245), (tag, rnd.choice(ROOMS), kit), strict=True):
+                        pdf.text(x, 160 + 5 * k, cell)
+                else:
+                    pdf.text(225, 46 + 5 * k, f"{tag:<8}{rnd.choice(ROOMS)[:12]:<14}{kit}")
+                expected.append({"type": "door", "id": tag, "page": page})
+                for word, kind, abbr in (("Reader", "card_reader", "CR"), ("Exit", "exit_button", "EB"),
+                                         ("Keypad", "keypad", "KP")):  # fmt: skip
+                    if word in kit:
+                        expected.append({"type": kind, "id": f"{tag}-{abbr}", "page": page})
+            pdf.set_font("Helvetica", "", 7)
+        pdf.text(20, 185, f"Ref: A-{200 + page}  Scale 1:100  3600  2400  Room {page}01")
+    data = bytes(pdf.output())
+    return data, {"components": expected, "excluded": sorted(excluded), "skipped_pages": skipped}
+
+
+def convention_scan(seed: int, dpi: int = 100) -> tuple[bytes, dict[str, Any]]:
+    """A scanned convention drawing: one grayscale raster page, no text layer (develops the OCR path)."""
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw, ImageFont
+
+    rnd = random.Random(seed)
+    w, h = int(297 / 25.4 * dpi), int(210 / 25.4 * dpi)
+    img = Image.new("L", (w, h), 255)
+    draw = ImageDraw.Draw(img)
+    px = max(10, int(dpi * 0.14))
+    try:
+        font = ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: the bitmap font
+        font = ImageFont.load_default()
+    draw.text((w * 0.05, h * 0.05), "SECURITY LAYOUT", fill=0, font=font)
+    expected: list[dict[str, Any]] = []
+    for i in range(rnd.randint(3, 6)):
+        tag = f"A-{rnd.randint(1, 9)}{i:02d}"
+        x, y = w * (0.08 + 0.3 * (i % 3)), h * (0.25 + 0.35 * (i // 3))
+        draw.rectangle((x - px, y - px, x + 12 * px, y + 5 * px), outline=0, width=2)
+        syms = ["D"] + (["R"] if rnd.random() < 0.7 else [])
+        draw.text((x, y), "  ".join([tag, *syms]), fill=0, font=font)
+        expected.append({"type": "door", "id": tag, "page": 1})
+        if "R" in syms:
+            expected.append({"type": "card_reader", "id": f"{tag}-CR", "page": 1})
+    pdf = FPDF(orientation="L", unit="mm", format="A4")
+    pdf.set_creation_date(FIXED_DATE)
+    pdf.add_page()
+    pdf.image(img, x=0, y=0, w=297, h=210)
+    return bytes(pdf.output()), {"components": expected, "excluded": [], "skipped_pages": []}

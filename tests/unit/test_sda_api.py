@@ -244,7 +244,7 @@ def test_status_progress_and_downloads_through_completion(env: dict[str, str]) -
     wb = load_workbook(io.BytesIO(response_body(r)))
     assert wb.sheetnames == ["Schedule", "Summary"]
     rows = list(wb["Schedule"].iter_rows(values_only=True))
-    assert rows[0] == ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence")
+    assert rows[0] == ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence", "Evidence")
     assert len(rows) == count + 1
     assert {r[0] for r in rows[1:]} >= {d["id"] for d in truth["doors"]}
 

@@ -328,3 +328,30 @@ def test_injected_result_corruption_is_traceable_to_its_version(
 
 def test_direct_invocation_is_a_no_op(env: dict[str, str]) -> None:
     assert worker.handler({"test": True}, LambdaContext())["status"] == "ok"
+
+
+def test_a_scan_completes_with_a_warning_instead_of_an_empty_schedule(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fpdf import FPDF
+    from PIL import Image, ImageDraw
+
+    from sda import ocr
+
+    monkeypatch.setattr(ocr, "available", lambda: False)  # the default install: no OCR extra
+    image = Image.new("L", (300, 200), 255)
+    ImageDraw.Draw(image).rectangle((20, 20, 120, 120), outline=0)
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.image(image, x=0, y=0, w=210, h=297)
+    job_id, body = submit(bytes(pdf.output()))
+    assert run(body) == {"batchItemFailures": []}
+    job = store().get_job(job_id)
+    assert job["status"] == "completed" and job["components_count"] == 0
+    status = response_json(api.handler(api_event("GET", f"/status/{job_id}"), LambdaContext()))
+    assert status["summary"]["warnings"] == [
+        "page 1: no text layer (scanned)",
+        "nothing security-related was read from this drawing: the schedule is empty",
+    ]
+    assert status["summary"]["skipped_pages"] == [{"page": 1, "reason": "no text layer (scanned)"}]
+    assert status["summary"]["overall_assessment"] == "Poor"

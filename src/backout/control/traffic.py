@@ -17,7 +17,7 @@ from typing import Any
 
 from backout.control.store import Store
 from backout.errors import UsageError
-from backout.platforms.base import Platform, Release, Throttle
+from backout.platforms.base import Capacity, Platform, Release, Throttle
 
 
 class Traffic:
@@ -70,6 +70,10 @@ class Traffic:
         self.store.refuse_if_active(self.env)
         if fn not in self.platform.functions():
             raise UsageError(f"no function named {fn!r} (known: {', '.join(self.platform.functions())})")
+        if isinstance(self.platform, Capacity):  # the switch meets warm instances, as a deployment's does
+            for v in (stable, canary):
+                if v is not None:
+                    self.platform.prewarm(fn, v)
         what = f"{fn}:live → v{stable}" + (f" + {pct:g} % v{canary}" if canary is not None and pct > 0 else "")
         with self.lock:
             self.store.add_event("alias_override", f"{who or 'an operator'} set {what}", severity="warning",
