@@ -17,6 +17,7 @@ import pytest
 from backout.control import deployer as deployer_mod
 from backout.control import states as st
 from backout.errors import UsageError
+from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
 from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, status
 
@@ -319,6 +320,10 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
         assert data["evidence"] == ["p99 2000 ms > 1005 ms (max of 3× and +1000 ms over stable v11 p99 now 5 ms) "
                                     "over 1 s on worker v12"]
         assert w.store.alarm_evaluations(d.id, "error-rate:worker")[-1].state == "OK"
+        view = incidents.load(w.store, w.store.incident_for_deployment(d.id).id)
+        assert view.automatic, "a judge's rollback is an automatic one"
+        report = incidents.render_markdown(view, has_chart=False)
+        assert "`latency-judge:worker` went into ALARM" in report and "Automatic rollback" in report
     finally:
         w.close()
 
