@@ -51,7 +51,7 @@ steps = [{ weight = 50, hold = "3s" }, { weight = 100 }]
 steps = [{ weight = 50, hold = "300s" }, { weight = 100 }]
 """
 # a version no alias routes to is let go after 6 s (default 15 min): the cold-rollback case in seconds
-ENV_EXTRA = 'rollback_window = "6s"'
+ENV_EXTRA = 'rollback_window = "12s"'
 TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
 
 
@@ -379,7 +379,7 @@ def test_rollback_usage_errors(env: RunningEnv) -> None:
     r = env.cli("rollback")
     assert r.returncode == 2 and "--reason is required" in r.stderr
     r = env.cli("rollback", "--to", "999", "--reason", "x")
-    assert r.returncode == 2 and "unknown version 999" in r.stderr
+    assert r.returncode == 2 and "unknown release 999" in r.stderr
     r = cli_stdin_closed(env, "rollback", "--env", "prod", "--reason", "x")
     assert r.returncode == 2 and "--yes" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

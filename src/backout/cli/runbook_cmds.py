@@ -118,7 +118,7 @@ def verify(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
 
 def smoke(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     """Run the manifest's smoke tests against the environment (API_BASE_URL and ENVIRONMENT set)."""
-    from backout.runbooks.smoke import run_smoke
+    from backout.control.smoke import run_smoke
 
     c = Client(env)
     results = run_smoke(c.manifest, c.env, c.gateway_url)
