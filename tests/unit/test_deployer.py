@@ -430,7 +430,13 @@ def test_restart_mid_step_resumes_the_stored_step_with_its_weights_and_hold(worl
     assert "supervisor restarted: resuming d-0001 from InProgress step 1" in world.event(d.id, "resumed").message
     assert world.store.get(d.id).step_started_at == started
     world.clock.advance(4.9)
-    world.nudge(d.id)
+
+    def evaluated_now() -> bool:
+        world.nudge(d.id)
+        e = world.deployer.live[d.id].alarms.get("error-rate:worker")
+        return e is not None and e.ts == world.clock.now()
+
+    world.wait(evaluated_now, what="an evaluation 4.9 s into the step")
     assert world.store.get(d.id).current_step == 0, "the hold counts from the step's original start"
     world.clock.advance(0.1)
     world.nudge(d.id)
