@@ -445,7 +445,7 @@ def test_notifications_carry_the_evidence_and_a_dead_target_delays_nothing(world
 
     got = wait_for(both, timeout=20, what="deployment_started and rolled_back notifications")
     started = next(m for m in got if " started: " in m["title"])
-    assert f"v{d['stable_release']} → v{d['target_release']}" in started["title"]
+    assert f"r{d['stable_release']} → r{d['target_release']}" in started["title"]
     rolled = next(m for m in got if " rolled back to " in m["title"])
     assert rolled["type"] == "failure"
     assert "Evidence:" in rolled["message"], rolled["message"]

@@ -333,7 +333,7 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
     inc = env.cli_json("incident", "show", r["incident"])
     assert inc["incident"]["trigger"]["kind"] == "manual" and inc["incident"]["trigger"]["who"]
     assert inc["incident"]["trigger"]["reason"] == "users report wrong totals"
-    note = receiver.wait(f"{r['deployment']} rolled back to v{base}", "users report wrong totals", r["incident"])
+    note = receiver.wait(f"{r['deployment']} rolled back to r{base}", "users report wrong totals", r["incident"])
     assert note["type"] == "failure"
     # a version found bad after it succeeded: repair knows it and its pre-deployment snapshot
     dry = env.cli_json("repair", "--deployment", r["deployment"], "--dry-run")

@@ -26,6 +26,7 @@ class Receiver:
         self.received: list[dict] = []
         self.paths: list[str] = []
         self.requests = 0
+        self.times: list[float] = []  # time.monotonic() of each request's arrival
         self.fail_first = fail_first
         self.arrived = threading.Event()
         outer = self
@@ -33,6 +34,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.times.append(time.monotonic())
                 outer.requests += 1
                 if outer.requests <= outer.fail_first:
                     self.send_response(500)
@@ -77,7 +79,7 @@ def closed_port() -> int:
 
 def rolled_back() -> Notification:
     return Notification(
-        kind="rolled_back", environment="prod", deployment_id="d-0007", stable_version=6, target_version=7,
+        kind="rolled_back", environment="prod", deployment_id="d-0007", stable="r6", target="r7",
         reason="alarm error-rate:worker", evidence=[EVIDENCE], incident_id="INC-0003",
         command="backout incident show INC-0003 --env prod", service="security-assistant",
     )
@@ -91,9 +93,9 @@ def test_rollback_notification_reaches_a_real_receiver_with_its_evidence(receive
     (msg,) = receiver.received
     assert receiver.paths == ["/hooks/backout"]
     assert msg["type"] == "failure"  # critical
-    assert msg["title"] == "[security-assistant/prod] deployment d-0007 rolled back to v6"
+    assert msg["title"] == "[security-assistant/prod] deployment d-0007 rolled back to r6"
     assert EVIDENCE in msg["message"]
-    assert "Versions: stable v6, new v7" in msg["message"]
+    assert "Releases: stable r6, new r7" in msg["message"]
     assert "backout incident show INC-0003 --env prod" in msg["message"]
     assert "Reason: alarm error-rate:worker" in msg["message"]
     assert [(r.ok, r.attempts) for r in results] == [(True, 1)]
@@ -106,17 +108,17 @@ def test_min_severity_filters_per_target(receiver: Receiver) -> None:
         specs = [NotifySpec(url=receiver.url("all")), NotifySpec(url=critical_only.url("pager"),
                                                                   min_severity="critical")]
         with Notifier(specs) as notifier:
-            started = Notification("deployment_started", "prod", deployment_id="d-0007", stable_version=6,
-                                   target_version=7)
+            started = Notification("deployment_started", "prod", deployment_id="d-0007", stable="r6",
+                                   target="r7")
             assert notifier.notify(started) == 1
             assert notifier.notify(rolled_back()) == 2
             assert notifier.notify(Notification("approval_needed", "prod", deployment_id="d-0008",
-                                                stable_version=6, target_version=8)) == 1
+                                                stable="r6", target="r8")) == 1
             assert notifier.flush(10)
         assert [m["title"] for m in receiver.received] == [
-            "[prod] deployment d-0007 started: v6 → v7",
-            "[security-assistant/prod] deployment d-0007 rolled back to v6",
-            "[prod] deployment d-0008 waits for approval: v6 → v8",
+            "[prod] deployment d-0007 started: r6 → r7",
+            "[security-assistant/prod] deployment d-0007 rolled back to r6",
+            "[prod] deployment d-0008 waits for approval: r6 → r8",
         ]
         assert [m["type"] for m in receiver.received] == ["info", "failure", "warning"]
         assert len(critical_only.received) == 1 and EVIDENCE in critical_only.received[0]["message"]
@@ -166,6 +168,61 @@ def test_retries_with_backoff_until_the_target_recovers(caplog: pytest.LogCaptur
         flaky.close()
 
 
+def test_attempts_and_backoff_are_pinned(caplog: pytest.LogCaptureFixture) -> None:
+    """4 attempts, waits of backoff·2^(n-1) capped at max_backoff, no jitter; the last failure is
+    reported with the attempt count and apprise's reason."""
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    down = Receiver(fail_first=100)  # answers every request with 500
+    try:
+        results: list[DeliveryResult] = []
+        with Notifier([NotifySpec(url=down.url())], attempts=4, backoff=0.1, max_backoff=0.25,
+                      on_result=results.append) as n:
+            n.notify(rolled_back())
+            assert n.flush(20)
+        assert down.requests == 4 and down.received == []
+        assert results == [DeliveryResult(results[0].target, results[0].notification, False, 4,
+                                          "the service refused it or could not be reached")]
+        gaps = [b - a for a, b in zip(down.times, down.times[1:], strict=False)]
+        for gap, wait in zip(gaps, [0.1, 0.2, 0.25], strict=True):
+            assert wait - 0.01 <= gap < wait + 1.0, gaps  # the cap itself is pinned by the log below
+        ours = [r for r in caplog.records if r.name == "backout.control.notify"]
+        retries = [r.getMessage() for r in ours if r.levelno == logging.WARNING]
+        assert [m.rsplit("; ", 1)[1] for m in retries] == [
+            "retrying in 0.10 s", "retrying in 0.20 s", "retrying in 0.25 s"
+        ]
+        assert [m.split(": ", 1)[0].rsplit(" ", 4)[1:] for m in retries] == [
+            ["(attempt", "1", "of", "4)"], ["(attempt", "2", "of", "4)"], ["(attempt", "3", "of", "4)"]
+        ]
+        assert [r.getMessage().split(": ", 1)[0] for r in ours if r.levelno == logging.ERROR] == [
+            f"notification rolled_back to {results[0].target} failed after 4 attempts, giving up"
+        ]
+    finally:
+        down.close()
+
+
+def test_close_cuts_a_backoff_short_and_reports_the_attempts_made(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="backout.control.notify")
+    down = Receiver(fail_first=100)
+    try:
+        results: list[DeliveryResult] = []
+        n = Notifier([NotifySpec(url=down.url())], attempts=3, backoff=30.0, on_result=results.append)
+        n.notify(rolled_back())
+        deadline = time.monotonic() + 5
+        while not any("retrying in 30.00 s" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no retry was scheduled"
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        n.close(timeout=0.2)
+        assert time.monotonic() - t0 < 2  # not 30 s
+        assert down.requests == 1
+        assert [(r.ok, r.attempts, r.error) for r in results] == [
+            (False, 1, "the service refused it or could not be reached")
+        ]
+        assert "dropped at shutdown after 1 attempt(s)" in caplog.text
+    finally:
+        down.close()
+
+
 def test_invalid_url_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="not a URL apprise understands"):
         Notifier([NotifySpec(url="nosuchservice://token@host")])
@@ -173,14 +230,14 @@ def test_invalid_url_is_a_usage_error() -> None:
 
 def test_every_kind_renders_a_title_and_body() -> None:
     for kind in KINDS:
-        n = Notification(kind, "staging", deployment_id="d-0002", stable_version=1, target_version=2,
+        n = Notification(kind, "staging", deployment_id="d-0002", stable="r1", target="r2",
                          weight=10, hook="pre-traffic", passed=True, incident_id="INC-0001",
                          evidence=["DLQ arrivals 1 > 0 over 31 s since the deployment started on jobs-dlq"],
                          command="backout deployment show d-0002 --env staging")
         assert n.title.startswith("[staging]") and "?" not in n.title, n.title
         assert "DLQ arrivals 1 > 0" in n.body and "backout deployment show d-0002" in n.body
-    assert Notification("step_reached", "prod", deployment_id="d-1", target_version=7, weight=10).title \
-        == "[prod] deployment d-1: 10 % on v7"
+    assert Notification("step_reached", "prod", deployment_id="d-1", target="r7", weight=10).title \
+        == "[prod] deployment d-1: 10 % on r7"
     assert Notification("hook_failed", "prod", deployment_id="d-1", hook="pre-traffic").severity == "critical"
     assert Notification("drill_result", "staging", passed=False).severity == "warning"
     assert Notification("drill_result", "staging", passed=False).title == "[staging] rollback drill FAILED"

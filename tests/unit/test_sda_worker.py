@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from backout.platforms.local.mappings import batch_item_failures
 from sda import api, config, queue, storage, worker
 from sda.errors import StorageUnavailable
 from sda.events import LambdaContext, api_event, prepare_local, response_json, sqs_event, upload_event
@@ -289,6 +291,128 @@ def test_a_partial_batch_reports_only_the_failed_record(env: dict[str, str]) -> 
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
     assert store().get_job(ok_id)["status"] == "completed"
     assert store().get_job(bad_id)["status"] == "processing"
+
+
+@pytest.fixture
+def worker_logs() -> Iterator[io.StringIO]:
+    """The worker logger's JSON lines, through its own powertools formatter (its stream handler
+    holds the stdout of import time, which capsys does not see)."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(worker.logger.registered_formatter)
+    worker.logger.addHandler(handler)
+    yield out
+    worker.logger.removeHandler(handler)
+
+
+def test_a_mixed_batch_acknowledges_done_and_unprocessable_and_reports_only_the_transient(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], worker_logs: io.StringIO
+) -> None:
+    ok_id, ok_body = submit((SAMPLES / "sample_04.pdf").read_bytes())
+    bad_id, bad_body = submit((SAMPLES / "sample_04.pdf").read_bytes())
+    _block(env, bad_id, "schedule.xlsx")
+    event = sqs_event([ok_body, "not json", bad_body])
+    ids = [r["messageId"] for r in event["Records"]]
+    capsys.readouterr()
+    result = worker.handler(event, LambdaContext(timeout_s=120))
+    assert result == {"batchItemFailures": [{"itemIdentifier": ids[2]}]}
+    # the local platform's event source mapping reads exactly that record as failed
+    assert batch_item_failures(result, set(ids)) == {ids[2]}
+    assert batch_item_failures(json.dumps(result), set(ids)) == {ids[2]}
+    logs = [json.loads(line) for line in worker_logs.getvalue().splitlines()]
+    (unprocessable,) = [d for d in logs if d["message"] == "unprocessable message acknowledged"]
+    assert unprocessable["level"] == "ERROR" and unprocessable["message_id"] == ids[1]
+    assert unprocessable["reason"].startswith("message body is not JSON")
+    (done,) = [d for d in logs if d["message"] == "message done"]
+    assert done["job_id"] == ok_id and done["level"] == "INFO"
+    assert [d["message"] for d in logs if d["level"] in ("WARNING", "ERROR")] == [
+        "unprocessable message acknowledged", "stage failed: the message will be retried"
+    ]
+    metrics = emf(capsys.readouterr().out)
+    assert metrics["JobsCompleted"] == 1 and metrics["StageFailure"] == 1
+    assert store().get_job(ok_id)["status"] == "completed"
+    assert store().get_job(bad_id)["status"] == "processing"
+
+
+def test_a_batch_whose_records_all_fail_raises_the_first_records_error(env: dict[str, str]) -> None:
+    first_id, first_body = submit((SAMPLES / "sample_01.pdf").read_bytes())
+    second_id, second_body = submit((SAMPLES / "sample_02.pdf").read_bytes())
+    _block(env, first_id, "schedule.xlsx")
+    _block(env, second_id, "schedule.xlsx")
+    with pytest.raises(StorageUnavailable) as raised:
+        run([first_body, second_body])
+    assert "schedule.xlsx" in str(raised.value) and first_id in str(raised.value)
+    # both records were attempted before the raise
+    for job_id in (first_id, second_id):
+        attempt = store().get_job(job_id)["attempts"][-1]
+        assert attempt["outcome"] == "transient_error" and attempt["stage"] == "excel_generation"
+
+
+def test_an_unprocessable_record_counts_as_done_so_its_failing_neighbour_is_reported_not_raised(
+    env: dict[str, str],
+) -> None:
+    bad_id, bad_body = submit((SAMPLES / "sample_01.pdf").read_bytes())
+    _block(env, bad_id, "schedule.xlsx")
+    event = sqs_event(["not json", bad_body])
+    result = worker.handler(event, LambdaContext(timeout_s=120))
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+
+
+def test_a_bad_setting_is_a_config_error_that_names_the_variable_and_value(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, body = submit((SAMPLES / "sample_01.pdf").read_bytes())
+    monkeypatch.setenv("SDA_DB_BUSY_TIMEOUT_S", "soon")
+    monkeypatch.setenv("STORAGE_MODE", "s3")
+    with pytest.raises(config.ConfigError) as raised:
+        run(body)
+    assert str(raised.value) == (
+        "invalid configuration: STORAGE_MODE='s3': Input should be 'local' or 'aws'; "
+        "SDA_DB_BUSY_TIMEOUT_S='soon': Input should be a valid number, unable to parse string as a number"
+    )
+    monkeypatch.setenv("STORAGE_MODE", " LOCAL ")
+    monkeypatch.setenv("SDA_DB_BUSY_TIMEOUT_S", "0")
+    with pytest.raises(config.ConfigError, match=r"SDA_DB_BUSY_TIMEOUT_S='0': Input should be greater than 0"):
+        config.load()
+    monkeypatch.setenv("SDA_DB_BUSY_TIMEOUT_S", " ")  # blank: the default, as when unset
+    settings = config.load()
+    assert settings.storage_mode == "local" and settings.db_busy_timeout_s == 30.0
+
+
+def test_settings_keep_their_variable_names_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in config._VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    s = config.load()
+    assert (s.storage_mode, s.data_dir, s.platform_db, s.processing_queue, s.processing_queue_url) == (
+        "local", None, None, "processing", None
+    )
+    assert (s.jobs_table, s.files_bucket, s.environment) == (
+        "security-assistant-jobs", "security-assistant-files", "dev"
+    )
+    assert (s.max_upload_bytes, s.function_version, s.function_name, s.db_busy_timeout_s) == (
+        100 * 1024 * 1024, "$LATEST", "sda", 30.0
+    )
+    with pytest.raises(config.ConfigError, match="BACKOUT_DATA_DIR is not set"):
+        s.require_data_dir()
+    monkeypatch.setenv("ENVIRONMENT", "prod")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "sda-svc")
+    monkeypatch.setenv("SDA_MAX_UPLOAD_MB", "0.5")
+    monkeypatch.setenv("BACKOUT_DATA_DIR", " /srv/sda ")
+    monkeypatch.setenv("storage_mode", "aws")  # names are case-sensitive, like os.environ
+    monkeypatch.setenv("SERVICE_VERSION", "9.9")  # not a setting: the code's version
+    s = config.load()
+    assert (s.jobs_table, s.files_bucket, s.environment, s.function_name) == (
+        "security-assistant-jobs-prod", "security-assistant-files-prod", "prod", "sda-svc"
+    )
+    assert s.max_upload_bytes == 512 * 1024 and s.jobs_db == Path("/srv/sda/jobs.db")
+    assert s.storage_mode == "local" and s.service_version == __import__("sda").__version__
+    monkeypatch.setenv("BACKOUT_ENV", "staging")  # wins over ENVIRONMENT
+    monkeypatch.setenv("SDA_JOBS_TABLE", "jobs-x")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "security-assistant-worker-staging")
+    s = config.load()
+    assert (s.jobs_table, s.files_bucket, s.function_name) == (
+        "jobs-x", "security-assistant-files-staging", "security-assistant-worker-staging"
+    )
 
 
 def test_a_dead_lettered_job_is_reprocessed_when_redriven(env: dict[str, str]) -> None:

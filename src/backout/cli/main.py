@@ -54,9 +54,10 @@ def up(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
         )
         return
+    from backout import logs
     from backout.server.process import Supervisor
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(logging.WARNING)  # JSON lines on stderr (supervisor.log when detached)
     Supervisor(m, name).run()
 
 

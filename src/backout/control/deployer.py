@@ -284,7 +284,7 @@ class Deployer:
         )
         self._notify("rolled_back", d, reason=f"manual: {reason} ({who})", incident_id=inc.id,
                      command=f"backout incident show {inc.id} --env {self.env}",
-                     stable_version=target_r.id, target_version=current_r.id)
+                     stable=target_r.label(), target=current_r.label())
         return {
             "mode": "rollback",
             "deployment": d.id,
@@ -737,8 +737,8 @@ class Deployer:
                     kind=kind,
                     environment=self.env,
                     deployment_id=d.id,
-                    stable_version=kw.pop("stable_version", d.stable_release),
-                    target_version=kw.pop("target_version", d.target_release),
+                    stable=kw.pop("stable", d.stable if d.stable_release is not None else None),
+                    target=kw.pop("target", d.target),
                     service=self.manifest.service.name,
                     command=kw.pop("command", f"backout deployment show {d.id} --env {self.env}"),
                     **kw,

@@ -3,7 +3,7 @@ and the command that shows more.
 
 Delivery never blocks the caller: a rollback must not wait on Slack. `notify()` only renders the
 message and queues it; each target has its own background thread (so one dead or slow target
-delays nobody else) that sends with retries and exponential backoff, and logs every failure.
+delays nobody else) that sends with retries and exponential backoff (tenacity), and logs every failure.
 A target receives a notification when its severity reaches the target's `min_severity`.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import apprise
 from apprise import NotifyFormat, NotifyType, PersistentStoreMode
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from backout.errors import UsageError
 from backout.manifest import NotifySpec
@@ -32,9 +33,9 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _D = "{where} deployment {deployment_id}"
 KINDS: dict[str, tuple[str, str]] = {
     "deployment_started": ("info", _D + " started: {arrow}"),
-    "step_reached": ("info", _D + ": {weight_pct} on v{target_version}"),
-    "succeeded": ("info", _D + " succeeded: v{target_version} serves 100 %"),
-    "rolled_back": ("critical", _D + " rolled back to v{stable_version}"),
+    "step_reached": ("info", _D + ": {weight_pct} on {target}"),
+    "succeeded": ("info", _D + " succeeded: {target} serves 100 %"),
+    "rolled_back": ("critical", _D + " rolled back to {stable}"),
     "stopped": ("warning", _D + " stopped: {arrow}"),
     "hook_failed": ("critical", _D + ": {hook} hook failed"),
     "deadline_exceeded": ("critical", _D + " exceeded its progress deadline"),
@@ -61,8 +62,8 @@ class Notification:
     environment: str
     severity: str | None = None
     deployment_id: str | None = None
-    stable_version: int | None = None
-    target_version: int | None = None
+    stable: str | None = None  # release labels: `r6`, or `r6 (worker v12)` where versions differ
+    target: str | None = None
     reason: str = ""
     evidence: Sequence[str] = ()
     command: str = ""
@@ -91,8 +92,7 @@ class Notification:
     def title(self) -> str:
         values = _Blank({k: v for k, v in self.__dict__.items() if v is not None})
         values["where"] = f"[{self.service}/{self.environment}]" if self.service else f"[{self.environment}]"
-        values["arrow"] = (f"v{self.stable_version} → v{self.target_version}"
-                           if self.stable_version is not None else f"v{self.target_version}")
+        values["arrow"] = f"{self.stable} → {self.target}" if self.stable is not None else f"{self.target}"
         values["weight_pct"] = f"{self.weight:g} %" if self.weight is not None else "?"
         values["outcome"] = {True: "passed", False: "FAILED", None: "finished"}[self.passed]
         return KINDS[self.kind][1].format_map(values)
@@ -105,9 +105,9 @@ class Notification:
         if self.evidence:
             lines.append("Evidence:")
             lines.extend(f"  - {e}" for e in self.evidence)
-        if self.target_version is not None:
-            versions = f"stable v{self.stable_version}, " if self.stable_version is not None else ""
-            lines.append(f"Versions: {versions}new v{self.target_version}")
+        if self.target is not None:
+            releases = f"stable {self.stable}, " if self.stable is not None else ""
+            lines.append(f"Releases: {releases}new {self.target}")
         if self.deployment_id:
             lines.append(f"Deployment: {self.deployment_id}")
         if self.incident_id:
@@ -164,30 +164,37 @@ class _Target:
             finally:
                 self.owner._done()
 
+    def _send(self, n: Notification) -> tuple[bool, str]:
+        """One delivery attempt: (delivered, why not). Never raises: a plugin bug must not kill the
+        sender thread."""
+        try:
+            ok = bool(self.apprise.notify(title=n.title, body=n.body, body_format=NotifyFormat.TEXT,
+                                          notify_type=_NOTIFY_TYPE[n.severity or "info"]))
+        except Exception as e:
+            return False, f"{type(e).__name__}: {e}"
+        return ok, "" if ok else "the service refused it or could not be reached"
+
     def _deliver(self, n: Notification) -> None:
         o = self.owner
         error = ""
-        for attempt in range(1, o.attempts + 1):
-            if o._closing.is_set() and attempt > 1:
+
+        def retrying_in(state: RetryCallState) -> None:
+            log.warning("notification %s to %s failed (attempt %d of %d): %s; retrying in %.2f s",
+                        n.kind, self.name, state.attempt_number, o.attempts, error, state.upcoming_sleep)
+
+        for attempt in o._retrying(before_sleep=retrying_in):
+            number = attempt.retry_state.attempt_number
+            if number > 1 and o._closing.is_set():  # close() cut the backoff short
                 log.error("notification %s to %s dropped at shutdown after %d attempt(s): %s",
-                          n.kind, self.name, attempt - 1, error)
-                o._report(DeliveryResult(self.name, n, False, attempt - 1, error or "shutdown"))
+                          n.kind, self.name, number - 1, error)
+                o._report(DeliveryResult(self.name, n, False, number - 1, error or "shutdown"))
                 return
-            try:
-                ok = bool(self.apprise.notify(title=n.title, body=n.body, body_format=NotifyFormat.TEXT,
-                                              notify_type=_NOTIFY_TYPE[n.severity or "info"]))
-                error = "" if ok else "the service refused it or could not be reached"
-            except Exception as e:  # a plugin bug must not kill the sender thread
-                ok, error = False, f"{type(e).__name__}: {e}"
+            ok, error = self._send(n)
+            attempt.retry_state.set_result(ok)  # the outcome tenacity's retry_if_result judges
             if ok:
-                log.info("notification %s delivered to %s (attempt %d)", n.kind, self.name, attempt)
-                o._report(DeliveryResult(self.name, n, True, attempt))
+                log.info("notification %s delivered to %s (attempt %d)", n.kind, self.name, number)
+                o._report(DeliveryResult(self.name, n, True, number))
                 return
-            if attempt < o.attempts:
-                delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1))
-                log.warning("notification %s to %s failed (attempt %d of %d): %s; retrying in %.2f s",
-                            n.kind, self.name, attempt, o.attempts, error, delay)
-                o._closing.wait(delay)
         log.error("notification %s to %s failed after %d attempts, giving up: %s",
                   n.kind, self.name, o.attempts, error)
         o._report(DeliveryResult(self.name, n, False, o.attempts, error))
@@ -273,6 +280,23 @@ class Notifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _retrying(self, before_sleep: Callable[[RetryCallState], None]) -> Retrying:
+        """The retry policy of one delivery: `attempts` tries, waits of backoff·2^(n-1) capped at
+        max_backoff (no jitter), retried while apprise answers False.
+
+        tenacity rather than stamina: apprise reports a failed send by returning False, and stamina
+        retries on exceptions only; stamina also has no hook for the sleep, while tenacity takes one,
+        so the wait is the shutdown event's and close() cuts a backoff short (stamina's defaults,
+        jitter and a 45 s overall timeout, would also change the waits operators see logged)."""
+        return Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.backoff, exp_base=2, max=self.max_backoff),
+            retry=retry_if_result(lambda delivered: not delivered),
+            sleep=self._closing.wait,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: None,  # out of attempts: end the loop, don't raise
+        )
 
     def _done(self) -> None:
         with self._cond:
