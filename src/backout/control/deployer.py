@@ -325,13 +325,19 @@ class Deployer:
             want, label = last.target_versions, last.target
         else:
             return
+        # a rollback committed but not completed was killed before (or during) its alias writes: from
+        # 100 % the aliases point at the new version alone, which no check below would tell apart
+        unfinished = last.status == st.ROLLED_BACK and not last.rollback_completed_at
         changed = False
         for fn in self.platform.functions():
             w = self.platform.get_weights(fn)
             v = want.get(fn)
             if v is None:
                 continue
-            if w.canary is not None and w.canary_weight > 0 and set(w.versions) != {v}:
+            if unfinished and w.versions != {v: 100.0}:
+                self.platform.set_weights(fn, v)
+                changed = True
+            elif w.canary is not None and w.canary_weight > 0 and set(w.versions) != {v}:
                 self.platform.set_weights(fn, v)
                 changed = True
             elif w.canary is not None and w.stable != v and w.versions == {v: 100.0}:
@@ -344,6 +350,24 @@ class Deployer:
             self._event(
                 last, "reconciled", f"live aliases set to {label} to agree with {last.id} ({last.status})"
             )
+        if last.status == st.ROLLED_BACK and self.store.incident_for_deployment(last.id) is None:
+            self._open_missing_incident(self.store.get(last.id))
+
+    def _open_missing_incident(self, d: Deployment) -> None:
+        """A kill between a rollback's commit and its incident: every rollback opens one, so open it now
+        (with the `rolled_back` event's trigger and evidence when that was written)."""
+        ev = next((e for e in reversed(self.store.events(deployment_id=d.id)) if e.kind == "rolled_back"), None)
+        data = dict(ev.data) if ev is not None and isinstance(ev.data, dict) else {}
+        kind = data.pop("trigger", "internal")
+        evidence = data.pop("evidence", [d.reason])
+        trigger = {"reason": d.reason, "decided_at": d.rollback_decided_at, "completed_at": d.rollback_completed_at,
+                   **data, "kind": kind}
+        inc = self.store.open_incident(self.env, f"{d.id} rolled back: {d.reason}", severity="critical",
+                                       deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
+        self.store.add_event("incident_opened", f"incident {inc.id} opened for {d.id} after a restart",
+                             deployment_id=d.id, incident_id=inc.id, severity="critical", ts=self.clock())
+        self._notify("rolled_back", d, reason=d.reason, evidence=evidence, incident_id=inc.id,
+                     command=f"backout incident show {inc.id} --env {self.env}")
 
     def close(self) -> None:
         self._closing.set()
@@ -487,10 +511,14 @@ class Deployer:
         now = self.clock()
         fns = self.platform.functions()
         start = (int(now) // 60 - 1) * 60
-        series = self.platform.metrics([
-            MetricQuery.of(NS_LAMBDA, "ConcurrentExecutions", {"FunctionName": fn}, start, now + 1, 60, "Maximum")
-            for fn in fns
-        ])
+        try:
+            series = self.platform.metrics([
+                MetricQuery.of(NS_LAMBDA, "ConcurrentExecutions", {"FunctionName": fn}, start, now + 1, 60, "Maximum")
+                for fn in fns
+            ])
+        except Exception as e:  # noqa: BLE001 - sizing is best effort: a metrics outage is no reason to roll back
+            log.warning("deployment %s: peak concurrency unavailable, warming one instance: %s", d.id, e)
+            series = [[] for _ in fns]
         for fn, pts in zip(fns, series, strict=True):
             spec = self.manifest.functions[fn]
             cap = spec.reserved_concurrency if spec.reserved_concurrency is not None else 16
@@ -699,7 +727,8 @@ class Deployer:
         severity: str = "info",
         data: dict[str, Any] | None = None,
     ) -> None:
-        self.store.add_event(kind, message, deployment_id=d.id, severity=severity, data=data)
+        # stamped on the deployer's clock: `_started_at` and `measure_impact` read these times back against it
+        self.store.add_event(kind, message, deployment_id=d.id, severity=severity, data=data, ts=self.clock())
 
     def _notify(self, kind: str, d: Deployment, **kw: Any) -> None:
         try:

@@ -36,7 +36,7 @@ def _cause(view: IncidentView) -> str:
     reason = str(
         t.get("reason") or (view.deployment.reason if view.deployment else "") or view.incident.title
     )
-    if kind == "alarm":
+    if kind in ("alarm", "judge"):
         names = [a.get("alarm") for a in t.get("alarms") or [] if isinstance(a, dict) and a.get("alarm")]
         if not names:
             m = re.search(r"alarm (\S+) in ALARM", reason)

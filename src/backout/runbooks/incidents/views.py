@@ -20,7 +20,7 @@ _LESSON_PREFIX = re.compile(
     r"\s*(?:[:\-–—]\s*|\s+|$)",
     re.IGNORECASE,
 )
-_AUTOMATIC = {"alarm", "pre_traffic", "post_traffic", "deadline", "internal"}
+_AUTOMATIC = {"alarm", "judge", "pre_traffic", "post_traffic", "deadline", "internal"}
 
 
 @dataclass(frozen=True)

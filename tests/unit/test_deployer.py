@@ -1,0 +1,606 @@
+"""The Deployer on a FakePlatform: every transition, every rollback trigger by its exact name, and a
+kill after each store write followed by a restart that leaves the store and the platform agreeing.
+
+Functions have their own version numbers (api 1, worker 11, repair 21 in release 1), and a function
+whose code did not change keeps its version, so nothing here passes by one number fitting all."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backout.control import deployer as deployer_mod
+from backout.control import states as st
+from backout.errors import UsageError
+from backout.runbooks import incidents
+from backout.runbooks.verify import expected_versions
+from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, status
+
+
+@pytest.fixture(autouse=True)
+def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's real wait between evaluations; time itself is the FakeClock's."""
+    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.close()
+
+
+def rolled_back(w: World, deployment_id: str) -> tuple[dict, dict]:
+    """The `rolled_back` event's data and the incident's trigger, after the runner finished."""
+    d = w.finish(deployment_id)
+    assert d.status == st.ROLLED_BACK, d
+    inc = w.store.incident_for_deployment(d.id)
+    assert inc is not None and inc.severity == "critical"
+    return w.event(d.id, "rolled_back").data, inc.trigger
+
+
+# --- the path of a good release ------------------------------------------------------------------------
+def test_good_release_goes_created_pretraffic_steps_posttraffic_succeeded(tmp_path: Path) -> None:
+    w = World(tmp_path, store=CrashingStore)
+    try:
+        r1 = w.fake.releases()[0]
+        r2 = w.release("api", "worker")
+        d = w.deploy(r2)
+        assert d.status == st.PRE_TRAFFIC and d.stable_release == r1.id and d.target_release == r2.id
+        w.wait_step(d.id, 0)
+        w.fake.traffic("worker", 40)
+        w.fake.traffic("api", 40)
+        w.clock.advance(5)
+        w.nudge(d.id)
+        d = w.finish(d.id)
+        assert d.status == st.SUCCEEDED and d.current_weight == 100.0
+        transitions = [op for op in w.store.ops if op.startswith(("create", "transition"))]
+        assert transitions == ["create_deployment", "transition PreTraffic", "transition InProgress",
+                               "transition InProgress step 0", "transition InProgress step 1",
+                               "transition PostTraffic", "transition Succeeded"]
+        kinds = w.kinds(d.id)
+        assert kinds.index("snapshot") < kinds.index("step_reached"), "the backup comes before any traffic shift"
+        assert [k for k in kinds if k != "alarm_state"] == [
+            "created", "pre_traffic_started", "snapshot", "hook_passed", "step_reached", "step_reached",
+            "post_traffic_started", "hook_passed", "succeeded"]
+        assert w.fake.live_versions() == w.live(r2) == {"api": {"2": 100.0}, "worker": {"12": 100.0},
+                                                        "repair": {"21": 100.0}}
+        assert w.notifier.kinds() == ["deployment_started", "step_reached", "step_reached", "succeeded"]
+        assert w.store.snapshots(w.env, deployment_id=d.id)[0].platform_snapshot_id == "backup-0001"
+        assert d.target == "r2 (repair v21, worker v12)" and d.stable == "r1 (repair v21, worker v11)"
+    finally:
+        w.close()
+
+
+def test_each_function_is_split_between_its_own_two_version_numbers(world: World) -> None:
+    r2 = world.release("api", "worker")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    assert world.fake.live_versions() == {
+        "api": {"1": 50.0, "2": 50.0},
+        "worker": {"11": 50.0, "12": 50.0},
+        "repair": {"21": 100.0},  # unchanged code keeps its version: nothing to split
+    }
+    got = {r.version for r in world.fake.traffic("worker", 10)}
+    assert got == {"11", "12"}
+
+
+def test_pre_traffic_checks_invoke_each_functions_new_version_number(world: World) -> None:
+    r2 = world.release("worker")
+    d = world.finish(world.deploy(r2, (100, 0)).id)
+    assert d.status == st.SUCCEEDED
+    probes = [(i.function, i.version) for i in world.fake.invocations if i.event == {"test": True}]
+    assert sorted(set(probes)) == [("api", "1"), ("repair", "21"), ("worker", "12")]
+    assert world.fake.warm[("worker", "12")] >= 1 and world.fake.warm[("worker", "11")] >= 1
+
+
+def test_approval_gate_holds_in_awaiting_approval_until_approved(tmp_path: Path) -> None:
+    w = World(tmp_path, env="prod")
+    try:
+        r2 = w.release("worker")
+        d = w.deploy(r2, (100, 0))
+        assert d.status == st.AWAITING_APPROVAL
+        assert "approval_needed" in w.notifier.kinds()
+        assert "backout approve d-0001 --env prod" in w.event(d.id, "approval_needed").message
+        assert w.store.get(d.id).status == st.AWAITING_APPROVAL and w.fake.live_versions()["worker"] == {"11": 100.0}
+        w.deployer.approve(d.id, who="carol")
+        d = w.finish(d.id)
+        assert d.status == st.SUCCEEDED and w.fake.live_versions() == w.live(r2)
+        assert "approved by carol" in w.event(d.id, "approved").message
+    finally:
+        w.close()
+
+
+def test_approve_is_refused_for_a_deployment_not_waiting_for_it(world: World) -> None:
+    d = world.finish(world.deploy(world.release("worker"), (100, 0)).id)
+    with pytest.raises(UsageError, match="is Succeeded, not waiting for approval"):
+        world.deployer.approve(d.id)
+
+
+def test_second_deployment_is_refused_naming_the_active_one(world: World) -> None:
+    d = world.deploy(world.release("worker"))
+    world.wait_step(d.id, 0)
+    with pytest.raises(UsageError, match="deployment d-0001 is already active in staging"):
+        world.deploy(world.release("api"))
+
+
+def test_deploying_the_release_already_live_is_refused(world: World) -> None:
+    with pytest.raises(UsageError, match="release r1 .* is already live in staging: nothing to deploy"):
+        world.deploy(world.fake.releases()[0])
+
+
+def test_unknown_release_is_refused_with_the_published_ones(world: World) -> None:
+    with pytest.raises(UsageError, match=r"unknown release 9 \(published: 1\)"):
+        world.deployer.create(release=9)
+
+
+# --- stop -----------------------------------------------------------------------------------------------
+def test_stop_with_rollback_puts_every_alias_back_on_stable_with_trigger_manual(world: World) -> None:
+    r1, r2 = world.fake.releases()[0], world.release("api", "worker")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    out = world.deployer.stop(d.id, rollback=True, reason="customer reports", who="alice")
+    assert out.status == st.ROLLED_BACK and out.reason == "customer reports"
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == "manual" and trigger["kind"] == "manual"
+    assert data["evidence"] == ["customer reports"] and trigger["reason"] == "customer reports"
+    assert world.fake.live_versions() == world.live(r1)
+    assert "rolled_back" in world.notifier.kinds()
+
+
+def test_stop_without_rollback_leaves_traffic_split_and_the_deployment_stopped(world: World) -> None:
+    d = world.deploy(world.release("api", "worker"))
+    world.wait_step(d.id, 0)
+    out = world.deployer.stop(d.id, rollback=False, reason="hold here", who="bob")
+    assert out.status == st.STOPPED and out.reason == "hold here"
+    assert world.fake.live_versions()["worker"] == {"11": 50.0, "12": 50.0}
+    assert world.store.incident_for_deployment(d.id) is None
+    assert "stopped without rollback at 50 %" in world.event(d.id, "stopped").message
+
+
+def test_stop_of_a_deployment_waiting_for_approval_rolls_it_back(tmp_path: Path) -> None:
+    w = World(tmp_path, env="prod")
+    try:
+        d = w.deploy(w.release("worker"), (100, 0))
+        out = w.deployer.stop(d.id, rollback=True, reason="not today", who="dan")
+        assert out.status == st.ROLLED_BACK
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == trigger["kind"] == "manual"
+    finally:
+        w.close()
+
+
+def test_stop_of_a_finished_deployment_is_refused(world: World) -> None:
+    d = world.finish(world.deploy(world.release("worker"), (100, 0)).id)
+    with pytest.raises(UsageError, match="is already Succeeded"):
+        world.deployer.stop(d.id)
+
+
+# --- every trigger, by its exact name --------------------------------------------------------------------
+def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World) -> None:
+    r1, r2 = world.fake.releases()[0], world.release("api", "worker")
+    world.fake.handle("worker", raising(), version="12")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.fake.traffic("worker", 40)  # 20 on v12, all failing (+ the pre-traffic probe, which passed)
+    world.clock.advance(1)
+    world.nudge(d.id)
+    data, trigger = rolled_back(world, d.id)
+    sentence = "error rate 95.2 % (20/21) > 10 % over 1 s on worker v12"
+    assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
+    assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker"]
+    assert data["evidence"] == [sentence]
+    assert data["reason"] == f"alarm error-rate:worker in ALARM: {sentence}"
+    a = data["alarms"][0]
+    assert (a["value"], a["threshold"], a["numerator"], a["denominator"]) == (pytest.approx(95.238, 1e-3), 10.0,
+                                                                              20.0, 21.0)
+    assert world.fake.live_versions() == world.live(r1)
+    ev = world.store.alarm_evaluations(d.id, "error-rate:worker")
+    assert [e.state for e in ev] == ["INSUFFICIENT_DATA", "ALARM"] and ev[-1].detail == sentence
+    impact = world.store.incident_for_deployment(d.id).evidence["impact"]
+    assert impact["functions"]["worker"]["version"] == "12" and impact["functions"]["worker"]["errors"] == 20
+
+
+def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None:
+    r2 = world.release("api", "worker")
+    world.fake.handle("api", status(500), version="2")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.fake.traffic("api", 20)  # 10 requests answered by api v2 with 500
+    world.clock.advance(1)
+    world.nudge(d.id)
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
+    assert [a["alarm"] for a in data["alarms"]] == ["api-5xx"]
+    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2"]
+    impact = world.store.incident_for_deployment(d.id).evidence["impact"]
+    assert impact["api"]["failed_requests"] == 10 and impact["api"]["requests_served"] == 10
+
+
+def test_message_reaching_the_dlq_rolls_back_with_alarm_dlq_arrivals(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising("cannot parse job"), version="12")
+    d = world.deploy(r2, (100, 5), (100, 0))
+    world.wait_step(d.id, 0)
+    world.fake.send_message("jobs", json.dumps({"job": "j1"}))
+    for _ in range(3):  # received twice (max_receive_count 2), failing each time, then moved to the DLQ
+        world.fake.pump()
+        world.clock.advance(1)
+    assert world.fake.messages("jobs-dlq") == ['{"job": "j1"}']
+    world.nudge(d.id)
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
+    assert [a["alarm"] for a in data["alarms"]] == ["dlq-arrivals:jobs-dlq"]
+    assert data["evidence"] == ["DLQ arrivals 1 > 0 over 3 s since the deployment started on jobs-dlq"]
+    assert world.store.incident_for_deployment(d.id).evidence["impact"]["dlq_arrivals"] == {"jobs-dlq": 1.0}
+
+
+def test_failing_pre_traffic_hook_rolls_back_before_any_traffic_with_trigger_pre_traffic(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising("boom at import", test_events=True), version="12")
+    d = world.finish(world.deploy(r2).id)
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == "pre_traffic" and trigger["kind"] == "pre_traffic"
+    assert data["reason"] == "pre-traffic hook builtin:checks failed" and data["hook"] == "builtin:checks"
+    assert "FAILED invoke worker v12: RuntimeError: boom at import" in data["evidence"][0]
+    assert "step_reached" not in world.kinds(d.id)
+    assert not [c for c in world.fake.calls if c.startswith("set_weights worker 11 12")]
+    assert "hook_failed" in world.notifier.kinds()
+
+
+def test_new_version_that_cannot_start_rolls_back_with_trigger_pre_traffic(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.init_errors[("worker", "12")] = "No module named 'pdfplumber'"
+    d = world.finish(world.deploy(r2).id)
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == trigger["kind"] == "pre_traffic"
+    assert data["reason"].startswith("worker v12 (r2 (api v1, repair v21, worker v12)) does not start: ")
+    assert data["evidence"] == ["worker v12 init failed: Runtime.ImportModuleError: No module named 'pdfplumber'"]
+
+
+def test_failing_post_traffic_hook_rolls_back_from_100_percent_with_trigger_post_traffic(tmp_path: Path) -> None:
+    w = World(tmp_path, post='{ function = "checker" }')
+    try:
+        r1, r2 = w.fake.releases()[0], w.release("worker")
+        w.fake.handle("checker", hook_answer("Failed"))
+        d = w.finish(w.deploy(r2, (100, 0)).id)
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "post_traffic" and trigger["kind"] == "post_traffic"
+        assert data["reason"] == "post-traffic hook function:checker failed"
+        assert data["evidence"] == ["checker returned {'status': 'Failed', 'deployment': 'd-0001'}"]
+        assert "post_traffic_started" in w.kinds(d.id)
+        assert w.fake.live_versions() == w.live(r1)
+    finally:
+        w.close()
+
+
+def test_missed_progress_deadline_rolls_back_with_trigger_deadline(tmp_path: Path) -> None:
+    w = World(tmp_path, pre='{ builtin = "checks" }, { function = "checker" }')
+    try:
+        entered, gate = threading.Event(), threading.Event()
+
+        def slow_hook(c: Any) -> Any:
+            entered.set()
+            gate.wait(10)
+            return {"status": "Succeeded"}
+
+        w.fake.handle("checker", slow_hook)
+        d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: rolled back 10 s after its start
+        assert entered.wait(10)
+        w.clock.advance(11)  # the pre-traffic hook took 11 s
+        gate.set()
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "deadline" and trigger["kind"] == "deadline"
+        assert data["reason"] == "progress deadline exceeded (10 s)"
+        assert data["evidence"] == ["deployment still at step 1 after the deadline"]
+        assert "deadline_exceeded" in w.notifier.kinds()
+        assert w.fake.live_versions() == w.live(w.fake.releases()[0])
+    finally:
+        w.close()
+
+
+def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tmp_path: Path) -> None:
+    w = World(tmp_path, judge=True)
+    try:
+        r2 = w.release("worker")
+        w.fake.handle("worker", slow(2000), version="12")
+        d = w.deploy(r2)
+        w.wait_step(d.id, 0)
+        w.fake.traffic("worker", 80)
+        w.clock.advance(1)
+        w.nudge(d.id)
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "judge" and trigger["kind"] == "judge"
+        assert [a["alarm"] for a in data["alarms"]] == ["latency-judge:worker"]
+        assert data["evidence"] == ["p99 2000 ms > 1005 ms (max of 3× and +1000 ms over stable v11 p99 now 5 ms) "
+                                    "over 1 s on worker v12"]
+        assert w.store.alarm_evaluations(d.id, "error-rate:worker")[-1].state == "OK"
+        view = incidents.load(w.store, w.store.incident_for_deployment(d.id).id)
+        assert view.automatic, "a judge's rollback is an automatic one"
+        report = incidents.render_markdown(view, has_chart=False)
+        assert "`latency-judge:worker` went into ALARM" in report and "Automatic rollback" in report
+    finally:
+        w.close()
+
+
+def test_runner_failure_rolls_back_with_trigger_internal(world: World) -> None:
+    r1, r2 = world.fake.releases()[0], world.release("worker")
+    world.fake.fail_next("set_weights", RuntimeError("update_alias: ServiceException"))
+    d = world.finish(world.deploy(r2).id)
+    data, trigger = rolled_back(world, d.id)
+    assert data["trigger"] == "internal" and trigger["kind"] == "internal"
+    assert data["reason"] == "deployment runner failed: RuntimeError: update_alias: ServiceException"
+    assert world.fake.live_versions() == world.live(r1)
+
+
+def test_errors_of_the_stable_version_do_not_roll_back_the_new_one(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising(), version="11")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.fake.traffic("worker", 40)
+    world.clock.advance(5)
+    world.nudge(d.id)
+    assert world.finish(d.id).status == st.SUCCEEDED
+    assert world.store.alarm_evaluations(d.id, "error-rate:worker")[-1].detail == (
+        "error rate 0.0 % (0/21) ≤ 10 % over 5 s on worker v12")
+
+
+def test_fewer_invocations_than_the_minimum_is_not_enough_data_not_a_rollback(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising(), version="12")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.fake.traffic("worker", 20)  # 10 failures on v12 + 1 probe: 11 < min_invocations 20
+    world.clock.advance(1)
+    world.nudge(d.id)
+    world.wait(lambda: world.store.alarm_evaluations(d.id, "error-rate:worker"), what="an evaluation")
+    world.wait(lambda: getattr(world.deployer.live[d.id].alarms.get("error-rate:worker"), "ts", 0)
+               == world.clock.now(), what="an evaluation at the new time")
+    e = world.deployer.live[d.id].alarms["error-rate:worker"]
+    assert e.state == "INSUFFICIENT_DATA"
+    assert e.detail == "error rate: not enough data (11 invocations, needs 20) over 1 s on worker v12"
+    assert world.store.get(d.id).active
+    world.fake.traffic("worker", 20)
+    world.clock.advance(1)
+    world.nudge(d.id)
+    data, _ = rolled_back(world, d.id)
+    assert data["evidence"] == ["error rate 95.2 % (20/21) > 10 % over 2 s on worker v12"]
+
+
+def test_every_evaluation_asks_all_alarms_in_one_metrics_call(tmp_path: Path) -> None:
+    w = World(tmp_path, judge=True)
+    try:
+        d = w.deploy(w.release("worker"))
+        w.wait_step(d.id, 0)
+        w.deployer.close()  # the runner stops; count one evaluation by hand
+        calls = w.fake.metrics_calls
+        from backout.control.alarms import AlarmSet, default_rules
+        from backout.control.analysis import JudgeSet, LatencyJudge
+
+        alarms = AlarmSet(default_rules(w.manifest, w.env, dict(d.target_versions), w.clock.now()))
+        judges = JudgeSet([LatencyJudge(fn, d.target_versions[fn], d.stable_versions[fn], w.clock.now())
+                           for fn in w.fake.functions()])
+        lv = deployer_mod.Live()
+        w.clock.advance(1)
+        w.deployer._closing.clear()
+        w.deployer._watch(w.store.get(d.id), lv, alarms, judges, deadline=w.clock.now() + 60)
+        assert w.fake.metrics_calls == calls + 1
+        assert set(lv.alarms) == {"error-rate:api", "error-rate:worker", "error-rate:repair", "api-5xx",
+                                  "dlq-arrivals:jobs-dlq", "latency-judge:api", "latency-judge:worker",
+                                  "latency-judge:repair"}
+    finally:
+        w.close()
+
+
+def test_metrics_outage_keeps_every_alarm_state_and_the_deployment_going(world: World) -> None:
+    r2 = world.release("worker")
+    world.fake.fail_next("metrics", RuntimeError("GetMetricData: ThrottlingException"), times=5)
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.clock.advance(1)
+
+    def outage_over() -> bool:
+        world.nudge(d.id)
+        return not world.fake._fail.get("metrics")
+
+    world.wait(outage_over, what="every failing metrics call made")
+    assert world.store.get(d.id).status == st.IN_PROGRESS
+    world.clock.advance(4)
+    world.nudge(d.id)
+    assert world.finish(d.id).status == st.SUCCEEDED
+
+
+# --- restarts and kills ------------------------------------------------------------------------------------
+def test_restart_mid_step_resumes_the_stored_step_with_its_weights_and_hold(world: World) -> None:
+    r2 = world.release("api", "worker")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    started = world.store.get(d.id).step_started_at
+    world.deployer.close()  # the process goes away mid-step; the record stays InProgress
+    assert world.store.get(d.id).status == st.IN_PROGRESS
+    world.fake.set_weights("worker", "11")  # and the platform forgot the split meanwhile
+    world.restart().resume()
+    world.wait(lambda: world.fake.live_versions()["worker"] == {"11": 50.0, "12": 50.0}, what="weights re-applied")
+    assert "supervisor restarted: resuming d-0001 from InProgress step 1" in world.event(d.id, "resumed").message
+    assert world.store.get(d.id).step_started_at == started
+    world.clock.advance(4.9)
+
+    def evaluated_now() -> bool:
+        world.nudge(d.id)
+        e = world.deployer.live[d.id].alarms.get("error-rate:worker")
+        return e is not None and e.ts == world.clock.now()
+
+    world.wait(evaluated_now, what="an evaluation 4.9 s into the step")
+    assert world.store.get(d.id).current_step == 0, "the hold counts from the step's original start"
+    world.clock.advance(0.1)
+    world.nudge(d.id)
+    assert world.finish(d.id).status == st.SUCCEEDED
+    assert [e.data["step"] for e in world.store.events(deployment_id=d.id) if e.kind == "step_reached"] == [0, 1]
+    assert world.fake.live_versions() == world.live(r2)
+
+
+def test_restart_while_awaiting_approval_keeps_waiting_then_approves(tmp_path: Path) -> None:
+    w = World(tmp_path, env="prod")
+    try:
+        r2 = w.release("worker")
+        d = w.deploy(r2, (100, 0))
+        w.restart().resume()
+        assert w.store.get(d.id).status == st.AWAITING_APPROVAL
+        w.deployer.approve(d.id, who="erin")
+        assert w.finish(d.id).status == st.SUCCEEDED
+        assert w.fake.live_versions() == w.live(r2)
+    finally:
+        w.close()
+
+
+GOOD_PATH_WRITES = ["create_deployment", "transition PreTraffic", "add_event pre_traffic_started",
+                    "record_snapshot", "transition InProgress", "transition InProgress step 0",
+                    "add_event step_reached", "transition InProgress step 1", "transition PostTraffic",
+                    "transition Succeeded"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("crash_at", GOOD_PATH_WRITES)
+def test_kill_after_a_store_write_of_a_good_deployment_then_resume_succeeds_in_agreement(
+    tmp_path: Path, crash_at: str
+) -> None:
+    w = World(tmp_path, store=lambda p: CrashingStore(p, crash_at))
+    try:
+        r2 = w.release("api", "worker")
+        try:
+            w.deploy(r2, (50, 0), (100, 0))
+        except Killed:
+            pass  # killed inside `create`, in the caller's process
+        d = w.store.deployments(w.env)[0]
+        w.wait(lambda: w.store.crashed, what=f"the kill after {crash_at}")
+        t = w.deployer._threads.get(d.id)
+        if t is not None:
+            t.join(5)
+        w.restart().resume()
+        d = w.finish(d.id)
+        assert d.status == st.SUCCEEDED
+        assert w.fake.live_versions() == w.live(r2)
+        label, versions = expected_versions(w.store, w.env)
+        assert w.fake.live_versions() == {fn: {v: 100.0} for fn, v in versions.items()} and label == d.target
+    finally:
+        w.close()
+
+
+ROLLBACK_WRITES = ["transition InProgress step 0", "record_alarm_evaluation error-rate:worker ALARM",
+                   "transition RolledBack", "update rollback_completed_at", "add_event rolled_back",
+                   "open_incident"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("crash_at", ROLLBACK_WRITES)
+def test_kill_after_a_store_write_of_a_failing_deployment_then_resume_rolls_back_in_agreement(
+    tmp_path: Path, crash_at: str
+) -> None:
+    w = World(tmp_path, store=lambda p: CrashingStore(p, crash_at))
+    try:
+        r1, r2 = w.fake.releases()[0], w.release("api", "worker")
+        w.fake.handle("worker", raising(), version="12")
+        for _ in range(20):  # the canary's failures are already in the metrics at the first evaluation
+            w.fake.invoke("worker", "12", {"n": 1})
+        d = w.deploy(r2, (50, 5), (100, 0))
+        w.wait(lambda: w.store.crashed or "pre_traffic_started" in w.kinds(d.id), what="the deployment's start")
+        w.clock.advance(1)  # the first evaluation sees them
+        w.wait(lambda: w.store.crashed, what=f"the kill after {crash_at}")
+        w.deployer._threads[d.id].join(5)
+        w.restart().resume()
+        d = w.finish(d.id)
+        assert d.status == st.ROLLED_BACK and d.rollback_completed_at is not None
+        assert w.fake.live_versions() == w.live(r1)
+        label, versions = expected_versions(w.store, w.env)
+        assert w.fake.live_versions() == {fn: {v: 100.0} for fn, v in versions.items()} and label == d.stable
+        inc = w.store.incident_for_deployment(d.id)
+        assert inc is not None, "every rollback has its incident, even one a kill interrupted"
+    finally:
+        w.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_kill_between_a_rollback_from_100_percent_and_its_alias_writes_is_finished_by_reconcile(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path, post='{ function = "checker" }',
+              store=lambda p: CrashingStore(p, "transition RolledBack"))
+    try:
+        r1, r2 = w.fake.releases()[0], w.release("worker")
+        w.fake.handle("checker", hook_answer("Failed"))
+        d = w.deploy(r2, (100, 0))
+        w.wait(lambda: w.store.crashed, what="the kill")
+        w.deployer._threads[d.id].join(5)
+        assert w.store.get(d.id).status == st.ROLLED_BACK
+        assert w.fake.live_versions()["worker"] == {"12": 100.0}, "killed before the aliases moved"
+        w.restart().reconcile()
+        assert w.fake.live_versions() == w.live(r1)
+        assert "reconciled" in w.kinds(d.id)
+        assert w.store.get(d.id).rollback_completed_at is not None
+    finally:
+        w.close()
+
+
+def test_reconcile_repairs_an_alias_left_split_after_a_succeeded_deployment(world: World) -> None:
+    r2 = world.release("api", "worker")
+    d = world.finish(world.deploy(r2, (100, 0)).id)
+    world.fake.set_weights("worker", "11", "12", 30)  # as a kill between commit and apply leaves it
+    world.restart().reconcile()
+    assert world.fake.live_versions() == world.live(r2)
+    assert "live aliases set to r2 (repair v21, worker v12)" in world.event(d.id, "reconciled").message
+
+
+def test_reconcile_leaves_an_agreeing_platform_alone(world: World) -> None:
+    d = world.finish(world.deploy(world.release("worker"), (100, 0)).id)
+    before = list(world.fake.calls)
+    world.restart().reconcile()
+    assert world.fake.calls == before and "reconciled" not in world.kinds(d.id)
+
+
+# --- manual rollback as a Deployer operation ---------------------------------------------------------------
+def test_manual_rollback_after_a_deployment_records_it_before_switching(world: World) -> None:
+    r1, r2 = world.fake.releases()[0], world.release("api", "worker")
+    world.finish(world.deploy(r2, (100, 0)).id)
+    out = world.deployer.manual_rollback("bad output", "alice")
+    assert (out["mode"], out["from"], out["to"], out["warm"]) == ("rollback", r2.id, r1.id, True)
+    assert world.fake.live_versions() == world.live(r1)
+    d = world.store.get(out["deployment"])
+    assert d.strategy == deployer_mod.MANUAL and d.status == st.SUCCEEDED and d.target_versions == r1.versions
+    inc = world.store.get_incident(out["incident"])
+    assert inc.trigger["kind"] == "manual" and inc.evidence["alarms"] == ["operator alice: bad output"]
+
+
+def test_manual_rollback_needs_a_reason(world: World) -> None:
+    with pytest.raises(UsageError, match="--reason is required"):
+        world.deployer.manual_rollback("  ", "alice")
+
+
+def test_manual_rollback_of_the_first_release_is_refused(world: World) -> None:
+    with pytest.raises(UsageError, match="is the first release: there is nothing to roll back to"):
+        world.deployer.manual_rollback("why not", "alice")
+
+
+@pytest.mark.parametrize("crash_at", ["create_deployment", "transition Succeeded step 0"])
+def test_kill_during_a_manual_rollback_then_resume_leaves_the_rollback_target_live(tmp_path: Path,
+                                                                                   crash_at: str) -> None:
+    w = World(tmp_path)
+    try:
+        r1, r2 = w.fake.releases()[0], w.release("worker")
+        w.finish(w.deploy(r2, (100, 0)).id)
+        w.restart(CrashingStore(w.store_path, crash_at))
+        with pytest.raises(Killed):
+            w.deployer.manual_rollback("bad totals", "alice")
+        w.restart().resume()
+        d = w.finish(w.store.deployments(w.env)[0].id)
+        assert d.strategy == deployer_mod.MANUAL and d.status == st.SUCCEEDED and d.target_release == r1.id
+        assert w.fake.live_versions() == w.live(r1)
+        label, versions = expected_versions(w.store, w.env)
+        assert w.fake.live_versions() == {fn: {v: 100.0} for fn, v in versions.items()}
+    finally:
+        w.close()

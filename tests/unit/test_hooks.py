@@ -1,0 +1,185 @@
+"""Pre- and post-traffic hooks over a FakePlatform: what each kind checks, with which version numbers,
+and the evidence a failure leaves."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backout.control.hooks import HookContext, run_hook, run_hooks
+from backout.manifest import HookSpec
+from backout.platforms.base import Release
+from fakes import FakeClock, FakePlatform, hook_answer, new_source, raising, slow, status, write_manifest
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakePlatform]:
+    # the post-traffic checks read metrics up to the wall clock's now: the fake clock starts behind it
+    f = FakePlatform(write_manifest(tmp_path, staging='duration_p99_limits = { worker = 500 }\n'
+                                    '[[smoke]]\nhttp = "GET /health"'), clock=FakeClock(int(time.time()) - 30))
+    yield f
+    f.close()
+
+
+def ctx_for(fake: FakePlatform, target: Release, since: float | None = None) -> HookContext:
+    stable = fake.releases()[0]
+    return HookContext(fake.manifest, "staging", fake, "d-0007", dict(stable.versions), dict(target.versions),
+                       fake.clock.now() if since is None else since, target.id)
+
+
+def release2(fake: FakePlatform, root: Path) -> Release:
+    return fake.publish(new_source(root, "v2", ["api", "worker"]))
+
+
+def test_pre_traffic_checks_invoke_every_new_version_by_its_own_number(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    assert r.ok, r.output
+    assert [c["name"] for c in r.checks] == ["invoke api v2", "invoke worker v12", "invoke repair v21", "table jobs",
+                                             "queue jobs", "queue jobs-dlq"]
+    assert {(i.function, i.version) for i in fake.invocations if i.event == {"test": True}} == {
+        ("api", "2"), ("worker", "12"), ("repair", "21")}
+
+
+def test_pre_traffic_checks_fail_naming_the_version_that_does_not_answer(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", raising("KeyError: 'bucket'", test_events=True), version="12")
+    r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    assert not r.ok
+    assert "FAILED invoke worker v12: RuntimeError: KeyError: 'bucket'" in r.output
+    assert "ok invoke api v2" in r.output
+
+
+def test_pre_traffic_checks_fail_on_an_unusable_table(fake: FakePlatform, tmp_path: Path) -> None:
+    fake.break_table("jobs")
+    r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, release2(fake, tmp_path)))
+    assert not r.ok and "FAILED table jobs: ResourceNotFoundException: table not found" in r.output
+
+
+def test_pre_traffic_checks_retry_a_throttled_invocation_until_it_answers(fake: FakePlatform, tmp_path: Path) -> None:
+    fake.throttle_next["worker"] = 2
+    r = run_hook("pre_traffic", HookSpec(builtin="checks", timeout=5), ctx_for(fake, release2(fake, tmp_path)))
+    assert r.ok and "ok invoke worker v12" in r.output
+    assert fake.throttle_next["worker"] == 0
+
+
+def test_post_traffic_checks_pass_for_a_healthy_new_version(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    for _ in range(10):
+        fake.invoke("worker", "12", {"n": 1})
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    assert r.ok, r.output
+    names = [c["name"] for c in r.checks]
+    assert names == ["api error rate", "worker error rate", "worker average duration", "repair error rate",
+                     "DLQ jobs-dlq"]
+    assert "no invocations yet" in r.checks[0]["detail"]
+
+
+def test_post_traffic_checks_fail_on_the_new_versions_error_rate(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", raising(), version="12")
+    for i in range(20):
+        fake.invoke("worker", "12" if i % 2 else "11", {"n": i})  # the stable version's calls do not count
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    assert not r.ok
+    check = next(c for c in r.checks if c["name"] == "worker error rate")
+    assert check == {"name": "worker error rate", "ok": False, "detail": "100.0 % (10/10) vs 10 %"}
+
+
+def test_post_traffic_checks_fail_on_a_slow_new_version(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", slow(900), version="12")
+    for _ in range(4):
+        fake.invoke("worker", "12", {"n": 1})
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    check = next(c for c in r.checks if c["name"] == "worker average duration")
+    assert check == {"name": "worker average duration", "ok": False, "detail": "900 ms vs limit 500 ms"}
+
+
+def test_post_traffic_checks_fail_on_dlq_arrivals_since_the_release_took_traffic(
+    fake: FakePlatform, tmp_path: Path
+) -> None:
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", raising())
+    fake.send_message("jobs", json.dumps({"job": "x"}))
+    for _ in range(3):
+        fake.pump()
+        fake.clock.advance(1)
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since=fake.clock.now() - 3))
+    check = next(c for c in r.checks if c["name"] == "DLQ jobs-dlq")
+    assert check == {"name": "DLQ jobs-dlq", "ok": False, "detail": "1 arrival(s) since r2 took traffic"}
+
+
+def test_function_hook_passes_on_succeeded_and_gets_the_deployment(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    seen: list[dict] = []
+
+    def handler(c):  # noqa: ANN001, ANN202 - a handler as a test writes one
+        seen.append(c.event)
+        return {"status": "Succeeded"}
+
+    fake.handle("checker", handler)
+    r = run_hook("pre_traffic", HookSpec(function="checker"), ctx_for(fake, r2))
+    assert r.ok and r.name == "function:checker"
+    assert seen[0]["DeploymentId"] == "d-0007"
+    assert seen[0]["backout"]["target_versions"] == {"api": "2", "worker": "12", "repair": "21"}
+    assert seen[0]["backout"]["target_release"] == 2
+    # a hook function outside the deployment runs on its live alias
+    assert [i.via_alias for i in fake.invocations if i.function == "checker"] == [True]
+
+
+def test_function_hook_fails_on_failed_or_on_an_error(fake: FakePlatform, tmp_path: Path) -> None:
+    ctx = ctx_for(fake, release2(fake, tmp_path))
+    fake.handle("checker", hook_answer("Failed"))
+    r = run_hook("post_traffic", HookSpec(function="checker"), ctx)
+    assert not r.ok and r.output == "checker returned {'status': 'Failed', 'deployment': 'd-0007'}"
+    fake.handle("checker", raising("assertion failed: schema", test_events=True))
+    r = run_hook("post_traffic", HookSpec(function="checker"), ctx)
+    assert not r.ok and r.output == "RuntimeError: assertion failed: schema"
+
+
+def test_command_hook_passes_on_exit_0_with_the_deployment_in_its_environment(
+    fake: FakePlatform, tmp_path: Path
+) -> None:
+    cmd = f'"{sys.executable}" -c "import os; print(os.environ[\'BACKOUT_TARGET_VERSIONS\'])"'
+    r = run_hook("post_traffic", HookSpec(command=cmd), ctx_for(fake, release2(fake, tmp_path)))
+    assert r.ok and r.output == 'exit 0: {"api": "2", "worker": "12", "repair": "21"}'
+
+
+def test_command_hook_fails_on_a_non_zero_exit_and_on_a_timeout(fake: FakePlatform, tmp_path: Path) -> None:
+    ctx = ctx_for(fake, release2(fake, tmp_path))
+    r = run_hook("post_traffic", HookSpec(command=f'"{sys.executable}" -c "raise SystemExit(3)"'), ctx)
+    assert not r.ok and r.output.startswith("exit 3")
+    r = run_hook("post_traffic", HookSpec(command=f'"{sys.executable}" -c "import time; time.sleep(5)"',
+                                          timeout=0.3), ctx)
+    assert not r.ok and r.output.startswith("timed out after 0.3 s")
+
+
+def test_http_hook_goes_through_the_gateway(fake: FakePlatform, tmp_path: Path) -> None:
+    ctx = ctx_for(fake, release2(fake, tmp_path))
+    r = run_hook("post_traffic", HookSpec(http="GET /health"), ctx)
+    assert r.ok and r.output.startswith(f"GET {fake.endpoint()}/health → 200")
+    fake.handle("api", status(503))
+    r = run_hook("post_traffic", HookSpec(http="GET /health"), ctx)
+    assert not r.ok and "→ 503" in r.output
+
+
+def test_smoke_hook_runs_the_manifests_smoke_tests_through_the_gateway(fake: FakePlatform, tmp_path: Path) -> None:
+    ctx = ctx_for(fake, release2(fake, tmp_path))
+    r = run_hook("post_traffic", HookSpec(builtin="smoke"), ctx)
+    assert r.ok and r.output == "ok GET /health: GET /health → 200"
+    fake.set_throttle(0, 0)
+    r = run_hook("post_traffic", HookSpec(builtin="smoke"), ctx)
+    assert not r.ok and "→ 429 (expected 200)" in r.output
+
+
+def test_hooks_stop_at_the_first_failure(fake: FakePlatform, tmp_path: Path) -> None:
+    fake.handle("checker", hook_answer("Failed"))
+    hooks = [HookSpec(builtin="checks"), HookSpec(function="checker"), HookSpec(http="GET /health")]
+    results = run_hooks("pre_traffic", hooks, ctx_for(fake, release2(fake, tmp_path)))
+    assert [(r.name, r.ok) for r in results] == [("builtin:checks", True), ("function:checker", False)]
