@@ -602,5 +602,11 @@ def test_kill_during_a_manual_rollback_then_resume_leaves_the_rollback_target_li
         assert w.fake.live_versions() == w.live(r1)
         label, versions = expected_versions(w.store, w.env)
         assert w.fake.live_versions() == {fn: {v: 100.0} for fn, v in versions.items()}
+        # finished as the operator's rollback it was: no hooks, no backup, one incident, one record of the switch
+        kinds = [e.kind for e in w.store.events(deployment_id=d.id)]
+        assert "pre_traffic_started" not in kinds and "snapshot" not in kinds, kinds
+        assert kinds.count("manual_rollback") == 1, kinds
+        inc = w.store.incident_for_deployment(d.id)
+        assert inc is not None and inc.trigger["kind"] == "manual" and inc.trigger["reason"] == "bad totals"
     finally:
         w.close()

@@ -264,27 +264,9 @@ class Deployer:
             done = self.clock()
             d = self.store.transition(d.id, st.SUCCEEDED, current_step=0, current_weight=100.0, reason=reason,
                                       rollback_decided_at=decided, rollback_completed_at=done)
-        self.store.add_event(
-            "manual_rollback",
-            f"{who} rolled back {d.stable} → {d.target} "
-            f"({'warm' if warm else f'cold: instances started in {warmed - decided:.1f} s'}, "
-            f"switch {switch_ms:.1f} ms): {reason}",
-            deployment_id=d.id,
-            severity="critical",
-            data={"from": current_r.id, "to": target_r.id, "who": who, "reason": reason, "warm": warm,
-                  "switch_ms": switch_ms},
-        )
-        inc = self.store.open_incident(
-            self.env,
-            f"manual rollback {d.stable} → {d.target}: {reason}",
-            severity="critical",
-            deployment_id=d.id,
-            trigger={"kind": "manual", "reason": reason, "who": who, "decided_at": decided, "completed_at": done},
-            evidence={"alarms": [f"operator {who}: {reason}"]},
-        )
-        self._notify("rolled_back", d, reason=f"manual: {reason} ({who})", incident_id=inc.id,
-                     command=f"backout incident show {inc.id} --env {self.env}",
-                     stable=target_r.label(), target=current_r.label())
+        inc_id = self._record_manual(
+            d, how=f"{'warm' if warm else f'cold: instances started in {warmed - decided:.1f} s'}, "
+                   f"switch {switch_ms:.1f} ms", warm=warm, switch_ms=switch_ms)
         return {
             "mode": "rollback",
             "deployment": d.id,
@@ -292,7 +274,7 @@ class Deployer:
             "to": target_r.id,
             "from_label": current_r.label(),
             "to_label": target_r.label(),
-            "incident": inc.id,
+            "incident": inc_id,
             "warm": warm,
             "switch_ms": round(switch_ms, 1),
             "warm_seconds": round(warmed - decided, 3),
@@ -303,7 +285,9 @@ class Deployer:
         """After a (re)start: finish half-done rollbacks, repair aliases, continue active deployments."""
         self.reconcile()
         for d in self.store.active_deployments():
-            if d.env == self.env:
+            if d.env == self.env and d.strategy == MANUAL:
+                self._finish_manual(d)
+            elif d.env == self.env:
                 self._event(
                     d,
                     "resumed",
@@ -311,6 +295,38 @@ class Deployer:
                     + (f" step {d.current_step + 1}" if d.current_step is not None else ""),
                 )
                 self._spawn(d)
+
+    def _finish_manual(self, d: Deployment) -> None:
+        """A manual rollback killed between its record and its switch: the operator's decision stands,
+        so finish the switch (no hooks, no steps) rather than run it as a deployment."""
+        with self._switch:
+            self.traffic.route({}, d.target_versions, 100.0)
+            d = self.store.transition(d.id, st.SUCCEEDED, current_step=0, current_weight=100.0,
+                                      rollback_decided_at=d.rollback_decided_at or d.created_at,
+                                      rollback_completed_at=self.clock())
+        self._record_manual(d, resumed=True)
+
+    def _record_manual(self, d: Deployment, resumed: bool = False, **data: Any) -> str:
+        """A manual rollback's event, incident and notification (once the switch is done); returns the incident."""
+        reason = d.reason or d.description.removeprefix("manual rollback: ")
+        who = d.created_by
+        self.store.add_event(
+            "manual_rollback",
+            f"{'restart: ' if resumed else ''}{who} rolled back {d.stable} → {d.target}"
+            + (f" ({data['how']})" if data.get("how") else "") + f": {reason}",
+            deployment_id=d.id, severity="critical",
+            data={"from": d.stable_release, "to": d.target_release, "who": who, "reason": reason,
+                  "resumed": resumed, **{k: v for k, v in data.items() if k != "how"}},
+        )
+        inc = self.store.open_incident(
+            self.env, f"manual rollback {d.stable} → {d.target}: {reason}", severity="critical", deployment_id=d.id,
+            trigger={"kind": "manual", "reason": reason, "who": who, "decided_at": d.rollback_decided_at,
+                     "completed_at": d.rollback_completed_at},
+            evidence={"alarms": [f"operator {who}: {reason}"]},
+        )
+        self._notify("rolled_back", d, reason=f"manual: {reason} ({who})", incident_id=inc.id,
+                     command=f"backout incident show {inc.id} --env {self.env}", stable=d.target, target=d.stable)
+        return inc.id
 
     def reconcile(self) -> None:
         """Make the platform agree with the store after a kill between a commit and its effect."""
@@ -352,6 +368,9 @@ class Deployer:
             )
         if last.status == st.ROLLED_BACK and self.store.incident_for_deployment(last.id) is None:
             self._open_missing_incident(self.store.get(last.id))
+        manual_done = last.strategy == MANUAL and last.status == st.SUCCEEDED
+        if manual_done and self.store.incident_for_deployment(last.id) is None:
+            self._record_manual(self.store.get(last.id), resumed=True)
 
     def _open_missing_incident(self, d: Deployment) -> None:
         """A kill between a rollback's commit and its incident: every rollback opens one, so open it now
