@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from backout.control import states as st
-from backout.control.alarms import ALARM, AlarmSet, Evaluation, Fetched, default_rules
-from backout.control.analysis import JudgeSet, LatencyJudge
+from backout.control.alarms import ALARM, AlarmSet, Evaluation, default_rules
+from backout.control.analysis import JudgeSet, LatencyJudge, evaluate_all
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Deployment, Store
@@ -593,15 +593,8 @@ class Deployer:
         """One evaluation — every alarm and judge from one batched metrics call: store every state
         change; any ALARM → rollback; stop; deadline."""
         self._check_stop(d, lv)
-        now = self.clock()
-        changes: list[Any] = []
-        try:
-            fetched = Fetched.fetch(self.platform, alarms.plan(now) + judges.plan(now))
-        except Exception as e:  # noqa: BLE001 - metrics unavailable: keep every state, try again next time
-            log.warning("deployment %s: metrics unavailable: %s", d.id, e)
-        else:
-            changes = [*alarms.decide(fetched, now), *judges.decide(fetched, now)]
-        for ch in changes:
+        # one batched metrics call; when it fails every alarm keeps its state (see `errors`), next time tries again
+        for ch in evaluate_all(self.platform, alarms, judges, self.clock()):
             e = ch.evaluation
             self.store.record_alarm_evaluation(
                 d.id,
