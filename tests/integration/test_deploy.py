@@ -277,7 +277,7 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     assert rollback_ms(d) < 1000
     assert env.weights() == before, "every alias back on the stable version, 100 %"
     bad = load.served_by(d["target_release"])
-    assert any(a.status >= 500 for a in bad) and any(a.status < 500 for a in bad)
+    assert any(a.status >= 500 for a in bad)  # (each request fails with p = 0.5: a few may all have failed)
     late = [a for a in load.answers if a.sent > d["rollback_completed_at"] + 0.5]
     assert late and not [a for a in late if a.version == str(d["target_release"])]
     # no job lost: every drawing acknowledged during the deployment completes
