@@ -7,7 +7,7 @@ incident is worked on after the fact, often while the environment is down.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -17,9 +17,20 @@ from rich.text import Text
 from backout.cli.context import SETTINGS, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import who
 from backout.cli.render import console, emit_json, table
-from backout.control.store import Store
 from backout.errors import UsageError
-from backout.runbooks import incidents as ir
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from backout.control.store import Store
+
+
+def _ir() -> ModuleType:
+    """The incident runbooks, imported when an incident command runs: they bring SQLAlchemy and
+    matplotlib, which every other command's start-up should not pay for."""
+    from backout.runbooks import incidents
+
+    return incidents
 
 incident_app = typer.Typer(
     help="Incidents opened by rollbacks and emergency stops: notes, action items, lessons, reports.",
@@ -46,6 +57,8 @@ def _open(env: str | None, must_exist: bool = True) -> tuple[str, Store | None]:
         if must_exist:
             raise UsageError(f"environment {name!r} has no incidents yet (no {path})")
         return name, None
+    from backout.control.store import Store
+
     return name, Store(path)
 
 
@@ -72,7 +85,7 @@ def list_(
         [
             (
                 i.id,
-                ir.clock(i.opened_at)[:19],
+                _ir().clock(i.opened_at)[:19],
                 i.severity,
                 i.status,
                 i.deployment_id or "—",
@@ -90,17 +103,17 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
     name, store = _open(env)
     assert store is not None
     with store:
-        view = ir.load(store, incident_id, name)
+        view = _ir().load(store, incident_id, name)
     if as_json:
-        return emit_json(ir.to_dict(view))
+        return emit_json(_ir().to_dict(view))
     inc, d = view.incident, view.deployment
     console.print(
         Text.assemble(
             (f"{inc.id}", "bold"),
             f"  {inc.title}\n",
             (inc.severity, SEVERITY_STYLE.get(inc.severity, "")),
-            f" · {inc.status} · {name} · opened {ir.clock(inc.opened_at)}",
-            f" · closed {ir.clock(inc.closed_at)}" if inc.closed_at else "",
+            f" · {inc.status} · {name} · opened {_ir().clock(inc.opened_at)}",
+            f" · closed {_ir().clock(inc.closed_at)}" if inc.closed_at else "",
         )
     )
     if d is not None:
@@ -112,15 +125,15 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
     if t:
         console.print(f"trigger: {escape(str(t.get('kind', '?')))} — {escape(str(t.get('reason', '')))}")
     console.print(
-        f"first traffic → decision {ir.fmt_ms(view.detection_ms)}; "
-        f"decision → 100 % stable {ir.fmt_ms(view.restore_ms)}"
+        f"first traffic → decision {_ir().fmt_ms(view.detection_ms)}; "
+        f"decision → 100 % stable {_ir().fmt_ms(view.restore_ms)}"
     )
     if view.evidence:
         console.print("evidence:")
         for s in view.evidence:
             console.print(f"  - {escape(s)}")
     if view.impact:
-        console.print(escape(ir.impact_sentence(view)))
+        console.print(escape(_ir().impact_sentence(view)))
     if view.jobs_touched is not None and not view.impact:
         console.print(f"jobs touched: {view.jobs_touched}")
 
@@ -129,13 +142,13 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
         tl.add_column(col)
     for e in view.events:
         style = SEVERITY_STYLE.get(e.severity, "")
-        tl.add_row(ir.clock(e.ts), Text(e.severity, style=style), e.kind, Text(e.message, style=style))
+        tl.add_row(_ir().clock(e.ts), Text(e.severity, style=style), e.kind, Text(e.message, style=style))
     console.print(tl)
     if inc.notes:
         table(
             "notes",
             ["time", "author", "note"],
-            [(ir.clock(n.get("ts")), n.get("author"), n.get("text")) for n in inc.notes],
+            [(_ir().clock(n.get("ts")), n.get("author"), n.get("text")) for n in inc.notes],
         )
     if inc.action_items:
         table(
@@ -148,7 +161,7 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
         )
     if inc.lessons:
         console.print("lessons learned:")
-        for group, texts in ir.group_lessons(inc.lessons).items():
+        for group, texts in _ir().group_lessons(inc.lessons).items():
             for text in texts:
                 console.print(f"  - [{escape(group)}] {escape(text)}")
     console.print(f"root cause: {escape(inc.root_cause) if inc.root_cause else 'not yet determined'}")
@@ -162,7 +175,7 @@ def note(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.add_note(store, incident_id, text, who())
+        inc = _ir().add_note(store, incident_id, text, who())
     console.print(f"note {len(inc.notes)} added to {inc.id}")
 
 
@@ -177,7 +190,7 @@ def action(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.add_action(store, incident_id, text, owner)
+        inc = _ir().add_action(store, incident_id, text, owner)
     console.print(
         f"action item {len(inc.action_items)} added to {inc.id}; mark it done with "
         f"`backout incident done {inc.id} {len(inc.action_items)} --env {name}`"
@@ -194,7 +207,7 @@ def done(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.complete_action(store, incident_id, number)
+        inc = _ir().complete_action(store, incident_id, number)
     left = sum(1 for a in inc.action_items if not a.get("done"))
     console.print(f"action item {number} of {inc.id} done ({left} open)")
 
@@ -215,7 +228,7 @@ def lesson(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.add_lesson(store, incident_id, text)
+        inc = _ir().add_lesson(store, incident_id, text)
     console.print(f"lesson {len(inc.lessons)} added to {inc.id}")
 
 
@@ -229,7 +242,7 @@ def close_(
     name, store = _open(env)
     assert store is not None
     with store:
-        inc = ir.close(store, incident_id, root_cause, who())
+        inc = _ir().close(store, incident_id, root_cause, who())
         open_actions = sum(1 for a in inc.action_items if not a.get("done"))
     console.print(
         f"{inc.id} closed"
@@ -258,15 +271,15 @@ def report(
     name, store = _open(env)
     assert store is not None
     with store:
-        view = ir.load(store, incident_id, name)
+        view = _ir().load(store, incident_id, name)
     command = f"backout incident report {view.incident.id} --env {name} --format {fmt}" + (
         f" -o {output}" if output else ""
     )
     if output is None:
         if fmt == "html":
-            typer.echo(ir.render_html(view, ir.render_chart(view), command), nl=False)
+            typer.echo(_ir().render_html(view, _ir().render_chart(view), command), nl=False)
         else:
-            typer.echo(ir.render_markdown(view, command=command), nl=False)
+            typer.echo(_ir().render_markdown(view, command=command), nl=False)
         return
-    written = ir.write_report(view, output, fmt, command)
+    written = _ir().write_report(view, output, fmt, command)
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
