@@ -400,7 +400,8 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     assert [e["data"]["step"] for e in steps] == [0, 1], "step 1 not re-announced, step 2 reached once"
     # the hold went on from the stored step start: neither cut short nor started again
     assert steps[1]["ts"] >= steps[0]["ts"] + 8.0 - 0.5
-    assert steps[1]["ts"] < max(resumed["ts"], steps[0]["ts"] + 8.0) + 3.0
+    # (a hold started again would put step 2 ≥ 8 s after the restart; the slack is for warming step 2's instances)
+    assert steps[1]["ts"] < max(resumed["ts"], steps[0]["ts"] + 8.0) + 5.0
     assert_all_on(env, after["target_release"])
     r = env.cli("verify")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -393,6 +393,7 @@ def test_poison_message_dead_lettered_then_redriven(svc: Svc) -> None:
     poison = svc.root / "poison"
     poison.touch()
     before = env.cli_json("queue", "stats", "dlq")
+    before_jobs = env.cli_json("queue", "stats", "jobs")
     r = svc.gw.post("/send", json={"id": "poison-1", "fail_if": str(poison)})
     assert r.status_code == 200 and r.json()["messageId"]
     svc.send(["fine-1"])
@@ -403,9 +404,11 @@ def test_poison_message_dead_lettered_then_redriven(svc: Svc) -> None:
         timeout=30,
         what="the poison message in the dlq",
     )
-    assert dlq["dlq_arrivals"] == before["dlq_arrivals"] + 1
-    jobs = env.cli_json("queue", "stats", "jobs")
-    assert jobs["moved_to_dlq"] >= 1
+    # the counters are metrics (SQS keeps none), sampled once a second: the arrival shows within a second or two
+    wait_for(lambda: env.cli_json("queue", "stats", "dlq")["dlq_arrivals"] == before["dlq_arrivals"] + 1,
+             timeout=10, what="the DLQ arrival counted")
+    wait_for(lambda: env.cli_json("queue", "stats", "jobs")["moved_to_dlq"] >= before_jobs["moved_to_dlq"] + 1,
+             timeout=10, what="the move to the DLQ counted")
     wait_for(lambda: "fine-1" in svc.processed(), what="the good message")
     assert "poison-1" not in svc.processed()
 

@@ -336,7 +336,10 @@ class LocalPlatform:
                     src.close()
                 dbs.append(rel)
             else:
-                shutil.copy2(p, dest)
+                try:
+                    shutil.copy2(p, dest)
+                except FileNotFoundError:  # written to a temp name and renamed meanwhile: the new name
+                    continue  # is listed by the rglob above, or was created after the backup started
                 files[rel] = {"size": dest.stat().st_size}
         info = Backup(sid, time.time(), label, {"databases": dbs, "files": len(files)})
         (tmp / "snapshot.json").write_text(
