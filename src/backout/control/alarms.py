@@ -526,6 +526,25 @@ class StateChange:
         return self.evaluation.state
 
 
+class Planner(Protocol):
+    """What one evaluation asks of the metrics (AlarmSet, JudgeSet), and how it records their absence."""
+
+    def plan(self, now: float) -> list[MetricQuery]: ...
+
+    def unavailable(self, error: Exception) -> None: ...
+
+
+def fetch_for(source: MetricSource, now: float, *planners: Planner) -> Fetched | None:
+    """Every planner's queries in one batched call; when that call fails, every planner keeps its
+    states (recording the error) and None says there is nothing to decide from this time."""
+    try:
+        return Fetched.fetch(source, [q for p in planners for q in p.plan(now)])
+    except Exception as e:  # a flaky metric source must not kill the deployer's loop
+        for p in planners:
+            p.unavailable(e)
+        return None
+
+
 @dataclass
 class AlarmSet:
     """The rules of one deployment and each one's current state.
@@ -569,12 +588,8 @@ class AlarmSet:
     def evaluate(self, source: MetricSource, now: float | None = None) -> list[StateChange]:
         """plan + one `source.metrics` call + decide."""
         now = time.time() if now is None else now
-        try:
-            fetched = Fetched.fetch(source, self.plan(now))
-        except Exception as e:  # a flaky metric source must not kill the deployer's loop
-            self.unavailable(e)
-            return []
-        return self.decide(fetched, now)
+        fetched = fetch_for(source, now, self)
+        return [] if fetched is None else self.decide(fetched, now)
 
     def unavailable(self, error: Exception) -> None:
         """The batched call failed: every rule keeps its state, each with the error in `errors`."""

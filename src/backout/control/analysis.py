@@ -30,6 +30,7 @@ from backout.control.alarms import (
     Fetched,
     MetricSource,
     StateChange,
+    fetch_for,
 )
 from backout.platforms.base import NS_LAMBDA, Datapoint, MetricQuery, period_at_least
 
@@ -198,12 +199,8 @@ class JudgeSet:
     def evaluate(self, source: MetricSource, now: float | None = None) -> list[JudgeChange]:
         """plan + one `source.metrics` call + decide."""
         now = time.time() if now is None else now
-        try:
-            fetched = Fetched.fetch(source, self.plan(now))
-        except Exception as e:  # a flaky metric source must not kill the deployer's loop
-            self.unavailable(e)
-            return []
-        return self.decide(fetched, now)
+        fetched = fetch_for(source, now, self)
+        return [] if fetched is None else self.decide(fetched, now)
 
     def unavailable(self, error: Exception) -> None:
         for j in self.judges:
@@ -223,10 +220,7 @@ def evaluate_all(
     """One evaluation of a deployment's alarms and judges with ONE metrics call; the state changes
     (each has `previous` and `evaluation`), alarms first. A failed call changes nothing."""
     now = time.time() if now is None else now
-    try:
-        fetched = Fetched.fetch(source, alarms.plan(now) + judges.plan(now))
-    except Exception as e:  # a flaky metric source must not kill the deployer's loop
-        alarms.unavailable(e)
-        judges.unavailable(e)
+    fetched = fetch_for(source, now, alarms, judges)
+    if fetched is None:
         return []
     return [*alarms.decide(fetched, now), *judges.decide(fetched, now)]
