@@ -44,8 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Store
 from backout.errors import UsageError
@@ -69,9 +67,7 @@ from backout.platforms.base import (
     Release,
     Throttle,
 )
-
-_PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
-_SIMPLE = ("SampleCount", "Sum", "Average", "Minimum", "Maximum")
+from backout.platforms.local.metrics import MetricStore
 
 
 class Killed(BaseException):  # noqa: N818 - it is what happened, not an error to handle
@@ -266,7 +262,8 @@ class FakePlatform:
         self.invocations: list[Invocation] = []
         self.calls: list[str] = []  # every mutating platform call, in order ("set_weights worker 12 13 50")
         self._fail: dict[str, list[BaseException]] = {}
-        self._samples: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[tuple[float, float]]] = {}
+        # the local platform's own metric store (in memory): the fake stamps samples with its clock
+        self._metric_store = MetricStore()
         self.metrics_calls = 0
         self.metric_queries = 0
         self._ts_override: float | None = None
@@ -340,10 +337,9 @@ class FakePlatform:
     def record(self, namespace: str, metric: str, dimensions: dict[str, str], value: float,
                ts: float | None = None) -> None:
         """One datapoint sample (what PutMetricData / an EMF line would add)."""
-        key = (namespace, metric, tuple(sorted((k, str(v)) for k, v in dimensions.items())))
         with self._lock:
             t = ts if ts is not None else (self._ts_override if self._ts_override is not None else self.clock.now())
-            self._samples.setdefault(key, []).append((t, float(value)))
+            self._metric_store.record(namespace, metric, dimensions, value, ts=t)
 
     def release_of(self, versions: dict[str, str]) -> Release | None:
         return next((r for r in self._releases if r.versions == versions), None)
@@ -594,29 +590,8 @@ class FakePlatform:
             return [self._query(q) for q in queries]
 
     def _query(self, q: MetricQuery) -> list[Datapoint]:
-        """GetMetricStatistics over [start, end): samples by epoch second, grouped into periods aligned
-        to multiples of `period`, one datapoint per period with samples, stamped with its start."""
-        pct = None
-        if q.statistic not in _SIMPLE:
-            m = _PERCENTILE.match(q.statistic)
-            if not m:
-                raise UsageError(f"unknown statistic {q.statistic!r}")
-            pct = float(m.group(1))
-        lo, hi = -(-q.start // 1), -(-q.end // 1)  # seconds s with start <= s < end
-        buckets: dict[int, list[float]] = {}
-        for ts, value in self._samples.get((q.namespace, q.metric, tuple(sorted(q.dimensions))), []):
-            sec = int(ts // 1)
-            if lo <= sec < hi:
-                buckets.setdefault(sec - sec % q.period, []).append(value)
-        out = []
-        for start, vals in sorted(buckets.items()):
-            if pct is not None:
-                value = float(np.percentile(np.asarray(vals), pct))
-            else:
-                value = {"SampleCount": float(len(vals)), "Sum": float(sum(vals)), "Average": sum(vals) / len(vals),
-                         "Minimum": min(vals), "Maximum": max(vals)}[q.statistic]
-            out.append(Datapoint(float(start), value, float(len(vals))))
-        return out
+        """GetMetricStatistics over [start, end), epoch-aligned periods (the local metric store's)."""
+        return self._metric_store.query(q)
 
     # --- ingress -----------------------------------------------------------------------------------------
     def endpoint(self) -> str:
