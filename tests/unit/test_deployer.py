@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,7 @@ from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
 from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, status
 
-
-@pytest.fixture(autouse=True)
-def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The runner's real wait between evaluations; time itself is the FakeClock's."""
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
+pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
 
 def rolled_back(w: World, deployment_id: str) -> tuple[dict, dict]:

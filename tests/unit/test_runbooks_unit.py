@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backout.control import deployer as deployer_mod
 from backout.control import states as st
 from backout.errors import OperationFailed, UsageError
 from backout.platforms.base import Throttle
@@ -20,17 +18,7 @@ from backout.runbooks import backups, drill, emergency, repair, rollback, status
 from backout.runbooks.verify import verify
 from fakes import Call, FakePlatform, World, raising
 
-
-@pytest.fixture(autouse=True)
-def fast_evaluations(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.close()
+pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
 
 def deployed(w: World, *changed: str) -> Any:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backout.control import deployer as deployer_mod
 from backout.server.app import build_app
 from backout.server.controller import Controller
 from fakes import FakeClock, FakePlatform, new_source, write_manifest
@@ -59,8 +58,7 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
+def api(tmp_path: Path, fast_evaluations: None) -> Iterator[Api]:
     a = Api(tmp_path)
     yield a
     a.close()
@@ -163,8 +161,7 @@ def test_deployments_router(api: Api) -> None:
     assert api.post("/deployments/d-0001/approve", {}, 400)["error"].endswith("not waiting for approval")
 
 
-def test_approve_route_releases_a_deployment_waiting_in_prod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
+def test_approve_route_releases_a_deployment_waiting_in_prod(tmp_path: Path, fast_evaluations: None) -> None:
     a = Api(tmp_path, env="prod")
     try:
         a.post("/publish", {"source": str(new_source(a.root, "v2", ["worker"]))})

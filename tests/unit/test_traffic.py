@@ -3,24 +3,14 @@ numbers, operator overrides refused during a deployment, switches stored before 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from backout.control import deployer as deployer_mod
 from backout.control.traffic import Traffic
 from backout.errors import UsageError
 from backout.platforms.base import Throttle
 from fakes import CrashingStore, FakePlatform, Killed, World, write_manifest
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setattr(deployer_mod, "EVAL_INTERVAL", 0.1)
-    w = World(tmp_path)
-    yield w
-    w.close()
 
 
 def test_route_splits_each_function_between_its_own_versions(world: World) -> None:
