@@ -13,11 +13,12 @@ process killed in between leaves a record that `reconcile` can act on:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from backout.control.store import Store
 from backout.errors import UsageError
-from backout.platforms.base import Capacity, Platform, Release, Throttle
+from backout.platforms.base import AliasWeights, Capacity, Platform, Release, Throttle
 
 
 class Traffic:
@@ -48,21 +49,18 @@ class Traffic:
     def live_release(self) -> Release | None:
         """The release every live alias sends all its traffic to (None while traffic is split or the
         functions point at versions of different releases)."""
-        fns = self.platform.functions()
-        weights = {fn: self.platform.get_weights(fn) for fn in fns}
-        for r in reversed(self.platform.releases()):
-            if all(weights[fn].versions == {r.version(fn): 100.0} for fn in fns):
-                return r
-        return None
+        return self._newest_release(lambda w, v: w.versions == {v: 100.0})
 
     def stable_release(self) -> Release | None:
         """The release every alias's stable (primary) version belongs to, split or not."""
+        return self._newest_release(lambda w, v: w.stable == v)
+
+    def _newest_release(self, matches: Callable[[AliasWeights, str], bool]) -> Release | None:
+        """The newest release whose version of every function `matches` that function's alias."""
         fns = self.platform.functions()
         weights = {fn: self.platform.get_weights(fn) for fn in fns}
-        for r in reversed(self.platform.releases()):
-            if all(weights[fn].stable == r.version(fn) for fn in fns):
-                return r
-        return None
+        return next((r for r in reversed(self.platform.releases())
+                     if all(matches(weights[fn], r.version(fn)) for fn in fns)), None)
 
     def override(self, fn: str, stable: str, canary: str | None, pct: float, who: str) -> None:
         """An operator points one alias by hand (`backout alias`): refused while a deployment runs

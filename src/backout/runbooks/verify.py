@@ -21,6 +21,7 @@ import httpx
 from backout.control import states as st
 from backout.control.alarms import ALARM, AlarmSet, default_rules
 from backout.control.store import Store
+from backout.control.traffic import Traffic
 from backout.manifest import Manifest
 from backout.platforms.base import NS_SQS, MetricQuery, Platform
 from backout.runbooks.context import RunbookContext
@@ -81,7 +82,7 @@ def verify(ctx: RunbookContext) -> VerifyReport:
     checks.extend(_timed("database", lambda: _database(ctx.platform)))
     checks.extend(_timed("queues", lambda: _queues(ctx.manifest, ctx.env, ctx.platform)))
     checks.extend(_timed("alarms", lambda: _alarms(ctx.manifest, ctx.env, ctx.platform, ctx.store, ctx.live_alarms())))
-    checks.extend(_timed("aliases", lambda: _aliases(ctx.platform, ctx.store, ctx.env)))
+    checks.extend(_timed("aliases", lambda: _aliases(ctx.traffic, ctx.store, ctx.env)))
     return VerifyReport(checks, time.time())
 
 
@@ -232,14 +233,14 @@ def settle_seconds(manifest: Manifest) -> float:
     return max(delays, default=0.0) + 3.0 if delays else 0.0
 
 
-def _aliases(platform: Platform, store: Store, env: str) -> list[Check]:
+def _aliases(traffic: Traffic, store: Store, env: str) -> list[Check]:
     active = store.active_deployment(env)
     expected = expected_versions(store, env)
+    platform = traffic.platform
     weights = {fn: platform.get_weights(fn) for fn in platform.functions()}
     if active is None and expected is None:
         # no deployment has finished yet: every alias should serve one release, the same one
-        live = next((r for r in reversed(platform.releases())
-                     if all(w.versions == {r.version(fn): 100.0} for fn, w in weights.items())), None)
+        live = traffic.live_release()
         expected = None if live is None else (live.label(), dict(live.versions))
     out = []
     for fn, w in weights.items():
