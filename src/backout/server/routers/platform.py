@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from backout.errors import UsageError
+from backout.runbooks.status import queue_view
 from backout.server.controller import Controller
 
 
@@ -89,14 +90,10 @@ def router(c: Controller) -> APIRouter:
 
     @r.get("/queues")
     def queues() -> list[dict[str, Any]]:
-        from backout.runbooks.status import queue_view
-
         return list(queue_view(c.manifest, p).values())
 
     @r.get("/queues/{name}")
     def queue(name: str) -> dict[str, Any]:
-        from backout.runbooks.status import queue_view
-
         view = queue_view(c.manifest, p)
         if name not in view:
             raise UsageError(f"no queue named {name!r} (known: {', '.join(view)})")
