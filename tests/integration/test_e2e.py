@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _running_gateway(env: str) -> str | None:
     try:
         from backout.manifest import load_manifest
-        from backout.server.process import read_endpoints
+        from backout.server.endpoints import read_endpoints
 
         ep = read_endpoints(load_manifest(ROOT / "backout.toml").state_dir(env))
     except Exception:  # noqa: BLE001 - no manifest, no env: fall back to a private environment

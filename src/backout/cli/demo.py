@@ -123,7 +123,7 @@ def process_drawing(base: str) -> str:
 
 def main() -> None:
     from backout.manifest import load_manifest
-    from backout.server.process import read_endpoints
+    from backout.server.endpoints import read_endpoints
 
     manifest = load_manifest(ROOT / "backout.toml")
     state = manifest.state_dir(ENV)

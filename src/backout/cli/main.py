@@ -64,7 +64,7 @@ def up(
 @app.command()
 def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
     """Stop the environment: stop accepting, drain in-flight work, exit."""
-    from backout.server.process import is_running
+    from backout.server.endpoints import is_running
 
     c = Client(env)
     pid = int(str(c.endpoints["pid"]))

@@ -286,7 +286,7 @@ def drill(
     refuse_prod(name, SETTINGS.manifest.environment(name), allow_prod)  # before reaching for the supervisor
     parse_fault(fault)
     c = Client(name)
-    c._http.timeout = target_seconds + 300
+    c.timeout = target_seconds + 300
     r = c.call(
         "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": who()}
     )

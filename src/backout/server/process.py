@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -31,60 +30,13 @@ import uvicorn
 
 from backout.errors import UsageError
 from backout.manifest import Manifest
+from backout.server.endpoints import ENDPOINTS, LOCK, read_endpoints, read_token
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
     from backout.platforms.base import Hosted
     from backout.server.controller import Controller
 
 log = logging.getLogger("backout.supervisor")
-
-ENDPOINTS = "endpoints.json"
-TOKEN = "token"
-LOCK = "supervisor.lock"
-
-
-def read_token(state_dir: Path) -> str:
-    """The control API's bearer token, created at first start with mode 0600."""
-    p = state_dir / TOKEN
-    if not p.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return p.read_text().strip()
-
-
-def read_endpoints(state_dir: Path) -> dict[str, object] | None:
-    """Where a running supervisor listens, or None when none runs for this state dir."""
-    p = state_dir / ENDPOINTS
-    if not p.exists():
-        return None
-    try:
-        ep = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
-    if not _lock_held(state_dir):
-        return None
-    return ep
-
-
-def is_running(state_dir: Path) -> bool:
-    """True while a supervisor holds the state dir: until it has drained and is about to exit."""
-    return _lock_held(state_dir)
-
-
-def _lock_held(state_dir: Path) -> bool:
-    p = state_dir / LOCK
-    if not p.exists():
-        return False
-    with p.open("a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return False
-
 
 @contextlib.contextmanager
 def supervisor_lock(state_dir: Path, env: str) -> Iterator[IO[str]]:
