@@ -64,4 +64,4 @@ class AwsProcessing:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"event source mapping(s) {', '.join(pending)} not {want} after "
                                    f"{self.settle_timeout:.0f} s")
-            time.sleep(1.0)
+            time.sleep(0.25)

@@ -229,7 +229,7 @@ class AwsReleases:
             futures = {fn: pool.submit(self._publish_function, fn, rid, extra, desc, package) for fn in todo}
             for fn, fut in futures.items():
                 done[fn] = fut.result()
-        return Release(rid, {fn: done[fn] for fn in fns}, digest[:16], time.time(), description, extra)
+        return self._scan()[rid]  # as `releases()` will show it (creation time from Lambda)
 
     def _publish_function(self, fn: str, rid: int, extra: dict[str, str], desc: str,
                           package: Callable[[str], Package | None]) -> str:
