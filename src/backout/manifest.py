@@ -265,10 +265,10 @@ class EnvironmentSpec(_Model):
     @model_validator(mode="after")
     def _platform(self) -> EnvironmentSpec:
         if self.platform == "aws" and self.aws is None:
-            raise ValueError("platform = \"aws\" needs an [aws] table with at least region and stack")
+            raise ValueError("platform = \"aws\" needs an \"aws\" table (region, and stack or explicit names)")
         if self.platform == "local":
             if self.aws is not None:
-                raise ValueError("an [aws] table needs platform = \"aws\"")
+                raise ValueError("an \"aws\" table needs platform = \"aws\"")
             if self.gateway_port is None:
                 raise ValueError("gateway_port: required on the local platform")
         return self

@@ -80,10 +80,10 @@ class AwsPlatform:
 
     def check(self) -> None:
         """Resolve every name now and check the aliases and alarms exist: one UsageError otherwise."""
-        for fn in self.functions():
-            self.get_weights(fn)
         if self.aws.alarms:
             self.reader.check_alarms(self.aws.alarms, f"environments.{self.env}.aws")
+        for fn in self.functions():
+            self.get_weights(fn)
 
     # --- releases ------------------------------------------------------------------------------
     def functions(self) -> list[str]:
