@@ -195,3 +195,14 @@ buckets = {{ files = "{self.bucket}" }}
 @pytest.fixture
 def stack(moto_url: str, tmp_path: Path) -> Stack:
     return Stack(moto_url, tmp_path).create()
+
+
+@pytest.fixture
+def names(moto_url: str, tmp_path: Path) -> Stack:
+    """A Stack's names only, nothing created: for configurations that must fail before using any."""
+    s = Stack(moto_url, tmp_path)
+    s.functions = {s.api: f"sda-api-{s.tag}", s.worker: f"sda-worker-{s.tag}"}
+    s.queues = {"processing": f"{moto_url}/123456789012/processing-{s.tag}",
+                "processing-dlq": f"{moto_url}/123456789012/dlq-{s.tag}"}
+    s.api_id, s.table, s.bucket = "abc123", f"jobs-{s.tag}", f"files-{s.tag}"
+    return s

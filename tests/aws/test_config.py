@@ -108,8 +108,9 @@ def _explicit(stack: Stack) -> str:
     (lambda t, s: t.replace('region = "us-east-1"', 'region = "us-east-1"\nstack = "missing"')
      .split("functions = {")[0], ["up"], "CloudFormation stack 'missing'"),
 ])
-def test_every_configuration_error_is_one_line_and_exit_2(stack: Stack, capsys: pytest.CaptureFixture[str],
+def test_every_configuration_error_is_one_line_and_exit_2(names: Stack, capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch, edit, args, message) -> None:
+    stack = names
     stack.source("src", "r1")
     path = stack.root / "backout.toml"
     path.write_text(edit(_explicit(stack), stack))

@@ -236,7 +236,7 @@ class MetricReader:
                         p.query.metric, dict(p.query.dimensions))
 
     # --- existing CloudWatch alarms -----------------------------------------------------------------
-    def _alarm_states(self, names: list[str]) -> dict[str, str]:
+    def _alarm_states(self, names: list[str], warn: bool = True) -> dict[str, str]:
         """describe_alarms, up to 100 names a call (metric and composite alarms)."""
         states: dict[str, str] = {}
         cw = self.clients("cloudwatch")
@@ -246,14 +246,14 @@ class MetricReader:
             for a in r.get("MetricAlarms", []) + r.get("CompositeAlarms", []):
                 states[a["AlarmName"]] = a["StateValue"]
         missing = set(names) - set(states)
-        if missing - self.missing_alarms:
+        if warn and missing - self.missing_alarms:
             log.warning("CloudWatch alarm(s) %s not found", ", ".join(sorted(missing)))
         self.missing_alarms = missing
         return states
 
     def check_alarms(self, names: list[str], where: str) -> None:
         """Every alarm the manifest names exists: a misspelt one would never fire."""
-        self._alarm_states(names)
+        self._alarm_states(names, warn=False)
         if self.missing_alarms:
             raise UsageError(f"{where}.alarms: no CloudWatch alarm named {', '.join(sorted(self.missing_alarms))}")
 
