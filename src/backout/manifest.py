@@ -186,12 +186,55 @@ class HooksSpec(_Model):
     post_traffic: list[HookSpec] = Field(default_factory=_default_post)
 
 
+class AwsSpec(_Model):
+    """`[environments.X.aws]`: where an AWS environment's resources are. Either `stack` (names read from
+    the CloudFormation stack's outputs, see docs/aws.md) or explicit names: `functions` (every
+    deployable function), `api_id` + `stage` when a function has HTTP events, `queues` (every
+    manifest queue), `tables` and `buckets` (the data `backup`/`describe` cover)."""
+
+    region: str = Field(min_length=1)
+    endpoint_url: str | None = Field(default=None, description="an AWS emulator's URL (tests, moto)")
+    stack: str | None = None
+    functions: dict[str, str] = Field(default_factory=dict, description="backout function → Lambda name/ARN")
+    api_id: str | None = None
+    stage: str | None = None
+    api_url: str | None = Field(default=None, description="the stage's invoke URL (default: derived)")
+    queues: dict[str, str] = Field(default_factory=dict, description="manifest queue → SQS queue URL")
+    tables: dict[str, str] = Field(default_factory=dict, description="name → DynamoDB table name")
+    buckets: dict[str, str] = Field(default_factory=dict, description="name → S3 bucket name")
+    alarms: list[str] = Field(default_factory=list, description="existing CloudWatch alarms: ALARM → rollback")
+    artifacts_bucket: str | None = Field(default=None, description="S3 bucket for packages over 50 MB")
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    python_version: str = Field(default="3.11", pattern=r"^3\.\d+$")
+    evaluation_interval: Duration = Field(default=5.0, gt=0, description="seconds between metric reads")
+    provisioned_concurrency: bool = Field(
+        default=False, description="pre-warm new versions with provisioned concurrency (minutes; costs money)"
+    )
+
+    @field_validator("evaluation_interval", mode="before")
+    @classmethod
+    def _dur(cls, v: object) -> object:
+        return parse_duration(v)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _where(self) -> AwsSpec:
+        explicit = [k for k in ("functions", "api_id", "stage", "queues", "tables", "buckets") if getattr(self, k)]
+        if self.stack is not None and explicit:
+            raise ValueError(f"give either stack or explicit names, not both (also set: {', '.join(explicit)})")
+        if self.stack is None and not self.functions:
+            raise ValueError("give stack = \"NAME\" (names from its outputs) or functions = {name = \"lambda\"}")
+        if (self.api_id is None) != (self.stage is None):
+            raise ValueError("api_id and stage go together")
+        return self
+
+
 class EnvironmentSpec(_Model):
-    gateway_port: int = Field(ge=0, le=65535)
+    gateway_port: int | None = Field(default=None, ge=0, le=65535, description="local platform only")
     control_port: int = Field(ge=0, le=65535)
     state_dir: str | None = None
     host: str = "127.0.0.1"
     platform: Literal["local", "aws"] = "local"
+    aws: AwsSpec | None = None
     max_body: int = Field(default=110 * 1024 * 1024, ge=1, description="gateway body limit, bytes")
     throttle_rate: float = Field(default=10000.0, ge=0)
     throttle_burst: int = Field(default=5000, ge=0)
@@ -219,6 +262,17 @@ class EnvironmentSpec(_Model):
     def _dur(cls, v: object) -> object:
         return parse_duration(v)  # type: ignore[arg-type]
 
+    @model_validator(mode="after")
+    def _platform(self) -> EnvironmentSpec:
+        if self.platform == "aws" and self.aws is None:
+            raise ValueError("platform = \"aws\" needs an \"aws\" table (region, and stack or explicit names)")
+        if self.platform == "local":
+            if self.aws is not None:
+                raise ValueError("an \"aws\" table needs platform = \"aws\"")
+            if self.gateway_port is None:
+                raise ValueError("gateway_port: required on the local platform")
+        return self
+
 
 class Manifest(_Model):
     service: ServiceSpec
@@ -243,6 +297,8 @@ class Manifest(_Model):
         if self.service.repair_function and self.service.repair_function not in self.functions:
             raise ValueError(f"service.repair_function: no function named {self.service.repair_function!r}")
         for ename, e in self.environments.items():
+            if e.aws is not None:
+                _check_aws(self, f"environments.{ename}.aws", e.aws)
             for fname in e.duration_p99_limits:
                 if fname not in self.functions:
                     raise ValueError(f"environments.{ename}.duration_p99_limits: no function named {fname!r}")
@@ -284,6 +340,27 @@ class Manifest(_Model):
     def state_dir(self, env: str) -> Path:
         spec = self.environment(env)
         return (self.root / (spec.state_dir or f".backout/{env}")).resolve()
+
+
+def _check_aws(m: Manifest, where: str, aws: AwsSpec) -> None:
+    """Explicit AWS names must cover what backout drives: every deployable function, every queue, and
+    the API when a function has HTTP events (a stack's outputs are checked when they are read)."""
+    for fname in aws.functions:
+        if fname not in m.functions:
+            raise ValueError(f"{where}.functions: no function named {fname!r}")
+    for qname in aws.queues:
+        if qname not in m.queues:
+            raise ValueError(f"{where}.queues: no queue named {qname!r}")
+    if aws.stack is not None:
+        return
+    missing = [f for f, spec in m.functions.items() if spec.deploy and f not in aws.functions]
+    if missing:
+        raise ValueError(f"{where}.functions: no Lambda function named for {', '.join(missing)}")
+    missing = [q for q in m.queues if q not in aws.queues]
+    if missing:
+        raise ValueError(f"{where}.queues: no queue URL named for {', '.join(missing)}")
+    if aws.api_id is None and any(f.http_events for f in m.functions.values()):
+        raise ValueError(f"{where}: api_id and stage are required (functions have HTTP events)")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

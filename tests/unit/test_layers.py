@@ -43,6 +43,11 @@ FORBIDDEN: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "only the CLI (starting the local process) and the local platform itself know it",
     ),
     (("backout.control", "backout.runbooks"), "backout.server", "the server calls them, never the reverse"),
+    (
+        ("backout.cli", "backout.server", "backout.runbooks", "backout.control"),
+        "backout.platforms.aws",
+        "only `open_platform` knows the aws platform; everything above gets a Platform from it",
+    ),
     (("sda",), "backout", "the reference service never imports backout"),
 )
 # Known exceptions, each with the reason it still stands and what ends it: (importer, imported, why).

@@ -41,7 +41,8 @@ def up(
     env: EnvOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
 ) -> None:
-    """Start the environment: gateway, queue pollers, warm workers, control API."""
+    """Start the environment: gateway, queue pollers, warm workers, control API (on aws: the control API
+    and the controller only — AWS runs the service)."""
     import logging
 
     name = env_name(env)
@@ -313,9 +314,10 @@ def _num(v: Any) -> str:
 
 
 def _register() -> None:
-    from backout.cli import deploy_cmds, incident_cmds, runbook_cmds
+    from backout.cli import deploy_cmds, incident_cmds, runbook_cmds, stack_cmds
 
     deploy_cmds.register(app)
+    stack_cmds.register(app)
     runbook_cmds.register(app)
     incident_cmds.register(app)
 

@@ -50,6 +50,7 @@ from backout.manifest import Manifest, parse_duration
 from backout.platforms.base import (
     DLQ_ARRIVALS,
     MAX_QUERIES,
+    NS_ALARM_STATE,
     NS_API,
     NS_BACKOUT,
     NS_LAMBDA,
@@ -78,6 +79,7 @@ DEFAULT_MIN_SAMPLES = 20
 SUMMABLE = ("Sum", "SampleCount", "Minimum", "Maximum", "Average")  # exact over any union of periods
 HIGH_RESOLUTION_RANGE = 3 * 3600  # CloudWatch keeps sub-minute periods 3 h: 10,800 points at 1 s
 MAX_POINTS = 10_800  # points per query beyond which a coarser (60 s multiple) period is asked
+CLOUDWATCH_ALARM_WINDOW = 10.0  # the window holding an existing CloudWatch alarm's state datapoint (now)
 
 
 class MetricSource(Protocol):
@@ -646,7 +648,10 @@ def default_rules(
     - `duration-p99:<fn>`: p99 duration of the canary > a per-function limit, if configured
       (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function),
       over aligned periods of `alarm_window` (a percentile cannot slide);
-    - `queue-age:<queue>`: age of the oldest message > a limit, if configured (`queue_age_limits`).
+    - `queue-age:<queue>`: age of the oldest message > a limit, if configured (`queue_age_limits`);
+    - `cloudwatch:<alarm>`: an existing CloudWatch alarm the aws environment names (`aws.alarms`) is in
+      ALARM when read (the platform answers the `NS_ALARM_STATE` metric from describe_alarms at each
+      evaluation: one datapoint, now, 1 in ALARM).
     Every window starts no earlier than `deployment_start`."""
     env = manifest.environment(env_name)
     window = _seconds(getattr(env, "alarm_window", 60.0))
@@ -710,5 +715,14 @@ def default_rules(
             threshold=limit, comparison="GreaterThanThreshold", period=window,
             treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
             label="age of oldest message", unit="s", subject=queue,
+        ))
+
+    for name in (env.aws.alarms if getattr(env, "aws", None) is not None else []):
+        rules.append(AlarmRule(
+            name=f"cloudwatch:{name}", kind="cloudwatch_alarm",
+            metric=MetricStat.of(NS_ALARM_STATE, "AlarmState", {"AlarmName": name}, "Maximum"),
+            threshold=0.0, comparison="GreaterThanThreshold", period=CLOUDWATCH_ALARM_WINDOW,
+            treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
+            label="CloudWatch alarm state (1 = ALARM)", subject=name,
         ))
     return rules

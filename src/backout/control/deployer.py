@@ -29,7 +29,7 @@ from backout.control.strategies import Step, Strategy, progress_deadline, resolv
 from backout.control.traffic import Traffic
 from backout.errors import UsageError
 from backout.manifest import Manifest
-from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, Release
+from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, Release, evaluation_interval
 
 log = logging.getLogger(__name__)
 
@@ -585,7 +585,7 @@ class Deployer:
                 self._watch(d, lv, alarms, judges, deadline)
                 if self.clock() >= end:
                     break
-                lv.wake.wait(min(EVAL_INTERVAL, max(0.0, end - self.clock())))
+                lv.wake.wait(min(evaluation_interval(self.platform, EVAL_INTERVAL), max(0.0, end - self.clock())))
                 lv.wake.clear()
         return self.store.transition(d.id, st.POST_TRAFFIC, expect=st.IN_PROGRESS)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from backout.control.store import Store
 from backout.errors import UsageError
-from backout.platforms.base import AliasWeights, Capacity, Platform, Release, Throttle
+from backout.platforms.base import AliasWeights, Capacity, ParallelRouting, Platform, Release, Throttle
 
 
 class Traffic:
@@ -34,17 +34,26 @@ class Traffic:
     def route(self, stable: dict[str, str], target: dict[str, str], weight: float) -> None:
         """Every function: `weight` percent on its target version, the rest on its stable one
         (0 → all stable; no stable → all target)."""
+        changes = []
         for fn in self.platform.functions():
             if weight <= 0 and fn in stable:
-                self.platform.set_weights(fn, stable[fn])
+                changes.append(AliasWeights(fn, stable[fn]))
             elif weight >= 100 or fn not in stable:
-                self.platform.set_weights(fn, target[fn])
+                changes.append(AliasWeights(fn, target[fn]))
             else:
-                self.platform.set_weights(fn, stable[fn], target[fn], min(weight, 100.0))
+                changes.append(AliasWeights(fn, stable[fn], target[fn], min(weight, 100.0)))
+        self._apply(changes)
 
     def point_all(self, release: Release) -> None:
-        for fn in self.platform.functions():
-            self.platform.set_weights(fn, release.version(fn))
+        self._apply([AliasWeights(fn, release.version(fn)) for fn in self.platform.functions()])
+
+    def _apply(self, changes: list[AliasWeights]) -> None:
+        """All at once where the platform can (a network round trip per alias), else one by one."""
+        if isinstance(self.platform, ParallelRouting) and len(changes) > 1:
+            self.platform.set_weights_many(changes)
+            return
+        for w in changes:
+            self.platform.set_weights(w.function, w.stable, w.canary, w.canary_weight)
 
     def live_release(self) -> Release | None:
         """The release every live alias sends all its traffic to (None while traffic is split or the

@@ -21,6 +21,13 @@ def open_platform(manifest: Manifest, env: str, state_dir: Path | None = None) -
         from backout.platforms.local.platform import LocalPlatform
 
         return LocalPlatform(manifest, env, state_dir)
+    if kind == "aws":
+        from backout.platforms.aws.platform import AwsPlatform, AwsPlatformWithCapacity
+
+        spec = manifest.environment(env).aws
+        if spec is not None and spec.provisioned_concurrency:
+            return AwsPlatformWithCapacity(manifest, env, state_dir)
+        return AwsPlatform(manifest, env, state_dir)
     raise UsageError(
         f"environment {env!r} asks for platform {kind!r}, which this version of backout cannot drive yet; "
         f"use platform = \"local\""

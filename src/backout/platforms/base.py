@@ -27,6 +27,10 @@ NS_API = "AWS/ApiGateway"  # Count, 4XXError, 5XXError, Latency
 NS_SQS = "AWS/SQS"  # NumberOfMessagesSent/Received/Deleted, ApproximateNumberOfMessages{Visible,NotVisible},
 #                     ApproximateAgeOfOldestMessage
 NS_BACKOUT = "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
+# The state of an existing CloudWatch alarm the manifest names (`aws.alarms`), as a metric the control
+# plane evaluates like any other: AlarmState {AlarmName} = 1 in ALARM, 0 OK, no datapoint otherwise.
+# Only a platform that reads alarms (aws: describe_alarms) answers it.
+NS_ALARM_STATE = "Backout/AlarmState"
 
 LAMBDA_METRICS = ("Invocations", "Errors", "Throttles", "Duration", "ConcurrentExecutions")
 API_METRICS = ("Count", "4XXError", "5XXError", "Latency")
@@ -135,6 +139,15 @@ class AliasWeights:
         if self.canary_weight >= 100:
             return {self.canary: 100.0}
         return {self.stable: 100.0 - self.canary_weight, self.canary: self.canary_weight}
+
+
+@runtime_checkable
+class ParallelRouting(Protocol):
+    """Optional: every alias changed at once (aws: one update_alias per function on a thread pool), so a
+    rollback of N functions takes one round trip, not N. Without it callers loop over `set_weights`."""
+
+    def set_weights_many(self, changes: Sequence[AliasWeights]) -> None:
+        """`set_weights` for each change, concurrently; raises after all were tried when any failed."""
 
 
 @runtime_checkable
@@ -373,10 +386,46 @@ class Hosted(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class StackStatus:
+    """describe_stacks of the stack an environment's resources come from."""
+
+    name: str
+    status: str  # CREATE_COMPLETE, UPDATE_IN_PROGRESS, UPDATE_ROLLBACK_COMPLETE, …
+    reason: str
+    last_updated: float | None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def updating(self) -> bool:
+        """cancel_update_stack applies only now: a finished update cannot be cancelled."""
+        return self.status == "UPDATE_IN_PROGRESS"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Stacks(Protocol):
+    """Optional: the environment's infrastructure is a CloudFormation stack (aws with `stack = …`)."""
+
+    def stack_status(self) -> StackStatus:
+        """describe_stacks."""
+
+    def cancel_stack_update(self) -> StackStatus:
+        """cancel_update_stack, only while an update is in progress (UsageError otherwise)."""
+
+
 @runtime_checkable
 class PrometheusExport(Protocol):
     def prometheus(self) -> str:
         """The platform's own figures in the Prometheus text format."""
+
+
+def evaluation_interval(platform: object, default: float) -> float:
+    """Seconds between alarm evaluations on `platform`: a platform whose metric reads are billed or
+    rate-limited (aws: GetMetricData per metric) declares `evaluation_interval`; others use `default`."""
+    return float(getattr(platform, "evaluation_interval", default))
 
 
 @runtime_checkable

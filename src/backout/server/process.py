@@ -1,6 +1,8 @@
 """The server process: one per environment, running the control API and the controller's loop,
 and — for a hosted platform (local) — the platform itself: its gateway, queue pollers and warm
-workers. The platform comes from `open_platform`; nothing here knows which one it is.
+workers. A platform that runs by itself (aws) gets only the control API and the controller, so
+every CLI command works the same against it. The platform comes from `open_platform`; nothing
+here knows which one it is.
 
 `backout up` runs it in the foreground; `backout up --detach` starts it as a
 daemon and returns once its control API answers. A second supervisor for the
@@ -109,27 +111,36 @@ class Supervisor:
         with supervisor_lock(self.state_dir, self.env):
             (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
             token = read_token(self.state_dir)
-            gw_sock = _bind(self.spec.host, self.spec.gateway_port)
-            ctl_sock = _bind(self.spec.host, self.spec.control_port)
-            gw_url = f"http://{self.spec.host}:{gw_sock.getsockname()[1]}"
-            ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
             platform = open_platform(self.manifest, self.env, self.state_dir)
-            if not isinstance(platform, Hosted):
-                raise UsageError(f"environment {self.env!r} runs on its own platform: there is nothing to bring up")
-            platform.bind(gw_url)
-            platform.bootstrap()
+            hosted = isinstance(platform, Hosted)
+            socks = []
+            if hosted:
+                assert self.spec.gateway_port is not None  # the manifest requires it on a hosted platform
+                socks.append(_bind(self.spec.host, self.spec.gateway_port))
+                gw_url = f"http://{self.spec.host}:{socks[0].getsockname()[1]}"
+            ctl_sock = _bind(self.spec.host, self.spec.control_port)
+            socks.append(ctl_sock)
+            ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
+            if hosted:
+                platform.bind(gw_url)
+                platform.bootstrap()
+            else:  # it runs by itself: resolve its resources now, so a wrong name stops here with one line
+                getattr(platform, "check", platform.functions)()
+                gw_url = platform.endpoint()
             controller = Controller(self.manifest, self.env, platform, self.state_dir)
             controller.on_shutdown = lambda: self.request_stop("POST /shutdown (backout down)")
             app = build_app(controller, token)
-            _prewarm_live(platform)
-            platform.start()
+            if hosted:
+                _prewarm_live(platform)
+                platform.start()
             controller.start()
             ticker = threading.Thread(
-                target=self._tick, args=(platform, controller), name="tick", daemon=True
+                target=self._tick, args=(platform if hosted else None, controller), name="tick", daemon=True
             )
             ticker.start()
-            self._servers = [
-                _Server(
+            self._servers = []
+            if hosted:
+                self._servers.append(_Server(
                     uvicorn.Config(
                         platform.gateway_app(),
                         log_level="warning",
@@ -139,9 +150,9 @@ class Supervisor:
                         timeout_keep_alive=30,
                         lifespan="off",
                     )
-                ),
-                _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")),
-            ]
+                ))
+            self._servers.append(_Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                                        loop="uvloop")))
             endpoints = {
                 "pid": os.getpid(),
                 "env": self.env,
@@ -156,12 +167,13 @@ class Supervisor:
             try:
                 # the loop the gateway's config names (uvloop): asyncio.run would ignore it
                 with asyncio.Runner(loop_factory=self._servers[0].config.get_loop_factory()) as runner:
-                    runner.run(self._serve([gw_sock, ctl_sock]))
+                    runner.run(self._serve(socks))
             finally:
                 self._stop.set()
                 (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
                 controller.close()
-                platform.close()
+                if hosted:
+                    platform.close()
                 ticker.join(timeout=5)
                 log.warning("backout %s down", self.env)
 
@@ -169,15 +181,16 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
-        gw, ctl = self._servers
-        await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
+        await asyncio.gather(*(srv.serve(sockets=[sock]) for srv, sock in zip(self._servers, socks, strict=True)))
 
-    def _tick(self, platform: Hosted, controller: Controller) -> None:
-        """Once a second: the platform samples and persists its metrics, then the control plane ticks."""
-        with contextlib.suppress(Exception):
-            platform.tick()
+    def _tick(self, platform: Hosted | None, controller: Controller) -> None:
+        """Once a second: a hosted platform samples and persists its metrics, then the control plane ticks."""
+        steps = [controller.tick] if platform is None else [platform.tick, controller.tick]
+        if platform is not None:
+            with contextlib.suppress(Exception):
+                platform.tick()
         while not self._stop.wait(1.0 - (time.time() % 1.0)):
-            for step in (platform.tick, controller.tick):
+            for step in steps:
                 try:
                     step()
                 except Exception:
