@@ -56,7 +56,7 @@ class Emulator:
             from moto.moto_api import recorder
             from moto.server import ThreadedMotoServer
         except ImportError:
-            raise UsageError("[emulator] in backout.toml needs moto's server: pip install 'backout[emulator]'") from None
+            raise UsageError("backout.toml's [emulator] needs moto's server: pip install 'backout[emulator]'") from None
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         self._server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
         self._server.start()
