@@ -57,6 +57,7 @@ class Emulator:
             from moto.server import ThreadedMotoServer
         except ImportError:
             raise UsageError("backout.toml's [emulator] needs moto's server: pip install 'backout[emulator]'") from None
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log line per request
         self.journal.parent.mkdir(parents=True, exist_ok=True)
         self._server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
         self._server.start()
