@@ -64,6 +64,7 @@ class Emulator:
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
         recorder._location = str(self.journal)  # noqa: SLF001 - moto reads its path only from the env at import
+        httpx.post(f"{self.url}/moto-api/reset", timeout=30).raise_for_status()  # moto's state is per process
         self._replay()
         recorder.start_recording()
         self._ensure_resources()
