@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from bench.platform import Figure
 
 BENCHMARKS = ("sqs",)
@@ -119,7 +121,13 @@ def run(only: set[str] | None = None, quick: bool = False) -> list[Figure]:
             url = f"http://127.0.0.1:{int(proc.stdout.readline())}"
             _roundtrips(url, QUEUES[0], 0.5, [])  # warm-up: connections, botocore's models
             single: list[int] = []
+            server, me = psutil.Process(proc.pid), psutil.Process()
+            cpu0 = (sum(server.cpu_times()[:2]), sum(me.cpu_times()[:2]))
             _roundtrips(url, QUEUES[0], seconds, single)
+            cpu1 = (sum(server.cpu_times()[:2]), sum(me.cpu_times()[:2]))
+            requests = 3 * single[0]
+            cpu_ms = {"server_cpu_ms_per_request": round((cpu1[0] - cpu0[0]) * 1000 / requests, 3),
+                      "client_cpu_ms_per_request": round((cpu1[1] - cpu0[1]) * 1000 / requests, 3)}
             four: list[int] = []
             threads = [threading.Thread(target=_roundtrips, args=(url, q, seconds, four)) for q in QUEUES]
             for t in threads:
@@ -134,7 +142,7 @@ def run(only: set[str] | None = None, quick: bool = False) -> list[Figure]:
     one = single[0] / seconds
     return [
         Figure("sqs-roundtrip", one, "round trips/s", f">= {TARGET:.0f}/s", one >= TARGET,
-               {"requests_per_roundtrip": 3, "seconds": seconds}),
+               {"requests_per_roundtrip": 3, "seconds": seconds, **cpu_ms}),
         Figure("sqs-roundtrip-4-clients", sum(four) / seconds, "round trips/s", f">= {TARGET:.0f}/s",
                sum(four) / seconds >= TARGET, {"clients": len(four)}),
         Figure("sqs-batched", batched / seconds, "messages/s", detail={"per_request": 10}),
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in run(quick=a.quick):
         verdict = "" if f.ok is None else ("  ok" if f.ok else "  MISS")
         print(f"{f.name:<26} {f.value:>10,.1f} {f.unit}{f'  (target {f.target})' if f.target else ''}{verdict}")
+        if f.detail:
+            print(f"{'':<26}   {f.detail}")
     return 0
 
 
