@@ -116,6 +116,22 @@ class QueueSpec(_Model):
         return parse_duration(v)  # type: ignore[arg-type]
 
 
+class EmulatorSpec(_Model):
+    """Opt-in, local platform only: DynamoDB and S3 served by moto in the supervisor, for services
+    written against AWS alone; `tables` (name → string partition key) and `buckets` created at start."""
+
+    services: list[Literal["dynamodb", "s3"]] = Field(min_length=1)
+    tables: dict[str, str] = Field(default_factory=dict)
+    buckets: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _served(self) -> EmulatorSpec:
+        for kind, service in ((self.tables, "dynamodb"), (self.buckets, "s3")):
+            if kind and service not in self.services:
+                raise ValueError(f"tables and buckets need their service in services (add {service!r})")
+        return self
+
+
 class StepSpec(_Model):
     weight: float = Field(ge=0, le=100)
     hold: Duration = 0.0
@@ -231,6 +247,7 @@ class AwsSpec(_Model):
 class EnvironmentSpec(_Model):
     gateway_port: int | None = Field(default=None, ge=0, le=65535, description="local platform only")
     control_port: int = Field(ge=0, le=65535)
+    aws_port: int = Field(default=0, ge=0, le=65535, description="the SQS-compatible endpoint (127.0.0.1; 0: free)")
     state_dir: str | None = None
     host: str = "127.0.0.1"
     platform: Literal["local", "aws"] = "local"
@@ -282,6 +299,7 @@ class Manifest(_Model):
     strategies: dict[str, StrategySpec] = Field(default_factory=dict)
     smoke: list[SmokeSpec] = Field(default_factory=list)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
+    emulator: EmulatorSpec | None = None
     path: Path = Field(default=Path("backout.toml"), exclude=True)
 
     @model_validator(mode="after")

@@ -104,7 +104,7 @@ class Supervisor:
 
     def run(self) -> None:
         from backout.platforms import open_platform
-        from backout.platforms.base import Hosted
+        from backout.platforms.base import AwsEndpoints, Hosted
         from backout.server.app import build_app
         from backout.server.controller import Controller
 
@@ -113,16 +113,21 @@ class Supervisor:
             token = read_token(self.state_dir)
             platform = open_platform(self.manifest, self.env, self.state_dir)
             hosted = isinstance(platform, Hosted)
-            socks = []
             if hosted:
                 assert self.spec.gateway_port is not None  # the manifest requires it on a hosted platform
-                socks.append(_bind(self.spec.host, self.spec.gateway_port))
-                gw_url = f"http://{self.spec.host}:{socks[0].getsockname()[1]}"
+                gw_sock = _bind(self.spec.host, self.spec.gateway_port)
+                gw_url = f"http://{self.spec.host}:{gw_sock.getsockname()[1]}"
             ctl_sock = _bind(self.spec.host, self.spec.control_port)
-            socks.append(ctl_sock)
             ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
+            served = []  # (socket, ASGI app) of the platform's own servers, the gateway first
+            aws: dict[str, object] = {}
             if hosted:
                 platform.bind(gw_url)
+                served.append((gw_sock, platform.gateway_app()))
+                if isinstance(platform, AwsEndpoints):  # AWS APIs for unmodified service code: loopback only
+                    aws_sock = _bind("127.0.0.1", self.spec.aws_port)
+                    aws = platform.bind_aws(f"http://127.0.0.1:{aws_sock.getsockname()[1]}")
+                    served.append((aws_sock, platform.sqs_app()))
                 platform.bootstrap()
             else:  # it runs by itself: resolve its resources now, so a wrong name stops here with one line
                 getattr(platform, "check", platform.functions)()
@@ -138,11 +143,10 @@ class Supervisor:
                 target=self._tick, args=(platform if hosted else None, controller), name="tick", daemon=True
             )
             ticker.start()
-            self._servers = []
-            if hosted:
-                self._servers.append(_Server(
+            self._servers = [
+                _Server(
                     uvicorn.Config(
-                        platform.gateway_app(),
+                        a,
                         log_level="warning",
                         access_log=False,
                         loop="uvloop",
@@ -150,20 +154,24 @@ class Supervisor:
                         timeout_keep_alive=30,
                         lifespan="off",
                     )
-                ))
+                )
+                for _, a in served
+            ]
             self._servers.append(_Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                                         loop="uvloop")))
+            socks = [sock for sock, _ in served] + [ctl_sock]
             endpoints = {
                 "pid": os.getpid(),
                 "env": self.env,
                 "gateway_url": gw_url,
                 "control_url": ctl_url,
+                "aws": aws,
                 "started_at": time.time(),
             }
             tmp = self.state_dir / (ENDPOINTS + ".tmp")
             tmp.write_text(json.dumps(endpoints))
             tmp.replace(self.state_dir / ENDPOINTS)
-            log.warning("backout %s up: gateway %s, control %s", self.env, gw_url, ctl_url)
+            log.warning("backout %s up: gateway %s, control %s, aws %s", self.env, gw_url, ctl_url, aws or "-")
             try:
                 # the loop the gateway's config names (uvloop): asyncio.run would ignore it
                 with asyncio.Runner(loop_factory=self._servers[0].config.get_loop_factory()) as runner:
