@@ -27,6 +27,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 @dataclass
 class Settings:
     manifest_path: Path = Path("backout.toml")
+    env: str | None = None  # `backout --env prod status`: the global option, before the subcommand
     _manifest: Manifest | None = field(default=None, repr=False)
 
     @property
@@ -40,7 +41,7 @@ SETTINGS = Settings()
 
 
 def env_name(env: str | None) -> str:
-    name = env or os.environ.get("BACKOUT_ENV") or "staging"
+    name = env or SETTINGS.env or os.environ.get("BACKOUT_ENV") or "staging"
     SETTINGS.manifest.environment(name)
     return name
 
@@ -86,7 +87,8 @@ class Client:
                 # the server closed a kept-alive connection before reading the request: send it once more
                 if reused and attempt == 0 and isinstance(e, (http.client.RemoteDisconnected, ConnectionError)):
                     continue
-                raise UsageError(f"cannot reach the {self.env} supervisor at {self.base_url}: {e}") from None
+                # not the operator's mistake: the supervisor is down or wedged (exit 1, as a failed operation)
+                raise OperationFailed(f"cannot reach the {self.env} supervisor at {self.base_url}: {e}") from None
         text = raw.decode("utf-8", "replace")
         if status in (400, 409, 422):
             try:

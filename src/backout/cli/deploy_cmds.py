@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from backout.cli.context import Client, EnvOpt, JsonOpt
+from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt
 from backout.cli.inputs import parse_set_env, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed
@@ -48,13 +48,18 @@ def deploy(
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a new release and shift traffic to it step by step, rolling back on any alarm."""
+    from backout.control.strategies import resolve
+
+    environment = parse_set_env(set_env)  # what needs no supervisor is checked first
+    if strategy is not None:
+        resolve(strategy, SETTINGS.manifest)
     c = Client(env)
     body = {
         "source": str(source.resolve()) if source else None,
         "strategy": strategy,
         "description": description,
         "created_by": who(),
-        "environment": parse_set_env(set_env),
+        "environment": environment,
         "release": release,
     }
     view = c.call("POST", "/deployments", body)

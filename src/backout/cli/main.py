@@ -20,10 +20,18 @@ app = typer.Typer(
     help="Deploy a serverless job service under watch and back it out in seconds.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 queue_app = typer.Typer(help="SQS-style queues: stats and DLQ redrive.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"backout {version('backout')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -31,8 +39,16 @@ def _global(
     manifest: Annotated[
         Path, typer.Option("--manifest", "-m", envvar="BACKOUT_MANIFEST", help="the service's backout.toml")
     ] = Path("backout.toml"),
+    env: Annotated[
+        str | None,
+        typer.Option("--env", "-e", help="environment for every command (a subcommand's own --env wins)"),
+    ] = None,
+    _show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     SETTINGS.manifest_path = manifest
+    SETTINGS.env = env
     SETTINGS._manifest = None
 
 
@@ -337,6 +353,32 @@ def run() -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:  # a bug, not the operator's doing: one line here, the traceback in a file
+        log = _write_crash_log()
+        err_console.print(f"[red]internal error:[/] {type(e).__name__}: {e} (traceback in {log})",
+                          highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _write_crash_log() -> Path:
+    """The traceback of an unexpected exception, in the state dir of the environment when it is known."""
+    import tempfile
+    import traceback
+
+    try:
+        base = SETTINGS.manifest.state_dir(SETTINGS.env or env_name(None))
+    except Exception:
+        base = Path(tempfile.gettempdir())
+    path = base / "cli-error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} backout {' '.join(sys.argv[1:])}\n")
+            f.write(traceback.format_exc())
+    except OSError:
+        path = Path(tempfile.gettempdir()) / "backout-cli-error.log"
+        path.write_text(traceback.format_exc())
+    return path
 
 
 if __name__ == "__main__":

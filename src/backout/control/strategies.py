@@ -102,8 +102,11 @@ def resolve(name: str, manifest: Manifest | None = None) -> Strategy:
     if name in BUILTIN:
         return Strategy(name, BUILTIN[name])
     known = known_names(manifest)
-    hint = next((k for k in known if k.lower() == name.lower()), None)
-    did_you_mean = f" (did you mean {hint}?)" if hint else ""
+    import difflib
+
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    did_you_mean = f" (did you mean {by_lower[close[0]]}?)" if close else ""
     raise UsageError(f"unknown strategy {name!r}{did_you_mean}; known: {', '.join(known)}")
 
 
