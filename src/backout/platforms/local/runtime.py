@@ -133,12 +133,14 @@ class Runtime:
         sink: MetricSink,
         extra_env: dict[str, str] | None = None,
         max_concurrency: int = 16,
+        function_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.manifest = manifest
         self.state_dir = Path(state_dir)
         self.releases = releases
         self.sink = sink
         self.extra_env = dict(extra_env or {})
+        self.function_env = {fn: dict(env) for fn, env in (function_env or {}).items()}  # one function's own
         self.max_concurrency = max_concurrency
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -508,6 +510,7 @@ class Runtime:
         env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
         env.update(spec.environment)
         env.update(self.extra_env)
+        env.update(self.function_env.get(fn, {}))
         env.update(info.environment)
         env.update(
             {
