@@ -10,11 +10,11 @@ Decorate every handler of a backout service:
 Each invocation prints one CloudWatch Embedded Metric Format line (namespace `Backout`, 1-second
 resolution) keyed by function and version; backout reads those metrics to judge a canary in
 seconds on AWS. Standard library only, and it never imports `backout`, so it can be copied into a
-function's package alone. `instrument.py` has the metrics, their dimensions and the environment
+function's package alone. `wrapper.py` has the metrics, their dimensions and the environment
 variables it reads; `docs/aws-signals.md` the design behind them.
 """
 
 from backout_lambda.emf import metric_data
-from backout_lambda.instrument import instrument, invocation_line
+from backout_lambda.wrapper import instrument, invocation_line
 
 __all__ = ["instrument", "invocation_line", "metric_data"]
