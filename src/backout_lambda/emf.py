@@ -15,7 +15,9 @@ emulators feed it to `put_metric_data`).
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,18 +54,34 @@ class Group:
 FUNCTION = Group(FUNCTION_DIMENSIONS, FUNCTION_METRICS)
 API = Group(API_DIMENSIONS, API_METRICS)
 DLQ = Group(DLQ_DIMENSIONS, DLQ_METRICS)
-# The directives never change: serialised once, so an invocation pays only for its own values.
+# The directives never change and a process's dimension values hardly ever do: both are serialised
+# once, so an invocation pays for its timestamp and its values only.
 _DIRECTIVES = {g: json.dumps(g.directive(), separators=(",", ":")) for g in (FUNCTION, API, DLQ)}
 
 
+@functools.lru_cache(maxsize=16)
+def _head(groups: tuple[Group, ...]) -> str:
+    return '{"_aws":{"CloudWatchMetrics":[' + ",".join(_DIRECTIVES[g] for g in groups) + '],"Timestamp":'
+
+
+@functools.lru_cache(maxsize=256)
+def _members(items: tuple[tuple[str, str], ...]) -> str:
+    return json.dumps(dict(items), separators=(",", ":"))[1:-1]  # JSON-escaped whatever the values
+
+
 def line(
-    timestamp_ms: int, groups: Sequence[Group], dimensions: Mapping[str, str], values: Mapping[str, float]
+    timestamp_ms: int, groups: Sequence[Group], dimensions: Mapping[str, str], values: Mapping[str, int | float]
 ) -> str:
     """The EMF document of `groups` as one compact log line, every dimension value and metric value
-    at the top level (no newline inside, whatever the values: non-ASCII is escaped)."""
-    members = json.dumps({**dimensions, **values}, separators=(",", ":"))
-    directives = ",".join(_DIRECTIVES[g] for g in groups)
-    return f'{{"_aws":{{"Timestamp":{int(timestamp_ms)},"CloudWatchMetrics":[{directives}]}},{members[1:]}'
+    at the top level (no newline inside, whatever the values: strings are JSON-escaped as ASCII)."""
+    numbers = ",".join(f'"{name}":{_number(v)}' for name, v in values.items())
+    return f"{_head(tuple(groups))}{int(timestamp_ms)}}},{_members(tuple(dimensions.items()))},{numbers}}}"
+
+
+def _number(v: int | float) -> str:
+    if type(v) is int or (type(v) is float and math.isfinite(v)):
+        return repr(v)
+    raise ValueError(f"EMF metric value {v!r} is not a finite number")
 
 
 def metric_data(doc: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
