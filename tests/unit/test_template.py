@@ -98,6 +98,7 @@ def test_every_route_of_the_manifest_and_no_other() -> None:
     api = template()["Resources"]["Api"]["Properties"]
     assert "multipart~1form-data" in api["BinaryMediaTypes"]  # the upload reaches the function intact
     assert api["StageName"] == {"Ref": "Stage"}
+    assert api["Name"] == m.service.name  # AWS/ApiGateway's {ApiName, Stage} = the wrapper's {ApiName, Stage}
     # the stage's default throttling exists, so the emergency stop's `/*/*/throttling/*` patch has a target
     assert {"ResourcePath": "/*", "HttpMethod": "*"}.items() <= api["MethodSettings"][0].items()
 
