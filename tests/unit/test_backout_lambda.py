@@ -408,7 +408,7 @@ def test_metric_data_refuses_what_cloudwatch_would_reject() -> None:
 
 # --- packaging: alone in a Lambda package ----------------------------------------------------------
 def test_the_wrapper_needs_only_the_standard_library_and_is_packaged() -> None:
-    from setuptools import find_packages
+    import tomllib
 
     package = REPO / "src" / "backout_lambda"
     for path in package.glob("*.py"):
@@ -418,7 +418,9 @@ def test_the_wrapper_needs_only_the_standard_library_and_is_packaged() -> None:
             for name in names:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in ("backout_lambda", "__future__"), f"{path.name}: {name}"
-    assert "backout_lambda" in find_packages(str(REPO / "src"))
+    # setuptools' package discovery under src/ (no include/exclude filter) picks up every package there
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find == {"where": ["src"]} and (package / "__init__.py").is_file()
 
 
 # --- on the local platform ---------------------------------------------------------------------------
