@@ -168,6 +168,13 @@ def test_a_malformed_proxy_result_counts_as_5xx_as_api_gateway_answers_502(capsy
     assert values(one_line(capsys))["5XXError"] == 1
 
 
+def test_an_http_api_v2_event_is_an_api_request_too(capsys: pytest.CaptureFixture[str]) -> None:
+    event = {"version": "2.0", "routeKey": "GET /health", "rawPath": "/health",
+             "requestContext": {"apiId": "abc123", "stage": "$default", "http": {"method": "GET"}}}
+    responding(404)(event, CTX)
+    assert values(one_line(capsys)) == {"Invocations": 1, "Errors": 0, "Count": 1, "4XXError": 1, "5XXError": 0}
+
+
 def test_duration_is_the_handlers_time_in_milliseconds(capsys: pytest.CaptureFixture[str]) -> None:
     @instrument
     def handler(event: Any, context: Any) -> Any:
