@@ -307,6 +307,7 @@ def test_an_emission_failure_is_logged_once_and_changes_nothing(monkeypatch: pyt
 
 
 # --- the SDA's own handlers ----------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the worker's acknowledged message
 def test_the_sdas_handlers_emit_one_line_per_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from sda import api, dlq, queue, repair, storage, worker
