@@ -21,6 +21,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
+from backout_lambda import instrument
 from sda import config, faults, health
 from sda.errors import JobExists, QueueUnavailable, StorageUnavailable, UploadError
 from sda.jobs import is_job_id, iso, new_job, new_job_id, queue_message, status_view
@@ -271,6 +272,7 @@ def build_app(settings: config.Settings, cid: str, event: dict[str, Any]) -> API
     return app
 
 
+@instrument
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda entry point."""
     delay = faults.number("api_latency_ms")

@@ -21,6 +21,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import single_metric
 
+from backout_lambda import instrument
 from sda import config
 from sda.errors import StatusConflict
 from sda.jobs import iso
@@ -148,6 +149,7 @@ def process(record: dict[str, Any], storage: Any) -> str:
     return classification
 
 
+@instrument
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bind_context(logger, context)

@@ -23,6 +23,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from backout_lambda import instrument
 from sda import config
 from sda.jobs import queue_message, reset_for_reprocessing
 from sda.observability import bind_context, make_logger
@@ -60,6 +61,7 @@ def _affected(storage: Any, event: dict[str, Any]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+@instrument
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bind_context(logger, context)
     settings = config.load()

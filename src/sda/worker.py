@@ -13,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from backout_lambda import instrument
 from sda import config
 from sda.errors import PermanentError
 from sda.observability import bind_context, make_logger, make_metrics
@@ -23,6 +24,7 @@ logger = make_logger("sda-worker")
 metrics = make_metrics("sda-worker")
 
 
+@instrument
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     bind_context(logger, context)

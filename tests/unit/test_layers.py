@@ -24,6 +24,7 @@ PACKAGES = (
     "backout.platforms.local",
     "backout.platforms.aws",
     "sda",
+    "backout_lambda",
 )
 # Layers, top first: a package may import its own layer and the ones below, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -49,6 +50,8 @@ FORBIDDEN: tuple[tuple[tuple[str, ...], str, str], ...] = (
         "only `open_platform` knows the aws platform; everything above gets a Platform from it",
     ),
     (("sda",), "backout", "the reference service never imports backout"),
+    (("backout_lambda",), "backout", "the handler wrapper is bundled alone into a function's package"),
+    (("backout_lambda",), "sda", "the handler wrapper serves every service, not one"),
 )
 # Known exceptions, each with the reason it still stands and what ends it: (importer, imported, why).
 ALLOWED: tuple[tuple[str, str, str], ...] = ()

@@ -86,6 +86,7 @@ class LocalPlatform:
             self.published,
             self.metrics_store,
             extra_env=self.function_env(),
+            function_env=self.wrapper_env(),
         )
         self.gateway = Gateway(
             routes_from_manifest(manifest),
@@ -146,6 +147,24 @@ class LocalPlatform:
         env |= {"AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "local",
                 "AWS_SECRET_ACCESS_KEY": "local"}
         return env | {f"{q.upper().replace('-', '_')}_QUEUE_URL": self.sqs.queue_url(q) for q in self.manifest.queues}
+
+    def wrapper_env(self) -> dict[str, dict[str, str]]:
+        """Per function, what the handler wrapper (`backout_lambda`) reads besides BACKOUT_ENV: the
+        service and the function's manifest name and, for a consumer of a queue with a DLQ, that DLQ
+        and the queue's maxReceiveCount (set only when the function's queues agree on one DLQ)."""
+        out: dict[str, dict[str, str]] = {}
+        for name, f in self.manifest.functions.items():
+            env = {"BACKOUT_SERVICE": self.manifest.service.name, "BACKOUT_FUNCTION": name}
+            dlqs = {
+                (q.dead_letter_queue, q.max_receive_count)
+                for q in (self.manifest.queues[e.queue] for e in f.queue_events)
+                if q.dead_letter_queue and q.max_receive_count
+            }
+            if len(dlqs) == 1:
+                dlq, max_receive_count = dlqs.pop()
+                env.update(BACKOUT_DLQ_NAME=str(dlq), BACKOUT_MAX_RECEIVE_COUNT=str(max_receive_count))
+            out[name] = env
+        return out
 
     # --- lifecycle -----------------------------------------------------------------------
     def bootstrap(self) -> None:

@@ -133,6 +133,7 @@ class Runtime:
         sink: MetricSink,
         extra_env: dict[str, str] | None = None,
         max_concurrency: int = 16,
+        function_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.manifest = manifest
         self.state_dir = Path(state_dir)
@@ -140,6 +141,7 @@ class Runtime:
         self.sink = sink
         self.extra_env = dict(extra_env or {})
         self.aws_env: dict[str, str] = {}  # AWS endpoints and queue URLs: under the function's own environment
+        self.function_env = {fn: dict(env) for fn, env in (function_env or {}).items()}  # one function's own
         self.max_concurrency = max_concurrency
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -513,6 +515,7 @@ class Runtime:
         env.update(self.aws_env)
         env.update(spec.environment)
         env.update(self.extra_env)
+        env.update(self.function_env.get(fn, {}))
         env.update(info.environment)
         env.update(
             {

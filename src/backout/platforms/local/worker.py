@@ -89,7 +89,22 @@ class EmfTee(io.TextIOBase):
         except ValueError:
             return
         if isinstance(doc, dict) and isinstance(doc.get("_aws"), dict) and "CloudWatchMetrics" in doc["_aws"]:
+            if _own_signals(doc["_aws"]["CloudWatchMetrics"]):
+                return
             self.emf.append(doc)
+
+
+# The handler wrapper's namespace (`backout.platforms.base.NS_BACKOUT`; not imported: this module stays
+# stdlib-only). Its line is for AWS, where nothing else measures per version; here the runtime, the
+# gateway and the queues record the same series first-hand, so keeping it would count them twice.
+_BACKOUT_NAMESPACE = "Backout"
+
+
+def _own_signals(directives: Any) -> bool:
+    """True for an EMF document that holds only backout's own signals (the handler wrapper's line)."""
+    return isinstance(directives, list) and bool(directives) and all(
+        isinstance(d, dict) and d.get("Namespace") == _BACKOUT_NAMESPACE for d in directives
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:
