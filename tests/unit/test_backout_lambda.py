@@ -311,7 +311,7 @@ def test_an_emission_failure_is_logged_once_and_changes_nothing(monkeypatch: pyt
 def test_the_sdas_handlers_emit_one_line_per_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from sda import api, dlq, queue, repair, storage, worker
-    from sda.events import prepare_local
+    from sda_local import prepare_local
 
     for key, value in prepare_local(tmp_path / "env", version="7").items():
         monkeypatch.setenv(key, value)

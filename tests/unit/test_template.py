@@ -152,6 +152,11 @@ def test_the_handler_wrappers_environment() -> None:
     assert env("worker")["BACKOUT_MAX_RECEIVE_COUNT"] == "3"
 
 
+# The functions whose code enqueues jobs (sda/api.py submits, sda/repair.py re-enqueues): locally the
+# platform gives every function every queue's URL; the template gives it only to these (least privilege).
+SENDERS = {"api", "repair"}
+
+
 def test_the_sdas_environment_uses_the_names_its_config_reads() -> None:
     config_source = (REPO / "src" / "sda" / "config.py").read_text()
     read = set(re.findall(r'env\.get\("([A-Z0-9_]+)"', config_source))
@@ -163,7 +168,7 @@ def test_the_sdas_environment_uses_the_names_its_config_reads() -> None:
         assert variables["STORAGE_MODE"] == "aws"
         assert variables["SDA_JOBS_TABLE"] == {"Ref": "JobsTable"}
         assert variables["SDA_FILES_BUCKET"] == {"Ref": "FilesBucket"}
-        sends = "PROCESSING_QUEUE" in spec.environment  # the functions that enqueue jobs
+        sends = fn in SENDERS
         assert (variables.get("PROCESSING_QUEUE_URL") == {"Ref": "ProcessingQueue"}) == sends, fn
         assert variables["POWERTOOLS_SERVICE_NAME"] == spec.environment["POWERTOOLS_SERVICE_NAME"], fn
 
