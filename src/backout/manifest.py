@@ -335,6 +335,9 @@ class Manifest(_Model):
         """The contacts of `env`: the top-level [contacts], each role overridden by the environment's."""
         return {**self.contacts, **self.environment(env).contacts}
 
+    def contact_lines(self, env: str) -> list[str]:
+        return [c.line(role) for role, c in self.contacts_for(env).items()]
+
     def duration_p99_limits(self, env: str) -> dict[str, float]:
         """function → p99 duration limit in seconds: the function's own, overridden by the environment's."""
         own = {n: f.duration_p99_limit for n, f in self.functions.items() if f.duration_p99_limit is not None}

@@ -173,15 +173,26 @@ def rollback(
 def emergency_stop(
     env: EnvOpt = None,
     reason: Annotated[str, typer.Option(help="why (recorded in the incident)")] = "",
+    keep_api: Annotated[
+        bool, typer.Option("--keep-api", help="pause processing only: the API stays open, its work waits queued")
+    ] = False,
+    no_rollback: Annotated[
+        bool,
+        typer.Option("--no-rollback", help="keep what is live: no rollback of a deployment in progress or of one "
+                     "that finished within the rollback window"),
+    ] = False,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Block the API (429), pause processing, roll back any deployment, snapshot, open a critical incident."""
+    """Block the API (429), pause processing, roll back (the deployment in progress, or the one that finished
+    within the rollback window), snapshot, open a critical incident."""
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
-    _confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
-    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who()})
+    what = "pause all processing (the API stays open)" if keep_api else "block the API and pause all processing"
+    _confirm(f"EMERGENCY STOP {name}: {what}?", yes)
+    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who(), "keep_api": keep_api,
+                                                      "rollback": not no_rollback})
     if as_json:
         return emit_json(r)
     table(
@@ -192,6 +203,10 @@ def emergency_stop(
             for s in r["steps"]
         ],
     )
+    rb = r.get("rolled_back")
+    if rb:
+        console.print(f"rolled back {rb['from_label']} → {rb['to_label']}; repair the jobs {rb['from_label']} "
+                      f"processed: backout repair --deployment {rb['deployment']} --env {name}")
     console.print(f"resume with `backout resume --env {name}` once the cause is fixed (verify must pass)")
 
 
@@ -206,7 +221,9 @@ def resume(
     if as_json:
         return emit_json(r)
     _check_rows(r["verify"])
-    console.print(f"{c.env} resumed{' (FORCED)' if r['forced'] else ''}: processing on, API open")
+    put_back = {"api": "API open", "processing": "processing on"}
+    console.print(f"{c.env} resumed{' (FORCED)' if r['forced'] else ''}: "
+                  + ", ".join(put_back[x] for x in r.get("restored", list(put_back))))
 
 
 def repair(
