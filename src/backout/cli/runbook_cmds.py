@@ -22,7 +22,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confir
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (status, verify, smoke, rollback, resume, repair):
+    for fn in (status, verify, smoke, rollback, resume, repair, runbook):
         app.command()(fn)
     app.command("emergency-stop")(emergency_stop)
     app.add_typer(backup_app, name="backup")
@@ -106,6 +106,43 @@ def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     )
     for w in s["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
+    _contacts(s.get("contacts") or [], s["env"])
+
+
+def _contacts(contacts: list[dict[str, str]], env: str) -> None:
+    if contacts:
+        table("contacts", ["role", "name", "channel"], [(c["role"], c["name"], c["channel"]) for c in contacts])
+    else:
+        console.print(Text.assemble((f"no contacts for {env}:", "yellow"),
+                                    " add a [contacts] table to backout.toml (role → name, channel)"))
+
+
+def runbook(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """The procedure's quick reference for this environment: what rolls back automatically, the command for
+    each step (rollback, emergency stop, verify, repair, drill, status, incidents), the contacts."""
+    from backout.runbooks.quickref import quick_reference
+    from backout.server.process import read_endpoints
+
+    name = env_name(env)
+    m = SETTINGS.manifest
+    q = quick_reference(m, name, read_endpoints(m.state_dir(name)))
+    if as_json:
+        return emit_json(q)
+    console.print(f"[bold]{q['service']}[/] / [bold]{q['env']}[/] — {q['platform']} platform, "
+                  f"{'running' if q['running'] else 'not running'}: gateway {q['gateway_url']}, "
+                  f"control {q['control_url']}", highlight=False)
+    console.print(f"deployments: {q['strategy']}{' (approval required)' if q['require_approval'] else ''}; the "
+                  f"previous release stays ready {q['rollback_window_seconds']:g} s for an instant rollback",
+                  highlight=False)
+    console.print("automatic rollback on:")
+    for t in q["automatic_rollback_on"]:
+        console.print(f"  - {t}", highlight=False, markup=False)
+    console.print(f"quick reference — {name} (each command on one line, to copy):")
+    for c in q["commands"]:  # not a table: a command wrapped inside a cell cannot be pasted
+        console.print(Text.assemble(f"  {c['step']}\n      ", (c["command"], "bold")), soft_wrap=True)
+    _contacts(q["contacts"], name)
+    console.print("notifications: " + (", ".join(q["notify"]) or "none (add notify = [\"slack://…\"] to the "
+                                                                   "environment)"), highlight=False, markup=False)
 
 
 def verify(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
