@@ -34,6 +34,14 @@ def utc(ts: float | None, date: bool = False) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC" if date else "%H:%M UTC", time.gmtime(ts))
 
 
+def _count(n: float, noun: str) -> str:
+    return f"{num(n)} {noun}" + ("" if n == 1 else "s")
+
+
+def _span(seconds: float) -> str:
+    return "less than a minute" if seconds < 60 else f"{round(seconds / 60)} min"
+
+
 def _service(view: IncidentView) -> str:
     return f"{view.service or 'The service'} ({view.env})"
 
@@ -97,15 +105,17 @@ def counted_impact(view: IncidentView) -> str:
     inv = sum(float(f.get("invocations", 0)) for f in fns.values())
     err = sum(float(f.get("errors", 0)) for f in fns.values())
     if inv:
-        parts.append(f"{num(err)} of {num(inv)} processing attempts failed")
+        parts.append(f"{num(err)} of {_count(inv, 'processing attempt')} failed")
     dlq = sum(float(n) for n in (imp.get("dlq_arrivals") or {}).values())
     if dlq:
-        parts.append(f"{num(dlq)} jobs could not be processed and were set aside")
+        parts.append(f"{_count(dlq, 'job')} could not be processed and {'was' if dlq == 1 else 'were'} set aside")
     repaired = _repaired(view)
     if repaired:
-        parts.append(f"{num(repaired)} jobs processed by the faulty version were corrected and processed again")
+        parts.append(f"{_count(repaired, 'job')} processed by the faulty version "
+                     f"{'was' if repaired == 1 else 'were'} corrected and processed again")
     elif view.jobs_touched:
-        parts.append(f"{num(view.jobs_touched)} jobs were processed by the faulty version")
+        parts.append(f"{_count(view.jobs_touched, 'job')} {'was' if view.jobs_touched == 1 else 'were'} "
+                     "processed by the faulty version")
     if view.trigger.get("kind") == "emergency":
         end = _resumed_at(view) or view.incident.closed_at
         refused = "new submissions were refused and " if "api" in _changed(view) else ""
@@ -113,9 +123,8 @@ def counted_impact(view: IncidentView) -> str:
             parts.append(f"since {utc(view.incident.opened_at)} {refused.replace('were', 'are')}processing is "
                          "paused; submitted work waits in the queue and none is lost")
         else:
-            minutes = max(1, round((end - view.incident.opened_at) / 60))
-            parts.append(f"{refused}processing was paused for {minutes} min; submitted work waited in the queue "
-                         "and none was lost")
+            parts.append(f"{refused}processing was paused for {_span(end - view.incident.opened_at)}; submitted "
+                         "work waited in the queue and none was lost")
     if view.trigger.get("kind") == "pre_traffic":
         return "No customer request reached the faulty version."
     if not parts:
