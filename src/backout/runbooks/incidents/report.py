@@ -1,5 +1,6 @@
-"""The incident report a team files ("Communication → Post-Rollback" of rollback-procedures.md: root cause
-analysis, timeline of events, action items; lessons learned as process improvements, monitoring
+"""The incident report a team files ("Communication" of rollback-procedures.md: during the rollback, the
+status-page / customer update and, once closed, the resolved notice, with the contacts; after it, root
+cause analysis, timeline of events, action items; lessons learned as process improvements, monitoring
 enhancements and prevention strategies). Every section says what is not known instead of failing.
 
 The report is written once, as markdown; the HTML is the same text through markdown-it-py (rich's own
