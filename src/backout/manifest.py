@@ -52,8 +52,10 @@ def _milliseconds_or_duration(value: str | int | float) -> float:
 
 # Every duration is held in seconds. `Duration` takes `"30s"`, `"5m"`, `"250ms"` or a plain number of
 # seconds; `DurationMs` is for fields documented in milliseconds: a plain number there stays milliseconds.
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-DurationMs = Annotated[float, BeforeValidator(_milliseconds_or_duration), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(
+    ge=0, description='a duration ("30s", "5m", "250ms"; a plain number is seconds), held in seconds')]
+DurationMs = Annotated[float, BeforeValidator(_milliseconds_or_duration), Field(
+    ge=0, description='a duration ("3s", "750ms"; a plain number is milliseconds), held in seconds')]
 
 
 class _Model(BaseModel):
