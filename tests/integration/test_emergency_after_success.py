@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 
 SAMPLES = ROOT / "examples" / "drawings"
 NOW = "[strategies.Now]\nsteps = [{ weight = 100 }]\n"
+TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
 
 
 @pytest.fixture
@@ -75,9 +76,10 @@ def schedule(http: httpx.Client, job: str) -> dict[str, tuple[str, tuple[str, ..
 
 def test_emergency_stop_after_a_succeeded_bad_deployment_rolls_back_then_repair_and_resume(env: RunningEnv) -> None:
     good_worker = next(iter(env.api("GET", "/status")["functions"]["worker"]["weights"]))
-    r = env.cli("deploy", "--strategy", "Now", "--set-env", "SDA_FAULTS=corrupt_results", "--json", timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    d = json.loads(r.stdout)["deployment"]
+    did = env.api("POST", "/deployments", json={"strategy": "Now", "environment": {"SDA_FAULTS": "corrupt_results"},
+                                                "created_by": "test"})["deployment"]["id"]
+    d = wait_for(lambda: (x := env.api("GET", f"/deployments/{did}")["deployment"])["status"] in TERMINAL and x,
+                 timeout=120, interval=0.2, what=f"{did} to finish")
     assert d["status"] == "Succeeded", d
     bad_worker = d["target_versions"]["worker"]
 
