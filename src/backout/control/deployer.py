@@ -411,7 +411,7 @@ class Deployer:
         trigger = {"reason": d.reason, "decided_at": d.rollback_decided_at, "completed_at": d.rollback_completed_at,
                    **data, "kind": kind}
         inc = self.open_incident(self.env, f"{d.id} rolled back: {d.reason}", severity="critical",
-                                       deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
+                                 deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
         self.store.add_event("incident_opened", f"incident {inc.id} opened for {d.id} after a restart",
                              deployment_id=d.id, incident_id=inc.id, severity="critical", ts=self.clock())
         self._notify("rolled_back", d, reason=d.reason, evidence=evidence, incident_id=inc.id,
