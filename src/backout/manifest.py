@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from backout.errors import UsageError
 
@@ -36,7 +44,18 @@ def parse_duration(value: str | int | float) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-Duration = Annotated[float, Field(ge=0)]
+def _milliseconds_or_duration(value: str | int | float) -> float:
+    """Seconds from `"3s"`, `"750ms"` …, or from a plain number of milliseconds (what a field documented
+    in ms always took, kept for the manifests that give one)."""
+    return parse_duration(value) if isinstance(value, str) else parse_duration(value) / 1000.0
+
+
+# Every duration is held in seconds. `Duration` takes `"30s"`, `"5m"`, `"250ms"` or a plain number of
+# seconds; `DurationMs` is for fields documented in milliseconds: a plain number there stays milliseconds.
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(
+    ge=0, description='a duration ("30s", "5m", "250ms"; a plain number is seconds), held in seconds')]
+DurationMs = Annotated[float, BeforeValidator(_milliseconds_or_duration), Field(
+    ge=0, description='a duration ("3s", "750ms"; a plain number is milliseconds), held in seconds')]
 
 
 class _Model(BaseModel):
@@ -88,6 +107,11 @@ class FunctionSpec(_Model):
     environment: dict[str, str] = Field(default_factory=dict)
     events: list[HttpEvent | QueueEvent] = Field(default_factory=list)
     deploy: bool = True
+    duration_p99_limit: DurationMs | None = Field(
+        default=None,
+        description='p99 duration limit of a new version ("3s", "750ms"; a plain number is ms), held in '
+        "seconds; an environment's duration_p99_limits overrides it",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -147,8 +171,20 @@ class StrategySpec(_Model):
 
 
 class NotifySpec(_Model):
-    url: str
+    url: str = Field(description="an apprise URL; ${VAR} is that environment variable's value, filled in only "
+                     "when sending, so a secret stays out of backout.toml, logs, the store and output")
     min_severity: Literal["info", "warning", "critical"] = "info"
+
+
+class ContactSpec(_Model):
+    """Who to reach in an incident, for one role (`on_call`, `aws_support`, `management_escalation` …)."""
+
+    name: str = Field(min_length=1)
+    channel: str = Field(default="", description="how to reach them: a Slack channel, a phone, an e-mail, a link")
+
+    def line(self, role: str) -> str:
+        """`on call: Dana Lee (#incidents)`"""
+        return f"{role.replace('_', ' ')}: {self.name}" + (f" ({self.channel})" if self.channel else "")
 
 
 class SmokeSpec(_Model):
@@ -262,17 +298,30 @@ class EnvironmentSpec(_Model):
     api_5xx_threshold: int = Field(default=5, ge=0)
     api_5xx_period: Duration = 300.0
     rollback_window: Duration = 900.0
-    duration_p99_limits: dict[str, float] = Field(
-        default_factory=dict, description="function → p99 duration limit of the new version, ms"
+    duration_p99_limits: dict[str, DurationMs] = Field(
+        default_factory=dict,
+        description='function → p99 duration limit of the new version ("3s", "750ms"; a plain number is ms), '
+        "held in seconds",
     )
-    queue_age_limits: dict[str, float] = Field(
-        default_factory=dict, description="queue → age-of-oldest-message limit, seconds"
+    queue_age_limits: dict[str, Duration] = Field(
+        default_factory=dict,
+        description='queue → age-of-oldest-message limit ("5m"; a plain number is seconds), held in seconds',
     )
     deadline_margin: Duration = 120.0
     alarm_window: Duration = 60.0
     latency_judge: bool = Field(default=True, description="compare the canary's p99 with the stable version's")
-    notify: list[NotifySpec] = Field(default_factory=list)
+    notify: list[NotifySpec] = Field(
+        default_factory=list, description='apprise URLs (`["slack://…", "json://…"]`) or tables {url, min_severity}'
+    )
+    contacts: dict[str, ContactSpec] = Field(
+        default_factory=dict, description="role → contact for this environment, over the top-level [contacts]"
+    )
     environment: dict[str, str] = Field(default_factory=dict, description="extra function env vars")
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _urls(cls, v: object) -> object:
+        return [{"url": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("api_5xx_period", "rollback_window", "deadline_margin", "alarm_window", mode="before")
     @classmethod
@@ -300,6 +349,9 @@ class Manifest(_Model):
     smoke: list[SmokeSpec] = Field(default_factory=list)
     hooks: HooksSpec = Field(default_factory=HooksSpec)
     emulator: EmulatorSpec | None = None
+    contacts: dict[str, ContactSpec] = Field(
+        default_factory=dict, description="role → who to reach in an incident (the procedure's emergency contacts)"
+    )
     path: Path = Field(default=Path("backout.toml"), exclude=True)
 
     @model_validator(mode="after")
@@ -354,6 +406,18 @@ class Manifest(_Model):
             known = ", ".join(sorted(self.environments))
             raise UsageError(f"{self.path}: no environment named {name!r} (known: {known})")
         return self.environments[name]
+
+    def contacts_for(self, env: str) -> dict[str, ContactSpec]:
+        """The contacts of `env`: the top-level [contacts], each role overridden by the environment's."""
+        return {**self.contacts, **self.environment(env).contacts}
+
+    def contact_lines(self, env: str) -> list[str]:
+        return [c.line(role) for role, c in self.contacts_for(env).items()]
+
+    def duration_p99_limits(self, env: str) -> dict[str, float]:
+        """function → p99 duration limit in seconds: the function's own, overridden by the environment's."""
+        own = {n: f.duration_p99_limit for n, f in self.functions.items() if f.duration_p99_limit is not None}
+        return {**own, **self.environment(env).duration_p99_limits}
 
     def state_dir(self, env: str) -> Path:
         spec = self.environment(env)

@@ -405,7 +405,7 @@ def test_emergency_stop_under_load_loses_nothing(env: RunningEnv, receiver: Rece
     assert all(s["ok"] and s["ms"] >= 0 for s in stop["steps"]), stop["steps"]
     assert d["id"] in stop["steps"][2]["detail"]
 
-    note = receiver.wait("emergency stop", "schedules look corrupt", stop["incident"])
+    note = receiver.wait("] emergency stop", "schedules look corrupt", stop["incident"])  # not incident_opened
     assert "block API" in note["message"] and "back up data" in note["message"]
     r = gw.get("/health")
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0

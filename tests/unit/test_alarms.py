@@ -280,12 +280,13 @@ def test_dlq_arrivals_since_the_deployment_started(src: Source, manifest: Manife
 
 
 # --- optional rules -----------------------------------------------------------------------------
-def test_duration_and_queue_age_rules_only_when_configured(src: Source, manifest: Manifest) -> None:
+def test_duration_and_queue_age_rules_only_when_configured(src: Source, manifest: Manifest,
+                                                           tmp_path: Path) -> None:
     names = [r.name for r in default_rules(manifest, "prod", {"api": "7", "worker": "7"}, T0)]
     assert names == ["error-rate:api", "error-rate:worker", "api-5xx", "dlq-arrivals:jobs-dlq"]
-    env = manifest.environments["prod"].model_copy(update={
-        "duration_p99_limits": {"worker": "2s"}, "queue_age_limits": {"jobs": "5m"}, "alarm_window": "30s"})
-    m = manifest.model_copy(update={"environments": {"prod": env}})
+    limits = 'duration_p99_limits = { worker = "2s" }\nqueue_age_limits = { jobs = "5m" }\nalarm_window = "30s"\n'
+    (tmp_path / "limits.toml").write_text(MANIFEST + limits)
+    m = load_manifest(tmp_path / "limits.toml")
     rules = default_rules(m, "prod", {"api": "7", "worker": "7"}, T0)
     assert [r.name for r in rules][-2:] == ["duration-p99:worker", "queue-age:jobs"]
     p99 = rule_by_name(rules, "duration-p99:worker")

@@ -281,6 +281,8 @@ def test_markdown_report_has_every_section_and_the_numbers(rolled_back: dict[str
     assert headings[1:] == [
         "Summary",
         "Impact",
+        "Communication",
+        "Contacts",
         "Timeline",
         "Alarm evidence",
         "Error rate and canary weight",
@@ -460,6 +462,8 @@ def test_cli_list_show_note_action_lesson_close_and_report(
     for h in (
         "Summary",
         "Impact",
+        "Communication",
+        "Contacts",
         "Timeline",
         "Alarm evidence",
         "Root cause",

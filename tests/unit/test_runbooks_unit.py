@@ -164,7 +164,7 @@ def test_emergency_stop_blocks_the_api_pauses_processing_and_stores_both_switche
     inc = world.store.get_incident(out["incident"])
     assert inc.trigger["kind"] == "emergency" and inc.trigger["throttle_before"] == [10000.0, 5000]
     assert inc.evidence["snapshot"] == out["snapshot"] == "backup-0001"
-    assert world.notifier.kinds() == ["emergency_stop"]
+    assert world.notifier.kinds() == ["incident_opened", "emergency_stop"]
 
 
 def test_emergency_stop_rolls_back_a_running_deployment(world: World) -> None:

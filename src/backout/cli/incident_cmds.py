@@ -16,13 +16,14 @@ from rich.text import Text
 
 from backout.cli.context import SETTINGS, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import who
-from backout.cli.render import console, emit_json, table
+from backout.cli.render import console, emit_json, err_console, table
 from backout.errors import UsageError
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     from backout.control.store import Store
+    from backout.runbooks.incidents import IncidentView
 
 
 def _ir() -> ModuleType:
@@ -46,6 +47,37 @@ def register(app: typer.Typer) -> None:
     if any(g.name == "incident" for g in app.registered_groups):
         return
     app.add_typer(incident_app, name="incident")
+
+
+def _view(store: Store, incident_id: str, env: str) -> IncidentView:
+    """The incident with what the manifest adds to it: the service's name and the environment's contacts."""
+    m = SETTINGS.manifest
+    return _ir().load(store, incident_id, env, service=m.service.name, contacts=m.contact_lines(env))
+
+
+def _announce_resolution(store: Store, view: IncidentView) -> None:
+    """Send the `incident_closed` notification (with the resolved notice) to the environment's targets from
+    here — the supervisor may be down — waiting briefly; a delivery that fails is said, and kept as an event."""
+    from backout.control.notify import DeliveryResult, Notifier
+
+    m = SETTINGS.manifest
+    targets = m.environment(view.env).notify
+    if not targets:
+        return
+    failed: list[DeliveryResult] = []
+    try:
+        notifier = Notifier(targets, attempts=3, backoff=0.5, contacts=m.contact_lines(view.env),
+                            on_result=lambda r: None if r.ok else failed.append(r))
+    except UsageError as e:
+        err_console.print(f"[yellow]warning:[/] resolution not announced: {e}", highlight=False, soft_wrap=True)
+        return
+    with notifier:
+        notifier.notify(_ir().resolution(view))
+        notifier.flush(timeout=15)
+    for r in failed:
+        msg = f"notification to {r.target} failed after {r.attempts} attempts: {r.error}"
+        store.add_event("notify_failed", msg, incident_id=view.incident.id, severity="warning")
+        err_console.print(f"[yellow]warning:[/] resolution {msg}", highlight=False, soft_wrap=True)
 
 
 def _open(env: str | None, must_exist: bool = True) -> tuple[str, Store | None]:
@@ -103,7 +135,7 @@ def show(incident_id: IdArg, env: EnvOpt = None, as_json: JsonOpt = False) -> No
     name, store = _open(env)
     assert store is not None
     with store:
-        view = _ir().load(store, incident_id, name)
+        view = _view(store, incident_id, name)
     if as_json:
         return emit_json(_ir().to_dict(view))
     inc, d = view.incident, view.deployment
@@ -244,11 +276,15 @@ def close_(
     with store:
         inc = _ir().close(store, incident_id, root_cause, who())
         open_actions = sum(1 for a in inc.action_items if not a.get("done"))
-    console.print(
-        f"{inc.id} closed"
-        + (f"; {open_actions} action item(s) still open" if open_actions else "")
-        + f". Report: backout incident report {inc.id} --env {name} -o {inc.id}.md"
-    )
+        view = _view(store, inc.id, name)
+        console.print(
+            f"{inc.id} closed"
+            + (f"; {open_actions} action item(s) still open" if open_actions else "")
+            + f". Report: backout incident report {inc.id} --env {name} -o {inc.id}.md"
+        )
+        console.print(f"resolved notice (for the status page and customers):\n{_ir().resolved_notice(view)}",
+                      highlight=False, markup=False)
+        _announce_resolution(store, view)
 
 
 @incident_app.command()
@@ -271,7 +307,7 @@ def report(
     name, store = _open(env)
     assert store is not None
     with store:
-        view = _ir().load(store, incident_id, name)
+        view = _view(store, incident_id, name)
     command = f"backout incident report {view.incident.id} --env {name} --format {fmt}" + (
         f" -o {output}" if output else ""
     )

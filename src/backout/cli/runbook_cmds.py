@@ -22,7 +22,7 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confir
 
 
 def register(app: typer.Typer) -> None:
-    for fn in (status, verify, smoke, rollback, resume, repair):
+    for fn in (status, verify, smoke, rollback, resume, repair, runbook):
         app.command()(fn)
     app.command("emergency-stop")(emergency_stop)
     app.add_typer(backup_app, name="backup")
@@ -106,6 +106,43 @@ def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     )
     for w in s["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
+    _contacts(s.get("contacts") or [], s["env"])
+
+
+def _contacts(contacts: list[dict[str, str]], env: str) -> None:
+    if contacts:
+        table("contacts", ["role", "name", "channel"], [(c["role"], c["name"], c["channel"]) for c in contacts])
+    else:
+        console.print(Text.assemble((f"no contacts for {env}:", "yellow"),
+                                    " add a [contacts] table to backout.toml (role → name, channel)"))
+
+
+def runbook(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
+    """The procedure's quick reference for this environment: what rolls back automatically, the command for
+    each step (rollback, emergency stop, verify, repair, drill, status, incidents), the contacts."""
+    from backout.runbooks.quickref import quick_reference
+    from backout.server.process import read_endpoints
+
+    name = env_name(env)
+    m = SETTINGS.manifest
+    q = quick_reference(m, name, read_endpoints(m.state_dir(name)))
+    if as_json:
+        return emit_json(q)
+    console.print(f"[bold]{q['service']}[/] / [bold]{q['env']}[/] — {q['platform']} platform, "
+                  f"{'running' if q['running'] else 'not running'}: gateway {q['gateway_url']}, "
+                  f"control {q['control_url']}", highlight=False)
+    console.print(f"deployments: {q['strategy']}{' (approval required)' if q['require_approval'] else ''}; the "
+                  f"previous release stays ready {q['rollback_window_seconds']:g} s for an instant rollback",
+                  highlight=False)
+    console.print("automatic rollback on:")
+    for t in q["automatic_rollback_on"]:
+        console.print(f"  - {t}", highlight=False, markup=False)
+    console.print(f"quick reference — {name} (each command on one line, to copy):")
+    for c in q["commands"]:  # not a table: a command wrapped inside a cell cannot be pasted
+        console.print(Text.assemble(f"  {c['step']}\n      ", (c["command"], "bold")), soft_wrap=True)
+    _contacts(q["contacts"], name)
+    console.print("notifications: " + (", ".join(q["notify"]) or "none (add notify = [\"slack://…\"] to the "
+                                                                   "environment)"), highlight=False, markup=False)
 
 
 def verify(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
@@ -173,15 +210,26 @@ def rollback(
 def emergency_stop(
     env: EnvOpt = None,
     reason: Annotated[str, typer.Option(help="why (recorded in the incident)")] = "",
+    keep_api: Annotated[
+        bool, typer.Option("--keep-api", help="pause processing only: the API stays open, its work waits queued")
+    ] = False,
+    no_rollback: Annotated[
+        bool,
+        typer.Option("--no-rollback", help="keep what is live: no rollback of a deployment in progress or of one "
+                     "that finished within the rollback window"),
+    ] = False,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Block the API (429), pause processing, roll back any deployment, snapshot, open a critical incident."""
+    """Block the API (429), pause processing, roll back (the deployment in progress, or the one that finished
+    within the rollback window), snapshot, open a critical incident."""
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
-    _confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
-    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who()})
+    what = "pause all processing (the API stays open)" if keep_api else "block the API and pause all processing"
+    _confirm(f"EMERGENCY STOP {name}: {what}?", yes)
+    r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who(), "keep_api": keep_api,
+                                                      "rollback": not no_rollback})
     if as_json:
         return emit_json(r)
     table(
@@ -192,6 +240,10 @@ def emergency_stop(
             for s in r["steps"]
         ],
     )
+    rb = r.get("rolled_back")
+    if rb:
+        console.print(f"rolled back {rb['from_label']} → {rb['to_label']}; repair the jobs {rb['from_label']} "
+                      f"processed: backout repair --deployment {rb['deployment']} --env {name}")
     console.print(f"resume with `backout resume --env {name}` once the cause is fixed (verify must pass)")
 
 
@@ -206,7 +258,9 @@ def resume(
     if as_json:
         return emit_json(r)
     _check_rows(r["verify"])
-    console.print(f"{c.env} resumed{' (FORCED)' if r['forced'] else ''}: processing on, API open")
+    put_back = {"api": "API open", "processing": "processing on"}
+    console.print(f"{c.env} resumed{' (FORCED)' if r['forced'] else ''}: "
+                  + ", ".join(put_back[x] for x in r.get("restored", list(put_back))))
 
 
 def repair(

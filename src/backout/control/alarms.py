@@ -646,7 +646,8 @@ def default_rules(
       another HTTP function's version counts its responses too);
     - `dlq-arrivals:<dlq>`: any message moved into a DLQ since the deployment started;
     - `duration-p99:<fn>`: p99 duration of the canary > a per-function limit, if configured
-      (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function),
+      (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function;
+      held in seconds, compared in the metric's milliseconds),
       over aligned periods of `alarm_window` (a percentile cannot slide);
     - `queue-age:<queue>`: age of the oldest message > a limit, if configured (`queue_age_limits`);
     - `cloudwatch:<alarm>`: an existing CloudWatch alarm the aws environment names (`aws.alarms`) is in
@@ -695,8 +696,7 @@ def default_rules(
             label="DLQ arrivals", subject=dlq,
         ))
 
-    p99 = _limits({n: getattr(f, "duration_p99_limit", None) for n, f in manifest.functions.items()},
-                  getattr(env, "duration_p99_limits", None))
+    p99 = manifest.duration_p99_limits(env_name)  # seconds; the Duration metric is in ms
     for fn in fns:
         if fn in p99:
             rules.append(AlarmRule(

@@ -24,7 +24,7 @@ from backout.control.alarms import ALARM, AlarmSet, Evaluation, default_rules
 from backout.control.analysis import JudgeSet, LatencyJudge, evaluate_all
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
-from backout.control.store import Deployment, Store
+from backout.control.store import Deployment, Incident, Store
 from backout.control.strategies import Step, Strategy, progress_deadline, resolve
 from backout.control.traffic import Traffic
 from backout.errors import UsageError
@@ -202,11 +202,12 @@ class Deployer:
             raise UsageError(f"{current.label()} is the first release: there is nothing to roll back to")
         return older[-1]
 
-    def manual_rollback(self, reason: str, who: str, to: int | None = None) -> dict[str, Any]:
+    def manual_rollback(self, reason: str, who: str, to: int | None = None, incident: bool = True) -> dict[str, Any]:
         """The procedure's manual rollback. During a deployment: stop it with rollback. After one: every
         live alias back on the previous stable release (or `to`), at once when its instances are warm,
         else once they answer; recorded as a deployment (strategy `ManualRollback`) before the switch,
-        so history, `verify` and a restarted process agree on what should be live."""
+        so history, `verify` and a restarted process agree on what should be live. `incident=False`:
+        the caller opens the incident for it (an emergency stop, whose incident names this record)."""
         if not reason.strip():
             raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
         target_r = None if to is None else self.release(to)
@@ -266,7 +267,7 @@ class Deployer:
                                       rollback_decided_at=decided, rollback_completed_at=done)
         inc_id = self._record_manual(
             d, how=f"{'warm' if warm else f'cold: instances started in {warmed - decided:.1f} s'}, "
-                   f"switch {switch_ms:.1f} ms", warm=warm, switch_ms=switch_ms)
+                   f"switch {switch_ms:.1f} ms", warm=warm, switch_ms=switch_ms, incident=incident)
         return {
             "mode": "rollback",
             "deployment": d.id,
@@ -306,8 +307,9 @@ class Deployer:
                                       rollback_completed_at=self.clock())
         self._record_manual(d, resumed=True)
 
-    def _record_manual(self, d: Deployment, resumed: bool = False, **data: Any) -> str:
-        """A manual rollback's event, incident and notification (once the switch is done); returns the incident."""
+    def _record_manual(self, d: Deployment, resumed: bool = False, incident: bool = True, **data: Any) -> str | None:
+        """A manual rollback's event, incident and notification (once the switch is done); returns the
+        incident (None when the caller opens it)."""
         reason = d.reason or d.description.removeprefix("manual rollback: ")
         who = d.created_by
         self.store.add_event(
@@ -318,7 +320,9 @@ class Deployer:
             data={"from": d.stable_release, "to": d.target_release, "who": who, "reason": reason,
                   "resumed": resumed, **{k: v for k, v in data.items() if k != "how"}},
         )
-        inc = self.store.open_incident(
+        if not incident:
+            return None
+        inc = self.open_incident(
             self.env, f"manual rollback {d.stable} → {d.target}: {reason}", severity="critical", deployment_id=d.id,
             trigger={"kind": "manual", "reason": reason, "who": who, "decided_at": d.rollback_decided_at,
                      "completed_at": d.rollback_completed_at},
@@ -327,6 +331,31 @@ class Deployer:
         self._notify("rolled_back", d, reason=f"manual: {reason} ({who})", incident_id=inc.id,
                      command=f"backout incident show {inc.id} --env {self.env}", stable=d.target, target=d.stable)
         return inc.id
+
+    def open_incident(self, env: str, title: str, **kw: Any) -> Incident:
+        """`Store.open_incident`, announced: every incident (rollback, emergency stop) is notified as
+        `incident_opened` with its id, why, and the commands that show it and the procedure."""
+        inc = self.store.open_incident(env, title, **kw)
+        try:
+            self.notifier.notify(Notification(
+                kind="incident_opened", environment=env, severity=inc.severity, service=self.manifest.service.name,
+                incident_id=inc.id, deployment_id=inc.deployment_id, reason=title,
+                command=f"backout incident show {inc.id} --env {env}",
+                extra={"Runbook": f"backout runbook --env {env}"}))
+        except Exception:  # noqa: BLE001 - notifications never block a rollback
+            log.exception("notification incident_opened failed")
+        return inc
+
+    def last_succeeded(self) -> tuple[Deployment, float] | None:
+        """The environment's last deployment and its age in seconds (on this deployer's clock) when it
+        is a deployment that succeeded — not a manual rollback — and nothing came after it: the release
+        a rollback within the rollback window would take back."""
+        last = next(iter(self.store.deployments(self.env, limit=1)), None)
+        if last is None or last.status != st.SUCCEEDED or last.strategy == MANUAL:
+            return None
+        done = next((e.ts for e in reversed(self.store.events(deployment_id=last.id)) if e.kind == "succeeded"),
+                    last.finished_at or last.created_at)
+        return last, max(0.0, self.clock() - done)
 
     def reconcile(self) -> None:
         """Make the platform agree with the store after a kill between a commit and its effect."""
@@ -381,8 +410,8 @@ class Deployer:
         evidence = data.pop("evidence", [d.reason])
         trigger = {"reason": d.reason, "decided_at": d.rollback_decided_at, "completed_at": d.rollback_completed_at,
                    **data, "kind": kind}
-        inc = self.store.open_incident(self.env, f"{d.id} rolled back: {d.reason}", severity="critical",
-                                       deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
+        inc = self.open_incident(self.env, f"{d.id} rolled back: {d.reason}", severity="critical",
+                                 deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
         self.store.add_event("incident_opened", f"incident {inc.id} opened for {d.id} after a restart",
                              deployment_id=d.id, incident_id=inc.id, severity="critical", ts=self.clock())
         self._notify("rolled_back", d, reason=d.reason, evidence=evidence, incident_id=inc.id,
@@ -686,7 +715,7 @@ class Deployer:
         except Exception as e:  # noqa: BLE001 - the report loses its numbers, the rollback stands
             log.exception("impact of %s could not be measured", d.id)
             impact = {"error": f"{type(e).__name__}: {e}"}
-        inc = self.store.open_incident(
+        inc = self.open_incident(
             self.env,
             f"{d.id} rolled back: {rb.reason}",
             severity="critical",

@@ -5,12 +5,20 @@ Delivery never blocks the caller: a rollback must not wait on Slack. `notify()` 
 message and queues it; each target has its own background thread (so one dead or slow target
 delays nobody else) that sends with retries and exponential backoff (tenacity), and logs every failure.
 A target receives a notification when its severity reaches the target's `min_severity`.
+
+Secrets stay out of backout.toml: a target URL's `${VAR}` is that environment variable's value, filled
+in only to send. Wherever a target is named (logs, the store, `status`) it is apprise's privacy URL with
+`${VAR}` in place of the value, and the value is redacted from every log record of apprise, urllib3,
+requests and this module (a URL with its path can reach their debug lines and exception texts).
+Every body ends with the environment's contacts, so whoever reads it knows whom to call.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +50,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "approval_needed": ("warning", _D + " waits for approval: {arrow}"),
     "emergency_stop": ("critical", "{where} emergency stop"),
     "incident_opened": ("critical", "{where} incident {incident_id} opened"),
+    "resumed": ("info", "{where} service resumed after the emergency stop"),
+    "incident_closed": ("info", "{where} incident {incident_id} resolved"),
     "drill_result": ("info", "{where} rollback drill {outcome}"),
 }
 _NOTIFY_TYPE = {"info": NotifyType.INFO, "warning": NotifyType.WARNING, "critical": NotifyType.FAILURE}
@@ -72,6 +82,7 @@ class Notification:
     hook: str = ""  # hook_failed: pre-traffic / post-traffic / its name
     passed: bool | None = None  # drill_result
     service: str = ""
+    notice: str = ""  # text ready for a status page or customers (the resolved notice of incident_closed)
     extra: dict[str, Any] = field(default_factory=dict)  # extra "key: value" lines in the body
     ts: float = field(default_factory=time.time)
 
@@ -117,6 +128,8 @@ class Notification:
         lines.append(f"Environment: {self.environment}   Severity: {self.severity}")
         if self.command:
             lines.append(f"Details: {self.command}")
+        if self.notice:
+            lines += ["", "Status page / customer notice:", self.notice]
         return "\n".join(lines)
 
 
@@ -132,6 +145,63 @@ class DeliveryResult:
 
 
 _STOP = object()
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# the loggers a target URL (with a secret in it) can reach: apprise's, the HTTP stack's, this module's
+_SECRET_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry", "requests",
+                   __name__)
+
+
+class _Redactor(logging.Filter):
+    """Replaces every secret a target URL took from the environment by its `${VAR}` in log records."""
+
+    def __init__(self) -> None:
+        super().__init__("secrets")
+        self.secrets: dict[str, str] = {}  # value → "${VAR}"
+        self._lock = threading.Lock()
+
+    def add(self, value: str, placeholder: str) -> None:
+        if value:
+            with self._lock:
+                self.secrets[value] = placeholder
+
+    def redact(self, text: str) -> str:
+        for value, placeholder in sorted(self.secrets.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(value, placeholder)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:  # a traceback's text can hold the URL too: then it goes as redacted text
+            text = logging.Formatter().formatException(record.exc_info)
+            if self.redact(text) != text:
+                record.exc_text, record.exc_info = self.redact(text), None
+        return True
+
+
+_REDACTOR = _Redactor()
+for _name in _SECRET_LOGGERS:
+    logging.getLogger(_name).addFilter(_REDACTOR)
+
+
+def expand(url: str) -> tuple[str, dict[str, str]]:
+    """The URL with each `${VAR}` replaced by that environment variable, and {value: "${VAR}"};
+    a UsageError naming the variable (never a value) when one is not set."""
+    secrets: dict[str, str] = {}
+
+    def value(m: re.Match[str]) -> str:
+        v = os.environ.get(m.group(1))
+        if v is None:
+            raise UsageError(f"notify url {_mask(url)!r} needs the environment variable {m.group(1)}, "
+                             "which is not set")
+        secrets[v] = m.group(0)
+        return v
+
+    return _VAR.sub(value, url), secrets
 
 
 class _Target:
@@ -140,13 +210,16 @@ class _Target:
     def __init__(self, spec: NotifySpec, owner: Notifier) -> None:
         self.spec = spec
         self.owner = owner
+        url, secrets = expand(spec.url)
+        for v, placeholder in secrets.items():
+            _REDACTOR.add(v, placeholder)
         self.apprise = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode=PersistentStoreMode.MEMORY))
-        plugin = apprise.Apprise.instantiate(spec.url, asset=self.apprise.asset)
+        plugin = apprise.Apprise.instantiate(url, asset=self.apprise.asset)
         if plugin is None:
             raise UsageError(f"notify url {_mask(spec.url)!r} is not a URL apprise understands "
                              "(see https://github.com/caronc/apprise/wiki)")
         self.apprise.add(plugin)
-        self.name = plugin.url(privacy=True).split("?", 1)[0]  # secrets masked, defaults dropped
+        self.name = _REDACTOR.redact(plugin.url(privacy=True).split("?", 1)[0])  # secrets masked, defaults dropped
         self.queue: queue.Queue[Any] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=f"notify:{self.name[:40]}", daemon=True)
         self.thread.start()
@@ -168,10 +241,10 @@ class _Target:
         """One delivery attempt: (delivered, why not). Never raises: a plugin bug must not kill the
         sender thread."""
         try:
-            ok = bool(self.apprise.notify(title=n.title, body=n.body, body_format=NotifyFormat.TEXT,
+            ok = bool(self.apprise.notify(title=n.title, body=self.owner.body(n), body_format=NotifyFormat.TEXT,
                                           notify_type=_NOTIFY_TYPE[n.severity or "info"]))
         except Exception as e:
-            return False, f"{type(e).__name__}: {e}"
+            return False, _REDACTOR.redact(f"{type(e).__name__}: {e}")
         return ok, "" if ok else "the service refused it or could not be reached"
 
     def _deliver(self, n: Notification) -> None:
@@ -210,7 +283,8 @@ class Notifier:
 
     `attempts` tries per target with `backoff`, 2×`backoff`, 4×`backoff` … (capped at
     `max_backoff`) seconds between them. `on_result` is called from the sender threads with each
-    final DeliveryResult. Invalid URLs raise UsageError here, at construction, not at send time."""
+    final DeliveryResult. `contacts` ("on call: Dana Lee (#incidents)") end every body. Invalid URLs
+    and unset `${VAR}`s raise UsageError here, at construction, not at send time."""
 
     def __init__(
         self,
@@ -220,9 +294,11 @@ class Notifier:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         on_result: Callable[[DeliveryResult], None] | None = None,
+        contacts: Sequence[str] = (),
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
+        self.contacts = list(contacts)
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -243,6 +319,12 @@ class Notifier:
     def targets(self) -> list[str]:
         """The target URLs, secrets masked (for logs and `backout status`)."""
         return [t.name for t in self._targets]
+
+    def body(self, n: Notification) -> str:
+        """What a target receives as the message: the notification's body, then the contacts."""
+        if not self.contacts:
+            return n.body
+        return "\n".join([n.body, "", "Contacts:", *(f"  - {c}" for c in self.contacts)])
 
     def notify(self, n: Notification) -> int:
         """Queue `n` for every target whose min_severity it reaches; returns how many. Never blocks,

@@ -1,8 +1,9 @@
 """`backout status`: the first command an on-call engineer runs.
 
 Live version and weights per function, the active deployment and its step, alarm states, API
-throttle and processing, queue and DLQ depths, open incidents, and the last drill — with a
-warning when the last passing drill is older than the procedure's monthly cadence.
+throttle and processing, queue and DLQ depths, open incidents, the last drill — with a
+warning when the last passing drill is older than the procedure's monthly cadence — and whom to
+call (the environment's contacts) and where notifications go.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def status(ctx: RunbookContext) -> dict[str, Any]:
         "processing": platform.get_processing(),
         "queues": queues,
         "incidents": [{k: i[k] for k in ("id", "severity", "title", "opened_at", "deployment_id")} for i in incidents],
+        "contacts": [{"role": role.replace("_", " "), "name": c.name, "channel": c.channel}
+                     for role, c in ctx.manifest.contacts_for(env).items()],
+        "notify": ctx.notifier.targets,  # secrets masked
         "last_drill": asdict(last) if last else None,
         "last_passing_drill_at": last_pass.started_at if last_pass else None,
         "warnings": warnings,

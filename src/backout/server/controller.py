@@ -32,7 +32,8 @@ class Controller:
         self.started_at = time.time()
         self.on_shutdown: Callable[[], None] = lambda: None
         self.store = Store.for_env(state_dir)
-        self.notifier = Notifier(manifest.environment(env).notify, on_result=self._delivery)
+        self.notifier = Notifier(manifest.environment(env).notify, on_result=self._delivery,
+                                 contacts=manifest.contact_lines(env))
         self.deployer = Deployer(manifest, env, platform, self.store, self.notifier,
                                  after_rollback=self._after_rollback)
         self.ctx = RunbookContext(manifest, env, platform, self.store, self.deployer, self.notifier,
@@ -104,8 +105,8 @@ class Controller:
     def rollback(self, to: int | None, reason: str, who: str) -> dict[str, Any]:
         return rollback.manual_rollback(self.ctx, reason, who, to)
 
-    def emergency_stop(self, reason: str, who: str) -> dict[str, Any]:
-        return emergency.emergency_stop(self.ctx, reason, who)
+    def emergency_stop(self, reason: str, who: str, keep_api: bool = False, rollback: bool = True) -> dict[str, Any]:
+        return emergency.emergency_stop(self.ctx, reason, who, keep_api=keep_api, rollback=rollback)
 
     def resume(self, force: bool, who: str) -> dict[str, Any]:
         return emergency.resume(self.ctx, self.verify(), force, who)

@@ -5,6 +5,7 @@ The public names are re-exported here so callers keep one import: `from backout.
 """
 
 from backout.runbooks.incidents.chart import ROLLING_SECONDS, chart_available, render_chart
+from backout.runbooks.incidents.communication import resolution, resolved_notice, status_update
 from backout.runbooks.incidents.formatting import clock, code, fmt_ms, md
 from backout.runbooks.incidents.records import (
     add_action,
@@ -45,6 +46,9 @@ __all__ = [
     "render_chart",
     "render_html",
     "render_markdown",
+    "resolution",
+    "resolved_notice",
+    "status_update",
     "to_dict",
     "write_report",
 ]

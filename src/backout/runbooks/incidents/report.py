@@ -1,5 +1,6 @@
-"""The incident report a team files ("Communication → Post-Rollback" of rollback-procedures.md: root cause
-analysis, timeline of events, action items; lessons learned as process improvements, monitoring
+"""The incident report a team files ("Communication" of rollback-procedures.md: during the rollback, the
+status-page / customer update and, once closed, the resolved notice, with the contacts; after it, root
+cause analysis, timeline of events, action items; lessons learned as process improvements, monitoring
 enhancements and prevention strategies). Every section says what is not known instead of failing.
 
 The report is written once, as markdown; the HTML is the same text through markdown-it-py (rich's own
@@ -18,6 +19,7 @@ from pathlib import Path
 from backout.control.store import Event
 from backout.errors import UsageError
 from backout.runbooks.incidents.chart import ROLLING_SECONDS, chart_available, render_chart
+from backout.runbooks.incidents.communication import resolved_notice, status_update
 from backout.runbooks.incidents.formatting import clock, code, fence, fmt_ms, md, num, pct, secs, table, zone
 from backout.runbooks.incidents.views import IncidentView, group_lessons
 
@@ -211,6 +213,24 @@ def _impact(view: IncidentView) -> list[str]:
             frows.append([code(fn), num(inv), num(err), pct(err, inv)])
         out += [table(["function", "invocations", "errors", "error rate"], frows), ""]
     return out
+
+
+def _communication(view: IncidentView) -> list[str]:
+    """The status-page / customer update and, once closed, the resolved notice: ready to paste."""
+    out = ["## Communication", "", "Status page / customer update (as the record stands now):", "",
+           fence(status_update(view)), ""]
+    notice = resolved_notice(view)
+    if notice is None:
+        cmd = f"backout incident close {view.incident.id} --root-cause TEXT --env {view.env}"
+        return out + [f"Resolved notice: written when the incident is closed ({code(cmd)}).", ""]
+    return out + ["Resolved notice:", "", fence(notice), ""]
+
+
+def _contacts(view: IncidentView) -> list[str]:
+    out = ["## Contacts", ""]
+    if not view.contacts:
+        return out + ["None in backout.toml: add a `[contacts]` table (role → name, channel).", ""]
+    return out + [f"- {md(c)}" for c in view.contacts] + [""]
 
 
 def _timeline(view: IncidentView) -> list[str]:
@@ -411,7 +431,8 @@ def render_markdown(
     if has_chart is None:
         has_chart = chart_available(view)
     parts = [f"# Incident {inc.id}: {md(inc.title)}", ""]
-    parts += _summary(view) + _impact(view) + _timeline(view) + _evidence(view)
+    parts += _summary(view) + _impact(view) + _communication(view) + _contacts(view) + _timeline(view)
+    parts += _evidence(view)
     parts += _chart_section(view, image, has_chart) + _notes(view) + _root_cause(view) + _actions(view)
     parts += _lessons(view) + _footer(view, command)
     return "\n".join(parts)

@@ -37,6 +37,8 @@ class IncidentView:
     impact: dict[str, Any] | None  # measure_impact(): what the bad version did
     jobs_touched: int | None
     other_evidence: dict[str, Any]  # anything else an incident's evidence carries, shown as is
+    service: str = ""  # the manifest's service name (the communication texts name it)
+    contacts: tuple[str, ...] = ()  # the environment's contacts, "on call: Dana Lee (#incidents)"
 
     @property
     def first_traffic_at(self) -> float | None:
@@ -132,9 +134,10 @@ def _first(*values: Any) -> Any:
     return None
 
 
-def load(store: Store, incident_id: str, env: str | None = None) -> IncidentView:
+def load(store: Store, incident_id: str, env: str | None = None, service: str = "",
+         contacts: tuple[str, ...] | list[str] = ()) -> IncidentView:
     """The incident `incident_id` (`3`, `INC-3`, `INC-0003`) and all its report needs; a UsageError naming
-    the list command when there is no such incident."""
+    the list command when there is no such incident. `service` and `contacts` come from the manifest."""
     inc = get_incident(store, incident_id, env)
     dep = store.find(inc.deployment_id) if inc.deployment_id else None
     events = store.events(deployment_id=dep.id if dep else None, incident_id=inc.id)
@@ -145,7 +148,8 @@ def load(store: Store, incident_id: str, env: str | None = None) -> IncidentView
         else ({"reason": str(inc.trigger)} if inc.trigger else {})
     )
     sentences, impact, jobs, other = _split_evidence(inc.evidence)
-    return IncidentView(env or inc.env, inc, dep, events, evals, trigger, sentences, impact, jobs, other)
+    return IncidentView(env or inc.env, inc, dep, events, evals, trigger, sentences, impact, jobs, other,
+                        service=service, contacts=tuple(contacts))
 
 
 def _split_evidence(ev: Any) -> tuple[list[str], dict[str, Any] | None, int | None, dict[str, Any]]:

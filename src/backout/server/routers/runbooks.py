@@ -18,6 +18,13 @@ class WhoBody(BaseModel):
     yes: bool = False
 
 
+class EmergencyBody(BaseModel):
+    reason: str = ""
+    who: str = ""
+    keep_api: bool = False  # pause processing only; the API stays open
+    rollback: bool = True  # False: whatever is live stays live
+
+
 class RollbackBody(BaseModel):
     to: int | None = None
     reason: str = ""
@@ -57,8 +64,8 @@ def router(c: Controller) -> APIRouter:
         return c.rollback(body.to, body.reason, body.who)
 
     @r.post("/emergency-stop")
-    def emergency(body: WhoBody) -> dict[str, Any]:
-        return c.emergency_stop(body.reason, body.who)
+    def emergency(body: EmergencyBody) -> dict[str, Any]:
+        return c.emergency_stop(body.reason, body.who, keep_api=body.keep_api, rollback=body.rollback)
 
     @r.post("/resume")
     def resume(body: WhoBody) -> dict[str, Any]:
