@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.control.notify import Notification, Notifier
+from backout.control.probes import is_probe
 from backout.control.store import Store
 from backout.errors import UsageError
 from backout.manifest import Manifest, load_manifest
@@ -118,8 +119,8 @@ class Call:
 
     @property
     def is_test(self) -> bool:
-        """backout's own probe (`{"test": true}`): drill faults and `raising(...)` let it pass."""
-        return isinstance(self.event, dict) and self.event.get("test") is True
+        """backout's own probe (marked, or `{"test": true}`): drill faults and `raising(...)` let it pass."""
+        return is_probe(self.event)
 
     @property
     def is_http(self) -> bool:
@@ -167,11 +168,12 @@ def raising(message: str = "injected failure", test_events: bool = False, ms: fl
     return handler
 
 
-def status(code: int, body: Any = None) -> Handler:
-    """HTTP requests answer `code` (the function itself succeeds); other events behave normally."""
+def status(code: int, body: Any = None, probes: bool = True) -> Handler:
+    """HTTP requests answer `code` (the function itself succeeds); other events behave normally, and so
+    do backout's own probes unless `probes`."""
 
     def handler(c: Call) -> Any:
-        if not c.is_http:
+        if not c.is_http or (c.is_test and not probes):
             return Reply(c.default())
         return Reply({"statusCode": code, "headers": {"Content-Type": "application/json"},
                       "body": json.dumps(body if body is not None else {"status": code})})

@@ -43,14 +43,25 @@ def _check_rows(report: dict[str, Any]) -> None:
         (
             c["group"],
             c["name"],
-            Text("ok", "green") if c["ok"] else Text("FAIL", "red"),
+            _result(c),
             c["detail"],
             f"{c['latency_ms']:.0f}",
         )
         for c in report["checks"]
     ]
     table("verify", ["group", "check", "result", "detail", "ms"], rows)
-    console.print(Text("all checks passed", "green") if report["ok"] else Text("verify FAILED", "red bold"))
+    warned = sum(1 for c in report["checks"] if c.get("warning"))
+    if not report["ok"]:
+        console.print(Text("verify FAILED", "red bold"))
+    else:
+        console.print(Text(f"passed with {warned} warning(s)", "yellow") if warned else Text("all checks passed",
+                                                                                           "green"))
+
+
+def _result(check: dict[str, Any]) -> Text:
+    if not check["ok"]:
+        return Text("FAIL", "red")
+    return Text("warning", "yellow") if check.get("warning") else Text("ok", "green")
 
 
 def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
