@@ -4,7 +4,7 @@ function's own kind, so that a handler written to AWS's event shapes alone answe
 | function | probe |
 |---|---|
 | declares `test_event` (inline or a JSON file) | that event as given (HTTP or SQS shaped: marked) |
-| serves HTTP routes | an API Gateway REST proxy event (format 1.0): GET on the health route if it serves it, else its first GET |
+| serves HTTP routes | an API Gateway REST proxy event (format 1.0): GET on the health route, else its first GET |
 | consumes a queue | an SQS batch of one marked message; rejecting it through `batchItemFailures` is correct |
 | neither | not invoked (the check says so) |
 
