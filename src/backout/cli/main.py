@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import parse_set_env
+from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-queue_app = typer.Typer(help="SQS-style queues: stats and DLQ redrive.", no_args_is_help=True)
+queue_app = typer.Typer(help="SQS-style queues: stats, peek, purge and DLQ redrive.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 
 
@@ -220,6 +220,49 @@ def queue_stats(
             for q in rows
         ],
     )
+
+
+@queue_app.command("peek")
+def queue_peek(
+    name: str,
+    env: EnvOpt = None,
+    number: Annotated[int, typer.Option("--number", "-n", help="how many of the oldest messages")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """The oldest messages of a queue as they sit in it (read, not received): body, attributes, receive
+    count and, in a DLQ, where each came from and its last error."""
+    if number < 1:
+        raise UsageError("-n must be at least 1")
+    rows = Client(env).call("GET", f"/queues/{name}/messages", limit=number)
+    if as_json:
+        return emit_json(rows)
+    if not rows:
+        console.print(f"{name} is empty")
+        return
+    table(
+        f"{name}: the oldest {len(rows)} message(s)",
+        ["id", "sent", "state", "receives", "attributes", "body"],
+        [
+            (
+                m["id"][:8],
+                _ts(m["sent_at"]),
+                "visible" if m["visible"] else "in flight",
+                m["receive_count"],
+                ", ".join(f"{k}={v}" for k, v in m["attributes"].items()),
+                m["body"][:200],
+            )
+            for m in rows
+        ],
+    )
+
+
+@queue_app.command("purge")
+def queue_purge(name: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Delete every message of a queue (asks first; `--yes` in scripts). Recorded as an event."""
+    c = Client(env)
+    confirm(f"purge {name} in {c.env}: delete every message in it?", yes)
+    r = c.call("POST", f"/queues/{name}/purge", {"yes": True, "who": who()})
+    emit_json(r) if as_json else console.print(f"purged {name}: {r['deleted']} message(s) deleted")
 
 
 @queue_app.command("redrive")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import who
+from backout.cli.inputs import YesOpt, confirm, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed, UsageError
 
@@ -18,7 +17,6 @@ backup_app = typer.Typer(help="Snapshots of the service's data: create, list, re
 drill_app = typer.Typer(
     help="Rollback drills: prove automatic rollback works (monthly, in staging).", invoke_without_command=True
 )
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
 def register(app: typer.Typer) -> None:
@@ -27,15 +25,6 @@ def register(app: typer.Typer) -> None:
     app.command("emergency-stop")(emergency_stop)
     app.add_typer(backup_app, name="backup")
     app.add_typer(drill_app, name="drill")
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"{question} — not a terminal, so pass --yes to confirm")
-    if not typer.confirm(question):
-        raise typer.Exit(1)
 
 
 def _check_rows(report: dict[str, Any]) -> None:
@@ -159,8 +148,7 @@ def rollback(
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
-    if name == "prod":
-        _confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
+    confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
     r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": who()})
     if as_json:
         emit_json(r)
@@ -191,7 +179,7 @@ def emergency_stop(
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
-    _confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
+    confirm(f"EMERGENCY STOP {name}: block the API and pause all processing?", yes)
     r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who()})
     if as_json:
         return emit_json(r)
