@@ -147,6 +147,24 @@ class QueueSpec(_Model):
         return parse_duration(v)  # type: ignore[arg-type]
 
 
+class EmulatorSpec(_Model):
+    """Opt-in, local platform only: DynamoDB and S3 served by moto in the supervisor, for services
+    written against AWS alone; `tables` (name → string partition key) and `buckets` created at start."""
+
+    services: list[Literal["dynamodb", "s3"]] = Field(min_length=1, description="the AWS services to serve "
+                                                      "(each function gets `AWS_ENDPOINT_URL_<SERVICE>`)")
+    tables: dict[str, str] = Field(default_factory=dict, description="DynamoDB table name → its string "
+                                   "partition key, created at start")
+    buckets: list[str] = Field(default_factory=list, description="S3 buckets created at start")
+
+    @model_validator(mode="after")
+    def _served(self) -> EmulatorSpec:
+        for kind, service in ((self.tables, "dynamodb"), (self.buckets, "s3")):
+            if kind and service not in self.services:
+                raise ValueError(f"tables and buckets need their service in services (add {service!r})")
+        return self
+
+
 class StepSpec(_Model):
     """One step of a custom strategy."""
 
@@ -242,6 +260,7 @@ class EnvironmentSpec(_Model):
 
     gateway_port: int = Field(ge=0, le=65535, description="the service's public HTTP port (0: any free port)")
     control_port: int = Field(ge=0, le=65535, description="the control API's port, used by the CLI (0: any free)")
+    aws_port: int = Field(default=0, ge=0, le=65535, description="the SQS-compatible endpoint (127.0.0.1; 0: free)")
     state_dir: str | None = Field(default=None, description="releases, queues, data, metrics and logs, relative "
                                   "to the manifest (default: `.backout/<env>`)")
     host: str = Field(default="127.0.0.1", description="the address both ports listen on")
@@ -292,6 +311,7 @@ class Manifest(_Model):
     strategies: dict[str, StrategySpec] = Field(default_factory=dict, description="`[strategies.NAME]`")
     smoke: list[SmokeSpec] = Field(default_factory=list, description="`[[smoke]]` tests")
     hooks: HooksSpec = Field(default_factory=HooksSpec, description="`[hooks]`")
+    emulator: EmulatorSpec | None = Field(default=None, description="`[emulator]`")
     path: Path = Field(default=Path("backout.toml"), exclude=True, description="where the manifest was read from")
 
     @model_validator(mode="after")

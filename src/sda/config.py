@@ -27,9 +27,7 @@ class ConfigError(Exception):
 class Settings:
     storage_mode: str  # "local" | "aws"
     data_dir: Path | None  # local: jobs.db and files/ live here
-    platform_db: Path | None  # local: the platform's SQLite db that holds the queues
-    processing_queue: str  # queue name (local)
-    processing_queue_url: str | None  # aws: SQS queue URL; when set, messages go to SQS
+    processing_queue_url: str | None  # the SQS queue URL (AWS, or the local platform's SQS endpoint)
     jobs_table: str  # aws: DynamoDB table
     files_bucket: str  # aws: S3 bucket
     max_upload_bytes: int
@@ -73,14 +71,11 @@ def load() -> Settings:
     if mode not in ("local", "aws"):
         raise ConfigError(f"STORAGE_MODE={mode!r} is not one of: local, aws")
     data_dir = env.get("BACKOUT_DATA_DIR", "").strip()
-    platform_db = env.get("BACKOUT_PLATFORM_DB", "").strip()
     backout_env = env.get("BACKOUT_ENV", env.get("ENVIRONMENT", "dev")).strip() or "dev"
     suffix = f"-{backout_env}" if backout_env not in ("", "dev") else ""
     return Settings(
         storage_mode=mode,
         data_dir=Path(data_dir) if data_dir else None,
-        platform_db=Path(platform_db) if platform_db else None,
-        processing_queue=env.get("PROCESSING_QUEUE", "processing").strip() or "processing",
         processing_queue_url=env.get("PROCESSING_QUEUE_URL", "").strip() or None,
         jobs_table=env.get("SDA_JOBS_TABLE", f"security-assistant-jobs{suffix}"),
         files_bucket=env.get("SDA_FILES_BUCKET", f"security-assistant-files{suffix}"),

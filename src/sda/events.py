@@ -11,7 +11,6 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 ROUTES = {  # path pattern → resource template, for `resource`/`pathParameters`
@@ -179,30 +178,3 @@ def response_header(response: dict[str, Any], name: str) -> str | None:
             return values[0]
     return None
 
-
-def prepare_local(base: Path, *, version: str = "1", visibility_timeout: float = 130.0) -> dict[str, str]:
-    """Environment variables of a local SDA under `base` (data dir + platform db with the manifest's
-    queues `processing` → `processing-dlq` after 3 receives), as the local platform sets them."""
-    from backout.platforms.local.queues import QueueStore
-
-    base.mkdir(parents=True, exist_ok=True)
-    platform_db = base / "platform.db"
-    store = QueueStore(platform_db)
-    try:
-        store.ensure_queue("processing-dlq", visibility_timeout=60.0, retention=14 * 86400.0)
-        store.ensure_queue(
-            "processing",
-            visibility_timeout=visibility_timeout,
-            max_receive_count=3,
-            dead_letter_queue="processing-dlq",
-        )
-    finally:
-        store.close()
-    return {
-        "STORAGE_MODE": "local",
-        "BACKOUT_DATA_DIR": str(base / "data"),
-        "BACKOUT_PLATFORM_DB": str(platform_db),
-        "PROCESSING_QUEUE": "processing",
-        "AWS_LAMBDA_FUNCTION_VERSION": version,
-        "BACKOUT_ENV": "test",
-    }

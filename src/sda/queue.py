@@ -1,14 +1,14 @@
-"""Sending a job to the processing queue: the local platform's queue store, or SQS.
+"""Sending a job to the processing queue: SQS through boto3, on AWS and on the local platform alike.
 
-`PROCESSING_QUEUE_URL` set → SQS (`send_message`); otherwise the local
-platform's SQLite queue store in `BACKOUT_PLATFORM_DB`, queue `PROCESSING_QUEUE`.
+`PROCESSING_QUEUE_URL` names the queue. On AWS the stack sets it; the local platform sets it too
+(one `<NAME>_QUEUE_URL` per queue of the manifest) together with `AWS_ENDPOINT_URL_SQS`, which boto3
+reads, so the same `send_message` reaches the local platform's SQS-compatible endpoint.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 from sda.config import Settings
@@ -21,50 +21,6 @@ class JobQueue(Protocol):
         """Enqueue one message; returns its message id. `QueueUnavailable` on failure."""
 
     def check(self) -> Check: ...
-
-
-class LocalQueue:
-    """The local platform's queue store (`backout.platforms.local.queues.QueueStore`)."""
-
-    def __init__(self, platform_db: Path | None, queue_name: str) -> None:
-        self.platform_db = platform_db
-        self.queue_name = queue_name
-        self._store: Any = None
-
-    def _require_db(self) -> Path:
-        if self.platform_db is None:
-            raise QueueUnavailable("BACKOUT_PLATFORM_DB is not set (the local queue store is unknown)")
-        if not self.platform_db.is_file():
-            raise QueueUnavailable(f"queue database {self.platform_db} does not exist")
-        return self.platform_db
-
-    def _queue_store(self) -> Any:
-        db = self._require_db()
-        if self._store is None:
-            from backout.platforms.local.queues import QueueStore
-
-            self._store = QueueStore(db)
-        return self._store
-
-    def send(self, body: str) -> str:
-        try:
-            return str(self._queue_store().send(self.queue_name, body))
-        except QueueUnavailable:
-            raise
-        except Exception as exc:  # the store is another package: any failure is a queue fault
-            raise QueueUnavailable(f"cannot send to queue {self.queue_name!r}: {exc}") from exc
-
-    def check(self) -> Check:
-        t0 = time.perf_counter()
-        try:
-            # existence first: a health check must never create the platform's database
-            attrs = self._queue_store().attributes(self.queue_name)
-            ok, detail = True, f"{self.queue_name} in {self.platform_db}"
-            if isinstance(attrs, dict) and attrs.get("dead_letter_queue"):
-                detail += f" (DLQ {attrs['dead_letter_queue']})"
-        except Exception as exc:  # noqa: BLE001 - a health check reports, never raises
-            ok, detail = False, f"queue {self.queue_name!r}: {exc}"
-        return Check("queue", ok, detail, (time.perf_counter() - t0) * 1000)
 
 
 class SqsQueue:
@@ -84,31 +40,29 @@ class SqsQueue:
         t0 = time.perf_counter()
         try:
             attrs = self._sqs.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"]
             )["Attributes"]
             ok, detail = True, f"{self.queue_url} ({attrs.get('ApproximateNumberOfMessages', '?')} visible)"
-        except Exception as exc:  # noqa: BLE001
+            if "RedrivePolicy" in attrs:
+                detail += " with a DLQ"
+        except Exception as exc:  # noqa: BLE001 - a health check reports, never raises
             ok, detail = False, f"{self.queue_url}: {exc}"
         return Check("queue", ok, detail, (time.perf_counter() - t0) * 1000)
 
 
-_cache: dict[tuple[str, ...], JobQueue] = {}
+_cache: dict[str, JobQueue] = {}
 _lock = threading.Lock()
 
 
 def get_queue(settings: Settings) -> JobQueue:
-    if settings.processing_queue_url:
-        key: tuple[str, ...] = ("sqs", settings.processing_queue_url)
-    else:
-        key = ("local", str(settings.platform_db), settings.processing_queue)
+    """The processing queue's client (one per URL: a boto3 client is thread-safe and slow to build)."""
+    url = settings.processing_queue_url
+    if not url:
+        raise QueueUnavailable("PROCESSING_QUEUE_URL is not set (the platform names the processing queue)")
     with _lock:
-        queue = _cache.get(key)
+        queue = _cache.get(url)
         if queue is None:
-            if settings.processing_queue_url:
-                queue = SqsQueue(settings.processing_queue_url)
-            else:
-                queue = LocalQueue(settings.platform_db, settings.processing_queue)
-            _cache[key] = queue
+            queue = _cache[url] = SqsQueue(url)
     return queue
 
 

@@ -46,12 +46,7 @@ FORBIDDEN: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("sda",), "backout", "the reference service never imports backout"),
 )
 # Known exceptions, each with the reason it still stands and what ends it: (importer, imported, why).
-ALLOWED: tuple[tuple[str, str, str], ...] = (
-    ("sda.queue", "backout.platforms.local.queues",
-     "the SDA's local queue client reads the platform's SQLite queues until the local platform serves an "
-     "SQS-compatible endpoint (then its boto3 path runs everywhere and this import goes)"),
-    ("sda.events", "backout.platforms.local.queues", "the same local queue client, for test events"),
-)
+ALLOWED: tuple[tuple[str, str, str], ...] = ()
 # Packages whose modules must not import each other in a cycle (command modules import leaf modules only).
 NO_MODULE_CYCLES_IN = ("backout.cli",)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,6 @@ from sda import api, queue, storage, worker
 from sda.events import (
     LambdaContext,
     api_event,
-    prepare_local,
     response_body,
     response_header,
     response_json,
@@ -25,6 +25,7 @@ from sda.events import (
     upload_event,
 )
 from sda.jobs import is_job_id
+from sda_local import prepare_local
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
@@ -36,7 +37,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     values = prepare_local(tmp_path / "env", version="7")
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    for key in ("PROCESSING_QUEUE_URL", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
         monkeypatch.delenv(key, raising=False)
     storage.reset_cache()
     queue.reset_cache()
@@ -302,13 +303,13 @@ def test_health(env: dict[str, str]) -> None:
 def test_detailed_health_names_the_failing_dependency(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BACKOUT_PLATFORM_DB", str(tmp_path / "missing" / "platform.db"))
+    monkeypatch.setenv("PROCESSING_QUEUE_URL", env["PROCESSING_QUEUE_URL"].replace("/processing", "/missing"))
     r = call(api_event("GET", "/health/detailed"))
     body = response_json(r)
     assert r["statusCode"] == 503 and body["failing"] == ["queue"] and "queue" in body["error"]
-    assert not (tmp_path / "missing").exists()  # the check never creates the platform db
+    assert "NonExistentQueue" in body["checks"]["queue"]["detail"]
 
-    monkeypatch.setenv("BACKOUT_PLATFORM_DB", env["BACKOUT_PLATFORM_DB"])
+    monkeypatch.setenv("PROCESSING_QUEUE_URL", env["PROCESSING_QUEUE_URL"])
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("x")
     monkeypatch.setenv("BACKOUT_DATA_DIR", str(blocked))
@@ -323,7 +324,10 @@ def test_detailed_health_names_the_failing_dependency(
 def test_queue_outage_is_503_and_the_job_is_marked_failed(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BACKOUT_PLATFORM_DB", str(tmp_path / "gone.db"))
+    with socket.socket() as closed:  # a port nobody listens on: the queue's endpoint is down
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     body = assert_error(call(upload_event(drawing())), 503, "QUEUE_UNAVAILABLE")
     [job] = storage.get_storage(__import__("sda.config").config.load()).list_jobs()
     assert job["status"] == "failed" and job["error"]["stage"] == "queueing"

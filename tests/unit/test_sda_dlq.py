@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from sda import api, config, dlq, queue, storage, worker
-from sda.events import LambdaContext, prepare_local, response_json, sqs_event, upload_event
+from sda.events import LambdaContext, response_json, sqs_event, upload_event
 from sda.jobs import new_job, new_job_id
+from sda_local import prepare_local
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
@@ -26,7 +27,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     values = prepare_local(tmp_path / "env", version="7")
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    for key in ("PROCESSING_QUEUE_URL", "SDA_FAULTS"):
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS"):
         monkeypatch.delenv(key, raising=False)
     storage.reset_cache()
     queue.reset_cache()

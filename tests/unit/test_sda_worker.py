@@ -16,8 +16,9 @@ import pytest
 from backout.platforms.local.mappings import batch_item_failures
 from sda import api, config, queue, storage, worker
 from sda.errors import StorageUnavailable
-from sda.events import LambdaContext, api_event, prepare_local, response_json, sqs_event, upload_event
+from sda.events import LambdaContext, api_event, response_json, sqs_event, upload_event
 from sda.jobs import new_job, new_job_id, queue_message, reset_for_reprocessing
+from sda_local import prepare_local
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "examples" / "drawings"
@@ -31,7 +32,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "security-assistant-worker-test")
-    for key in ("PROCESSING_QUEUE_URL", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
         monkeypatch.delenv(key, raising=False)
     storage.reset_cache()
     queue.reset_cache()
@@ -380,15 +381,13 @@ def test_a_bad_setting_is_a_config_error_that_names_the_variable_and_value(
 
 
 def test_settings_keep_their_variable_names_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("STORAGE_MODE", "BACKOUT_DATA_DIR", "BACKOUT_PLATFORM_DB", "PROCESSING_QUEUE", "PROCESSING_QUEUE_URL",
-                 "SDA_JOBS_TABLE", "SDA_FILES_BUCKET", "SDA_MAX_UPLOAD_MB", "AWS_LAMBDA_FUNCTION_VERSION",
+    for name in ("STORAGE_MODE", "BACKOUT_DATA_DIR", "PROCESSING_QUEUE_URL", "SDA_JOBS_TABLE", "SDA_FILES_BUCKET",
+                 "SDA_MAX_UPLOAD_MB", "AWS_LAMBDA_FUNCTION_VERSION",
                  "AWS_LAMBDA_FUNCTION_NAME", "POWERTOOLS_SERVICE_NAME", "BACKOUT_ENV", "ENVIRONMENT",
                  "SDA_DB_BUSY_TIMEOUT_S"):
         monkeypatch.delenv(name, raising=False)
     s = config.load()
-    assert (s.storage_mode, s.data_dir, s.platform_db, s.processing_queue, s.processing_queue_url) == (
-        "local", None, None, "processing", None
-    )
+    assert (s.storage_mode, s.data_dir, s.processing_queue_url) == ("local", None, None)
     assert (s.jobs_table, s.files_bucket, s.environment) == (
         "security-assistant-jobs", "security-assistant-files", "dev"
     )

@@ -34,6 +34,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`[[smoke]]`", m.SmokeSpec),
     ("`[hooks]`", m.HooksSpec),
     ("`pre_traffic` / `post_traffic` entries", m.HookSpec),
+    ("`[emulator]`", m.EmulatorSpec),
 ]
 INTERNAL = {(m.Manifest, "path"), (m.HttpEvent, "method"), (m.HttpEvent, "path")}  # set by backout, not written
 _DURATION_FIELDS = {"timeout", "retry_after", "visibility_timeout", "retention", "delay", "hold", "api_5xx_period",

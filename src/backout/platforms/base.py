@@ -401,6 +401,19 @@ class Hosted(Protocol):
 
 
 @runtime_checkable
+class AwsEndpoints(Protocol):
+    """Local only: AWS APIs served next to the gateway, so a service's unmodified boto3 code runs
+    against them (SQS always; DynamoDB and S3 when the manifest asks for the emulator)."""
+
+    def sqs_app(self) -> Any:
+        """The ASGI app of the SQS-compatible endpoint."""
+
+    def bind_aws(self, sqs_url: str) -> dict[str, str]:
+        """Tell the platform where its SQS endpoint listens (before `start`); starts the emulator if the
+        manifest asks. Returns every AWS endpoint served, service → URL."""
+
+
+@runtime_checkable
 class PrometheusExport(Protocol):
     def prometheus(self) -> str:
         """The platform's own figures in the Prometheus text format."""

@@ -150,7 +150,7 @@ class Supervisor:
 
     def run(self) -> None:
         from backout.platforms import open_platform
-        from backout.platforms.base import Hosted
+        from backout.platforms.base import AwsEndpoints, Hosted
         from backout.server.app import build_app
         from backout.server.controller import Controller
 
@@ -165,6 +165,12 @@ class Supervisor:
             if not isinstance(platform, Hosted):
                 raise UsageError(f"environment {self.env!r} runs on its own platform: there is nothing to bring up")
             platform.bind(gw_url)
+            socks, apps, aws = [gw_sock, ctl_sock], [platform.gateway_app()], {}
+            if isinstance(platform, AwsEndpoints):  # AWS APIs for unmodified service code: loopback only
+                aws_sock = _bind("127.0.0.1", self.spec.aws_port)
+                aws = platform.bind_aws(f"http://127.0.0.1:{aws_sock.getsockname()[1]}")
+                socks.append(aws_sock)
+                apps.append(platform.sqs_app())
             platform.bootstrap()
             controller = Controller(self.manifest, self.env, platform, self.state_dir)
             controller.on_shutdown = lambda: self.request_stop("POST /shutdown (backout down)")
@@ -179,7 +185,7 @@ class Supervisor:
             self._servers = [
                 _Server(
                     uvicorn.Config(
-                        platform.gateway_app(),
+                        a,
                         log_level="warning",
                         access_log=False,
                         loop="uvloop",
@@ -187,24 +193,27 @@ class Supervisor:
                         timeout_keep_alive=30,
                         lifespan="off",
                     )
-                ),
-                _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")),
+                )
+                for a in apps
             ]
+            self._servers.insert(1, _Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                           lifespan="off")))
             endpoints = {
                 "pid": os.getpid(),
                 "env": self.env,
                 "gateway_url": gw_url,
                 "control_url": ctl_url,
+                "aws": aws,
                 "started_at": time.time(),
             }
             tmp = self.state_dir / (ENDPOINTS + ".tmp")
             tmp.write_text(json.dumps(endpoints))
             tmp.replace(self.state_dir / ENDPOINTS)
-            log.warning("backout %s up: gateway %s, control %s", self.env, gw_url, ctl_url)
+            log.warning("backout %s up: gateway %s, control %s, aws %s", self.env, gw_url, ctl_url, aws or "-")
             try:
                 # the loop the gateway's config names (uvloop): asyncio.run would ignore it
                 with asyncio.Runner(loop_factory=self._servers[0].config.get_loop_factory()) as runner:
-                    runner.run(self._serve([gw_sock, ctl_sock]))
+                    runner.run(self._serve(socks))
             finally:
                 self._stop.set()
                 (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
@@ -217,8 +226,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
-        gw, ctl = self._servers
-        await asyncio.gather(gw.serve(sockets=[socks[0]]), ctl.serve(sockets=[socks[1]]))
+        await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in zip(self._servers, socks, strict=True)))
 
     def _tick(self, platform: Hosted, controller: Controller) -> None:
         """Once a second: the platform samples and persists its metrics, then the control plane ticks."""

@@ -40,12 +40,14 @@ from backout.platforms.base import (
     Throttle,
 )
 from backout.platforms.local.aliases import Aliases
+from backout.platforms.local.emulator import Emulator
 from backout.platforms.local.gateway import Gateway, routes_from_manifest
 from backout.platforms.local.mappings import EventSourceMapping
 from backout.platforms.local.metrics import MetricStore
 from backout.platforms.local.queues import QueueStats, QueueStore
 from backout.platforms.local.releases import Releases, VersionInfo
 from backout.platforms.local.runtime import Runtime
+from backout.platforms.local.sqs import REGION, SqsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,11 @@ class LocalPlatform:
                         concurrency=max(1, conc),
                         retry_after=ev.retry_after,
                         enabled=ev.enabled,
+                        region=REGION,
                     )
                 )
+        self.sqs = SqsEndpoint(self.queue_store, manifest.queues, self)
+        self.emulator: Emulator | None = None
         self._lock = threading.Lock()
         self._last_counters: dict[str, QueueStats] = {}
         self._settings = _Settings(self.db_path)
@@ -135,6 +140,14 @@ class LocalPlatform:
         env.update(self.spec.environment)
         return env
 
+    def aws_env(self, endpoints: dict[str, str]) -> dict[str, str]:
+        """The AWS wiring a SAM template would give every function — endpoints served here, region, dummy
+        keys, `<NAME>_QUEUE_URL` per queue — under the function's own environment (which may override it)."""
+        env = {f"AWS_ENDPOINT_URL_{svc.upper()}": url for svc, url in endpoints.items()}
+        env |= {"AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local"}
+        return env | {f"{q.upper().replace('-', '_')}_QUEUE_URL": self.sqs.queue_url(q) for q in self.manifest.queues}
+
     # --- lifecycle -----------------------------------------------------------------------
     def bootstrap(self) -> None:
         """First start: publish the manifest's source as version 1 and point every alias at it."""
@@ -152,6 +165,21 @@ class LocalPlatform:
     def gateway_app(self) -> Any:
         return self.gateway.app
 
+    def sqs_app(self) -> Any:
+        return self.sqs.app
+
+    def bind_aws(self, sqs_url: str) -> dict[str, str]:
+        self.sqs.base_url = sqs_url.rstrip("/")
+        endpoints = {"sqs": self.sqs.base_url}
+        spec = self.manifest.emulator
+        if spec is not None and self.emulator is None:
+            self.emulator = Emulator(self.data_dir / "aws-emulator" / "journal.jsonl", REGION, spec.tables,
+                                     spec.buckets)
+            url = self.emulator.start()
+            endpoints |= {svc: url for svc in spec.services}
+        self.runtime.aws_env = self.aws_env(endpoints)
+        return endpoints
+
     def start(self) -> None:
         for m in self.mappings:
             m.start()
@@ -165,6 +193,8 @@ class LocalPlatform:
             m.stop(drain_timeout=drain_timeout)
         self.runtime.close(drain_timeout=drain_timeout)
         self.metrics_store.flush()
+        if self.emulator is not None:
+            self.emulator.stop()
 
     # --- releases ----------------------------------------------------------------------------
     def functions(self) -> list[str]:
@@ -306,8 +336,9 @@ class LocalPlatform:
         if queue not in self.manifest.queues:
             raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
 
-    def start_redrive(self, dlq: str) -> RedriveTask:
-        """Runs to completion before it returns (SQLite moves are fast); the task is kept like AWS's."""
+    def start_redrive(self, dlq: str, to: str | None = None) -> RedriveTask:
+        """Runs to completion before it returns (SQLite moves are fast); the task is kept like AWS's.
+        `to`: the destination (default: where each message came from), as StartMessageMoveTask's."""
         if dlq not in self.manifest.queues:
             raise UsageError(f"no queue named {dlq!r}")
         sources = [n for n, q in self.manifest.queues.items() if q.dead_letter_queue == dlq]
@@ -316,10 +347,10 @@ class LocalPlatform:
         started = time.time()
         task_id = uuid.uuid4().hex
         try:
-            moved = self.queue_store.redrive(dlq)
-            task = RedriveTask(task_id, dlq, sources[0], "COMPLETED", moved, moved, started)
+            moved = self.queue_store.redrive(dlq, to)
+            task = RedriveTask(task_id, dlq, to or sources[0], "COMPLETED", moved, moved, started)
         except Exception as e:  # noqa: BLE001 - a failed move is the task's status, as on AWS
-            task = RedriveTask(task_id, dlq, sources[0], "FAILED", 0, None, started, f"{type(e).__name__}: {e}")
+            task = RedriveTask(task_id, dlq, to or sources[0], "FAILED", 0, None, started, f"{type(e).__name__}: {e}")
         tasks = self._settings.get(f"redrive:{dlq}", [])
         self._settings.put(f"redrive:{dlq}", [task.as_dict(), *tasks][:20])
         return task
@@ -417,6 +448,8 @@ class LocalPlatform:
             tmp = dest.with_name(dest.name + ".restore")
             shutil.copy2(src_root / rel, tmp)
             tmp.replace(dest)
+        if self.emulator is not None:  # its journal came back with the files: replay it
+            self.emulator.reload()
 
     def describe(self) -> list[CheckResult]:
         checks = self._database_checks()

@@ -122,11 +122,15 @@ class _Signal:
 
     cond: threading.Condition = field(default_factory=threading.Condition)
     generation: int = 0
+    watchers: set[Callable[[], None]] = field(default_factory=set)
 
     def notify(self) -> None:
         with self.cond:
             self.generation += 1
             self.cond.notify_all()
+            watchers = list(self.watchers)
+        for w in watchers:
+            w()
 
 
 _signals: dict[str, _Signal] = {}
@@ -306,6 +310,24 @@ class QueueStore:
     def send_batch(self, queue: str, bodies: Iterable[str], delay: float | None = None) -> list[str]:
         """Enqueue several messages in one transaction: all or none."""
         return self._send_many(queue, [(b, delay, None) for b in bodies])
+
+    def send_entries(
+        self, queue: str, entries: list[tuple[str, float | None, dict[str, str] | None]]
+    ) -> list[str]:
+        """Enqueue (body, delay, attributes) entries in one transaction (SQS's SendMessageBatch)."""
+        return self._send_many(queue, entries)
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (in the notifying thread) whenever a message may have become visible through
+        this process: an asyncio long poll waits on it instead of a thread. Returns the unsubscribe."""
+        with self._signal.cond:
+            self._signal.watchers.add(callback)
+
+        def unwatch() -> None:
+            with self._signal.cond:
+                self._signal.watchers.discard(callback)
+
+        return unwatch
 
     def _send_many(
         self, queue: str, items: list[tuple[str, float | None, dict[str, str] | None]]

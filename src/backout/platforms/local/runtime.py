@@ -139,6 +139,7 @@ class Runtime:
         self.releases = releases
         self.sink = sink
         self.extra_env = dict(extra_env or {})
+        self.aws_env: dict[str, str] = {}  # AWS endpoints and queue URLs: under the function's own environment
         self.max_concurrency = max_concurrency
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -506,6 +507,10 @@ class Runtime:
         code_dir = self.releases.code_dir(version)
         env = dict(os.environ)
         env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
+        if self.aws_env:  # the local endpoints' dummy keys, never the operator's own credentials
+            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+                env.pop(key, None)
+        env.update(self.aws_env)
         env.update(spec.environment)
         env.update(self.extra_env)
         env.update(info.environment)
