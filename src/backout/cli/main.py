@@ -37,6 +37,24 @@ def _global(
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="where to create the service (default: here)")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="the service's name (default: the directory's)")] = None,
+) -> None:
+    """Scaffold a new service: manifest, an HTTP and a queue handler, a DLQ and a test of the handlers."""
+    from backout.cli.scaffold import new_service
+
+    root = directory.resolve()
+    scaffold = new_service(name or root.name)
+    written = scaffold.write(root)
+    console.print(f"[green]created {scaffold.name}[/] in {root}:")
+    for p in written:
+        console.print(f"  {p.relative_to(root)}")
+    console.print(f"next: cd {directory} && python -m pytest tests && backout up --detach && backout status\n"
+                  "      (docs/guide.md in backout's repository walks through each step)")
+
+
+@app.command()
 def up(
     env: EnvOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
