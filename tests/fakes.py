@@ -537,6 +537,7 @@ class FakePlatform:
         dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": v}]
         if via_alias:
             dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
+            dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}", "ExecutedVersion": v})
         values = [("Throttles", 1.0)] if throttled else [
             ("Invocations", 1.0), ("Errors", float(error)), ("Duration", duration)]
         values.append(("ConcurrentExecutions", 1.0))

@@ -311,12 +311,21 @@ def metrics(
     r = Client(env).call("GET", f"/metrics/summary/{function}", since=secs, version=version)
     if as_json:
         return emit_json(r)
-    title = f"{function}{f' v{version}' if version else ''} over the last {since}"
+    title = (f"{function}{f' v{version}' if version else ''}: traffic through the live alias over the last "
+             f"{since} (backout's probes excluded)")
+    units = r["units"]
+    versions = r.get("versions") or {}
+    columns = [r, *versions.values()] if len(versions) != 1 else [r]
     table(
         title,
-        ["metric", "value"],
-        [(k, _num(v)) for k, v in r.items() if k not in {"function", "version", "window_seconds"}],
+        ["metric", "all versions" if not version else f"v{version}",
+         *([f"v{v}" for v in versions] if len(versions) > 1 else [])],
+        [(f"{k} ({u})", *(_num(c.get(k)) for c in columns)) for k, u in units.items()],
     )
+    if len(versions) == 1:
+        console.print(f"every invocation was served by v{next(iter(versions))}")
+    elif not versions and not version:
+        console.print("no traffic through the live alias in this window")
 
 
 @app.command()
