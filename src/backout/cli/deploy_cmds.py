@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from backout.cli.context import Client, EnvOpt, JsonOpt
+from backout.cli.context import Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed
@@ -139,8 +139,8 @@ def stop(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop an active deployment (like CodeDeploy stop-deployment); by default roll it back."""
+    confirm(f"stop {deployment_id} in {env_name(env)}{'' if no_rollback else ' and roll it back'}?", yes)
     c = Client(env)
-    confirm(f"stop {deployment_id} in {c.env}{'' if no_rollback else ' and roll it back'}?", yes)
     body = {"rollback": not no_rollback, "reason": reason or f"stopped by {who()}", "who": who()}
     view = c.call("POST", f"/deployments/{deployment_id}/stop", body)
     if as_json:

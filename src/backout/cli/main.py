@@ -58,8 +58,11 @@ def init(
 def up(
     env: EnvOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    publish: Annotated[bool, typer.Option("--publish", help="deploy the source tree when it is newer than the "
+                                          "live release")] = False,
 ) -> None:
-    """Start the environment: gateway, queue pollers, warm workers, control API."""
+    """Start the environment: gateway, queue pollers, warm workers, control API. It serves the live release:
+    when the source tree changed since, it says so (`--publish` deploys the tree)."""
     import logging
 
     name = env_name(env)
@@ -67,16 +70,24 @@ def up(
     if detach:
         from backout.server.process import start_detached
 
-        ep = start_detached(m.path, name, m.state_dir(name))
+        ep = start_detached(m.path, name, m.state_dir(name), publish=publish)
         console.print(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
         )
+        view = Client(name).call("GET", "/platform")
+        if view.get("stale_release") and not publish:
+            console.print(f"[yellow]warning:[/] {view['stale_release']}")
+        elif publish:
+            d = Client(name).call("GET", "/status").get("deployment")
+            if d:
+                console.print(f"deploying the source tree: {d['id']} ({d['stable']} → {d['target']}); "
+                              f"follow it with `backout deployment follow {d['id']} --env {name}`")
         return
     from backout import logs
     from backout.server.process import Supervisor
 
     logs.configure(logging.WARNING)  # JSON lines on stderr (supervisor.log when detached)
-    Supervisor(m, name).run()
+    Supervisor(m, name, publish=publish).run()
 
 
 @app.command()
@@ -277,9 +288,9 @@ def queue_peek(
 @queue_app.command("purge")
 def queue_purge(name: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Delete every message of a queue (asks first; `--yes` in scripts). Recorded as an event."""
-    c = Client(env)
-    confirm(f"purge {name} in {c.env}: delete every message in it?", yes)
-    r = c.call("POST", f"/queues/{name}/purge", {"yes": True, "who": who()})
+    env = env_name(env)
+    confirm(f"purge {name} in {env}: delete every message in it?", yes)  # before reaching for the supervisor
+    r = Client(env).call("POST", f"/queues/{name}/purge", {"yes": True, "who": who()})
     emit_json(r) if as_json else console.print(f"purged {name}: {r['deleted']} message(s) deleted")
 
 

@@ -157,6 +157,7 @@ class Controller:
             "processing": p.get_processing(),
             "queues": status.queue_view(self.manifest, p),
             "releases": [r.as_dict() for r in p.releases()],
+            "stale_release": status.stale_release(self.manifest, self.deployer.traffic.live_release()),
         }
 
     def metric_summary(self, fn: str, version: str | None, since: float) -> dict[str, Any]:
