@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.control.notify import Notification, Notifier
+from backout.control.probes import is_probe
 from backout.control.store import Store
 from backout.errors import UsageError
 from backout.manifest import Manifest, load_manifest
@@ -63,6 +64,7 @@ from backout.platforms.base import (
     InvokeResult,
     MetricQuery,
     QueueAttributes,
+    QueueMessage,
     RedriveTask,
     Release,
     Throttle,
@@ -118,8 +120,8 @@ class Call:
 
     @property
     def is_test(self) -> bool:
-        """backout's own probe (`{"test": true}`): drill faults and `raising(...)` let it pass."""
-        return isinstance(self.event, dict) and self.event.get("test") is True
+        """backout's own probe (marked, or `{"test": true}`): drill faults and `raising(...)` let it pass."""
+        return is_probe(self.event)
 
     @property
     def is_http(self) -> bool:
@@ -167,11 +169,12 @@ def raising(message: str = "injected failure", test_events: bool = False, ms: fl
     return handler
 
 
-def status(code: int, body: Any = None) -> Handler:
-    """HTTP requests answer `code` (the function itself succeeds); other events behave normally."""
+def status(code: int, body: Any = None, probes: bool = True) -> Handler:
+    """HTTP requests answer `code` (the function itself succeeds); other events behave normally, and so
+    do backout's own probes unless `probes`."""
 
     def handler(c: Call) -> Any:
-        if not c.is_http:
+        if not c.is_http or (c.is_test and not probes):
             return Reply(c.default())
         return Reply({"statusCode": code, "headers": {"Content-Type": "application/json"},
                       "body": json.dumps(body if body is not None else {"status": code})})
@@ -210,6 +213,7 @@ class _Message:
     sent_at: float
     visible_at: float
     receive_count: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -533,6 +537,7 @@ class FakePlatform:
         dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": v}]
         if via_alias:
             dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
+            dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}", "ExecutedVersion": v})
         values = [("Throttles", 1.0)] if throttled else [
             ("Invocations", 1.0), ("Errors", float(error)), ("Duration", duration)]
         values.append(("ConcurrentExecutions", 1.0))
@@ -666,14 +671,33 @@ class FakePlatform:
             return QueueAttributes(queue, visible, len(q.messages) - visible, 0, q.dead_letter_queue,
                                    q.max_receive_count if q.dead_letter_queue else None)
 
-    def send_message(self, queue: str, body: str) -> str:
+    def send_message(self, queue: str, body: str, attributes: dict[str, str] | None = None) -> str:
         self._maybe_fail("send_message")
         with self._lock:
             q = self._queue(queue)
-            m = _Message(uuid.uuid4().hex, body, self.clock.now(), self.clock.now())
+            m = _Message(uuid.uuid4().hex, body, self.clock.now(), self.clock.now(), attributes=dict(attributes or {}))
             q.messages.append(m)
         self.record(NS_SQS, "NumberOfMessagesSent", {"QueueName": queue}, 1.0)
         return m.id
+
+    def peek_messages(self, queue: str, limit: int = 10) -> list[QueueMessage]:
+        with self._lock:
+            now = self.clock.now()
+            return [QueueMessage(m.id, m.body, dict(m.attributes), m.sent_at, m.visible_at <= now, m.receive_count)
+                    for m in self._queue(queue).messages[:limit]]
+
+    def purge_queue(self, queue: str) -> int:
+        with self._lock:
+            q = self._queue(queue)
+            n, q.messages = len(q.messages), []
+        return n
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        with self._lock:
+            q = self._queue(queue)
+            keep = [m for m in q.messages if m.attributes.get(attribute) != value]
+            n, q.messages = len(q.messages) - len(keep), keep
+        return n
 
     def pump(self, rounds: int = 1) -> int:
         """The event source mappings: while processing is on, deliver each consumed queue's visible
@@ -701,7 +725,8 @@ class FakePlatform:
                     continue
                 if q.dead_letter_queue and q.max_receive_count and m.receive_count >= q.max_receive_count:
                     q.messages.remove(m)
-                    self._queues[q.dead_letter_queue].messages.append(_Message(m.id, m.body, now, now))
+                    self._queues[q.dead_letter_queue].messages.append(
+                        _Message(m.id, m.body, now, now, attributes=m.attributes))
                     self.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q.dead_letter_queue}, 1.0)
                     self.record(NS_BACKOUT, "MovedToDLQ", {"QueueName": queue}, 1.0)
                     continue
@@ -714,7 +739,9 @@ class FakePlatform:
         self.record(NS_SQS, "NumberOfMessagesReceived", {"QueueName": queue}, float(len(batch)))
         event = {"Records": [{"messageId": m.id, "body": m.body, "eventSource": "aws:sqs",
                               "eventSourceARN": f"arn:aws:sqs:local:000000000000:{queue}",
-                              "attributes": {"ApproximateReceiveCount": str(m.receive_count)}} for m in batch]}
+                              "attributes": {"ApproximateReceiveCount": str(m.receive_count)},
+                              "messageAttributes": {k: {"stringValue": v, "dataType": "String"}
+                                                    for k, v in m.attributes.items()}} for m in batch]}
         r = self.invoke(fn, None, event)
         if not r.ok:
             failed = {m.id for m in batch}
@@ -1003,6 +1030,7 @@ deploy = false
 visibility_timeout = "5s"
 max_receive_count = 2
 dead_letter_queue = "jobs-dlq"
+{jobs}
 
 [queues.jobs-dlq]
 
@@ -1055,6 +1083,7 @@ def write_manifest(
     pre: str = '{ builtin = "checks" }',
     post: str = '{ builtin = "checks" }',
     judge: bool = False,
+    jobs: str = "",
 ) -> Manifest:
     """The test service in `root`: `backout.toml` (an HTTP function `api`, a queue consumer `worker`
     with a DLQ, a `repair` function, a hook function `checker` outside deployments) and `src/`."""
@@ -1063,7 +1092,7 @@ def write_manifest(
     for name, text in SOURCE.items():
         (src / name).write_text(text)
     path = root / "backout.toml"
-    path.write_text(MANIFEST.format(pre=pre, post=post, judge=str(judge).lower(), staging=staging))
+    path.write_text(MANIFEST.format(pre=pre, post=post, judge=str(judge).lower(), staging=staging, jobs=jobs))
     return load_manifest(path)
 
 

@@ -6,10 +6,11 @@ message is one line naming the file, the key path and the problem.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -63,18 +64,27 @@ class _Model(BaseModel):
 
 
 class ServiceSpec(_Model):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
-    source: str = "."
-    packages: list[str] = Field(default_factory=list, description="top-level entries of source to publish")
+    """`[service]`: what the service is called and where its code lives."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+                      description="the service's name (letters, digits, `-`, `_`): the API's name in metrics")
+    source: str = Field(default=".", description="the code root, relative to the manifest: put first on every "
+                        "function's `sys.path`; `backout deploy` publishes it")
+    packages: list[str] = Field(default_factory=list, description="top-level entries of `source` a release copies "
+                                "(default: all of it, minus `__pycache__` and `.git`)")
     repair_function: str | None = Field(
         default=None, description="the service's function that lists and repairs jobs (data-repair runbook)"
     )
 
 
 class HttpEvent(_Model):
-    http: str
-    method: str = ""
-    path: str = ""
+    """`{ http = "GET /items/{id}" }`: a route of the API whose requests invoke the function as API
+    Gateway REST proxy events (payload format 1.0)."""
+
+    http: str = Field(description="`METHOD /path`, with `{param}` segments and a final `{name+}` greedy one; "
+                      "METHOD is GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS or ANY")
+    method: str = Field(default="", description="set from `http`; not written in the manifest")
+    path: str = Field(default="", description="set from `http`; not written in the manifest")
 
     @model_validator(mode="after")
     def _split(self) -> HttpEvent:
@@ -86,9 +96,11 @@ class HttpEvent(_Model):
 
 
 class QueueEvent(_Model):
-    queue: str
-    batch_size: int = Field(default=10, ge=1, le=10000)
-    enabled: bool = True
+    """`{ queue = "jobs" }`: an event source mapping that invokes the function with SQS batches."""
+
+    queue: str = Field(description="a queue of `[queues]`")
+    batch_size: int = Field(default=10, ge=1, le=10000, description="at most this many records per invocation")
+    enabled: bool = Field(default=True, description="false: the mapping exists but polls nothing")
     retry_after: Duration | None = Field(
         default=None, description="seconds before a failed message is visible again (default: the queue's)"
     )
@@ -100,13 +112,26 @@ class QueueEvent(_Model):
 
 
 class FunctionSpec(_Model):
-    handler: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
-    timeout: Duration = 30.0
-    memory: int = Field(default=128, ge=64, le=10240)
-    reserved_concurrency: int | None = Field(default=None, ge=0)
-    environment: dict[str, str] = Field(default_factory=dict)
-    events: list[HttpEvent | QueueEvent] = Field(default_factory=list)
-    deploy: bool = True
+    """`[functions.NAME]`: one Lambda-style handler with its configuration and events."""
+
+    handler: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$",
+                         description="`module.function` under `source`, called as `handler(event, context)`")
+    timeout: Duration = Field(default=30.0, description="an invocation running longer fails (duration: "
+                              "`30s`, `5m`, `250ms` or seconds)")
+    memory: int = Field(default=128, ge=64, le=10240, description="MB, as Lambda's MemorySize")
+    reserved_concurrency: int | None = Field(
+        default=None, ge=0, description="at most this many invocations at once; more are throttled "
+        "(default: unlimited on AWS, 4 workers per queue mapping locally)")
+    environment: dict[str, str] = Field(default_factory=dict, description="environment variables of every "
+                                        "version (the environment's own `environment` and `--set-env` add to it)")
+    events: list[HttpEvent | QueueEvent] = Field(default_factory=list, description="what invokes it: "
+                                                 "`{ http = … }` routes and `{ queue = … }` mappings")
+    deploy: bool = Field(default=True, description="false: not part of deployments (e.g. a hook function "
+                         "that must keep running the same code)")
+    test_event: dict[str, Any] | str | None = Field(
+        default=None, description="the event the pre-traffic check and `verify` send this function: an inline "
+        "table, or a JSON file relative to the manifest (default: an API Gateway request to the health route "
+        "for an HTTP function, an SQS batch of one marked message for a queue consumer, none otherwise)")
     duration_p99_limit: DurationMs | None = Field(
         default=None,
         description='p99 duration limit of a new version ("3s", "750ms"; a plain number is ms), held in '
@@ -128,11 +153,17 @@ class FunctionSpec(_Model):
 
 
 class QueueSpec(_Model):
-    visibility_timeout: Duration = 30.0
-    max_receive_count: int | None = Field(default=None, ge=1)
-    dead_letter_queue: str | None = None
-    retention: Duration = 4 * 86400.0
-    delay: Duration = 0.0
+    """`[queues.NAME]`: an SQS standard queue."""
+
+    visibility_timeout: Duration = Field(default=30.0, description="a received message is hidden this long; "
+                                         "not deleted by then, it is received again")
+    max_receive_count: int | None = Field(default=None, ge=1, description="receives before a message moves to "
+                                          "`dead_letter_queue` (required with one)")
+    dead_letter_queue: str | None = Field(default=None, description="the queue failed messages move to")
+    retention: Duration = Field(default=4 * 86400.0, description="messages older than this are dropped")
+    delay: Duration = Field(default=0.0, description="a new message becomes visible after this")
+    drill: bool = Field(default=False, description="drills may send tagged synthetic messages here (the "
+                        "consumer must accept or reject them cleanly); they are removed after the drill")
 
     @field_validator("visibility_timeout", "retention", "delay", mode="before")
     @classmethod
@@ -144,9 +175,11 @@ class EmulatorSpec(_Model):
     """Opt-in, local platform only: DynamoDB and S3 served by moto in the supervisor, for services
     written against AWS alone; `tables` (name → string partition key) and `buckets` created at start."""
 
-    services: list[Literal["dynamodb", "s3"]] = Field(min_length=1)
-    tables: dict[str, str] = Field(default_factory=dict)
-    buckets: list[str] = Field(default_factory=list)
+    services: list[Literal["dynamodb", "s3"]] = Field(min_length=1, description="the AWS services to serve "
+                                                      "(each function gets `AWS_ENDPOINT_URL_<SERVICE>`)")
+    tables: dict[str, str] = Field(default_factory=dict, description="DynamoDB table name → its string "
+                                   "partition key, created at start")
+    buckets: list[str] = Field(default_factory=list, description="S3 buckets created at start")
 
     @model_validator(mode="after")
     def _served(self) -> EmulatorSpec:
@@ -157,8 +190,10 @@ class EmulatorSpec(_Model):
 
 
 class StepSpec(_Model):
-    weight: float = Field(ge=0, le=100)
-    hold: Duration = 0.0
+    """One step of a custom strategy."""
+
+    weight: float = Field(ge=0, le=100, description="percent of invocations on the new version")
+    hold: Duration = Field(default=0.0, description="how long to watch at this weight before the next step")
 
     @field_validator("hold", mode="before")
     @classmethod
@@ -167,13 +202,20 @@ class StepSpec(_Model):
 
 
 class StrategySpec(_Model):
-    steps: list[StepSpec] = Field(min_length=1)
+    """`[strategies.NAME]`: custom deployment steps (a name shadows the built-in of the same name:
+    `Canary10Percent5Minutes`, `Linear10PercentEvery1Minute`, `AllAtOnce`, … as SAM names them)."""
+
+    steps: list[StepSpec] = Field(min_length=1, description="in order; the last should be `{ weight = 100 }`")
 
 
 class NotifySpec(_Model):
-    url: str = Field(description="an apprise URL; ${VAR} is that environment variable's value, filled in only "
-                     "when sending, so a secret stays out of backout.toml, logs, the store and output")
-    min_severity: Literal["info", "warning", "critical"] = "info"
+    """One notification target."""
+
+    url: str = Field(description="an apprise URL (`slack://…`, `mailto://…`, `json://host/path`, …); ${VAR} is "
+                     "that environment variable's value, filled in only when sending, so a secret stays out of "
+                     "backout.toml, logs, the store and output")
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        default="info", description="notifications below this are not sent here")
 
 
 class ContactSpec(_Model):
@@ -188,9 +230,12 @@ class ContactSpec(_Model):
 
 
 class SmokeSpec(_Model):
-    pytest: str | None = None
+    """`[[smoke]]`: a smoke test (`backout smoke`, the `smoke` hook); exactly one of `pytest` or `http`."""
+
+    pytest: str | None = Field(default=None, description="a pytest node id run from the manifest's directory "
+                               "with API_BASE_URL and ENVIRONMENT set")
     http: str | None = Field(default=None, description="'GET /health' checked through the gateway")
-    expect_status: int = 200
+    expect_status: int = Field(default=200, description="the status the `http` check expects")
 
     @model_validator(mode="after")
     def _one(self) -> SmokeSpec:
@@ -203,12 +248,17 @@ class HookSpec(_Model):
     """A pre- or post-traffic check. Exactly one kind: a built-in check set, a function of the
     service (returns "Succeeded"/"Failed" like a CodeDeploy hook), a shell command, an HTTP GET."""
 
-    builtin: Literal["checks", "smoke"] | None = None
-    function: str | None = None
-    command: str | None = None
+    builtin: Literal["checks", "smoke"] | None = Field(
+        default=None, description="`checks`: before traffic, every new version answers an event of its own "
+        "kind and the data and queues are reachable; after, the new versions' error rate, duration and DLQ "
+        "arrivals. `smoke`: the `[[smoke]]` tests")
+    function: str | None = Field(default=None, description="a function of the service, invoked with the "
+                                 "deployment's ids; answers `{\"status\": \"Succeeded\"}` or `Failed`")
+    command: str | None = Field(default=None, description="a shell command run from the manifest's directory "
+                                "(API_BASE_URL, BACKOUT_DEPLOYMENT_ID, BACKOUT_TARGET_VERSIONS set); exit 0 passes")
     http: str | None = Field(default=None, description="'GET /path' through the gateway, or a full URL")
-    timeout: Duration = 60.0
-    name: str = ""
+    timeout: Duration = Field(default=60.0, description="the hook fails when it takes longer")
+    name: str = Field(default="", description="shown in events and reports (default: `kind:value`)")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -234,8 +284,12 @@ def _default_post() -> list[HookSpec]:
 
 
 class HooksSpec(_Model):
-    pre_traffic: list[HookSpec] = Field(default_factory=_default_pre)
-    post_traffic: list[HookSpec] = Field(default_factory=_default_post)
+    """`[hooks]`: the checks run before any traffic reaches a new version and after it takes 100 %."""
+
+    pre_traffic: list[HookSpec] = Field(default_factory=_default_pre,
+                                        description="default: `[{ builtin = \"checks\" }]`")
+    post_traffic: list[HookSpec] = Field(default_factory=_default_post,
+                                         description="default: `[{ builtin = \"checks\" }, { builtin = \"smoke\" }]`")
 
 
 class AwsSpec(_Model):
@@ -281,23 +335,33 @@ class AwsSpec(_Model):
 
 
 class EnvironmentSpec(_Model):
-    gateway_port: int | None = Field(default=None, ge=0, le=65535, description="local platform only")
-    control_port: int = Field(ge=0, le=65535)
+    """`[environments.NAME]`: where and how one environment runs (`staging`, `prod`, …)."""
+
+    gateway_port: int | None = Field(default=None, ge=0, le=65535, description="the service's public HTTP port "
+                                     "(0: any free port); local platform only, and required there")
+    control_port: int = Field(ge=0, le=65535, description="the control API's port, used by the CLI (0: any free)")
     aws_port: int = Field(default=0, ge=0, le=65535, description="the SQS-compatible endpoint (127.0.0.1; 0: free)")
-    state_dir: str | None = None
-    host: str = "127.0.0.1"
-    platform: Literal["local", "aws"] = "local"
-    aws: AwsSpec | None = None
+    state_dir: str | None = Field(default=None, description="releases, queues, data, metrics and logs, relative "
+                                  "to the manifest (default: `.backout/<env>`)")
+    host: str = Field(default="127.0.0.1", description="the address both ports listen on")
+    platform: Literal["local", "aws"] = Field(default="local", description="where the service runs")
+    aws: AwsSpec | None = Field(default=None, description="`platform = \"aws\"`: region, stack or names (docs/aws.md)")
     max_body: int = Field(default=110 * 1024 * 1024, ge=1, description="gateway body limit, bytes")
-    throttle_rate: float = Field(default=10000.0, ge=0)
-    throttle_burst: int = Field(default=5000, ge=0)
-    strategy: str = "Canary10Percent5Minutes"
-    require_approval: bool = False
-    error_rate_threshold: float = Field(default=10.0, ge=0, le=100, description="percent")
-    min_invocations: int = Field(default=20, ge=1)
-    api_5xx_threshold: int = Field(default=5, ge=0)
-    api_5xx_period: Duration = 300.0
-    rollback_window: Duration = 900.0
+    throttle_rate: float = Field(default=10000.0, ge=0, description="the API stage's requests per second")
+    throttle_burst: int = Field(default=5000, ge=0, description="the API stage's burst")
+    strategy: str = Field(default="Canary10Percent5Minutes", description="the default strategy of `backout deploy`")
+    require_approval: bool = Field(default=False, description="a deployment waits for `backout approve`")
+    error_rate_threshold: float = Field(default=10.0, ge=0, le=100, description="percent of the new version's "
+                                        "invocations that may fail before it is rolled back")
+    min_invocations: int = Field(default=20, ge=1, description="the error-rate alarm decides only over at least "
+                                 "this many invocations of the new version (until then INSUFFICIENT_DATA)")
+    require_traffic: bool = Field(default=False, description="a deployment whose alarms never had enough data "
+                                  "is rolled back instead of succeeding with a warning")
+    api_5xx_threshold: int = Field(default=5, ge=0, description="5xx answers of the new version within "
+                                   "`api_5xx_period` that roll it back")
+    api_5xx_period: Duration = Field(default=300.0, description="the window of `api_5xx_threshold`")
+    rollback_window: Duration = Field(default=900.0, description="the old version's instances are kept warm this "
+                                      "long after a deployment, so a rollback is instant")
     duration_p99_limits: dict[str, DurationMs] = Field(
         default_factory=dict,
         description='function → p99 duration limit of the new version ("3s", "750ms"; a plain number is ms), '
@@ -307,8 +371,9 @@ class EnvironmentSpec(_Model):
         default_factory=dict,
         description='queue → age-of-oldest-message limit ("5m"; a plain number is seconds), held in seconds',
     )
-    deadline_margin: Duration = 120.0
-    alarm_window: Duration = 60.0
+    deadline_margin: Duration = Field(default=120.0, description="a deployment still running this long after "
+                                      "its strategy's total hold time is rolled back")
+    alarm_window: Duration = Field(default=60.0, description="the window the alarms and judges look at")
     latency_judge: bool = Field(default=True, description="compare the canary's p99 with the stable version's")
     notify: list[NotifySpec] = Field(
         default_factory=list, description='apprise URLs (`["slack://…", "json://…"]`) or tables {url, min_severity}'
@@ -316,7 +381,8 @@ class EnvironmentSpec(_Model):
     contacts: dict[str, ContactSpec] = Field(
         default_factory=dict, description="role → contact for this environment, over the top-level [contacts]"
     )
-    environment: dict[str, str] = Field(default_factory=dict, description="extra function env vars")
+    environment: dict[str, str] = Field(default_factory=dict, description="extra environment variables of every "
+                                        "function in this environment")
 
     @field_validator("notify", mode="before")
     @classmethod
@@ -341,18 +407,20 @@ class EnvironmentSpec(_Model):
 
 
 class Manifest(_Model):
-    service: ServiceSpec
-    functions: dict[str, FunctionSpec] = Field(min_length=1)
-    queues: dict[str, QueueSpec] = Field(default_factory=dict)
-    environments: dict[str, EnvironmentSpec] = Field(min_length=1)
-    strategies: dict[str, StrategySpec] = Field(default_factory=dict)
-    smoke: list[SmokeSpec] = Field(default_factory=list)
-    hooks: HooksSpec = Field(default_factory=HooksSpec)
-    emulator: EmulatorSpec | None = None
+    """`backout.toml`: one service, its functions, queues, environments, strategies, smoke tests and hooks."""
+
+    service: ServiceSpec = Field(description="`[service]`")
+    functions: dict[str, FunctionSpec] = Field(min_length=1, description="`[functions.NAME]`, at least one")
+    queues: dict[str, QueueSpec] = Field(default_factory=dict, description="`[queues.NAME]`")
+    environments: dict[str, EnvironmentSpec] = Field(min_length=1, description="`[environments.NAME]`, at least one")
+    strategies: dict[str, StrategySpec] = Field(default_factory=dict, description="`[strategies.NAME]`")
+    smoke: list[SmokeSpec] = Field(default_factory=list, description="`[[smoke]]` tests")
+    hooks: HooksSpec = Field(default_factory=HooksSpec, description="`[hooks]`")
+    emulator: EmulatorSpec | None = Field(default=None, description="`[emulator]`")
     contacts: dict[str, ContactSpec] = Field(
         default_factory=dict, description="role → who to reach in an incident (the procedure's emergency contacts)"
     )
-    path: Path = Field(default=Path("backout.toml"), exclude=True)
+    path: Path = Field(default=Path("backout.toml"), exclude=True, description="where the manifest was read from")
 
     @model_validator(mode="after")
     def _references(self) -> Manifest:
@@ -381,6 +449,8 @@ class Manifest(_Model):
                     raise ValueError(f"hooks.{phase}[{i}].function: no function named {h.function!r}")
         routes: dict[tuple[str, str], str] = {}
         for fname, f in self.functions.items():
+            if isinstance(f.test_event, str) and not f.test_event.endswith(".json"):
+                raise ValueError(f"functions.{fname}.test_event: a table, or the path of a .json file")
             for e in f.queue_events:
                 if e.queue not in self.queues:
                     raise ValueError(f"functions.{fname}.events: no queue named {e.queue!r}")
@@ -418,6 +488,20 @@ class Manifest(_Model):
         """function → p99 duration limit in seconds: the function's own, overridden by the environment's."""
         own = {n: f.duration_p99_limit for n, f in self.functions.items() if f.duration_p99_limit is not None}
         return {**own, **self.environment(env).duration_p99_limits}
+
+    def test_event(self, fn: str) -> dict[str, Any] | None:
+        """The function's declared test event (read from its file when it names one); None when undeclared."""
+        ev = self.functions[fn].test_event
+        if not isinstance(ev, str):
+            return ev
+        p = self.root / ev
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{self.path}: functions.{fn}.test_event: cannot read {p}: {e}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"{self.path}: functions.{fn}.test_event: {p} holds no JSON object")
+        return data
 
     def state_dir(self, env: str) -> Path:
         spec = self.environment(env)

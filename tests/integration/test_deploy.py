@@ -353,7 +353,7 @@ def test_second_deploy_is_refused_then_stop_rolls_back(world: World) -> None:
     lines = (second.stdout + second.stderr).strip().splitlines()
     assert len(lines) == 1 and d["id"] in lines[0] and "active" in lines[0], lines
     assert env.latest()["id"] == d["id"], "the refused deploy created nothing"
-    r = env.cli("stop", d["id"], "--reason", "changed my mind", check=True)
+    r = env.cli("stop", d["id"], "--reason", "changed my mind", "--yes", check=True)
     assert "RolledBack" in r.stdout
     view = env.deployment(d["id"])
     after = view["deployment"]
@@ -367,14 +367,14 @@ def test_stop_without_rollback_leaves_traffic_where_it_is(world: World) -> None:
     env.cli("deploy", "--strategy", "Long", "--set-env", "X=stop-no-rollback", "--no-wait", check=True)
     d = env.latest()
     wait_for(lambda: env.latest()["current_step"] == 0, timeout=30, what="the canary step")
-    r = env.cli("stop", d["id"], "--no-rollback", check=True)
+    r = env.cli("stop", d["id"], "--no-rollback", "--yes", check=True)
     assert "Stopped" in r.stdout
     after = env.deployment(d["id"])["deployment"]
     assert after["status"] == "Stopped" and after["rollback_decided_at"] is None
     for w in env.weights().values():
         assert w == {str(d["stable_release"]): 50.0, str(d["target_release"]): 50.0}, w
     # an operator decides what comes next; here: a manual rollback puts the stable version back
-    env.cli("rollback", "--to", str(d["stable_release"]), "--reason", "test cleanup", check=True)
+    env.cli("rollback", "--to", str(d["stable_release"]), "--reason", "test cleanup", "--yes", check=True)
     assert_all_on(env, d["stable_release"])
 
 

@@ -271,7 +271,7 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     for f in s["functions"].values():
         assert f["weights"] == {str(stable): 50.0, str(d["target_release"]): 50.0}
 
-    r = env.cli("rollback", "--reason", "canary looks wrong to me")
+    r = env.cli("rollback", "--reason", "canary looks wrong to me", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "stopped the deployment" in r.stdout and f"r{d['target_release']} → r{stable}" in r.stdout
     assert "all checks passed" in r.stdout  # verify ran and printed its table
@@ -280,7 +280,7 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     assert view["deployment"]["status"] == "RolledBack"
     assert "canary looks wrong to me" in view["deployment"]["reason"]
     inc = view["incident"]
-    assert inc is not None and inc["status"] == "open" and inc["severity"] == "critical"
+    assert inc is not None and inc["status"] == "open" and inc["severity"] == "high"  # took traffic, failed nothing
     assert any(e["kind"] == "verify" and e["message"].startswith("verify passed") for e in view["events"])
     assert live_version(env) == stable
 
@@ -298,7 +298,7 @@ def test_rollback_does_not_wait_for_a_busy_deployment_runner(env: RunningEnv, ga
                  timeout=60, what=f"{did} in its post-traffic hooks")
         assert live_version(env) != stable
         t0 = time.monotonic()
-        r = env.cli_json("rollback", "--reason", "stop it now")
+        r = env.cli_json("rollback", "--reason", "stop it now", "--yes")
         assert time.monotonic() - t0 < 20  # the held hook would keep it for 60 s
         assert r["mode"] == "stopped deployment" and r["incident"] and r["verify"]["ok"], r
         assert live_version(env) == stable
@@ -325,7 +325,7 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
     va = a["target_release"]
 
     # right after: the previous version is still warm → the switch is an alias update, nothing more
-    r = env.cli_json("rollback", "--reason", "users report wrong totals")
+    r = env.cli_json("rollback", "--reason", "users report wrong totals", "--yes")
     assert (r["mode"], r["from"], r["to"], r["warm"]) == ("rollback", va, base, True)
     assert r["switch_ms"] < 250, r  # an alias write per function, not a start of workers
     assert r["verify"]["ok"], r["verify"]
@@ -351,7 +351,7 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
     # base went out of the rollback window: its workers are gone
     wait_for(lambda: worker_versions(env)[base] == 0, timeout=60, what=f"v{base}'s workers to retire")
 
-    r = env.cli_json("rollback", "--to", str(base), "--reason", "back to the last known good")
+    r = env.cli_json("rollback", "--to", str(base), "--reason", "back to the last known good", "--yes")
     assert (r["from"], r["to"], r["warm"]) == (vc, base, False)
     assert r["warm_seconds"] > 0
     assert r["verify"]["ok"], r["verify"]
@@ -366,7 +366,7 @@ def test_rollback_after_deployments_warm_then_explicit_cold_target(env: RunningE
                  and x["target_release"] == base and x["stable_release"] not in (None, base)]
     older = [x["id"] for x in env.cli_json("releases") if x["id"] < base]
     expected = made_live[0]["stable_release"] if made_live else max(older, default=None)
-    r2 = env.cli("rollback", "--reason", "again", "--json")
+    r2 = env.cli("rollback", "--reason", "again", "--yes", "--json")
     if expected is None:
         assert r2.returncode == 2 and "nothing to roll back to" in r2.stderr, r2.stderr
     else:
@@ -378,10 +378,13 @@ def test_rollback_usage_errors(env: RunningEnv) -> None:
     live = live_version(env)
     r = env.cli("rollback")
     assert r.returncode == 2 and "--reason is required" in r.stderr
-    r = env.cli("rollback", "--to", "999", "--reason", "x")
+    r = env.cli("rollback", "--to", "999", "--reason", "x", "--yes")
     assert r.returncode == 2 and "unknown release 999" in r.stderr
     r = cli_stdin_closed(env, "rollback", "--env", "prod", "--reason", "x")
     assert r.returncode == 2 and "--yes" in r.stderr, r.stderr
+    r = cli_stdin_closed(env, "rollback", "--reason", "x")  # staging too: no terminal, no --yes → refused
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: roll back staging? — not a terminal, so pass --yes to confirm"], r.stderr
     assert "Traceback" not in r.stderr
     assert live_version(env) == live
 

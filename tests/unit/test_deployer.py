@@ -15,6 +15,7 @@ import pytest
 
 from backout.control import deployer as deployer_mod
 from backout.control import states as st
+from backout.control.probes import is_probe
 from backout.errors import UsageError
 from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
@@ -23,12 +24,14 @@ from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, stat
 pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
 
-def rolled_back(w: World, deployment_id: str) -> tuple[dict, dict]:
-    """The `rolled_back` event's data and the incident's trigger, after the runner finished."""
+def rolled_back(w: World, deployment_id: str, severity: str = "critical") -> tuple[dict, dict]:
+    """The `rolled_back` event's data and the incident's trigger, after the runner finished. The incident's
+    severity follows the impact: "low" before any traffic, "high" after traffic without failures, else
+    "critical"."""
     d = w.finish(deployment_id)
     assert d.status == st.ROLLED_BACK, d
     inc = w.store.incident_for_deployment(d.id)
-    assert inc is not None and inc.severity == "critical"
+    assert inc is not None and inc.severity == severity, inc
     return w.event(d.id, "rolled_back").data, inc.trigger
 
 
@@ -82,8 +85,8 @@ def test_pre_traffic_checks_invoke_each_functions_new_version_number(world: Worl
     r2 = world.release("worker")
     d = world.finish(world.deploy(r2, (100, 0)).id)
     assert d.status == st.SUCCEEDED
-    probes = [(i.function, i.version) for i in world.fake.invocations if i.event == {"test": True}]
-    assert sorted(set(probes)) == [("api", "1"), ("repair", "21"), ("worker", "12")]
+    probes = [(i.function, i.version) for i in world.fake.invocations if is_probe(i.event)]
+    assert sorted(set(probes)) == [("api", "1"), ("worker", "12")]  # repair has no event to be probed with
     assert world.fake.warm[("worker", "12")] >= 1 and world.fake.warm[("worker", "11")] >= 1
 
 
@@ -134,7 +137,7 @@ def test_stop_with_rollback_puts_every_alias_back_on_stable_with_trigger_manual(
     world.wait_step(d.id, 0)
     out = world.deployer.stop(d.id, rollback=True, reason="customer reports", who="alice")
     assert out.status == st.ROLLED_BACK and out.reason == "customer reports"
-    data, trigger = rolled_back(world, d.id)
+    data, trigger = rolled_back(world, d.id, "high")
     assert data["trigger"] == "manual" and trigger["kind"] == "manual"
     assert data["evidence"] == ["customer reports"] and trigger["reason"] == "customer reports"
     assert world.fake.live_versions() == world.live(r1)
@@ -157,7 +160,7 @@ def test_stop_of_a_deployment_waiting_for_approval_rolls_it_back(tmp_path: Path)
         d = w.deploy(w.release("worker"), (100, 0))
         out = w.deployer.stop(d.id, rollback=True, reason="not today", who="dan")
         assert out.status == st.ROLLED_BACK
-        data, trigger = rolled_back(w, d.id)
+        data, trigger = rolled_back(w, d.id, "low")
         assert data["trigger"] == trigger["kind"] == "manual"
     finally:
         w.close()
@@ -196,7 +199,7 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
 
 def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None:
     r2 = world.release("api", "worker")
-    world.fake.handle("api", status(500), version="2")
+    world.fake.handle("api", status(500, probes=False), version="2")  # healthy to the pre-traffic probe
     d = world.deploy(r2)
     world.wait_step(d.id, 0)
     world.fake.traffic("api", 20)  # 10 requests answered by api v2 with 500
@@ -232,7 +235,7 @@ def test_failing_pre_traffic_hook_rolls_back_before_any_traffic_with_trigger_pre
     r2 = world.release("worker")
     world.fake.handle("worker", raising("boom at import", test_events=True), version="12")
     d = world.finish(world.deploy(r2).id)
-    data, trigger = rolled_back(world, d.id)
+    data, trigger = rolled_back(world, d.id, "low")
     assert data["trigger"] == "pre_traffic" and trigger["kind"] == "pre_traffic"
     assert data["reason"] == "pre-traffic hook builtin:checks failed" and data["hook"] == "builtin:checks"
     assert "FAILED invoke worker v12: RuntimeError: boom at import" in data["evidence"][0]
@@ -245,7 +248,7 @@ def test_new_version_that_cannot_start_rolls_back_with_trigger_pre_traffic(world
     r2 = world.release("worker")
     world.fake.init_errors[("worker", "12")] = "No module named 'pdfplumber'"
     d = world.finish(world.deploy(r2).id)
-    data, trigger = rolled_back(world, d.id)
+    data, trigger = rolled_back(world, d.id, "low")
     assert data["trigger"] == trigger["kind"] == "pre_traffic"
     assert data["reason"].startswith("worker v12 (r2 (api v1, repair v21, worker v12)) does not start: ")
     assert data["evidence"] == ["worker v12 init failed: Runtime.ImportModuleError: No module named 'pdfplumber'"]
@@ -257,7 +260,7 @@ def test_failing_post_traffic_hook_rolls_back_from_100_percent_with_trigger_post
         r1, r2 = w.fake.releases()[0], w.release("worker")
         w.fake.handle("checker", hook_answer("Failed"))
         d = w.finish(w.deploy(r2, (100, 0)).id)
-        data, trigger = rolled_back(w, d.id)
+        data, trigger = rolled_back(w, d.id, "high")
         assert data["trigger"] == "post_traffic" and trigger["kind"] == "post_traffic"
         assert data["reason"] == "post-traffic hook function:checker failed"
         assert data["evidence"] == ["checker returned {'status': 'Failed', 'deployment': 'd-0001'}"]
@@ -282,7 +285,7 @@ def test_missed_progress_deadline_rolls_back_with_trigger_deadline(tmp_path: Pat
         assert entered.wait(10)
         w.clock.advance(11)  # the pre-traffic hook took 11 s
         gate.set()
-        data, trigger = rolled_back(w, d.id)
+        data, trigger = rolled_back(w, d.id, "high")  # it took traffic, and failed nothing
         assert data["trigger"] == "deadline" and trigger["kind"] == "deadline"
         assert data["reason"] == "progress deadline exceeded (10 s)"
         assert data["evidence"] == ["deployment still at step 1 after the deadline"]
@@ -302,7 +305,7 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
         w.fake.traffic("worker", 80)
         w.clock.advance(1)
         w.nudge(d.id)
-        data, trigger = rolled_back(w, d.id)
+        data, trigger = rolled_back(w, d.id, "high")
         assert data["trigger"] == "judge" and trigger["kind"] == "judge"
         assert [a["alarm"] for a in data["alarms"]] == ["latency-judge:worker"]
         assert data["evidence"] == ["p99 2000 ms > 1005 ms (max of 3× and +1000 ms over stable v11 p99 now 5 ms) "
@@ -320,7 +323,7 @@ def test_runner_failure_rolls_back_with_trigger_internal(world: World) -> None:
     r1, r2 = world.fake.releases()[0], world.release("worker")
     world.fake.fail_next("set_weights", RuntimeError("update_alias: ServiceException"))
     d = world.finish(world.deploy(r2).id)
-    data, trigger = rolled_back(world, d.id)
+    data, trigger = rolled_back(world, d.id, "low")  # failed before any traffic
     assert data["trigger"] == "internal" and trigger["kind"] == "internal"
     assert data["reason"] == "deployment runner failed: RuntimeError: update_alias: ServiceException"
     assert world.fake.live_versions() == world.live(r1)
@@ -596,5 +599,33 @@ def test_kill_during_a_manual_rollback_then_resume_leaves_the_rollback_target_li
         assert kinds.count("manual_rollback") == 1, kinds
         inc = w.store.incident_for_deployment(d.id)
         assert inc is not None and inc.trigger["kind"] == "manual" and inc.trigger["reason"] == "bad totals"
+    finally:
+        w.close()
+
+
+# --- not enough data ------------------------------------------------------------------------------------------------
+def test_a_deployment_without_enough_data_says_so_and_succeeds(world: World) -> None:
+    d = world.deploy(world.release("worker"), (50, 1.0), (100, 0.0))
+    world.wait_step(d.id, 0)
+    world.clock.advance(2)
+    world.nudge(d.id)
+    d = world.finish(d.id)
+    assert d.status == st.SUCCEEDED
+    ev = world.event(d.id, "insufficient_data")
+    assert ev.severity == "warning" and "error-rate:worker" in ev.data["alarms"]
+    assert ev.message.startswith(f"not enough data to judge {d.target}: ")
+    assert ev.message.endswith(": it goes on unjudged (require_traffic = true rolls it back)")
+
+
+def test_require_traffic_rolls_back_a_deployment_without_enough_data(tmp_path: Path) -> None:
+    w = World(tmp_path, staging="require_traffic = true")
+    try:
+        d = w.deploy(w.release("worker"), (50, 1.0), (100, 0.0))
+        w.wait_step(d.id, 0)
+        w.clock.advance(2)
+        w.nudge(d.id)
+        data, trigger = rolled_back(w, d.id, "high")
+        assert data["trigger"] == "no_traffic" and data["reason"].endswith("; require_traffic is set")
+        assert w.fake.live_versions() == w.live(w.fake.releases()[0])
     finally:
         w.close()

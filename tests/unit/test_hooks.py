@@ -8,13 +8,15 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backout.control.hooks import HookContext, run_hook, run_hooks
-from backout.manifest import HookSpec
+from backout.control.probes import is_probe
+from backout.manifest import HookSpec, load_manifest
 from backout.platforms.base import Release
-from fakes import FakeClock, FakePlatform, hook_answer, new_source, raising, slow, status, write_manifest
+from fakes import Call, FakeClock, FakePlatform, hook_answer, new_source, raising, slow, status, write_manifest
 
 
 @pytest.fixture
@@ -36,23 +38,103 @@ def release2(fake: FakePlatform, root: Path) -> Release:
     return fake.publish(new_source(root, "v2", ["api", "worker"]))
 
 
-def test_pre_traffic_checks_invoke_every_new_version_by_its_own_number(fake: FakePlatform, tmp_path: Path) -> None:
+def test_pre_traffic_checks_probe_every_new_version_by_its_own_number(fake: FakePlatform, tmp_path: Path) -> None:
     r2 = release2(fake, tmp_path)
     r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
     assert r.ok, r.output
     assert [c["name"] for c in r.checks] == ["invoke api v2", "invoke worker v12", "invoke repair v21", "table jobs",
                                              "queue jobs", "queue jobs-dlq"]
-    assert {(i.function, i.version) for i in fake.invocations if i.event == {"test": True}} == {
-        ("api", "2"), ("worker", "12"), ("repair", "21")}
+    probes = {(i.function, i.version): i.event for i in fake.invocations if is_probe(i.event)}
+    assert set(probes) == {("api", "2"), ("worker", "12")}  # repair has no event of its own: not invoked
+    assert (probes[("api", "2")]["httpMethod"], probes[("api", "2")]["path"]) == ("GET", "/health")
+    assert probes[("worker", "12")]["Records"][0]["eventSourceARN"].endswith(":jobs")
+    assert r.checks[2] == {"name": "invoke repair v21", "ok": True, "invoked": False,
+                           "detail": "not invoked: no HTTP or queue event and no test_event"}
 
 
-def test_pre_traffic_checks_fail_naming_the_version_that_does_not_answer(fake: FakePlatform, tmp_path: Path) -> None:
+def test_pre_traffic_checks_fail_naming_the_version_what_was_sent_and_how_to_declare_an_event(
+    fake: FakePlatform, tmp_path: Path
+) -> None:
     r2 = release2(fake, tmp_path)
     fake.handle("worker", raising("KeyError: 'bucket'", test_events=True), version="12")
     r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
     assert not r.ok
-    assert "FAILED invoke worker v12: RuntimeError: KeyError: 'bucket'" in r.output
-    assert "ok invoke api v2" in r.output
+    assert ("FAILED invoke worker v12: RuntimeError: KeyError: 'bucket' — sent an SQS batch of one message from jobs "
+            '(body {"backout_probe": true}, attribute backout-probe); to send worker another event, declare it in '
+            'the manifest: [functions.worker] test_event = { … } (or test_event = "events/worker.json")') in r.output
+    assert "ok invoke api v2: v2 answered 200 in 5 ms" in r.output
+
+
+def test_an_api_answering_5xx_to_its_health_route_fails_the_check(fake: FakePlatform, tmp_path: Path) -> None:
+    r2 = release2(fake, tmp_path)
+    fake.handle("api", status(503), version="2")
+    r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2))
+    assert not r.ok and "FAILED invoke api v2: answered 503 — sent GET /health (an API Gateway REST proxy event)" \
+        in r.output
+
+
+def aws_api(c: Call) -> dict[str, Any]:
+    """An API handler written from AWS's documentation alone: it indexes the proxy event's keys."""
+    event = c.event
+    method, resource = event["httpMethod"], event["resource"]
+    assert event["requestContext"]["requestId"] and isinstance(event["headers"], dict)
+    if (method, resource) == ("GET", "/health"):
+        return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": '{"status": "healthy"}'}
+    item = event["pathParameters"]["id"]
+    return {"statusCode": 404, "body": json.dumps({"message": f"no item {item}"})}
+
+
+def aws_consumer(c: Call) -> dict[str, Any]:
+    """A queue handler as AWS documents one: powertools' BatchProcessor, partial batch failures; a message
+    it does not know is rejected through batchItemFailures."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    def record(r: Any) -> None:
+        body = json.loads(r.body)
+        if "job" not in body:
+            raise ValueError(f"unknown message {r.message_id}")
+
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(process_partial_response(c.event, record, processor))
+
+
+def aws_repair(c: Call) -> dict[str, Any]:
+    return {"repaired": c.event["repair"]}  # KeyError on anything but its own requests
+
+
+def test_a_handler_written_to_aws_event_shapes_alone_passes_the_default_pre_traffic_check(
+    fake: FakePlatform, tmp_path: Path
+) -> None:
+    fake.handle("api", aws_api)
+    fake.handle("worker", aws_consumer)
+    fake.handle("repair", aws_repair)
+    r = run_hook("pre_traffic", fake.manifest.hooks.pre_traffic[0], ctx_for(fake, release2(fake, tmp_path)))
+    assert r.ok, r.output
+    worker = next(c for c in r.checks if c["name"] == "invoke worker v12")
+    assert worker["detail"].startswith("v12 rejected the marked message in ")
+    # the probe is the same shape as the gateway's own events: the handler answers real requests too
+    assert fake.request("GET", "/items/7")[0] == 404
+
+
+def test_a_declared_test_event_is_sent_as_given_inline_or_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "repair.json").write_text(json.dumps({"repair": "affected", "versions": {}}))
+    manifest = write_manifest(tmp_path)
+    text = manifest.path.read_text().replace('[functions.repair]\nhandler = "repair.handler"',
+                                             '[functions.repair]\nhandler = "repair.handler"\n'
+                                             'test_event = "events/repair.json"')
+    text = text.replace('[functions.worker]\n', '[functions.worker]\ntest_event = { Records = [] }\n')
+    manifest.path.write_text(text)
+    fake = FakePlatform(load_manifest(manifest.path))
+    try:
+        fake.handle("repair", aws_repair)
+        r = run_hook("pre_traffic", HookSpec(builtin="checks"), ctx_for(fake, release2(fake, tmp_path)))
+        assert r.ok, r.output
+        sent = {i.function: i.event for i in fake.invocations}
+        assert sent["repair"] == {"repair": "affected", "versions": {}}
+        assert sent["worker"] == {"Records": []}
+    finally:
+        fake.close()
 
 
 def test_pre_traffic_checks_fail_on_an_unusable_table(fake: FakePlatform, tmp_path: Path) -> None:

@@ -192,3 +192,16 @@ def test_runbooks_router(api: Api) -> None:
     assert api.get("/drills") == []
     assert api.post("/drills", {"fault": "meltdown"}, 400)["error"].startswith("--fault 'meltdown'")
 
+
+
+def test_metric_summary_separates_versions_excludes_probes_and_names_units(api: Api) -> None:
+    api.post("/publish", {"source": str(new_source(api.root, "v2", ["worker"]))})
+    api.put("/aliases/worker", {"stable": "11", "canary": "12", "weight": 50, "who": "ops"})
+    api.fake.traffic("worker", 10, at=api.fake.clock.now() - 1)  # 5 each, through the live alias
+    for v in ("11", "12"):  # what the pre-traffic check and verify do: invoke a version directly
+        api.post("/invoke/worker", {"version": v, "payload": {"test": True}})
+    s = api.get("/metrics/summary/worker", params={"since": 60})
+    assert s["Invocations"] == 10.0
+    assert {v: m["Invocations"] for v, m in s["versions"].items()} == {"11": 5.0, "12": 5.0}
+    assert s["units"]["Duration.p99"] == "ms" and s["units"]["error_rate_pct"] == "%"
+    assert api.get("/metrics/summary/worker", params={"since": 60, "version": "12"})["Invocations"] == 5.0

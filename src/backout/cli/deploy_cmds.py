@@ -12,8 +12,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt
-from backout.cli.inputs import parse_set_env, who
+from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
+from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed
 
@@ -140,9 +140,11 @@ def stop(
     env: EnvOpt = None,
     no_rollback: Annotated[bool, typer.Option("--no-rollback", help="leave traffic where it is")] = False,
     reason: Annotated[str, typer.Option(help="why (recorded)")] = "",
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop an active deployment (like CodeDeploy stop-deployment); by default roll it back."""
+    confirm(f"stop {deployment_id} in {env_name(env)}{'' if no_rollback else ' and roll it back'}?", yes)
     c = Client(env)
     body = {"rollback": not no_rollback, "reason": reason or f"stopped by {who()}", "who": who()}
     view = c.call("POST", f"/deployments/{deployment_id}/stop", body)

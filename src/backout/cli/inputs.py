@@ -1,12 +1,30 @@
 """What several command modules read from the operator besides their own options: who they are (recorded
-with every change) and `--set-env KEY=VALUE` pairs. A leaf module, so that command modules never import
-`main` or each other."""
+with every change), `--set-env KEY=VALUE` pairs, and the confirmation of a destructive command. A leaf
+module, so that command modules never import `main` or each other."""
 
 from __future__ import annotations
 
 import getpass
+import sys
+from typing import Annotated
+
+import typer
 
 from backout.errors import UsageError
+
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+
+
+def confirm(question: str, yes: bool) -> None:
+    """A destructive command goes on only when the operator says so: `--yes`, or "y" at a terminal.
+    Without a terminal (a script, CI) and without `--yes` it refuses — one line, exit 2 — rather than
+    proceed; "n" at the prompt ends the command with exit 1."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} — not a terminal, so pass --yes to confirm")
+    if not typer.confirm(question):
+        raise typer.Exit(1)
 
 
 def who() -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import parse_set_env
+from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
-queue_app = typer.Typer(help="SQS-style queues: stats and DLQ redrive.", no_args_is_help=True)
+queue_app = typer.Typer(help="SQS-style queues: stats, peek, purge and DLQ redrive.", no_args_is_help=True)
 app.add_typer(queue_app, name="queue")
 
 
@@ -53,12 +53,33 @@ def _global(
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="where to create the service (default: here)")] = Path("."),
+    name: Annotated[str | None, typer.Option(help="the service's name (default: the directory's)")] = None,
+) -> None:
+    """Scaffold a new service: manifest, an HTTP and a queue handler, a DLQ and a test of the handlers."""
+    from backout.cli.scaffold import new_service
+
+    root = directory.resolve()
+    scaffold = new_service(name or root.name)
+    written = scaffold.write(root)
+    console.print(f"[green]created {scaffold.name}[/] in {root}:")
+    for p in written:
+        console.print(f"  {p.relative_to(root)}")
+    console.print(f"next: cd {directory} && python -m pytest tests && backout up --detach && backout status\n"
+                  "      (docs/guide.md in backout's repository walks through each step)")
+
+
+@app.command()
 def up(
     env: EnvOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="run in the background")] = False,
+    publish: Annotated[bool, typer.Option("--publish", help="deploy the source tree when it is newer than the "
+                                          "live release")] = False,
 ) -> None:
     """Start the environment: gateway, queue pollers, warm workers, control API (on aws: the control API
-    and the controller only — AWS runs the service)."""
+    and the controller only — AWS runs the service). It serves the live release: when the source tree
+    changed since, it says so (`--publish` deploys the tree)."""
     import logging
 
     name = env_name(env)
@@ -66,16 +87,24 @@ def up(
     if detach:
         from backout.server.process import start_detached
 
-        ep = start_detached(m.path, name, m.state_dir(name))
+        ep = start_detached(m.path, name, m.state_dir(name), publish=publish)
         console.print(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
         )
+        view = Client(name).call("GET", "/platform")
+        if view.get("stale_release") and not publish:
+            console.print(f"[yellow]warning:[/] {view['stale_release']}")
+        elif publish:
+            d = Client(name).call("GET", "/status").get("deployment")
+            if d:
+                console.print(f"deploying the source tree: {d['id']} ({d['stable']} → {d['target']}); "
+                              f"follow it with `backout deployment follow {d['id']} --env {name}`")
         return
     from backout import logs
     from backout.server.process import Supervisor
 
     logs.configure(logging.WARNING)  # JSON lines on stderr (supervisor.log when detached)
-    Supervisor(m, name).run()
+    Supervisor(m, name, publish=publish).run()
 
 
 @app.command()
@@ -239,6 +268,49 @@ def queue_stats(
     )
 
 
+@queue_app.command("peek")
+def queue_peek(
+    name: str,
+    env: EnvOpt = None,
+    number: Annotated[int, typer.Option("--number", "-n", help="how many of the oldest messages")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """The oldest messages of a queue as they sit in it (read, not received): body, attributes, receive
+    count and, in a DLQ, where each came from and its last error."""
+    if number < 1:
+        raise UsageError("-n must be at least 1")
+    rows = Client(env).call("GET", f"/queues/{name}/messages", limit=number)
+    if as_json:
+        return emit_json(rows)
+    if not rows:
+        console.print(f"{name} is empty")
+        return
+    table(
+        f"{name}: the oldest {len(rows)} message(s)",
+        ["id", "sent", "state", "receives", "attributes", "body"],
+        [
+            (
+                m["id"][:8],
+                _ts(m["sent_at"]),
+                "visible" if m["visible"] else "in flight",
+                m["receive_count"],
+                ", ".join(f"{k}={v}" for k, v in m["attributes"].items()),
+                m["body"][:200],
+            )
+            for m in rows
+        ],
+    )
+
+
+@queue_app.command("purge")
+def queue_purge(name: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Delete every message of a queue (asks first; `--yes` in scripts). Recorded as an event."""
+    env = env_name(env)
+    confirm(f"purge {name} in {env}: delete every message in it?", yes)  # before reaching for the supervisor
+    r = Client(env).call("POST", f"/queues/{name}/purge", {"yes": True, "who": who()})
+    emit_json(r) if as_json else console.print(f"purged {name}: {r['deleted']} message(s) deleted")
+
+
 @queue_app.command("redrive")
 def queue_redrive(name: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     """Move every message of a dead-letter queue back to its source queue (a move task, as SQS's)."""
@@ -267,12 +339,21 @@ def metrics(
     r = Client(env).call("GET", f"/metrics/summary/{function}", since=secs, version=version)
     if as_json:
         return emit_json(r)
-    title = f"{function}{f' v{version}' if version else ''} over the last {since}"
+    title = (f"{function}{f' v{version}' if version else ''}: traffic through the live alias over the last "
+             f"{since} (backout's probes excluded)")
+    units = r["units"]
+    versions = r.get("versions") or {}
+    columns = [r, *versions.values()] if len(versions) != 1 else [r]
     table(
         title,
-        ["metric", "value"],
-        [(k, _num(v)) for k, v in r.items() if k not in {"function", "version", "window_seconds"}],
+        ["metric", "all versions" if not version else f"v{version}",
+         *([f"v{v}" for v in versions] if len(versions) > 1 else [])],
+        [(f"{k} ({u})", *(_num(c.get(k)) for c in columns)) for k, u in units.items()],
     )
+    if len(versions) == 1:
+        console.print(f"every invocation was served by v{next(iter(versions))}")
+    elif not versions and not version:
+        console.print("no traffic through the live alias in this window")
 
 
 @app.command()

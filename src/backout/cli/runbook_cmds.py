@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import who
+from backout.cli.inputs import YesOpt, confirm, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed, UsageError
 
@@ -18,7 +17,6 @@ backup_app = typer.Typer(help="Snapshots of the service's data: create, list, re
 drill_app = typer.Typer(
     help="Rollback drills: prove automatic rollback works (monthly, in staging).", invoke_without_command=True
 )
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
 def register(app: typer.Typer) -> None:
@@ -29,28 +27,30 @@ def register(app: typer.Typer) -> None:
     app.add_typer(drill_app, name="drill")
 
 
-def _confirm(question: str, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"{question} — not a terminal, so pass --yes to confirm")
-    if not typer.confirm(question):
-        raise typer.Exit(1)
-
-
 def _check_rows(report: dict[str, Any]) -> None:
     rows = [
         (
             c["group"],
             c["name"],
-            Text("ok", "green") if c["ok"] else Text("FAIL", "red"),
+            _result(c),
             c["detail"],
             f"{c['latency_ms']:.0f}",
         )
         for c in report["checks"]
     ]
     table("verify", ["group", "check", "result", "detail", "ms"], rows)
-    console.print(Text("all checks passed", "green") if report["ok"] else Text("verify FAILED", "red bold"))
+    warned = sum(1 for c in report["checks"] if c.get("warning"))
+    if not report["ok"]:
+        console.print(Text("verify FAILED", "red bold"))
+    else:
+        console.print(Text(f"passed with {warned} warning(s)", "yellow") if warned else Text("all checks passed",
+                                                                                           "green"))
+
+
+def _result(check: dict[str, Any]) -> Text:
+    if not check["ok"]:
+        return Text("FAIL", "red")
+    return Text("warning", "yellow") if check.get("warning") else Text("ok", "green")
 
 
 def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
@@ -185,8 +185,7 @@ def rollback(
     name = env_name(env)
     if not reason.strip():
         raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
-    if name == "prod":
-        _confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
+    confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
     r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": who()})
     if as_json:
         emit_json(r)
@@ -227,7 +226,7 @@ def emergency_stop(
     if not reason.strip():
         raise UsageError("--reason is required for an emergency stop")
     what = "pause all processing (the API stays open)" if keep_api else "block the API and pause all processing"
-    _confirm(f"EMERGENCY STOP {name}: {what}?", yes)
+    confirm(f"EMERGENCY STOP {name}: {what}?", yes)
     r = Client(name).call("POST", "/emergency-stop", {"reason": reason, "who": who(), "keep_api": keep_api,
                                                       "rollback": not no_rollback})
     if as_json:

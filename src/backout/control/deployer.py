@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backout.control import states as st
-from backout.control.alarms import ALARM, AlarmSet, Evaluation, default_rules
+from backout.control.alarms import ALARM, INSUFFICIENT_DATA, AlarmSet, Evaluation, default_rules
 from backout.control.analysis import JudgeSet, LatencyJudge, evaluate_all
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
@@ -616,7 +616,23 @@ class Deployer:
                     break
                 lv.wake.wait(min(evaluation_interval(self.platform, EVAL_INTERVAL), max(0.0, end - self.clock())))
                 lv.wake.clear()
+        self._enough_data(d, lv)
         return self.store.transition(d.id, st.POST_TRAFFIC, expect=st.IN_PROGRESS)
+
+    def _enough_data(self, d: Deployment, lv: Live) -> None:
+        """A deployment whose alarms never had the data to decide must not pass as judged: say so, and with
+        `require_traffic = true` roll it back."""
+        unchanged = {fn for fn, v in d.target_versions.items() if d.stable_versions.get(fn) == v}
+        starved = sorted(k for k, e in lv.alarms.items()
+                         if e.state == INSUFFICIENT_DATA and k.partition(":")[2] not in unchanged)
+        if not starved:
+            return
+        msg = (f"not enough data to judge {d.target}: {', '.join(starved)} still INSUFFICIENT_DATA "
+               f"(fewer than {self.spec.min_invocations} invocations of the new version)")
+        if self.spec.require_traffic:
+            raise RollbackNeeded("no_traffic", f"{msg}; require_traffic is set", [msg])
+        self._event(d, "insufficient_data", f"{msg}: it goes on unjudged (require_traffic = true rolls it back)",
+                    severity="warning", data={"alarms": starved})
 
     def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float) -> None:
         """One evaluation — every alarm and judge from one batched metrics call: store every state
@@ -718,7 +734,7 @@ class Deployer:
         inc = self.open_incident(
             self.env,
             f"{d.id} rolled back: {rb.reason}",
-            severity="critical",
+            severity=incident_severity(impact),
             deployment_id=d.id,
             trigger={"kind": rb.trigger, "reason": rb.reason, "decided_at": decided, "completed_at": done, **rb.data},
             evidence={"alarms": rb.evidence, "impact": impact},
@@ -787,6 +803,20 @@ class Deployer:
             )
         except Exception:  # noqa: BLE001 - notifications never block a deployment or a rollback
             log.exception("notification %s failed", kind)
+
+
+def incident_severity(impact: dict[str, Any]) -> str:
+    """An incident's severity follows the bad version's impact: "low" when it never took traffic (a
+    pre-traffic failure), "critical" when it failed requests, invocations or messages, else "high"
+    (it took traffic, and the evidence shows no harm). An emergency stop is always critical."""
+    if impact.get("error") is not None:
+        return "critical"  # the impact could not be measured: assume the worst
+    if impact.get("weights") and all(w == 0.0 for _, w in impact["weights"]):
+        return "low"
+    harm = (impact.get("api", {}).get("failed_requests", 0)
+            + sum(f.get("errors", 0) for f in impact.get("functions", {}).values())
+            + sum(impact.get("dlq_arrivals", {}).values()))
+    return "critical" if harm else "high"
 
 
 def measure_impact(

@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 
+from backout.control.probes import Probe, probe_for
 from backout.control.smoke import run_smoke
 from backout.manifest import HookSpec, Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_LAMBDA, MetricQuery, Platform
-
-TEST_EVENT = {"test": True}
 
 
 @dataclass(frozen=True)
@@ -88,17 +87,15 @@ def run_hook(phase: str, hook: HookSpec, ctx: HookContext) -> HookResult:
 
 
 def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
-    """Each new version is active and answers a test invocation; table, store and queues reachable.
+    """Each new version answers a probe of its own kind (`control/probes.py`); table, store and queues
+    reachable. A function backout has no probe for is not invoked, and the check says so.
 
-    A throttled test invocation is retried until `timeout`: under load the function's reserved
-    concurrency may be taken by the stable version's work, which says nothing about the new one."""
+    A throttled probe is retried until `timeout`: under load the function's reserved concurrency may
+    be taken by the stable version's work, which says nothing about the new one."""
     checks = []
     deadline = time.monotonic() + timeout
     for fn in ctx.platform.functions():
-        v = ctx.target[fn]
-        r = _invoke(ctx, fn, TEST_EVENT, deadline)
-        detail = f"v{v} answered in {r.duration_ms:.0f} ms" if r.ok else _error_text(r.payload, r)
-        checks.append({"name": f"invoke {fn} v{v}", "ok": r.ok, "detail": detail})
+        checks.append(probe_check(ctx.platform, probe_for(ctx.manifest, fn, ctx.env), ctx.target[fn], deadline))
     for c in ctx.platform.describe():
         checks.append({"name": c.name, "ok": c.ok, "detail": c.detail})
     for q in ctx.platform.queues():
@@ -227,13 +224,32 @@ def _http_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
     return 200 <= r.status_code < 300, f"{method} {url} → {r.status_code}: {r.text[:300]}"
 
 
+def probe_check(platform: Platform, probe: Probe, version: str, deadline: float) -> dict[str, Any]:
+    """One function version against its probe: `{name, ok, detail}`; a failure says what was sent and how
+    to declare the event the function expects. `verify` runs the same check on the live versions."""
+    name = f"invoke {probe.function} v{version}"
+    if probe.event is None:
+        return {"name": name, "ok": True, "detail": f"not invoked: {probe.sent.removeprefix('nothing: ')}",
+                "invoked": False}
+    r = _retry_throttled(platform, probe.function, version, probe.event, deadline)
+    ok, why = probe.judge(r.ok, r.payload)
+    if ok:
+        return {"name": name, "ok": True, "detail": f"v{version} {why} in {r.duration_ms:.0f} ms", "invoked": True}
+    err = _error_text(r.payload, r) if not r.ok else why
+    return {"name": name, "ok": False, "detail": f"{err} — {probe.how_to_declare()}", "invoked": True}
+
+
 def _invoke(ctx: HookContext, fn: str, event: Any, deadline: float) -> Any:
-    """Invoke the new version of `fn`; while throttled (busy, not broken) retry until `deadline`."""
-    version = ctx.target.get(fn)  # a hook function outside the deployment runs on its live alias
-    r = ctx.platform.invoke(fn, version, event)
+    """Invoke the new version of `fn` (a hook function outside the deployment runs on its live alias)."""
+    return _retry_throttled(ctx.platform, fn, ctx.target.get(fn), event, deadline)
+
+
+def _retry_throttled(platform: Platform, fn: str, version: str | None, event: Any, deadline: float) -> Any:
+    """Invoke; while throttled (busy, not broken) retry until `deadline`."""
+    r = platform.invoke(fn, version, event)
     while r.throttled and time.monotonic() < deadline:
         time.sleep(0.1)
-        r = ctx.platform.invoke(fn, version, event)
+        r = platform.invoke(fn, version, event)
     return r
 
 

@@ -20,7 +20,8 @@ FAILED = "Failed"
 ACTIVE_STATUSES = (CREATED, AWAITING_APPROVAL, PRE_TRAFFIC, IN_PROGRESS, POST_TRAFFIC)  # in forward order
 TERMINAL_STATUSES = (SUCCEEDED, ROLLED_BACK, STOPPED, FAILED)
 STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
-SEVERITIES = ("info", "warning", "critical")
+SEVERITIES = ("info", "warning", "critical")  # of events and notifications
+INCIDENT_SEVERITIES = ("low", "warning", "high", "critical")  # of incidents: by impact (deployer.incident_severity)
 ALARM_STATES = ("OK", "ALARM", "INSUFFICIENT_DATA")
 
 

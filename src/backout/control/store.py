@@ -48,6 +48,7 @@ from backout.control.states import (  # noqa: F401 - re-exported: the store's re
     CREATED,
     FAILED,
     IN_PROGRESS,
+    INCIDENT_SEVERITIES,
     POST_TRAFFIC,
     PRE_TRAFFIC,
     ROLLED_BACK,
@@ -644,8 +645,8 @@ class Store:
         evidence: Any = None,
         opened_at: float | None = None,
     ) -> Incident:
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
+        if severity not in INCIDENT_SEVERITIES:
+            raise ValueError(f"severity must be one of {INCIDENT_SEVERITIES}, not {severity!r}")
         with self._write() as s:
             seq = self._next_seq(s, _IncidentRow)
             row = _IncidentRow(

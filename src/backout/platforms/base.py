@@ -279,6 +279,22 @@ class QueueAttributes:
 
 
 @dataclass(frozen=True)
+class QueueMessage:
+    """One message as it sits in a queue (`backout queue peek`): read, not received."""
+
+    id: str
+    body: str
+    attributes: dict[str, str]  # MessageAttributes (string values), plus a DLQ's source and last error
+    sent_at: float
+    visible: bool  # False while a consumer holds it (in flight) or it is delayed
+    receive_count: int
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class RedriveTask:
     """A DLQ redrive (StartMessageMoveTask): asynchronous on AWS, so it has a status."""
 
@@ -303,8 +319,19 @@ class Queues(Protocol):
     def queue_attributes(self, queue: str) -> QueueAttributes:
         """get_queue_attributes."""
 
-    def send_message(self, queue: str, body: str) -> str:
-        """send_message: the message id once the message is durable."""
+    def send_message(self, queue: str, body: str, attributes: dict[str, str] | None = None) -> str:
+        """send_message (with string MessageAttributes): the message id once the message is durable."""
+
+    def peek_messages(self, queue: str, limit: int = 10) -> list[QueueMessage]:
+        """The oldest messages, read without consuming them (receive_message with VisibilityTimeout=0 on
+        AWS, which does count a receive)."""
+
+    def purge_queue(self, queue: str) -> int:
+        """purge_queue: delete every message; how many were deleted (when the platform knows)."""
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        """Delete the messages whose MessageAttribute `attribute` is `value` (a drill's own); on AWS a
+        receive loop that deletes those and releases the rest (change_message_visibility 0)."""
 
     def start_redrive(self, dlq: str) -> RedriveTask:
         """start_message_move_task: move the DLQ's messages back to their source queue."""

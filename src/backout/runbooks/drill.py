@@ -2,7 +2,10 @@
 
 A drill republishes the current stable code with an injected fault (`BACKOUT_FAULT` in the
 release's environment — no code change, so it works for any service), generates its own synthetic
-traffic, deploys the faulty version, and passes only if the *automatic* rollback completes within
+traffic (tagged: GET requests through the API carry `X-Backout-Drill`, which the gateway counts under
+`Origin=drill`; messages go only to queues the manifest marks `drill = true`, with the message
+attribute `backout-drill`, and are removed from those queues and their DLQs afterwards), deploys the
+faulty version, and passes only if the *automatic* rollback completes within
 the target; then `verify` and `smoke` must pass too. The result is recorded (`backout drill list`)
 and `backout status` warns when the last passing drill is older than 30 days.
 
@@ -16,6 +19,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -54,24 +58,31 @@ def parse_fault(fault: str) -> str:
     return f
 
 
-class SyntheticTraffic:
-    """GET requests on every parameterless-or-filled GET route, and small messages on every queue a
-    function consumes (the service must treat an unknown message as bad input, not crash)."""
+DRILL_HEADER = "X-Backout-Drill"  # on every synthetic request: the gateway counts them apart (Origin=drill)
+DRILL_ATTRIBUTE = "backout-drill"  # on every synthetic message: the drill removes its own messages after
 
-    def __init__(self, manifest: Manifest, gateway_url: str, send: Callable[[str, str], None]) -> None:
+
+class SyntheticTraffic:
+    """The drill's own load, tagged with its `tag`: GET requests through the API on every GET route
+    (path parameters filled with `drill`), and — only to queues the manifest marks `drill = true` —
+    small messages the consumer must accept or reject cleanly. Nothing is written into a queue the
+    manifest does not offer for drills."""
+
+    def __init__(self, manifest: Manifest, gateway_url: str, send: Callable[..., str], tag: str = "drill") -> None:
         self.paths = [
             re.sub(r"\{[^}]+\}", "drill", h.path)
             for f in manifest.functions.values()
             for h in f.http_events
             if h.method == "GET"
         ]
-        dlqs = {q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}
-        self.queues = sorted({e.queue for f in manifest.functions.values() for e in f.queue_events} - dlqs)
+        self.queues = drill_queues(manifest)
         self.gateway_url = gateway_url
         self.send = send
+        self.tag = tag
         self.stats = {"requests": 0, "http_errors": 0, "messages": 0}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._seq = 0
 
     def start(self) -> None:
         if self.paths:
@@ -90,9 +101,11 @@ class SyntheticTraffic:
         """Open-loop load: a request every 1/HTTP_RATE s whatever the answers' latency, like real clients."""
         from concurrent.futures import ThreadPoolExecutor
 
+        headers = {"User-Agent": "backout-drill", DRILL_HEADER: self.tag}
+
         def one(c: httpx.Client, path: str) -> None:
             try:
-                r = c.get(path, headers={"User-Agent": "backout-drill"})
+                r = c.get(path, headers=headers)
                 self.stats["requests"] += 1
                 if r.status_code >= 500:
                     self.stats["http_errors"] += 1
@@ -108,12 +121,32 @@ class SyntheticTraffic:
                 i += 1
 
     def _queue(self) -> None:
-        n = 0
         while not self._stop.wait(1.0 / QUEUE_RATE):
-            for q in self.queues:
-                n += 1
-                self.send(q, json.dumps({"backout_drill": True, "seq": n}))
-                self.stats["messages"] += 1
+            self.send_messages()
+
+    def send_messages(self) -> None:
+        """One tagged message to each drill queue."""
+        for q in self.queues:
+            self._seq += 1
+            self.send(q, json.dumps({"backout_drill": True, "seq": self._seq}), {DRILL_ATTRIBUTE: self.tag})
+            self.stats["messages"] += 1
+
+
+def drill_queues(manifest: Manifest) -> list[str]:
+    """The queues a drill may write to: those marked `drill = true` that a function consumes."""
+    consumed = {e.queue for f in manifest.functions.values() for e in f.queue_events}
+    return sorted(n for n, q in manifest.queues.items() if q.drill and n in consumed)
+
+
+def clean_up(manifest: Manifest, platform: Any, tag: str) -> dict[str, int]:
+    """Remove the drill's own messages from its queues and their DLQs (after the faulty version failed
+    them, or the stable one left them unprocessed): queue → how many were removed."""
+    out: dict[str, int] = {}
+    for q in drill_queues(manifest):
+        for name in (q, manifest.queues[q].dead_letter_queue):
+            if name is not None and name not in out:
+                out[name] = platform.delete_tagged(name, DRILL_ATTRIBUTE, tag)
+    return out
 
 
 def drill(ctx: RunbookContext, fault: str, target_seconds: float, allow_prod: bool, who: str) -> dict[str, Any]:
@@ -132,10 +165,11 @@ def drill(ctx: RunbookContext, fault: str, target_seconds: float, allow_prod: bo
     if live is None:
         raise UsageError("traffic is split or the aliases point at no single release: roll back first")
     faulty = platform.republish(live.id, {"BACKOUT_FAULT": fault}, description=f"drill: r{live.id} with {fault}")
-    traffic = SyntheticTraffic(manifest, platform.endpoint(), platform.send_message)
+    tag = f"drill-{uuid.uuid4().hex[:12]}"
+    traffic = SyntheticTraffic(manifest, platform.endpoint(), platform.send_message, tag)
     traffic.start()
     detail: dict[str, Any] = {"stable": live.id, "faulty_release": faulty.id, "faulty_versions": faulty.versions,
-                              "who": who}
+                              "who": who, "tag": tag}
     try:
         time.sleep(2.0)  # a baseline of the stable version for the judges
         strategy = Strategy("Drill", (Step(DRILL_WEIGHT, target_seconds + 30.0), Step(100.0, 0.0)))
@@ -177,6 +211,7 @@ def drill(ctx: RunbookContext, fault: str, target_seconds: float, allow_prod: bo
         )
     # messages the faulty version failed just before the rollback still reach the DLQ one retry later
     time.sleep(settle_seconds(manifest) + 1.0)
+    detail["cleaned_up"] = clean_up(manifest, platform, tag)  # before verify: the drill's messages are not a fault
     v = verify(ctx)
     sm = run_smoke(ctx)
     detail["verify"] = v.as_dict()

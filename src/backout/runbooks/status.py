@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from backout.manifest import Manifest
-from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_SQS, MetricQuery, Platform
+from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_SQS, MetricQuery, Platform, Release
 from backout.runbooks.context import RunbookContext
 from backout.runbooks.verify import queue_ages
 
@@ -46,6 +46,29 @@ def queue_view(manifest: Manifest, platform: Platform, now: float | None = None)
             row[key] = int(sum(p.value for p in series[i * len(wanted) + k]))
         out[q] = row
     return out
+
+
+def stale_release(manifest: Manifest, live: Release | None) -> str | None:
+    """A warning when the manifest's source changed after the live release was published: `up` serves
+    the live release, not the working tree, and a newcomer expects to see their edit."""
+    if live is None:
+        return None
+    src = manifest.source_dir
+    roots = [src / p for p in manifest.service.packages] or [src]
+    newest, newest_path = 0.0, None
+    for root in roots:
+        files = [root] if root.is_file() else (root.rglob("*") if root.is_dir() else [])
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                m = f.stat().st_mtime
+                if m > newest:
+                    newest, newest_path = m, f
+    if newest_path is None or newest <= live.created_at + 1.0:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(live.created_at))
+    return (f"the live release {live.label()} (published {when}) is older than the source tree "
+            f"({newest_path.relative_to(manifest.root) if newest_path.is_relative_to(manifest.root) else newest_path}"
+            " changed since): `backout deploy` publishes it, or start with `backout up --publish`")
 
 
 def status(ctx: RunbookContext) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """`backout verify`: "Validation After Rollback" of the procedure, as one command.
 
-API health (GET /health through the gateway → 200 and healthy), each function invocable (a test
-invocation of every version its live alias routes to — the procedure's `aws lambda invoke
---payload '{"test": true}'`), database connectivity (a read/write probe), queue status (visible,
-in flight, age of oldest, DLQ depth), all alarms OK, and every live alias at the expected version.
+API health (GET /health through the gateway → 200 and healthy; a warning when the service has no health
+route), each function invocable (every version its live alias routes to answers its probe, an event of
+its own kind: what the procedure's `aws lambda invoke --payload '{"test": true}'` means for a handler
+that expects API Gateway or SQS events), database connectivity (a read/write probe), queue status
+(visible, in flight, age of oldest, DLQ depth), all alarms OK, and every live alias at the expected
+version.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import httpx
 
 from backout.control import states as st
 from backout.control.alarms import ALARM, AlarmSet, default_rules
+from backout.control.hooks import probe_check
+from backout.control.probes import probe_for
 from backout.control.store import Store
 from backout.control.traffic import Traffic
 from backout.manifest import Manifest
@@ -36,6 +40,7 @@ class Check:
     ok: bool
     detail: str
     latency_ms: float = 0.0
+    warning: bool = False  # passed, but something was not checked that should be (e.g. no health route)
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,14 @@ class VerifyReport:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "at": self.at, "checks": [asdict(c) for c in self.checks]}
 
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.warning]
+
     def summary(self) -> str:
         if self.ok:
-            return f"verify passed ({len(self.checks)} checks)"
+            warned = "; ".join(f"warning: {c.name}: {c.detail}" for c in self.warnings)
+            return f"verify passed ({len(self.checks)} checks)" + (f"; {warned}" if warned else "")
         return "verify FAILED: " + "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
 
 
@@ -78,7 +88,7 @@ def verify(ctx: RunbookContext) -> VerifyReport:
     database, the queues, no alarm firing, every alias where the last deployment left it."""
     checks: list[Check] = []
     checks.extend(_timed("api", lambda: _api(ctx.manifest, ctx.platform)))
-    checks.extend(_timed("functions", lambda: _functions(ctx.platform)))
+    checks.extend(_timed("functions", lambda: _functions(ctx.manifest, ctx.env, ctx.platform)))
     checks.extend(_timed("database", lambda: _database(ctx.platform)))
     checks.extend(_timed("queues", lambda: _queues(ctx.manifest, ctx.env, ctx.platform)))
     checks.extend(_timed("alarms", lambda: _alarms(ctx.manifest, ctx.env, ctx.platform, ctx.store, ctx.live_alarms())))
@@ -111,7 +121,8 @@ def _health_route(manifest: Manifest) -> str | None:
 def _api(manifest: Manifest, platform: Platform) -> list[Check]:
     fn = _health_route(manifest)
     if fn is None:
-        return [Check("api", "API health", True, "the service has no GET /health route")]
+        return [Check("api", "API health", True, "no health route: the API's health is not checked "
+                      "(add `{ http = \"GET /health\" }` to a function's events)", warning=True)]
     t0 = time.perf_counter()
     throttle = platform.get_throttle()
     if throttle.rate == 0:
@@ -135,17 +146,18 @@ def _api(manifest: Manifest, platform: Platform) -> list[Check]:
         return [Check("api", "API health", False, f"GET {url}/health failed: {e}")]
 
 
-def _functions(platform: Platform) -> list[Check]:
+def _functions(manifest: Manifest, env: str, platform: Platform) -> list[Check]:
+    """Every version a live alias routes to answers its probe (the pre-traffic check's, `control/probes.py`);
+    a throttled probe is retried for a while: busy, not broken."""
     out = []
     for fn in platform.functions():
+        probe = probe_for(manifest, fn, env)
         for v in platform.get_weights(fn).versions:
-            r = platform.invoke(fn, v, {"test": True})
-            deadline = time.monotonic() + CHECK_TIMEOUT
-            while r.throttled and time.monotonic() < deadline:  # busy, not broken: a slot frees up soon
-                time.sleep(0.2)
-                r = platform.invoke(fn, v, {"test": True})
-            detail = f"v{v} answered in {r.duration_ms:.0f} ms" if r.ok else f"v{v}: {_err(r)}"
-            out.append(Check("functions", f"{fn} v{v}", r.ok, detail, r.duration_ms))
+            t0 = time.perf_counter()
+            c = probe_check(platform, probe, v, time.monotonic() + CHECK_TIMEOUT)
+            ms = (time.perf_counter() - t0) * 1000
+            detail = c["detail"] if c["ok"] and c["invoked"] else f"v{v}: {c['detail']}"
+            out.append(Check("functions", f"{fn} v{v}", c["ok"], detail, ms))
     return out
 
 
@@ -296,10 +308,3 @@ def _json(text: str) -> dict[str, Any]:
     except (ValueError, TypeError):
         return {}
     return v if isinstance(v, dict) else {}
-
-
-def _err(r: Any) -> str:
-    if r.throttled:
-        return "throttled"
-    p = r.payload if isinstance(r.payload, dict) else {}
-    return f"{p.get('errorType', 'Error')}: {str(p.get('errorMessage', r.payload))[:300]}"

@@ -16,7 +16,7 @@ from backout.control.deployer import Deployer
 from backout.control.notify import Notifier
 from backout.control.store import Deployment, Store
 from backout.manifest import Manifest
-from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, period_at_least
+from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, Capacity, MetricQuery, Platform, period_at_least
 from backout.runbooks import backups, drill, emergency, repair, rollback, smoke, status, verify
 from backout.runbooks.context import RunbookContext
 
@@ -158,29 +158,53 @@ class Controller:
             "processing": p.get_processing(),
             "queues": status.queue_view(self.manifest, p),
             "releases": [r.as_dict() for r in p.releases()],
+            "stale_release": status.stale_release(self.manifest, self.deployer.traffic.live_release()),
         }
 
     def metric_summary(self, fn: str, version: str | None, since: float) -> dict[str, Any]:
-        """Totals and duration percentiles of one function (or one of its versions) since `since`:
-        one batched call, one aligned period covering the window (CloudWatch's semantics)."""
+        """Totals and duration percentiles of one function's traffic (or one version's) since `since`, and
+        the same per version that served any of it: invocations through the live alias only, so backout's
+        own probes (sent to a version directly) are not counted. One aligned period covers the window
+        (CloudWatch's semantics); two batched calls."""
         now = time.time()
-        dims = {"FunctionName": fn}
-        if version is not None:
-            dims["ExecutedVersion"] = str(version)
         period = period_at_least(now - since)
         start = (int(since) // period) * period
+        alias = {"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"}
+        out: dict[str, Any] = {"function": fn, "version": version, "window_seconds": round(now - start),
+                               "units": dict(SUMMARY_UNITS)}
+        if version is not None:
+            out.update(self._summary({**alias, "ExecutedVersion": str(version)}, start, now, period))
+            return out
+        candidates = list(dict.fromkeys(r.version(fn) for r in reversed(self.platform.releases())
+                                        if fn in r.versions))[:MAX_SUMMARY_VERSIONS]
+        served = self.platform.metrics([
+            MetricQuery.of(NS_LAMBDA, "Invocations", {**alias, "ExecutedVersion": v}, start, now + 1, period, "Sum")
+            for v in candidates])
+        out.update(self._summary(alias, start, now, period))
+        out["versions"] = {v: self._summary({**alias, "ExecutedVersion": v}, start, now, period)
+                           for v, pts in sorted(zip(candidates, served, strict=True), key=lambda x: int(x[0])
+                                                if x[0].isdigit() else 0) if sum(p.value for p in pts)}
+        return out
+
+    def _summary(self, dims: dict[str, str], start: int, now: float, period: int) -> dict[str, Any]:
         wanted = [("Invocations", "Sum"), ("Errors", "Sum"), ("Throttles", "Sum"), ("Duration", "Average"),
                   ("Duration", "p50"), ("Duration", "p90"), ("Duration", "p99"), ("Duration", "Maximum"),
                   ("ConcurrentExecutions", "Maximum")]
         series = self.platform.metrics([MetricQuery.of(NS_LAMBDA, m, dims, start, now + 1, period, stat)
                                         for m, stat in wanted])
-        out: dict[str, Any] = {"function": fn, "version": version, "window_seconds": round(now - start)}
+        out: dict[str, Any] = {}
         for (metric, stat), pts in zip(wanted, series, strict=True):
             key = metric if stat == "Sum" else f"{metric}.{stat}"
             out[key] = _combine(pts, stat)
         inv = out.get("Invocations") or 0
         out["error_rate_pct"] = round(100.0 * (out.get("Errors") or 0) / inv, 2) if inv else None
         return out
+
+
+SUMMARY_UNITS = {"Invocations": "count", "Errors": "count", "Throttles": "count", "Duration.Average": "ms",
+                 "Duration.p50": "ms", "Duration.p90": "ms", "Duration.p99": "ms", "Duration.Maximum": "ms",
+                 "ConcurrentExecutions.Maximum": "count", "error_rate_pct": "%"}
+MAX_SUMMARY_VERSIONS = 20  # the newest versions looked at for a per-version breakdown
 
 
 def _combine(points: list[Any], stat: str) -> float | None:

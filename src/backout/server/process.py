@@ -88,9 +88,10 @@ class _Server(uvicorn.Server):
 class Supervisor:
     """Runs one environment until asked to stop, then drains in-flight work."""
 
-    def __init__(self, manifest: Manifest, env: str) -> None:
+    def __init__(self, manifest: Manifest, env: str, publish: bool = False) -> None:
         self.manifest = manifest
         self.env = env
+        self.publish = publish  # deploy the source tree once up, when it is newer than the live release
         self.spec = manifest.environment(env)
         self.state_dir = manifest.state_dir(env)
         self._stop = threading.Event()
@@ -139,6 +140,7 @@ class Supervisor:
                 _prewarm_live(platform)
                 platform.start()
             controller.start()
+            self._stale_release(controller)
             ticker = threading.Thread(
                 target=self._tick, args=(platform if hosted else None, controller), name="tick", daemon=True
             )
@@ -185,6 +187,22 @@ class Supervisor:
                 ticker.join(timeout=5)
                 log.warning("backout %s down", self.env)
 
+    def _stale_release(self, controller: Controller) -> None:
+        """Say when the live release is older than the source tree; with `publish`, deploy the tree."""
+        from backout.runbooks.status import stale_release
+
+        stale = stale_release(self.manifest, controller.deployer.traffic.live_release())
+        if stale is None:
+            return
+        if not self.publish:
+            log.warning("%s", stale)
+            return
+        try:
+            d = controller.deployer.create(description="backout up --publish", created_by="backout up --publish")
+            log.warning("up --publish: deploying the source tree as %s (%s)", d.target, d.id)
+        except UsageError as e:
+            log.warning("up --publish: %s", e)
+
     async def _serve(self, socks: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -218,7 +236,7 @@ def _prewarm_live(platform: object) -> None:
 
 
 def start_detached(
-    manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0
+    manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0, publish: bool = False
 ) -> dict[str, object]:
     """Start `backout up` as a daemon; return its endpoints once the control API answers."""
     with supervisor_lock(state_dir, env):  # one supervisor per environment: say so before forking
@@ -227,7 +245,8 @@ def start_detached(
     logs.mkdir(parents=True, exist_ok=True)
     out = (logs / "supervisor.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backout.cli.main", "--manifest", str(manifest_path), "up", "--env", env],
+        [sys.executable, "-m", "backout.cli.main", "--manifest", str(manifest_path), "up", "--env", env,
+         *(["--publish"] if publish else [])],
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

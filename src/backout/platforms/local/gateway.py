@@ -24,7 +24,8 @@ retry, and the function's own `Throttles` metric (not the API's 5XXError) is the
 
 Every response carries `X-Amzn-RequestId` and `X-Backout-Version` (the version that answered, "0" when
 no function did), and records Count, 4XXError, 5XXError and Latency under {ApiName, Stage} and
-{ApiName, Stage, ExecutedVersion}.
+{ApiName, Stage, ExecutedVersion}; a drill's synthetic request (header `X-Backout-Drill`) also under
+{ApiName, Stage, Origin=drill}, so reports can tell it apart.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ _RESULT_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+_DRILL_HEADER = b"x-backout-drill"  # runbooks.drill.DRILL_HEADER as ASGI spells header names
 
 
 @dataclass(frozen=True)
@@ -335,15 +337,19 @@ class Gateway:
         headers.append((b"x-backout-version", resp.version.encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})
-        self._record(resp.status, resp.version, (time.perf_counter() - t0) * 1000.0)
+        drill = any(k == _DRILL_HEADER for k, _ in scope["headers"])
+        self._record(resp.status, resp.version, (time.perf_counter() - t0) * 1000.0, drill)
 
-    def _record(self, status: int, version: str, latency_ms: float) -> None:
+    def _record(self, status: int, version: str, latency_ms: float, drill: bool = False) -> None:
         keys = self._keys.get(version)
         if keys is None:
             keys = self._keys[version] = [
                 tuple(MetricStore.series_key(NS_API, m, dims) for m in _API_METRICS)
                 for dims in (self._dims, {**self._dims, "ExecutedVersion": version})
             ]
+        if drill:  # a drill's synthetic request also counts under Origin=drill, so reports can tell it apart
+            keys = [*keys, tuple(MetricStore.series_key(NS_API, m, {**self._dims, "Origin": "drill"})
+                                 for m in _API_METRICS)]
         e4 = 1.0 if 400 <= status < 500 else 0.0
         e5 = 1.0 if status >= 500 else 0.0
         samples = []

@@ -34,6 +34,7 @@ from backout.platforms.base import (
     InvokeResult,
     MetricQuery,
     QueueAttributes,
+    QueueMessage,
     RedriveTask,
     Release,
     Throttle,
@@ -334,10 +335,25 @@ class LocalPlatform:
             raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
         return self.queue_store.stats(queue)
 
-    def send_message(self, queue: str, body: str) -> str:
+    def send_message(self, queue: str, body: str, attributes: dict[str, str] | None = None) -> str:
+        self._known_queue(queue)
+        return self.queue_store.send(queue, body, attributes=attributes)
+
+    def peek_messages(self, queue: str, limit: int = 10) -> list[QueueMessage]:
+        self._known_queue(queue)
+        return [QueueMessage(**m) for m in self.queue_store.peek(queue, limit)]
+
+    def purge_queue(self, queue: str) -> int:
+        self._known_queue(queue)
+        return self.queue_store.purge(queue)
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        self._known_queue(queue)
+        return self.queue_store.delete_tagged(queue, attribute, value)
+
+    def _known_queue(self, queue: str) -> None:
         if queue not in self.manifest.queues:
-            raise UsageError(f"no queue named {queue!r}")
-        return self.queue_store.send(queue, body)
+            raise UsageError(f"no queue named {queue!r} (known: {', '.join(self.manifest.queues)})")
 
     def start_redrive(self, dlq: str, to: str | None = None) -> RedriveTask:
         """Runs to completion before it returns (SQLite moves are fast); the task is kept like AWS's.

@@ -591,6 +591,36 @@ class QueueStore:
             self._signal.notify()
         return n
 
+    def peek(self, queue: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The oldest `limit` messages as they sit in the queue, without receiving them (no receive count,
+        no visibility change): what an operator reads to find out why a DLQ fills."""
+        if limit < 1:
+            raise UsageError(f"limit must be >= 1 (got {limit})")
+
+        def tx(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            _queue_row(c, queue)
+            now = time.time()
+            rows = c.execute(
+                "SELECT id, body, attributes, sent_at, visible_at, receive_count, last_error FROM q_messages"
+                " WHERE queue = ? ORDER BY seq LIMIT ?", (queue, limit)).fetchall()
+            return [{"id": mid, "body": body, "attributes": json.loads(attrs), "sent_at": sent_at,
+                     "visible": visible_at <= now, "receive_count": rc, "last_error": last_error}
+                    for mid, body, attrs, sent_at, visible_at, rc, last_error in rows]
+
+        return self._read(tx)
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        """Delete every message of the queue whose message attribute `attribute` is `value` (a drill's
+        own messages, wherever they ended up); returns how many."""
+
+        def tx(c: sqlite3.Connection) -> int:
+            _queue_row(c, queue)
+            return c.execute(
+                "DELETE FROM q_messages WHERE queue = ? AND json_extract(attributes, ?) = ?",
+                (queue, f'$."{attribute}"', value)).rowcount
+
+        return self._write(tx)
+
     def purge(self, queue: str) -> int:
         """Delete every message of the queue (counters are kept); returns how many were removed."""
 

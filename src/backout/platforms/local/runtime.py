@@ -623,8 +623,9 @@ _LAMBDA_METRICS = ("Invocations", "Errors", "Duration", "Throttles", "Concurrent
 
 def _dimsets(fn: str, version: int, via_alias: bool) -> list[dict[str, str]]:
     dimsets = [{"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": str(version)}]
-    if via_alias:
+    if via_alias:  # the service's traffic, per version (as Lambda's alias metrics): backout's probes go by version
         dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}"})
+        dimsets.append({"FunctionName": fn, "Resource": f"{fn}:{LIVE_ALIAS}", "ExecutedVersion": str(version)})
     return dimsets
 
 

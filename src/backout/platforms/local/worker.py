@@ -144,9 +144,9 @@ class Faults:
                 raise ValueError(f"unknown fault {part!r} (use errors=P, latency=3s, crash, dlq)")
 
     def before(self, event: Any) -> None:
-        # backout's own test invocations ({"test": true}, the procedure's `aws lambda invoke` probe)
-        # pass untouched: a drill's fault hits real traffic, so the drill proves the alarms.
-        if isinstance(event, dict) and event.get("test") is True:
+        # backout's own probes pass untouched: a drill's fault hits real traffic, so the drill proves
+        # the alarms. The same test as `backout.control.probes.is_probe` (this module imports no backout).
+        if _is_probe(event):
             return
         if self.latency:
             time.sleep(self.latency)
@@ -165,6 +165,24 @@ def _seconds(value: str) -> float:
         if v.endswith(suffix):
             return float(v[: -len(suffix)]) * factor
     return float(v)
+
+
+PROBE_HEADER = "x-backout-probe"  # backout.control.probes.PROBE_HEADER, lower-cased
+PROBE_ATTRIBUTE = "backout-probe"  # backout.control.probes.PROBE_ATTRIBUTE
+
+
+def _is_probe(event: Any) -> bool:
+    """A marked probe (HTTP header or SQS message attribute on every record), or `{"test": true}`."""
+    if not isinstance(event, dict):
+        return False
+    if event.get("test") is True:
+        return True
+    headers = event.get("headers")
+    if isinstance(headers, dict) and any(str(k).lower() == PROBE_HEADER for k in headers):
+        return True
+    records = event.get("Records")
+    return isinstance(records, list) and bool(records) and all(
+        isinstance(r, dict) and PROBE_ATTRIBUTE in (r.get("messageAttributes") or {}) for r in records)
 
 
 def _is_queue_event(event: Any) -> bool:

@@ -36,6 +36,11 @@ class InvokeBody(BaseModel):
     payload: Any = Field(default_factory=dict)
 
 
+class PurgeBody(BaseModel):
+    yes: bool = False
+    who: str = ""
+
+
 class ThrottleBody(BaseModel):
     rate: float = Field(ge=0)
     burst: int = Field(ge=0)
@@ -102,6 +107,19 @@ def router(c: Controller) -> APIRouter:
     @r.post("/queues/{name}/redrive")
     def redrive(name: str) -> dict[str, Any]:
         return p.start_redrive(name).as_dict()
+
+    @r.get("/queues/{name}/messages")
+    def peek(name: str, limit: int = 10) -> list[dict[str, Any]]:
+        return [m.as_dict() for m in p.peek_messages(name, limit)]
+
+    @r.post("/queues/{name}/purge")
+    def purge(name: str, body: PurgeBody) -> dict[str, Any]:
+        if not body.yes:
+            raise UsageError(f"purging {name} deletes every message in it: confirm with --yes")
+        deleted = p.purge_queue(name)
+        c.store.add_event("queue_purged", f"{body.who or 'someone'} purged {name}: {deleted} message(s) deleted",
+                          severity="warning", data={"queue": name, "deleted": deleted, "who": body.who})
+        return {"queue": name, "deleted": deleted}
 
     @r.get("/queues/{name}/redrives")
     def redrives(name: str) -> list[dict[str, Any]]:
