@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("fast_evaluations")
 def corrupting(c: Call) -> Any:
     """A worker version that answers fine and finishes its jobs with garbage (data corruption)."""
     out = c.default()
-    if c.is_queue:
+    if c.is_queue and not c.is_test:  # backout's own probe carries no job
         for rec in c.event["Records"]:
             c.platform.tables["jobs"][json.loads(rec["body"])["job"]]["status"] = "garbage"
     return out

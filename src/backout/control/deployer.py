@@ -34,6 +34,8 @@ from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, R
 log = logging.getLogger(__name__)
 
 MANUAL = "ManualRollback"  # the strategy name a manual rollback is recorded under
+# An incident's severity (by impact) → the notification's (what a target filters on with min_severity).
+NOTIFY_SEVERITY = {"low": "info", "warning": "warning", "high": "warning", "critical": "critical"}
 EVAL_INTERVAL = 0.25  # seconds between alarm evaluations while traffic is on the new version
 
 
@@ -338,7 +340,8 @@ class Deployer:
         inc = self.store.open_incident(env, title, **kw)
         try:
             self.notifier.notify(Notification(
-                kind="incident_opened", environment=env, severity=inc.severity, service=self.manifest.service.name,
+                kind="incident_opened", environment=env, severity=NOTIFY_SEVERITY.get(inc.severity, "critical"),
+                service=self.manifest.service.name,
                 incident_id=inc.id, deployment_id=inc.deployment_id, reason=title,
                 command=f"backout incident show {inc.id} --env {env}",
                 extra={"Runbook": f"backout runbook --env {env}"}))
