@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from backout.manifest import Manifest, parse_duration
@@ -252,9 +252,54 @@ class AlarmRule:
 
 
 @dataclass(frozen=True)
+class CanaryEvidence:
+    """What a judge knows about the canary against the stable version: the e-value of "the canary is
+    no worse" (rejected at `threshold` = 1/α of the judge), the estimated rate ratio canary ÷ stable
+    with its anytime-valid confidence interval (`high` None: unbounded), and the counts it rests on.
+    An alarm's decision carries the evidence of the judge that watches the same signal."""
+
+    judge: str
+    e_value: float
+    threshold: float
+    ratio: float | None
+    low: float | None
+    high: float | None
+    canary_events: float
+    canary_requests: float
+    stable_events: float
+    stable_requests: float
+    seconds: float
+
+    def sentence(self, named: bool = True) -> str:
+        """`errors-judge:api: e-value 1.2e+03 ≥ 700, ratio 3.1 (CI 1.9–5.3), canary 41/802, stable
+        120/7210 over 160 s` (without the judge's name when not `named`)."""
+        op = "≥" if self.e_value >= self.threshold else "<"
+        infinite = self.stable_events == 0 and self.canary_events > 0  # every event on the canary
+        ratio = "∞" if infinite else fmt_ratio(self.ratio, "—")
+        name = f"{self.judge}: " if named else ""
+        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, ratio "
+                f"{ratio} (CI {fmt_ratio(self.low, '0')}–{fmt_ratio(self.high, '∞')}), canary "
+                f"{self.canary_events:.0f}/{self.canary_requests:.0f}, stable "
+                f"{self.stable_events:.0f}/{self.stable_requests:.0f} over {self.seconds:.0f} s")
+
+
+def fmt_e(v: float) -> str:
+    """An e-value or its threshold: `3.2`, `700`, `1.2e+05`."""
+    return f"{v:.3g}" if v < 1e4 else f"{v:.2e}"
+
+
+def fmt_ratio(v: float | None, missing: str) -> str:
+    """A rate ratio to two significant digits; `missing` (e.g. `∞` for an open upper bound) when None."""
+    if v is None:
+        return missing
+    return f"{v:.2g}" if v < 10 else f"{v:.0f}"
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One evaluation of one rule. `value` and `window_seconds` are those of the newest period with
-    data (None when there is none); `numerator`/`denominator` for ratios, `samples` the guard count."""
+    data (None when there is none); `numerator`/`denominator` for ratios, `samples` the guard count;
+    `evidence` a judge's comparison of canary and stable (a judge's own, or for an alarm its judge's)."""
 
     alarm: str
     state: str
@@ -269,9 +314,12 @@ class Evaluation:
     samples: float | None = None
     breaching: int = 0  # breaching datapoints among those evaluated
     evaluated: int = 0  # datapoints evaluated (real + filled-in missing ones)
+    evidence: CanaryEvidence | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["evidence"] = None if self.evidence is None else asdict(self.evidence)
+        return out
 
 
 @dataclass(frozen=True)
@@ -703,6 +751,9 @@ def default_rules(
                 label="duration p99", unit="ms", subject=f"{fn} v{versions[fn]}", samples_label="invocations",
             ))
 
+    if env.confirm_with_judge:  # the thresholds above wait for their judge; these never do
+        rules += ceiling_rules(manifest, env_name, versions, deployment_start)
+
     for queue, limit in sorted(_limits(getattr(env, "queue_age_limits", None)).items()):
         rules.append(AlarmRule(
             name=f"queue-age:{queue}", kind="queue_age",
@@ -710,5 +761,41 @@ def default_rules(
             threshold=limit, comparison="GreaterThanThreshold", period=window,
             treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
             label="age of oldest message", unit="s", subject=queue,
+        ))
+    return rules
+
+
+def ceiling_rules(manifest: Manifest, env_name: str, versions: dict[str, str],
+                  deployment_start: float) -> list[AlarmRule]:
+    """The hard ceilings of an environment whose alarms wait for their judge (`confirm_with_judge`):
+    a canary error rate (`error-rate-ceiling:<fn>`) or API 5xx rate (`api-5xx-ceiling`, of the
+    responses the canary's HTTP function version answered) above `error_rate_ceiling` % over the
+    sliding `alarm_window`, with at least `min_invocations`, rolls back at once. No healthy version
+    fails half its requests, so no comparison is needed to act on that."""
+    env = manifest.environment(env_name)
+    window = _seconds(env.alarm_window)
+    ceiling = float(env.error_rate_ceiling)
+    rules: list[AlarmRule] = []
+    for fn in versions:
+        v = str(versions[fn])
+        dims = {"FunctionName": fn, "ExecutedVersion": v}
+        rules.append(AlarmRule(
+            name=f"error-rate-ceiling:{fn}", kind="ceiling",
+            numerator=MetricStat.of(NS_LAMBDA, "Errors", dims, "Sum"),
+            denominator=MetricStat.of(NS_LAMBDA, "Invocations", dims, "Sum"),
+            threshold=ceiling, period=window, min_samples=env.min_invocations, since=deployment_start,
+            label="error rate (ceiling)", unit="%", subject=f"{fn} v{v}", samples_label="invocations",
+        ))
+    http = [fn for fn in versions if fn in manifest.functions and manifest.functions[fn].http_events]
+    for v in sorted({str(versions[fn]) for fn in http}):
+        dims = {"ApiName": manifest.service.name, "Stage": env_name, "ExecutedVersion": v}
+        many = len({str(versions[fn]) for fn in http}) > 1
+        rules.append(AlarmRule(
+            name=f"api-5xx-ceiling:v{v}" if many else "api-5xx-ceiling", kind="ceiling",
+            numerator=MetricStat.of(NS_API, "5XXError", dims, "Sum"),
+            denominator=MetricStat.of(NS_API, "Count", dims, "Sum"),
+            threshold=ceiling, period=window, min_samples=env.min_invocations, since=deployment_start,
+            label="API 5xx rate (ceiling)", unit="%", subject=f"{manifest.service.name} v{v}",
+            samples_label="requests",
         ))
     return rules
