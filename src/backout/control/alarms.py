@@ -255,7 +255,8 @@ class AlarmRule:
 class CanaryEvidence:
     """What a judge knows about the canary against the stable version: the e-value of "the canary is
     no worse" (rejected at `threshold` = 1/α of the judge), the estimated rate ratio canary ÷ stable
-    with its anytime-valid confidence interval (`high` None: unbounded), and the counts it rests on.
+    (None: no event compared yet, or ∞ when `low` is set: every event compared was the canary's) with
+    its anytime-valid confidence interval (`high` None: unbounded), and the counts it rests on.
     An alarm's decision carries the evidence of the judge that watches the same signal."""
 
     judge: str
@@ -274,11 +275,12 @@ class CanaryEvidence:
         """`errors-judge:api: e-value 1.2e+03 ≥ 700, ratio 3.1 (CI 1.9–5.3), canary 41/802, stable
         120/7210 over 160 s` (without the judge's name when not `named`)."""
         op = "≥" if self.e_value >= self.threshold else "<"
-        infinite = self.stable_events == 0 and self.canary_events > 0  # every event on the canary
-        ratio = "∞" if infinite else fmt_ratio(self.ratio, "—")
+        if self.low is None:  # no event yet in a second both versions served
+            ratio = "no events to compare yet"
+        else:  # no estimate but an interval: every event compared was the canary's
+            ratio = f"ratio {fmt_ratio(self.ratio, '∞')} (CI {fmt_ratio(self.low, '0')}–{fmt_ratio(self.high, '∞')})"
         name = f"{self.judge}: " if named else ""
-        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, ratio "
-                f"{ratio} (CI {fmt_ratio(self.low, '0')}–{fmt_ratio(self.high, '∞')}), canary "
+        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, {ratio}, canary "
                 f"{self.canary_events:.0f}/{self.canary_requests:.0f}, stable "
                 f"{self.stable_events:.0f}/{self.stable_requests:.0f} over {self.seconds:.0f} s")
 

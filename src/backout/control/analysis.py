@@ -330,11 +330,12 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
                    since: float) -> list[Judge]:
     """The judges of a deployment from `canary` (function → its new version) and `stable` versions.
 
-    Only functions with an event source (HTTP or queue) get judges: nothing else routes traffic
-    through their alias during a deployment, and every judge costs the others a share of α. Each judge
+    Only functions whose version changes and that have an event source (HTTP or queue) get judges:
+    nothing else routes traffic to two versions during a deployment, and every judge costs the others
+    a share of α. Each judge
     confirms the threshold alarms watching the same signal (`default_rules`' names)."""
     env = manifest.environment(env_name)
-    fns = [fn for fn in canary if fn in stable and fn in manifest.functions
+    fns = [fn for fn in canary if fn in stable and canary[fn] != stable[fn] and fn in manifest.functions
            and (manifest.functions[fn].http_events or manifest.functions[fn].queue_events)]
     settle = float(env.judge_settle)
     judges: list[Judge] = []
