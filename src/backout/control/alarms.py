@@ -29,11 +29,15 @@ decide; `backout.control.analysis.evaluate_all` does the same for alarms and jud
 Query budget per evaluation (GetMetricData takes 500 queries per call and charges per metric):
 `default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for
 `api-5xx` (1 per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured
-p99 duration limit + 1 per configured queue-age limit; each latency judge adds 2 (canary and
-stable p99), plus 1 on its first evaluation (the stable baseline before the deployment). The SDA
-manifest (`backout.toml`: 4 functions, one HTTP function, one DLQ, no limits) in prod: 2×4 + 1 +
-1 = 10 queries for the alarms, + 2×4 = 8 for the latency judges (on by default) = 18 per
-evaluation (22 on the first), one call each second.
+p99 duration limit + 1 per configured queue-age limit; with `confirm_with_judge` the ceilings add 1
+(the API's Count; their Errors/Invocations/5XXError are the same series as the thresholds'). The
+judges (`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed
+function with an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency:
+Duration of both versions) and 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
+function's Errors are shared). The SDA manifest (`backout.toml`: 4 functions of which 3 have an
+event source, one HTTP function, one DLQ, no limits) in prod, every function changed: 2×4 + 1 + 1 +
+1 = 11 for the alarms, + 3×4 + 4 + 3×2 = 22 for the judges: 33 queries in an evaluation after a
+second closed, 11 in the others — one call each.
 """
 
 from __future__ import annotations
