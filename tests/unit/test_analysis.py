@@ -85,6 +85,8 @@ def simulate(p_stable: float, p_canary: float, runs: int, seconds: int, seed: in
         sums += log_lr(ALTERNATIVES, c, c + e, np.where(n > 0, n_c / np.maximum(n, 1), 0.0))
         new = (first < 0) & (log_e_value(sums) >= np.log(100.0))
         first[new], served[new] = t, canary_total[new]
+        if (first >= 0).all():
+            break
     return first, served
 
 
