@@ -399,6 +399,8 @@ def test_with_confirm_with_judge_a_regression_rolls_back_by_the_judge_with_the_a
         inc = w.store.incident_for_deployment(d.id)
         assert inc.evidence["alarms"][0] == data["evidence"][0] and "ratio" in data["evidence"][0]
         assert "ratio" in w.notifier.sent[-1].evidence[0]
+        report = incidents.render_markdown(incidents.load(w.store, inc.id), has_chart=False)
+        assert "| `errors-judge:worker` | `errors-judge:worker` | " in report and "Canary against stable" in report
     finally:
         w.close()
 

@@ -355,16 +355,19 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
         return MetricStat.of(NS_LAMBDA, "Errors", dims), MetricStat.of(NS_LAMBDA, "Invocations", dims)
 
     if env.error_judge:
-        for fn in fns:
-            c, s = canary[fn], stable[fn]
-            judges.append(CountJudge(
-                f"errors-judge:{fn}", f"{fn} v{c} vs v{s}", since, settle, confirms=(f"error-rate:{fn}", *consumed(fn)),
-                canary=Signal(*lam(fn, c)), stable=Signal(*lam(fn, s)), label="errors",
-            ))
         http = [fn for fn in fns if manifest.functions[fn].http_events]
         versions = sorted({canary[fn] for fn in http})
         groups = [("5xx-judge", "api-5xx", http)] if len(versions) == 1 else [
             (f"5xx-judge:{fn}", f"api-5xx:{fn}", [fn]) for fn in http]
+        api_alarm = {fn: alarm for _, alarm, members in groups for fn in members}
+        for fn in fns:
+            c, s = canary[fn], stable[fn]
+            # an HTTP function's errors are 502s: they confirm the API 5xx alarm too
+            confirms = (f"error-rate:{fn}", *consumed(fn), *([api_alarm[fn]] if fn in api_alarm else []))
+            judges.append(CountJudge(
+                f"errors-judge:{fn}", f"{fn} v{c} vs v{s}", since, settle, confirms=confirms,
+                canary=Signal(*lam(fn, c)), stable=Signal(*lam(fn, s)), label="errors",
+            ))
         service = manifest.service.name
         for name, alarm, members in groups:
             c, s = canary[members[0]], stable[members[0]]
