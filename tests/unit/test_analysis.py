@@ -212,3 +212,32 @@ def test_query_budget_of_the_sda_manifest_with_judges(src: Source) -> None:
     assert [len(c) for c in src.calls] == [33, 11, 33]
     assert "33 queries in an evaluation after a second closed, 11 in the others" in " ".join(
         alarms_module.__doc__.split())
+
+
+def test_preflight_warns_when_a_threshold_would_fire_on_a_canary_as_healthy_as_stable() -> None:
+    from backout.control import preflight
+    from fakes import FakeClock, FakePlatform
+
+    m = load_manifest(ROOT / "backout.toml")
+    clock = FakeClock()
+    fake = FakePlatform(m, "prod", clock=clock)
+    calls = [0]
+
+    def one_in_a_hundred(c: object) -> object:
+        calls[0] += 1
+        if calls[0] % 100 == 0:
+            raise RuntimeError("background failure")
+        return c.default()  # type: ignore[attr-defined]
+
+    fake.handle("api", one_in_a_hundred)
+    for s in range(120):  # two minutes of 20 req/s, 1 % failing
+        fake.traffic("api", 20, at=clock.now() - 120 + s)
+    stable = {fn: fake.get_weights(fn).stable for fn in fake.functions()}
+    found = {f.alarm: f for f in preflight.check(m, "prod", fake, stable, [(10, 600), (100, 0)], clock.now())}
+    assert set(found) == {"error-rate:api", "error-rate-ceiling:api", "api-5xx"}, "only api had traffic"
+    f = found["api-5xx"]
+    assert (f.stable_rate, f.requests_per_second) == (pytest.approx(0.01), pytest.approx(20.0))
+    assert f.warn and f.probability > 0.5 and f.median_seconds is not None
+    assert f.sentence.startswith("api-5xx: stable v1 answers 1 % of 20 requests/s with a 5xx; a canary as healthy")
+    assert f.sentence.endswith("it waits for its judge (confirm_with_judge)")
+    assert not found["error-rate-ceiling:api"].warn

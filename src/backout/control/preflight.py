@@ -25,8 +25,8 @@ import numpy as np
 from backout.manifest import Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, MetricQuery, Metrics
 
-RUNS = 200
-HORIZON = 3600  # seconds simulated at least (the median time to a false alarm may lie past the holds)
+RUNS = 100
+HORIZON = 900  # seconds simulated at least (the median time to a false alarm may lie past the holds)
 
 
 def first_breach(requests: np.ndarray, failures: np.ndarray, window: int, threshold: float,
@@ -90,7 +90,7 @@ def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str
     fns = [fn for fn in stable if fn in manifest.functions]
     http = [fn for fn in fns if manifest.functions[fn].http_events]
     dlqs = sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue})
-    period = 60 if window >= 60 and window % 60 == 0 else 1
+    period = 1 if window <= 10_800 else 60  # GetMetricData's 1 s points reach 3 h back
     whole = int(window // period) * period
     qs: list[MetricQuery] = []
     for fn in fns:
@@ -101,7 +101,11 @@ def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str
     if http:
         qs += [MetricQuery.of(NS_API, m, api_dims, end - whole, end, period) for m in ("Count", "5XXError")]
     qs += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, end - whole, end, period) for q in dlqs]
-    sums = [sum(p.value for p in pts) for pts in platform.metrics(qs)] if qs else []
+    got = platform.metrics(qs) if qs else []
+    sums = [sum(p.value for p in pts) for pts in got]
+    # rates per second over the time the stable version has had traffic in the window, not the window
+    first = min((p.timestamp for pts in got for p in pts if p.value > 0), default=end - whole)
+    whole = max(1, int(end - first))
     hold = int(sum(math.ceil(h) for _, h in steps))
     seconds = max(hold, HORIZON)
     w = _weights(steps, seconds)
@@ -151,7 +155,7 @@ def _finding(out: list[Finding], env: Any, name: str, lam: float, p: float, firs
     median = float(np.median(np.where(fired, first, np.inf))) + 1.0
     median_s = None if math.isinf(median) else median
     warn = probability >= float(env.judge_alpha)
-    when = f"median after {median_s:.0f} s" if median_s is not None else "rarely within the hour"
+    when = f"median after {median_s:.0f} s" if median_s is not None else "median beyond the simulated time"
     consequence = ("it waits for its judge (confirm_with_judge)" if env.confirm_with_judge
                    and "ceiling" not in name else "it would roll the healthy canary back")
     sentence = (f"{name}: {what}; a canary as healthy fires it with P ≈ {100 * probability:.0f} % during the "
