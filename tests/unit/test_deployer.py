@@ -209,8 +209,9 @@ def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None
     data, trigger = rolled_back(world, d.id)
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["api-5xx"]
-    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2; 5xx-judge: e-value 1 < 300, no events to "
-                                "compare yet, canary 0/0, stable 0/0 over 0 s"]
+    # the API's 5xx are also the HTTP function's errors (502): its errors judge comes first among its judges
+    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2; errors-judge:api: e-value 1 < 300, no events "
+                                "to compare yet, canary 0/0, stable 0/0 over 0 s"]
     impact = world.store.incident_for_deployment(d.id).evidence["impact"]
     assert impact["api"]["failed_requests"] == 10 and impact["api"]["requests_served"] == 10
 

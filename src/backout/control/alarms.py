@@ -744,6 +744,9 @@ def default_rules(
             label="DLQ arrivals", subject=dlq,
         ))
 
+    if env.confirm_with_judge:  # the thresholds wait for their judge; these never do
+        rules += ceiling_rules(manifest, env_name, versions, deployment_start)
+
     p99 = _limits({n: getattr(f, "duration_p99_limit", None) for n, f in manifest.functions.items()},
                   getattr(env, "duration_p99_limits", None))
     for fn in fns:
@@ -756,9 +759,6 @@ def default_rules(
                 treat_missing_data="missing", min_samples=env.min_invocations, since=deployment_start,
                 label="duration p99", unit="ms", subject=f"{fn} v{versions[fn]}", samples_label="invocations",
             ))
-
-    if env.confirm_with_judge:  # the thresholds above wait for their judge; these never do
-        rules += ceiling_rules(manifest, env_name, versions, deployment_start)
 
     for queue, limit in sorted(_limits(getattr(env, "queue_age_limits", None)).items()):
         rules.append(AlarmRule(
