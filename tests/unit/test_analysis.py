@@ -91,8 +91,8 @@ def simulate(p_stable: float, p_canary: float, runs: int, seconds: int, seed: in
 
 
 def test_healthy_canaries_are_rejected_less_often_than_alpha() -> None:
-    """Ville's bound, seen: 1,000 healthy canaries (both versions fail 2 %) watched for 10 minutes."""
-    first, _ = simulate(0.02, 0.02, runs=1000, seconds=600, seed=7)
+    """Ville's bound, seen: 500 healthy canaries (both versions fail 2 %) watched for 10 minutes."""
+    first, _ = simulate(0.02, 0.02, runs=500, seconds=600, seed=7)
     assert np.mean(first >= 0) <= 0.01
 
 
@@ -230,8 +230,8 @@ def test_preflight_warns_when_a_threshold_would_fire_on_a_canary_as_healthy_as_s
         return c.default()  # type: ignore[attr-defined]
 
     fake.handle("api", one_in_a_hundred)
-    for s in range(120):  # two minutes of 20 req/s, 1 % failing
-        fake.traffic("api", 20, at=clock.now() - 120 + s)
+    for s in range(50):  # 50 s of 20 req/s, 1 % failing
+        fake.traffic("api", 20, at=clock.now() - 50 + s)
     stable = {fn: fake.get_weights(fn).stable for fn in fake.functions()}
     found = {f.alarm: f for f in preflight.check(m, "prod", fake, stable, [(10, 600), (100, 0)], clock.now())}
     assert set(found) == {"error-rate:api", "error-rate-ceiling:api", "api-5xx"}, "only api had traffic"
