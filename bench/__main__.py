@@ -1,8 +1,8 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
-Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper`, `--quick` (shorter runs,
-for a smoke check), `--json PATH` (also write the figures and the machine as JSON). BENCHMARKS.md explains each
-figure and records a run.
+Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection`,
+`--quick` (shorter runs, for a smoke check), `--json PATH` (also write the figures and the machine as JSON).
+BENCHMARKS.md explains each figure and records a run.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench import deploy, platform, sda, sda_accuracy, sqs_endpoint, wrapper
+from bench import deploy, detection, platform, sda, sda_accuracy, sqs_endpoint, wrapper
 
 # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
-MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper)
+MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection)
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 

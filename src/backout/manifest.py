@@ -57,6 +57,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(
     ge=0, description='a duration ("30s", "5m", "250ms"; a plain number is seconds), held in seconds')]
 DurationMs = Annotated[float, BeforeValidator(_milliseconds_or_duration), Field(
     ge=0, description='a duration ("3s", "750ms"; a plain number is milliseconds), held in seconds')]
+CONFIRMING_ENVIRONMENTS = ("prod", "production")  # where confirm_with_judge defaults to true
 
 
 class _Model(BaseModel):
@@ -374,7 +375,24 @@ class EnvironmentSpec(_Model):
     deadline_margin: Duration = Field(default=120.0, description="a deployment still running this long after "
                                       "its strategy's total hold time is rolled back")
     alarm_window: Duration = Field(default=60.0, description="the window the alarms and judges look at")
-    latency_judge: bool = Field(default=True, description="compare the canary's p99 with the stable version's")
+    # canary analysis (docs/canary-analysis.md): sequential judges decide; thresholds are guardrails
+    error_judge: bool = Field(default=True, description="sequential test: does the canary fail more often than "
+                              "the stable version (Lambda errors per function, the API's other 5xx)")
+    latency_judge: bool = Field(default=True, description="sequential test: is the canary's slowest request of "
+                                "each second slower than the stable version's")
+    judge_alpha: float = Field(default=0.01, gt=0, lt=1, description="bound on the probability that the judges "
+                               "roll back a canary no worse than the stable version, per deployment")
+    judge_settle: Duration = Field(default=1.0, description="a second is judged once it ended this long ago "
+                                   "(its counts no longer change)")
+    latency_tolerance: float = Field(default=0.25, ge=0, description="a canary's request counts as slower when "
+                                     "it is this much (fraction) slower than the stable version's")
+    latency_min_delta: Duration = Field(default=0.025, description="…and at least this much slower (seconds)")
+    confirm_with_judge: bool | None = Field(default=None, description="an alarm rolls back only once its judge "
+                                            "agrees (ceilings excepted); default: true in prod and production")
+    error_rate_ceiling: float = Field(default=50.0, gt=0, le=100, description="percent: a canary error or 5xx "
+                                      "rate above it rolls back at once, confirmed or not")
+    preflight_window: Duration = Field(default=900.0, description="how far back `deploy` measures the stable "
+                                       "version's own rates to predict false alarms")
     notify: list[NotifySpec] = Field(
         default_factory=list, description='apprise URLs (`["slack://…", "json://…"]`) or tables {url, min_severity}'
     )
@@ -389,7 +407,8 @@ class EnvironmentSpec(_Model):
     def _urls(cls, v: object) -> object:
         return [{"url": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
-    @field_validator("api_5xx_period", "rollback_window", "deadline_margin", "alarm_window", mode="before")
+    @field_validator("api_5xx_period", "rollback_window", "deadline_margin", "alarm_window", "judge_settle",
+                     "latency_min_delta", "preflight_window", mode="before")
     @classmethod
     def _dur(cls, v: object) -> object:
         return parse_duration(v)  # type: ignore[arg-type]
@@ -443,6 +462,12 @@ class Manifest(_Model):
             for qname in e.queue_age_limits:
                 if qname not in self.queues:
                     raise ValueError(f"environments.{ename}.queue_age_limits: no queue named {qname!r}")
+        for ename, e in self.environments.items():
+            judged = e.error_judge or e.latency_judge
+            if e.confirm_with_judge is None:  # prod asks the judges; staging drills keep the immediate thresholds
+                e.confirm_with_judge = judged and ename in CONFIRMING_ENVIRONMENTS
+            elif e.confirm_with_judge and not judged:
+                raise ValueError(f"environments.{ename}.confirm_with_judge: needs error_judge or latency_judge")
         for phase in ("pre_traffic", "post_traffic"):
             for i, h in enumerate(getattr(self.hooks, phase)):
                 if h.function is not None and h.function not in self.functions:

@@ -283,7 +283,9 @@ def test_dlq_arrivals_since_the_deployment_started(src: Source, manifest: Manife
 def test_duration_and_queue_age_rules_only_when_configured(src: Source, manifest: Manifest,
                                                            tmp_path: Path) -> None:
     names = [r.name for r in default_rules(manifest, "prod", {"api": "7", "worker": "7"}, T0)]
-    assert names == ["error-rate:api", "error-rate:worker", "api-5xx", "dlq-arrivals:jobs-dlq"]
+    assert names == ["error-rate:api", "error-rate:worker", "api-5xx", "dlq-arrivals:jobs-dlq",
+                     # prod confirms alarms with its judges: the ceilings roll back without them
+                     "error-rate-ceiling:api", "error-rate-ceiling:worker", "api-5xx-ceiling"]
     limits = 'duration_p99_limits = { worker = "2s" }\nqueue_age_limits = { jobs = "5m" }\nalarm_window = "30s"\n'
     (tmp_path / "limits.toml").write_text(MANIFEST + limits)
     m = load_manifest(tmp_path / "limits.toml")
@@ -328,7 +330,10 @@ def test_default_rules_of_the_sda_manifest() -> None:
     assert set(versions) == set(m.functions)
     prod = {r.name: r for r in default_rules(m, "prod", versions, T0)}
     assert set(prod) == {"error-rate:api", "error-rate:worker", "error-rate:dlq_processor", "error-rate:repair",
-                         "api-5xx", "dlq-arrivals:processing-dlq"}
+                         "api-5xx", "dlq-arrivals:processing-dlq", "error-rate-ceiling:api",
+                         "error-rate-ceiling:worker", "error-rate-ceiling:dlq_processor", "error-rate-ceiling:repair",
+                         "api-5xx-ceiling"}
+    assert prod["error-rate-ceiling:worker"].threshold == 50.0 and prod["api-5xx-ceiling"].guard == 20
     assert prod["error-rate:worker"].threshold == 5.0 and prod["error-rate:worker"].guard == 20
     for fn, v in versions.items():
         rule = prod[f"error-rate:{fn}"]
@@ -344,14 +349,15 @@ def test_default_rules_of_the_sda_manifest() -> None:
 
 
 def test_query_budget_of_the_sda_manifest_in_prod() -> None:
-    """The budget the module docstring states: 2 per function + 1 (api-5xx) + 1 per DLQ = 10."""
+    """The budget the module docstring states: 2 per function + 1 (api-5xx) + 1 per DLQ + 1 (the 5xx
+    ceiling's Count) = 11."""
     m = load_manifest(ROOT / "backout.toml")
     versions = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
     alarms = AlarmSet(default_rules(m, "prod", versions, T0))
     qs = alarms.plan(T0 + 30)
-    assert len(qs) == 2 * 4 + 1 + 1 == 10
+    assert len(qs) == 2 * 4 + 1 + 1 + 1 == 11
     assert all(q.period == 1 for q in qs)
-    assert "2×4 + 1 + 1 = 10 queries" in " ".join(alarms_module.__doc__.split())
+    assert "2×4 + 1 + 1 + 1 = 11 for the alarms" in " ".join(alarms_module.__doc__.split())
 
 
 def test_per_function_versions_land_in_their_dimensions(manifest: Manifest) -> None:
@@ -403,12 +409,14 @@ def test_alarm_set_reports_only_state_changes(manifest: Manifest) -> None:
     first = alarms.evaluate(src, now=start + 1)
     assert {c.rule.name: (c.previous, c.state) for c in first} == {
         "error-rate:api": (None, INSUFFICIENT_DATA), "error-rate:worker": (None, INSUFFICIENT_DATA),
-        "api-5xx": (None, OK), "dlq-arrivals:jobs-dlq": (None, OK)}
+        "api-5xx": (None, OK), "dlq-arrivals:jobs-dlq": (None, OK),
+        "error-rate-ceiling:api": (None, INSUFFICIENT_DATA), "error-rate-ceiling:worker": (None, INSUFFICIENT_DATA),
+        "api-5xx-ceiling": (None, INSUFFICIENT_DATA)}
     assert alarms.evaluate(src, now=start + 2) == []
     src.invocations("worker", 7, start + 2, 25)
     changes = alarms.evaluate(src, now=start + 3)
     assert [(c.rule.name, c.previous, c.state) for c in changes] == [
-        ("error-rate:worker", INSUFFICIENT_DATA, OK)]
+        ("error-rate:worker", INSUFFICIENT_DATA, OK), ("error-rate-ceiling:worker", INSUFFICIENT_DATA, OK)]
     assert alarms.evaluate(src, now=start + 3.5) == []
     src.invocations("worker", 7, start + 4, 10, errors=9)
     (change,) = alarms.evaluate(src, now=start + 5)

@@ -1,32 +1,34 @@
-"""The latency judge over the local platform's real metric store, alone and batched with the alarms."""
+"""The sequential judges: the e-process's guarantees in seeded simulations, its handling of awkward
+seconds, and the judges over the local platform's real metric store, alone and batched with the alarms."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backout.control import alarms as alarms_module
-from backout.control.alarms import (
-    ALARM,
-    INSUFFICIENT_DATA,
-    OK,
-    AlarmRule,
-    AlarmSet,
-    Fetched,
-    MetricStat,
-    default_rules,
+from backout.control.alarms import ALARM, INSUFFICIENT_DATA, OK, AlarmSet, default_rules
+from backout.control.analysis import (
+    ALTERNATIVES,
+    CountJudge,
+    JudgeChange,
+    JudgeSet,
+    LatencyJudge,
+    MixtureTest,
+    default_judges,
+    evaluate_all,
+    log_e_value,
+    log_lr,
 )
-from backout.control.analysis import JudgeChange, JudgeSet, LatencyJudge, evaluate_all
 from backout.manifest import load_manifest
-from backout.platforms.base import MAX_QUERIES, NS_LAMBDA, Datapoint, MetricQuery, legal_period
+from backout.platforms.base import MAX_QUERIES, NS_API, NS_LAMBDA, Datapoint, MetricQuery, legal_period
 from backout.platforms.local.metrics import MetricStore
 
-T0 = 1_700_000_000.0
 ROOT = Path(__file__).resolve().parents[2]
-START = T0 + 40  # a multiple of 60: the deployment starts on a period boundary
-assert START % 60 == 0
+START = 1_700_000_040.0
 
 
 class Source:
@@ -45,11 +47,12 @@ class Source:
         self.calls.append(list(queries))
         return [self.store.query(q) for q in queries]
 
-    def durations(self, fn: str, version: str, ts: float, values: Sequence[float]) -> None:
-        for v in values:
-            for dims in ({"FunctionName": fn}, {"FunctionName": fn, "ExecutedVersion": version}):
-                self.store.record(NS_LAMBDA, "Duration", dims, v, "Milliseconds", ts)
-                self.store.record(NS_LAMBDA, "Invocations", dims, 1.0, "Count", ts)
+    def invocations(self, fn: str, version: str, ts: float, n: int, errors: int = 0, ms: float = 5.0) -> None:
+        dims = {"FunctionName": fn, "ExecutedVersion": version}
+        for i in range(n):
+            self.store.record(NS_LAMBDA, "Invocations", dims, 1.0, "Count", ts)
+            self.store.record(NS_LAMBDA, "Errors", dims, float(i < errors), "Count", ts)
+            self.store.record(NS_LAMBDA, "Duration", dims, ms, "Milliseconds", ts)
 
 
 @pytest.fixture
@@ -57,137 +60,184 @@ def src() -> Source:
     return Source()
 
 
-def judge(**kw) -> LatencyJudge:
-    return LatencyJudge("worker", kw.pop("canary", "7"), kw.pop("stable", "6"), START, **kw)
+def worker_judges(src: Source, **env: object) -> JudgeSet:
+    m = load_manifest(ROOT / "backout.toml")
+    for k, v in env.items():
+        setattr(m.environments["prod"], k, v)
+    return JudgeSet(default_judges(m, "prod", {"worker": "7"}, {"worker": "6"}, START), 0.01)
 
 
-def traffic(src: Source, canary_ms: float, stable_ms: float, seconds: range, per_second: int = 2) -> None:
-    for s in seconds:
-        src.durations("worker", "7", START + s, [canary_ms] * per_second)
-        src.durations("worker", "6", START + s, [stable_ms] * per_second * 9)
+# --- the e-process --------------------------------------------------------------------------------------
+def simulate(p_stable: float, p_canary: float, runs: int, seconds: int, seed: int, rate: float = 50.0,
+             weight: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per run: the second the mixture e-value first reached 1/α (α = 0.01; -1: never) and the
+    canary's requests until then — the same `log_lr`/`log_e_value` MixtureTest sums."""
+    rng = np.random.default_rng(seed)
+    sums = np.zeros((runs, ALTERNATIVES.size))
+    first = np.full(runs, -1)
+    served = np.zeros(runs)
+    canary_total = np.zeros(runs)
+    for t in range(seconds):
+        n = rng.poisson(rate, runs)
+        n_c = rng.binomial(n, weight)
+        c, e = rng.binomial(n_c, p_canary), rng.binomial(n - n_c, p_stable)
+        canary_total += n_c
+        sums += log_lr(ALTERNATIVES, c, c + e, np.where(n > 0, n_c / np.maximum(n, 1), 0.0))
+        new = (first < 0) & (log_e_value(sums) >= np.log(100.0))
+        first[new], served[new] = t, canary_total[new]
+        if (first >= 0).all():
+            break
+    return first, served
 
 
-def test_slow_canary_alarms_with_its_evidence(src: Source) -> None:
-    traffic(src, canary_ms=5000.0, stable_ms=100.0, seconds=range(30))
-    ev = judge().evaluate(src, now=START + 30)
-    assert ev.state == ALARM and ev.value == 5000.0 and ev.threshold == 1100.0 and ev.samples == 60
-    assert ev.alarm == "latency-judge:worker" and ev.window_seconds == 30
-    assert ev.detail == (
-        "p99 5000 ms > 1100 ms (max of 3× and +1000 ms over stable v6 p99 now 100 ms) over 30 s on worker v7"
-    )
-    assert len(src.calls) == 1
+def test_healthy_canaries_are_rejected_less_often_than_alpha() -> None:
+    """Ville's bound, seen: 500 healthy canaries (both versions fail 2 %) watched for 10 minutes."""
+    first, _ = simulate(0.02, 0.02, runs=500, seconds=600, seed=7)
+    assert np.mean(first >= 0) <= 0.01
 
 
-def test_equal_canary_stays_ok(src: Source) -> None:
-    traffic(src, canary_ms=100.0, stable_ms=100.0, seconds=range(30))
-    ev = judge().evaluate(src, now=START + 30)
-    assert ev.state == OK and ev.value == 100.0 and ev.breaching == 0 and ev.evaluated == 1
-    assert ev.detail == (
-        "p99 100 ms ≤ 1100 ms (max of 3× and +1000 ms over stable v6 p99 now 100 ms) over 30 s on worker v7"
-    )
+def test_a_3x_regression_is_caught_well_within_the_hold() -> None:
+    """1 % → 3 % at 10 % of 50 req/s: every one of 200 runs caught within the 10-minute hold."""
+    first, served = simulate(0.01, 0.03, runs=200, seconds=600, seed=8)
+    assert (first >= 0).all()
+    assert np.median(served) < 2000
 
 
-def test_periods_are_aligned_and_the_previous_one_decides_while_the_newest_fills(src: Source) -> None:
-    j = judge(window=45.0)  # not a legal period: compared over aligned 60 s periods
-    assert j.period == 60
-    traffic(src, canary_ms=5000.0, stable_ms=100.0, seconds=range(60))  # [START, START + 60)
-    traffic(src, canary_ms=100.0, stable_ms=100.0, seconds=range(60, 65), per_second=1)  # 5 only
-    now = START + 65.5
-    qs = j.plan(now)
-    assert [(q.start, q.end, q.period, q.statistic) for q in qs] == [
-        (START - 300, START, 60, "p99"),  # the stable baseline, on the first evaluation only
-        (START, now, 60, "p99"),
-        (START, now, 60, "p99"),
-    ]
-    assert [dict(q.dimensions)["ExecutedVersion"] for q in qs] == ["6", "7", "6"]
-    ev = j.evaluate(src, now=now)
-    assert ev.state == ALARM and ev.samples == 120 and ev.window_seconds == 60  # the complete period
-    assert len(j.plan(now + 1)) == 2
-    traffic(src, canary_ms=100.0, stable_ms=100.0, seconds=range(65, 80))
-    ev = j.evaluate(src, now=START + 80)  # the newest period has 35 canary invocations now
-    assert ev.state == OK and ev.samples == 35 and ev.window_seconds == 20
+def test_mixture_test_matches_the_vectorised_sum_and_bounds_the_ratio() -> None:
+    rng = np.random.default_rng(3)
+    t = MixtureTest(alpha=0.01)
+    sums = np.zeros(ALTERNATIVES.size)
+    for _ in range(400):
+        n_c, n_s = rng.poisson(5), rng.poisson(45)
+        c, e = rng.binomial(n_c, 0.06), rng.binomial(n_s, 0.02)
+        t.observe(c, n_c, e, n_s)
+        if n_c and n_s and (c or e):
+            sums += log_lr(ALTERNATIVES, c, c + e, n_c / (n_c + n_s))
+    assert t.log_e == pytest.approx(float(log_e_value(sums)))
+    low, high = t.interval()
+    assert low is not None and high is not None and low < 3.0 < high  # the true ratio is 3
+    assert low < t.estimate() < high
+    assert t.rejected and t.e_value >= 100.0
 
 
-def test_baseline_before_the_deployment_when_stable_gets_no_traffic(src: Source) -> None:
-    for s in range(-200, 0):
-        src.durations("worker", "6", START + s, [200.0])
-    for s in range(40):
-        src.durations("worker", "7", START + s, [1500.0])
-    j = judge()
-    ev = j.evaluate(src, now=START + 40)
-    assert j.baseline == 200.0
-    assert ev.state == ALARM and ev.detail == (
-        "p99 1500 ms > 1200 ms (max of 3× and +1000 ms over stable v6 p99 before the deployment 200 ms) "
-        "over 40 s on worker v7"
-    )
+def test_awkward_seconds() -> None:
+    t = MixtureTest(alpha=0.01)
+    t.observe(3, 0, 2, 0)  # events, no requests on either version: nothing to attribute them to
+    t.observe(2, 0, 0, 10)  # canary events without canary requests: inconsistent counts
+    assert t.skipped == 2 and t.canary_events == 0 and t.informative == 0
+    t.observe(4, 10, 0, 0)  # the canary alone (100 %): counted, but no comparison (q = 1)
+    t.observe(0, 0, 3, 10)  # the stable version alone
+    assert t.informative == 0 and t.e_value == 1.0 and t.interval() == (None, None) and t.estimate() is None
+    assert (t.canary_events, t.canary_requests, t.stable_events, t.stable_requests) == (4, 10, 3, 10)
+    t.observe(0, 10, 0, 10)  # both served, no event: informative second, no evidence
+    assert t.informative == 1 and t.e_value == 1.0
 
 
-def test_not_enough_data(src: Source) -> None:
-    traffic(src, canary_ms=100.0, stable_ms=100.0, seconds=range(5))
-    ev = judge().evaluate(src, now=START + 10)
-    assert ev.state == INSUFFICIENT_DATA and ev.samples == 10 and ev.value == 100.0
-    assert ev.detail == "latency judge: not enough data (10/20 invocations) on worker v7"
-    lonely = Source()
-    lonely.durations("worker", "7", START + 1, [100.0] * 30)
-    ev = judge().evaluate(lonely, now=START + 10)
-    assert ev.state == INSUFFICIENT_DATA
-    assert ev.detail == "latency judge: not enough data (no stable baseline) on worker v7"
+# --- the judges over a real metric store ---------------------------------------------------------------------
+def test_errors_judge_reads_only_closed_seconds_each_once(src: Source) -> None:
+    judges = worker_judges(src, latency_judge=False)
+    (j,) = judges.judges
+    assert isinstance(j, CountJudge) and j.name == "errors-judge:worker" and j.alpha == 0.01
+    for s in range(5):  # 10 % of the traffic: 1 of 5 canary requests fail and 2 of 45 stable ones, then 5 of 5
+        src.invocations("worker", "7", START + s, 5, errors=1 if s < 2 else 5)
+        src.invocations("worker", "6", START + s, 45, errors=2)
+    (change,) = judges.evaluate(src, now=START + 3.5)  # seconds 0, 1 are closed (settle 1 s); 2 is not
+    ev = change.evaluation
+    assert ev.state == OK and ev.evidence.seconds == 2 and ev.evidence.canary_events == 2
+    assert ev.detail == ("errors on worker v7 vs v6: e-value 1.49 < 100, ratio 4.5 (CI 0.062–91), canary 2/10, "
+                         "stable 4/90 over 2 s")
+    src.invocations("worker", "6", START + 1, 1000, errors=1000)  # late counts for a judged second: ignored
+    (change,) = judges.evaluate(src, now=START + 6.0)
+    assert change.evaluation.state == ALARM and change.evaluation.evidence.stable_events == 6
+    assert change.evaluation.evidence.seconds == 3, "it stops at the second that decided"
+    assert judges.plan(START + 10) == [], "a decided judge asks nothing more"
+
+
+def test_latency_judge_compares_the_slowest_request_of_each_second(src: Source) -> None:
+    judges = worker_judges(src, error_judge=False)
+    (j,) = judges.judges
+    assert isinstance(j, LatencyJudge)
+    for s in range(30):  # the canary 20 % slower: within the 25 % tolerance
+        src.invocations("worker", "7", START + s, 5, ms=120.0)
+        src.invocations("worker", "6", START + s, 45, ms=100.0)
+    ev = j.evaluate(src, now=START + 31)
+    assert ev.state == OK and ev.evidence.canary_events == 0 and ev.evidence.stable_events == 30
+    for s in range(30, 60):  # then 3× slower
+        src.invocations("worker", "7", START + s, 5, ms=300.0)
+        src.invocations("worker", "6", START + s, 45, ms=100.0)
+    ev = j.evaluate(src, now=START + 61)
+    assert ev.state == ALARM and ev.detail.startswith("slowest request (> 1.25× and +25 ms) on worker v7 vs v6: ")
 
 
 def test_alarms_and_judges_share_one_metrics_call(src: Source) -> None:
-    fns = [f"fn{i}" for i in range(40)]
-    rules = [
-        AlarmRule(
-            f"error-rate:{fn}",
-            5.0,
-            since=START,
-            numerator=MetricStat.of(NS_LAMBDA, "Errors", {"FunctionName": fn, "ExecutedVersion": "7"}),
-            denominator=MetricStat.of(NS_LAMBDA, "Invocations", {"FunctionName": fn, "ExecutedVersion": "7"}),
-        )
-        for fn in fns
-    ]
-    alarms = AlarmSet(rules)
-    judges = JudgeSet([LatencyJudge(fn, "7", "6", START) for fn in [*fns, "worker"]])
-    traffic(src, canary_ms=5000.0, stable_ms=100.0, seconds=range(30))
-    assert len(alarms.plan(START + 30)) == 2 * 40 and len(judges.plan(START + 30)) == 3 * 41
-
-    changes = evaluate_all(src, alarms, judges, now=START + 30)
+    m = load_manifest(ROOT / "backout.toml")
+    canary = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
+    stable = {fn: str(int(v) - 1) for fn, v in canary.items()}
+    alarms = AlarmSet(default_rules(m, "prod", canary, START))
+    judges = JudgeSet(default_judges(m, "prod", canary, stable, START), m.environments["prod"].judge_alpha)
+    assert [j.name for j in judges.judges] == [
+        "errors-judge:api", "errors-judge:worker", "errors-judge:dlq_processor", "5xx-judge",
+        "latency-judge:api", "latency-judge:worker", "latency-judge:dlq_processor"]
+    assert all(x.test.threshold == pytest.approx(700.0) for x in judges.judges)
+    for s in range(10):
+        src.invocations("api", "3", START + s, 2)
+        src.invocations("api", "2", START + s, 18)
+        for v in ("3", "2"):
+            src.store.record(NS_API, "Count", {"ApiName": "security-assistant", "Stage": "prod",
+                                               "ExecutedVersion": v}, 1.0, "Count", START + s)
+    changes = evaluate_all(src, alarms, judges, now=START + 10)
     assert len(src.calls) == 1
-    assert len(src.calls[0]) == 2 * 40 + 3 * 41
     by_name = {c.evaluation.alarm: c for c in changes}
-    assert by_name["latency-judge:worker"].evaluation.state == ALARM
-    assert isinstance(by_name["latency-judge:worker"], JudgeChange)
-    assert by_name["error-rate:fn0"].evaluation.state == INSUFFICIENT_DATA
-    assert [e.alarm for e in judges.alarming()] == ["latency-judge:worker"]
-
-    assert evaluate_all(src, alarms, judges, now=START + 31) == [] and len(src.calls) == 2
+    assert isinstance(by_name["errors-judge:api"], JudgeChange)
+    assert by_name["errors-judge:api"].evaluation.state == OK
+    assert by_name["errors-judge:worker"].evaluation.state == INSUFFICIENT_DATA
     src.fail = True  # the one call fails: every alarm and judge keeps its state
-    assert evaluate_all(src, alarms, judges, now=START + 32) == []
-    assert "metric store unreachable" in alarms.errors["error-rate:fn3"]
-    assert "metric store unreachable" in judges.errors["latency-judge:worker"]
-    assert judges.current["latency-judge:worker"].state == ALARM
+    assert evaluate_all(src, alarms, judges, now=START + 11) == []
+    assert "metric store unreachable" in judges.errors["errors-judge:api"]
     src.fail = False
-    evaluate_all(src, alarms, judges, now=START + 33)
+    evaluate_all(src, alarms, judges, now=START + 12)
     assert not alarms.errors and not judges.errors
 
 
-def test_fetch_is_one_call_per_set(src: Source) -> None:
-    judges = JudgeSet([judge()])
-    traffic(src, canary_ms=100.0, stable_ms=100.0, seconds=range(30))
-    (change,) = judges.evaluate(src, now=START + 30)
-    assert change.previous is None and change.evaluation.state == OK and len(src.calls) == 1
-    fetched = Fetched.fetch(src, judges.plan(START + 31))
-    assert judges.decide(fetched, START + 31) == [] and len(src.calls) == 2
-
-
 def test_query_budget_of_the_sda_manifest_with_judges(src: Source) -> None:
-    """The module docstring's figure: 10 alarm queries + 2 per judge (+1 on the first) = 18 (22)."""
+    """The module docstring's figure: in prod, the alarms' and the judges' queries in one call."""
     m = load_manifest(ROOT / "backout.toml")
-    versions = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
+    canary = {"api": "3", "worker": "5", "dlq_processor": "2", "repair": "9"}
+    stable = {fn: str(int(v) - 1) for fn, v in canary.items()}
     start = START + 7.5  # a deployment starts at any instant
-    alarms = AlarmSet(default_rules(m, "prod", versions, start))
-    judges = JudgeSet([LatencyJudge(fn, v, str(int(v) - 1), start) for fn, v in versions.items()])
-    evaluate_all(src, alarms, judges, now=start + 20)
-    evaluate_all(src, alarms, judges, now=start + 21)
-    assert [len(c) for c in src.calls] == [22, 18]
-    assert "= 18 per evaluation (22 on the first)" in " ".join(alarms_module.__doc__.split())
+    alarms = AlarmSet(default_rules(m, "prod", canary, start))
+    judges = JudgeSet(default_judges(m, "prod", canary, stable, start))
+    for dt in (20, 20.25, 21):  # the judges ask only when a second has closed
+        evaluate_all(src, alarms, judges, now=start + dt)
+    assert [len(c) for c in src.calls] == [33, 11, 33]
+    assert "33 queries in an evaluation after a second closed, 11 in the others" in " ".join(
+        alarms_module.__doc__.split())
+
+
+def test_preflight_warns_when_a_threshold_would_fire_on_a_canary_as_healthy_as_stable() -> None:
+    from backout.control import preflight
+    from fakes import FakeClock, FakePlatform
+
+    m = load_manifest(ROOT / "backout.toml")
+    clock = FakeClock()
+    fake = FakePlatform(m, "prod", clock=clock)
+    calls = [0]
+
+    def one_in_a_hundred(c: object) -> object:
+        calls[0] += 1
+        if calls[0] % 100 == 0:
+            raise RuntimeError("background failure")
+        return c.default()  # type: ignore[attr-defined]
+
+    fake.handle("api", one_in_a_hundred)
+    for s in range(50):  # 50 s of 20 req/s, 1 % failing
+        fake.traffic("api", 20, at=clock.now() - 50 + s)
+    stable = {fn: fake.get_weights(fn).stable for fn in fake.functions()}
+    found = {f.alarm: f for f in preflight.check(m, "prod", fake, stable, [(10, 600), (100, 0)], clock.now())}
+    assert set(found) == {"error-rate:api", "error-rate-ceiling:api", "api-5xx"}, "only api had traffic"
+    f = found["api-5xx"]
+    assert (f.stable_rate, f.requests_per_second) == (pytest.approx(0.01), pytest.approx(20.0))
+    assert f.warn and f.probability > 0.5 and f.median_seconds is not None
+    assert f.sentence.startswith("api-5xx: stable v1 answers 1 % of 20 requests/s with a 5xx; a canary as healthy")
+    assert f.sentence.endswith("it waits for its judge (confirm_with_judge)")
+    assert not found["error-rate-ceiling:api"].warn

@@ -19,7 +19,7 @@ from backout.control.probes import is_probe
 from backout.errors import UsageError
 from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
-from fakes import CrashingStore, Killed, World, hook_answer, raising, slow, status
+from fakes import CrashingStore, FunctionError, Killed, World, hook_answer, raising, slow, status
 
 pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
@@ -57,7 +57,7 @@ def test_good_release_goes_created_pretraffic_steps_posttraffic_succeeded(tmp_pa
         kinds = w.kinds(d.id)
         assert kinds.index("snapshot") < kinds.index("step_reached"), "the backup comes before any traffic shift"
         assert [k for k in kinds if k != "alarm_state"] == [
-            "created", "pre_traffic_started", "snapshot", "hook_passed", "step_reached", "step_reached",
+            "created", "preflight", "pre_traffic_started", "snapshot", "hook_passed", "step_reached", "step_reached",
             "post_traffic_started", "hook_passed", "succeeded"]
         assert w.fake.live_versions() == w.live(r2) == {"api": {"2": 100.0}, "worker": {"12": 100.0},
                                                         "repair": {"21": 100.0}}
@@ -182,7 +182,10 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
     world.clock.advance(1)
     world.nudge(d.id)
     data, trigger = rolled_back(world, d.id)
-    sentence = "error rate 95.2 % (20/21) > 10 % over 1 s on worker v12"
+    alarm = "error rate 95.2 % (20/21) > 10 % over 1 s on worker v12"
+    # the alarm decides alone (staging: no confirmation); its judge has not judged a closed second yet
+    sentence = (f"{alarm}; errors-judge:worker: e-value 1 < 300, no events to compare yet, canary 0/0, "
+                "stable 0/0 over 0 s")
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker"]
     assert data["evidence"] == [sentence]
@@ -190,9 +193,10 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
     a = data["alarms"][0]
     assert (a["value"], a["threshold"], a["numerator"], a["denominator"]) == (pytest.approx(95.238, 1e-3), 10.0,
                                                                               20.0, 21.0)
+    assert a["evidence"]["judge"] == "errors-judge:worker" and a["evidence"]["threshold"] == 300.0
     assert world.fake.live_versions() == world.live(r1)
     ev = world.store.alarm_evaluations(d.id, "error-rate:worker")
-    assert [e.state for e in ev] == ["INSUFFICIENT_DATA", "ALARM"] and ev[-1].detail == sentence
+    assert [e.state for e in ev] == ["INSUFFICIENT_DATA", "ALARM"] and ev[-1].detail == alarm
     impact = world.store.incident_for_deployment(d.id).evidence["impact"]
     assert impact["functions"]["worker"]["version"] == "12" and impact["functions"]["worker"]["errors"] == 20
 
@@ -208,7 +212,9 @@ def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None
     data, trigger = rolled_back(world, d.id)
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["api-5xx"]
-    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2"]
+    # the API's 5xx are also the HTTP function's errors (502): its errors judge comes first among its judges
+    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2; errors-judge:api: e-value 1 < 300, no events "
+                                "to compare yet, canary 0/0, stable 0/0 over 0 s"]
     impact = world.store.incident_for_deployment(d.id).evidence["impact"]
     assert impact["api"]["failed_requests"] == 10 and impact["api"]["requests_served"] == 10
 
@@ -227,7 +233,10 @@ def test_message_reaching_the_dlq_rolls_back_with_alarm_dlq_arrivals(world: Worl
     data, trigger = rolled_back(world, d.id)
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["dlq-arrivals:jobs-dlq"]
-    assert data["evidence"] == ["DLQ arrivals 1 > 0 over 3 s since the deployment started on jobs-dlq"]
+    # at 100 % nothing compares the versions: the consumer's judge has counts but no evidence
+    assert data["evidence"] == ["DLQ arrivals 1 > 0 over 3 s since the deployment started on jobs-dlq; "
+                                "errors-judge:worker: e-value 1 < 100, no events to compare yet, canary 2/3, "
+                                "stable 0/0 over 2 s"]
     assert world.store.incident_for_deployment(d.id).evidence["impact"]["dlq_arrivals"] == {"jobs-dlq": 1.0}
 
 
@@ -300,21 +309,119 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
     try:
         r2 = w.release("worker")
         w.fake.handle("worker", slow(2000), version="12")
-        d = w.deploy(r2)
+        d = w.deploy(r2, (50, 60), (100, 0))
         w.wait_step(d.id, 0)
-        w.fake.traffic("worker", 80)
-        w.clock.advance(1)
-        w.nudge(d.id)
+        for _ in range(30):  # each second: 5 invocations on v12 (2 s each), 5 on v11 (5 ms)
+            w.fake.traffic("worker", 10)
+            w.clock.advance(1)
+            w.nudge(d.id)
+            if not w.store.get(d.id).active:
+                break
         data, trigger = rolled_back(w, d.id, "high")
         assert data["trigger"] == "judge" and trigger["kind"] == "judge"
         assert [a["alarm"] for a in data["alarms"]] == ["latency-judge:worker"]
-        assert data["evidence"] == ["p99 2000 ms > 1005 ms (max of 3× and +1000 ms over stable v11 p99 now 5 ms) "
-                                    "over 1 s on worker v12"]
+        # the canary's slowest request beat the stable version's in every second judged: 9 of them
+        # (q = 0.5: each at most doubles the e-value); 2 judges (errors, latency of the worker) share α = 0.01
+        assert data["evidence"] == ["slowest request (> 1.25× and +25 ms) on worker v12 vs v11: e-value 213 ≥ 200, "
+                                    "ratio ∞ (CI 1–∞), canary 9/46, stable 0/45 over 9 s"]
         assert w.store.alarm_evaluations(d.id, "error-rate:worker")[-1].state == "OK"
         view = incidents.load(w.store, w.store.incident_for_deployment(d.id).id)
         assert view.automatic, "a judge's rollback is an automatic one"
         report = incidents.render_markdown(view, has_chart=False)
         assert "`latency-judge:worker` went into ALARM" in report and "Automatic rollback" in report
+    finally:
+        w.close()
+
+
+# --- confirm_with_judge: thresholds as guardrails -----------------------------------------------------------
+CONFIRM = "confirm_with_judge = true"
+
+
+def failing(p: float) -> Any:
+    """A worker handler failing exactly a fraction `p` of its invocations, evenly (as the fake's faults)."""
+    acc = [0.0]
+
+    def handler(c: Any) -> Any:
+        acc[0] += p
+        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
+            acc[0] -= 1.0
+            raise FunctionError("background failure")
+        return c.default()
+
+    return handler
+
+
+def run_seconds(w: World, deployment_id: str, per_second: int, seconds: int) -> None:
+    """`per_second` worker invocations through the alias in each second, until the deployment ends."""
+    for _ in range(seconds):
+        w.fake.traffic("worker", per_second)
+        w.clock.advance(1)
+        w.nudge(deployment_id)
+        if not w.store.get(deployment_id).active:
+            return
+        w.wait(lambda: getattr(w.deployer.live[deployment_id].alarms.get("errors-judge:worker"), "ts", 0)
+               == w.clock.now() or not w.store.get(deployment_id).active, what="an evaluation at the new time")
+
+
+def test_with_confirm_with_judge_a_healthy_canary_with_background_errors_succeeds(tmp_path: Path) -> None:
+    w = World(tmp_path, staging=CONFIRM)
+    try:
+        w.fake.handle("worker", failing(0.2))  # both versions fail 20 %: error rate 20 % > 10 % on the canary
+        d = w.deploy(w.release("worker"), (50, 8), (100, 0))
+        w.wait_step(d.id, 0)
+        run_seconds(w, d.id, 10, 12)
+        assert w.finish(d.id).status == st.SUCCEEDED
+        ev = [e for e in w.store.events(deployment_id=d.id) if e.kind == "alarm_state"
+              and e.data["alarm"] == "error-rate:worker" and e.data["state"] == "ALARM"]
+        assert ev and ev[0].severity == "warning", "the alarm fired and waited"
+        assert ev[0].message.endswith("— waits for errors-judge:worker to confirm (confirm_with_judge)")
+        assert ev[0].data["evidence"]["judge"] == "errors-judge:worker"
+        judge = w.deployer.live[d.id].alarms["errors-judge:worker"]
+        assert judge.state == "OK" and judge.evidence.canary_events == judge.evidence.stable_events
+    finally:
+        w.close()
+
+
+def test_with_confirm_with_judge_a_regression_rolls_back_by_the_judge_with_the_alarm_confirmed(
+        tmp_path: Path) -> None:
+    w = World(tmp_path, staging=CONFIRM)
+    try:
+        w.fake.handle("worker", failing(0.1), version="11")  # stable 10 %, canary 30 % (3×, under the ceiling)
+        w.fake.handle("worker", failing(0.3), version="12")
+        d = w.deploy(w.release("worker"), (50, 60), (100, 0))
+        w.wait_step(d.id, 0)
+        run_seconds(w, d.id, 10, 40)
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "judge" and trigger["kind"] == "judge"
+        assert [a["alarm"] for a in data["alarms"]] == ["errors-judge:worker", "error-rate:worker"]
+        judge, alarm = data["alarms"]
+        assert judge["value"] >= judge["threshold"] == 100.0  # one judge (the worker's errors) has all of α
+        assert alarm["evidence"] == judge["evidence"], "the alarm carries the evidence of the judge that confirmed it"
+        ev = judge["evidence"]
+        assert ev["low"] >= 1.0 and ev["canary_events"] > ev["stable_events"]
+        assert data["reason"].startswith("alarm errors-judge:worker in ALARM: errors on worker v12 vs v11: e-value ")
+        inc = w.store.incident_for_deployment(d.id)
+        assert inc.evidence["alarms"][0] == data["evidence"][0] and "ratio" in data["evidence"][0]
+        assert "ratio" in w.notifier.sent[-1].evidence[0]
+        report = incidents.render_markdown(incidents.load(w.store, inc.id), has_chart=False)
+        assert "| `errors-judge:worker` | `errors-judge:worker` | " in report and "Canary against stable" in report
+    finally:
+        w.close()
+
+
+def test_with_confirm_with_judge_the_ceiling_rolls_back_at_once(tmp_path: Path) -> None:
+    w = World(tmp_path, staging=CONFIRM)
+    try:
+        w.fake.handle("worker", raising(), version="12")
+        d = w.deploy(w.release("worker"))
+        w.wait_step(d.id, 0)
+        w.fake.traffic("worker", 40)  # 20 on v12, all failing; the judge has not judged a closed second yet
+        w.clock.advance(1)
+        w.nudge(d.id)
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
+        assert [a["alarm"] for a in data["alarms"]] == ["error-rate-ceiling:worker"]
+        assert data["evidence"] == ["error rate (ceiling) 95.2 % (20/21) > 50 % over 1 s on worker v12"]
     finally:
         w.close()
 
@@ -361,7 +468,12 @@ def test_fewer_invocations_than_the_minimum_is_not_enough_data_not_a_rollback(wo
     world.clock.advance(1)
     world.nudge(d.id)
     data, _ = rolled_back(world, d.id)
-    assert data["evidence"] == ["error rate 95.2 % (20/21) > 10 % over 2 s on worker v12"]
+    # the judge has the first second (10 canary failures, none of the stable version's 10 invocations) and
+    # decides in the same evaluation as the alarm: both roll back, the alarm first (staging: no confirmation)
+    judged = "e-value 288 ≥ 100, ratio ∞ (CI 1.2–∞), canary 10/11, stable 0/10 over 1 s"
+    assert data["evidence"] == [f"error rate 95.2 % (20/21) > 10 % over 2 s on worker v12; errors-judge:worker: "
+                                f"{judged}", f"errors on worker v12 vs v11: {judged}"]
+    assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker", "errors-judge:worker"]
 
 
 def test_every_evaluation_asks_all_alarms_in_one_metrics_call(tmp_path: Path) -> None:
@@ -372,19 +484,18 @@ def test_every_evaluation_asks_all_alarms_in_one_metrics_call(tmp_path: Path) ->
         w.deployer.close()  # the runner stops; count one evaluation by hand
         calls = w.fake.metrics_calls
         from backout.control.alarms import AlarmSet, default_rules
-        from backout.control.analysis import JudgeSet, LatencyJudge
+        from backout.control.analysis import JudgeSet, default_judges
 
         alarms = AlarmSet(default_rules(w.manifest, w.env, dict(d.target_versions), w.clock.now()))
-        judges = JudgeSet([LatencyJudge(fn, d.target_versions[fn], d.stable_versions[fn], w.clock.now())
-                           for fn in w.fake.functions()])
+        judges = JudgeSet(default_judges(w.manifest, w.env, dict(d.target_versions), dict(d.stable_versions),
+                                         w.clock.now() - 2))
         lv = deployer_mod.Live()
         w.clock.advance(1)
         w.deployer._closing.clear()
         w.deployer._watch(w.store.get(d.id), lv, alarms, judges, deadline=w.clock.now() + 60)
         assert w.fake.metrics_calls == calls + 1
         assert set(lv.alarms) == {"error-rate:api", "error-rate:worker", "error-rate:repair", "api-5xx",
-                                  "dlq-arrivals:jobs-dlq", "latency-judge:api", "latency-judge:worker",
-                                  "latency-judge:repair"}
+                                  "dlq-arrivals:jobs-dlq", "errors-judge:worker", "latency-judge:worker"}
     finally:
         w.close()
 

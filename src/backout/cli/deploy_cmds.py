@@ -67,6 +67,7 @@ def deploy(
     if no_wait:
         if as_json:
             return emit_json(view)
+        _preflight(view)
         console.print(
             f"deployment {d['id']} started: {d['stable']} → {d['target']} "
             f"({d['strategy']}); follow it with `backout deployment follow {d['id']} --env {c.env}`"
@@ -76,6 +77,8 @@ def deploy(
                 f"[yellow]{c.env} requires approval[/]: it waits until `backout approve {d['id']} --env {c.env}`"
             )
         return
+    if not as_json:
+        _preflight(view)
     _follow(c, d["id"], as_json)
 
 
@@ -101,9 +104,40 @@ def show(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> No
         style = {"critical": "red", "warning": "yellow"}.get(e["severity"], "")
         t.add_row(_clock(e["ts"]), e["kind"], Text(e["message"], style=style))
     console.print(t)
+    decided = next((e for e in view["events"] if e["kind"] == "rolled_back"), None)
+    if decided is not None and isinstance(decided.get("data"), dict):
+        evidence_table(decided["data"].get("alarms") or [])
     if view["incident"]:
         i = view["incident"]
         console.print(f"incident {i['id']} ({i['status']}): backout incident show {i['id']} --env {c.env}")
+
+
+def evidence_table(decisions: list[dict[str, Any]]) -> None:
+    """The alarms and judges a rollback was decided on, each with its judge's comparison of the
+    canary with the stable version: e-value against its threshold, rate ratio and interval, counts."""
+    rows = [e for e in decisions if isinstance(e, dict) and e.get("evidence")]
+    if not rows:
+        return
+    t = Table(title="decided on (canary against stable)", title_justify="left")
+    for col in ("alarm / judge", "judge", "e-value", "ratio (anytime-valid CI)", "canary", "stable"):
+        t.add_column(col)
+    for e in rows:
+        ev = e["evidence"]
+        low, high, ratio = ev.get("low"), ev.get("high"), ev.get("ratio")
+        interval = "—" if low is None else f"{low:.2g}–{'∞' if high is None else f'{high:.2g}'}"
+        shown = "—" if low is None else ("∞" if ratio is None else f"{ratio:.2g}")
+        op = "≥" if ev["e_value"] >= ev["threshold"] else "<"
+        t.add_row(e["alarm"], ev["judge"], f"{ev['e_value']:.3g} {op} {ev['threshold']:.3g}",
+                  f"{shown} ({interval})", f"{ev['canary_events']:.0f}/{ev['canary_requests']:.0f}",
+                  f"{ev['stable_events']:.0f}/{ev['stable_requests']:.0f}")
+    console.print(t)
+
+
+def _preflight(view: dict[str, Any]) -> None:
+    """The pre-flight check's warnings: thresholds that would fire on a canary as healthy as stable."""
+    for e in view.get("events") or []:
+        if e["kind"] == "preflight" and e["severity"] == "warning":
+            console.print(Text(e["message"], style="yellow"))
 
 
 def deployments(env: EnvOpt = None, limit: int = 20, as_json: JsonOpt = False) -> None:

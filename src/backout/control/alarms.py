@@ -29,11 +29,15 @@ decide; `backout.control.analysis.evaluate_all` does the same for alarms and jud
 Query budget per evaluation (GetMetricData takes 500 queries per call and charges per metric):
 `default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for
 `api-5xx` (1 per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured
-p99 duration limit + 1 per configured queue-age limit; each latency judge adds 2 (canary and
-stable p99), plus 1 on its first evaluation (the stable baseline before the deployment). The SDA
-manifest (`backout.toml`: 4 functions, one HTTP function, one DLQ, no limits) in prod: 2×4 + 1 +
-1 = 10 queries for the alarms, + 2×4 = 8 for the latency judges (on by default) = 18 per
-evaluation (22 on the first), one call each second.
+p99 duration limit + 1 per configured queue-age limit; with `confirm_with_judge` the ceilings add 1
+(the API's Count; their Errors/Invocations/5XXError are the same series as the thresholds'). The
+judges (`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed
+function with an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency:
+Duration of both versions) and 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
+function's Errors are shared). The SDA manifest (`backout.toml`: 4 functions of which 3 have an
+event source, one HTTP function, one DLQ, no limits) in prod, every function changed: 2×4 + 1 + 1 +
+1 = 11 for the alarms, + 3×4 + 4 + 3×2 = 22 for the judges: 33 queries in an evaluation after a
+second closed, 11 in the others — one call each.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from backout.manifest import Manifest, parse_duration
@@ -254,9 +258,56 @@ class AlarmRule:
 
 
 @dataclass(frozen=True)
+class CanaryEvidence:
+    """What a judge knows about the canary against the stable version: the e-value of "the canary is
+    no worse" (rejected at `threshold` = 1/α of the judge), the estimated rate ratio canary ÷ stable
+    (None: no event compared yet, or ∞ when `low` is set: every event compared was the canary's) with
+    its anytime-valid confidence interval (`high` None: unbounded), and the counts it rests on.
+    An alarm's decision carries the evidence of the judge that watches the same signal."""
+
+    judge: str
+    e_value: float
+    threshold: float
+    ratio: float | None
+    low: float | None
+    high: float | None
+    canary_events: float
+    canary_requests: float
+    stable_events: float
+    stable_requests: float
+    seconds: float
+
+    def sentence(self, named: bool = True) -> str:
+        """`errors-judge:api: e-value 1.2e+03 ≥ 700, ratio 3.1 (CI 1.9–5.3), canary 41/802, stable
+        120/7210 over 160 s` (without the judge's name when not `named`)."""
+        op = "≥" if self.e_value >= self.threshold else "<"
+        if self.low is None:  # no event yet in a second both versions served
+            ratio = "no events to compare yet"
+        else:  # no estimate but an interval: every event compared was the canary's
+            ratio = f"ratio {fmt_ratio(self.ratio, '∞')} (CI {fmt_ratio(self.low, '0')}–{fmt_ratio(self.high, '∞')})"
+        name = f"{self.judge}: " if named else ""
+        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, {ratio}, canary "
+                f"{self.canary_events:.0f}/{self.canary_requests:.0f}, stable "
+                f"{self.stable_events:.0f}/{self.stable_requests:.0f} over {self.seconds:.0f} s")
+
+
+def fmt_e(v: float) -> str:
+    """An e-value or its threshold: `3.2`, `700`, `1.2e+05`."""
+    return f"{v:.3g}" if v < 1e4 else f"{v:.2e}"
+
+
+def fmt_ratio(v: float | None, missing: str) -> str:
+    """A rate ratio to two significant digits; `missing` (e.g. `∞` for an open upper bound) when None."""
+    if v is None:
+        return missing
+    return f"{v:.2g}" if v < 10 else f"{v:.0f}"
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One evaluation of one rule. `value` and `window_seconds` are those of the newest period with
-    data (None when there is none); `numerator`/`denominator` for ratios, `samples` the guard count."""
+    data (None when there is none); `numerator`/`denominator` for ratios, `samples` the guard count;
+    `evidence` a judge's comparison of canary and stable (a judge's own, or for an alarm its judge's)."""
 
     alarm: str
     state: str
@@ -271,9 +322,12 @@ class Evaluation:
     samples: float | None = None
     breaching: int = 0  # breaching datapoints among those evaluated
     evaluated: int = 0  # datapoints evaluated (real + filled-in missing ones)
+    evidence: CanaryEvidence | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["evidence"] = None if self.evidence is None else asdict(self.evidence)
+        return out
 
 
 @dataclass(frozen=True)
@@ -696,6 +750,9 @@ def default_rules(
             label="DLQ arrivals", subject=dlq,
         ))
 
+    if env.confirm_with_judge:  # the thresholds wait for their judge; these never do
+        rules += ceiling_rules(manifest, env_name, versions, deployment_start)
+
     p99 = manifest.duration_p99_limits(env_name)  # seconds; the Duration metric is in ms
     for fn in fns:
         if fn in p99:
@@ -724,5 +781,41 @@ def default_rules(
             threshold=0.0, comparison="GreaterThanThreshold", period=CLOUDWATCH_ALARM_WINDOW,
             treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
             label="CloudWatch alarm state (1 = ALARM)", subject=name,
+        ))
+    return rules
+
+
+def ceiling_rules(manifest: Manifest, env_name: str, versions: dict[str, str],
+                  deployment_start: float) -> list[AlarmRule]:
+    """The hard ceilings of an environment whose alarms wait for their judge (`confirm_with_judge`):
+    a canary error rate (`error-rate-ceiling:<fn>`) or API 5xx rate (`api-5xx-ceiling`, of the
+    responses the canary's HTTP function version answered) above `error_rate_ceiling` % over the
+    sliding `alarm_window`, with at least `min_invocations`, rolls back at once. No healthy version
+    fails half its requests, so no comparison is needed to act on that."""
+    env = manifest.environment(env_name)
+    window = _seconds(env.alarm_window)
+    ceiling = float(env.error_rate_ceiling)
+    rules: list[AlarmRule] = []
+    for fn in versions:
+        v = str(versions[fn])
+        dims = {"FunctionName": fn, "ExecutedVersion": v}
+        rules.append(AlarmRule(
+            name=f"error-rate-ceiling:{fn}", kind="ceiling",
+            numerator=MetricStat.of(NS_LAMBDA, "Errors", dims, "Sum"),
+            denominator=MetricStat.of(NS_LAMBDA, "Invocations", dims, "Sum"),
+            threshold=ceiling, period=window, min_samples=env.min_invocations, since=deployment_start,
+            label="error rate (ceiling)", unit="%", subject=f"{fn} v{v}", samples_label="invocations",
+        ))
+    http = [fn for fn in versions if fn in manifest.functions and manifest.functions[fn].http_events]
+    for v in sorted({str(versions[fn]) for fn in http}):
+        dims = {"ApiName": manifest.service.name, "Stage": env_name, "ExecutedVersion": v}
+        many = len({str(versions[fn]) for fn in http}) > 1
+        rules.append(AlarmRule(
+            name=f"api-5xx-ceiling:v{v}" if many else "api-5xx-ceiling", kind="ceiling",
+            numerator=MetricStat.of(NS_API, "5XXError", dims, "Sum"),
+            denominator=MetricStat.of(NS_API, "Count", dims, "Sum"),
+            threshold=ceiling, period=window, min_samples=env.min_invocations, since=deployment_start,
+            label="API 5xx rate (ceiling)", unit="%", subject=f"{manifest.service.name} v{v}",
+            samples_label="requests",
         ))
     return rules

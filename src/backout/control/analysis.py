@@ -1,17 +1,49 @@
-"""Canary-vs-stable judges: regressions that no fixed threshold in the manifest anticipates.
+"""Canary-vs-stable judges: sequential, anytime-valid tests of "the new version is no worse".
 
-The latency judge compares the new version's p99 duration with the stable version's over the same
-period (or, when the stable version no longer takes traffic, with its p99 before the deployment
-began): ALARM when the canary is both `factor` times slower and at least `min_delta_ms` slower,
-once it has `min_samples` invocations. This is the procedure's "Performance Degradation" scenario
-without asking anyone to guess a limit in advance.
+**Count judges** (`errors-judge:<fn>`: Lambda Errors ÷ Invocations of each version; `5xx-judge`:
+the API's 5xx responses other than the HTTP function's own errors ÷ Count). In each second s the
+platform knows every version's requests (n_c, n_s) and events (c, e). Under H0 — the canary's rate is
+at most the stable version's — each event comes from the canary with probability at most
+q = n_c / (n_c + n_s); if its rate is r times the stable's, with p_r = r q / (r q + 1 − q). One
+second's likelihood ratio is
 
-Percentiles of per-second datapoints cannot be merged, so the periods are CloudWatch's: aligned to
-the epoch, `period_at_least(window)` long. The judge reads the one still filling (cut at the
-deployment's start and at now) and the one before it, and decides on the newest in which the canary
-has `min_samples`. Like the alarms, a judge plans its queries (2 per evaluation: canary and stable
-p99; +1 on the first, the stable baseline over the `BASELINE_SECONDS` before the deployment) and
-decides from one batched call: `evaluate_all` evaluates alarms and judges with ONE metrics call.
+    LR_s(r) = (p_r / q)^c ((1 − p_r) / (1 − q))^e = r^c / (1 + q (r − 1))^(c + e)
+
+and the mixture E_t = Σ_i w_i Π_{s ≤ t} LR_s(r_i) over `ALTERNATIVES` (r = 1.25 … 100, 20 log-spaced
+points, uniform prior w_i) is a non-negative supermartingale under H0: for each r_i, E[LR_s] ≤ 1
+whenever the canary's share of events is at most q. (The per-event binomial model is exact for Poisson
+counts; for Bernoulli requests the count given the total is hypergeometric, smaller in convex order,
+which only lowers E[LR_s].) By Ville's inequality P(sup_t E_t ≥ 1/α) ≤ α: deciding as soon as the
+e-value reaches 1/α rolls a healthy canary back with probability at most α, however long the
+deployment runs and however often it is looked at. The judges of one deployment share the
+environment's `judge_alpha` (Bonferroni: each of k judges rejects at k/α), so α bounds the
+deployment's false rollbacks by any judge.
+
+**Interval** for the ratio: a confidence sequence from the same mixture. For a candidate ratio r0,
+M_t(r0) = Σ_j v_j Π_s LR_s(r_j) / LR_s(r0) (v uniform over `CANDIDATES`, 0.01 … 1000 by ×1.1) is a
+martingale when r0 is the true ratio, so {r0 : M_t(r0) < k/α} holds the true ratio at every t with
+probability ≥ 1 − α/k; its hull is shown (0 or ∞ where it reaches the grid's ends). The estimate is the
+maximum-likelihood ratio (∞ while every event is the canary's).
+
+**Latency judge** (`latency-judge:<fn>`): each second with requests on both versions gives one event,
+the slowest request of that second (the `Maximum` of Duration, with its sample count). If the canary's
+durations are no worse than g(stable's), g(x) = max((1 + tolerance) x, x + min_delta), the slowest
+request is the canary's *and* beyond g of the stable's slowest with probability at most q (the maximum of
+exchangeable samples is equally likely to be any of them), so the same e-process tests it: c = 1 when
+the canary's slowest exceeds g(the stable's slowest), else e = 1. It replaces the fixed "3× and +1 s
+over the stable p99" rule: a rank comparison of the same seconds, like Kayenta's Mann-Whitney, but
+sequential.
+
+**Data**: only closed seconds — ended `settle` seconds ago, so their counts no longer change — each
+judged once, in order (a late count for a judged second is ignored). A second with events but no
+requests on either version is skipped (nothing to attribute them to); one where a version had no
+requests carries no information (q = 0 or 1, LR = 1). A restarted deployer rebuilds the same e-value
+from the same seconds. Queries: per judge one per statistic over the seconds not yet judged, at 1 s
+(`errors`: 4, `5xx`: 4 + 2 for the HTTP function's errors, latency: 2), merged across judges and with
+the alarms into ONE batched metrics call by `evaluate_all`.
+
+DLQ arrivals have no version dimension (SQS does not know which version failed a message), so they
+stay an alarm; the consumer's errors judge sees the failures that send messages there and confirms it.
 """
 
 from __future__ import annotations
@@ -19,148 +51,342 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
 from backout.control.alarms import (
     ALARM,
     INSUFFICIENT_DATA,
     OK,
     AlarmSet,
+    CanaryEvidence,
     Evaluation,
     Fetched,
     MetricSource,
+    MetricStat,
     StateChange,
     fetch_for,
 )
-from backout.platforms.base import NS_LAMBDA, Datapoint, MetricQuery, period_at_least
+from backout.manifest import Manifest
+from backout.platforms.base import NS_API, NS_LAMBDA, Datapoint, MetricQuery
 
 log = logging.getLogger(__name__)
 
-BASELINE_SECONDS = 300.0  # how far before the deployment the stable baseline looks
+ALTERNATIVES = np.geomspace(1.25, 100.0, 20)  # r under H1: the canary's rate r times the stable's
+LOG_PRIOR = np.full(ALTERNATIVES.size, -math.log(ALTERNATIVES.size))  # uniform on the log grid
+CANDIDATES = np.geomspace(0.01, 1000.0, 121)  # ratios the confidence sequence is computed for (×1.1)
+_GRID = np.concatenate([ALTERNATIVES, CANDIDATES])
+_MAX_SECONDS = 10_800  # seconds judged per evaluation at most (GetMetricData's 1 s points in 3 h)
+_E_CAP = 1e300  # e-values shown as numbers stay finite in JSON
 
 
-def _floor(t: float, period: int) -> float:
-    return float(math.floor(t / period) * period)
+def log_lr(r: np.ndarray, c: np.ndarray | float, m: np.ndarray | float, q: np.ndarray | float) -> np.ndarray:
+    """log LR_s(r) = c log r − m log(1 + q (r − 1)) for every r (last axis) and every second (leading
+    axes, broadcast): c canary events of m, q the canary's share of requests."""
+    c, m, q = (np.asarray(x, dtype=float)[..., None] for x in (c, m, q))
+    return c * np.log(r) - m * np.log1p(q * (r - 1.0))
+
+
+def log_e_value(log_lr_sums: np.ndarray) -> np.ndarray:
+    """log of the mixture e-value from the summed log LRs of `ALTERNATIVES` (last axis)."""
+    return logsumexp(log_lr_sums + LOG_PRIOR, axis=-1)
 
 
 @dataclass
-class LatencyJudge:
-    function: str
-    canary: str
-    stable: str
-    deployment_start: float
-    window: float = 60.0
-    min_samples: int = 20
-    factor: float = 3.0
-    min_delta_ms: float = 1000.0
-    baseline: float | None = None  # given → kept; otherwise fetched on the first evaluation
-    _baseline_done: bool = field(default=False, init=False)
+class MixtureTest:
+    """The e-process of one judge: fed one closed second at a time, it keeps the summed log LRs of
+    every alternative and candidate ratio and the counts; `rejected` once E ≥ 1/alpha (and stays)."""
+
+    alpha: float = 0.01
+    canary_events: float = 0.0
+    canary_requests: float = 0.0
+    stable_events: float = 0.0
+    stable_requests: float = 0.0
+    informative: int = 0  # seconds with requests on both versions
+    skipped: int = 0  # seconds with events and no requests (or canary events without canary requests)
+    rejected: bool = False
+    _sums: np.ndarray = field(default_factory=lambda: np.zeros(_GRID.size))
+    _obs: list[tuple[float, float, float]] = field(default_factory=list)  # (c, m, q) per informative second
+
+    @property
+    def threshold(self) -> float:
+        return 1.0 / self.alpha
+
+    def observe(self, c: float, n_c: float, e: float, n_s: float) -> None:
+        """One closed second: c of the canary's n_c requests and e of the stable's n_s were events."""
+        if ((c or e) and n_c + n_s <= 0) or (c and n_c <= 0) or (e and n_s <= 0):
+            self.skipped += 1
+            return
+        self.canary_events += c
+        self.canary_requests += n_c
+        self.stable_events += e
+        self.stable_requests += n_s
+        if n_c <= 0 or n_s <= 0:
+            return  # one version alone: q is 0 or 1, every LR is 1
+        self.informative += 1
+        if not (c or e):
+            return
+        q = n_c / (n_c + n_s)
+        self._sums += log_lr(_GRID, c, c + e, q)
+        self._obs.append((c, c + e, q))
+        if self.log_e >= math.log(self.threshold):
+            self.rejected = True
+
+    @property
+    def log_e(self) -> float:
+        return float(log_e_value(self._sums[: ALTERNATIVES.size]))
+
+    @property
+    def e_value(self) -> float:
+        return min(math.exp(min(self.log_e, 700.0)), _E_CAP)
+
+    def interval(self) -> tuple[float | None, float | None]:
+        """Hull of the confidence sequence {r0 : M_t(r0) < 1/alpha}: (low, high), high None when open;
+        (None, None) before any event."""
+        if not self._obs:
+            return None, None
+        s = self._sums[ALTERNATIVES.size:]
+        inside = np.nonzero(s > logsumexp(s) - math.log(s.size) - math.log(self.threshold))[0]
+        lo, hi = int(inside[0]), int(inside[-1])
+        return (0.0 if lo == 0 else float(CANDIDATES[lo])), (None if hi == s.size - 1 else float(CANDIDATES[hi]))
+
+    def estimate(self) -> float | None:
+        """Maximum-likelihood ratio; None before any event or while every event is the canary's (∞)."""
+        if not self._obs or sum(m - c for c, m, _ in self._obs) == 0:
+            return None
+        if sum(c for c, _, _ in self._obs) == 0:
+            return 0.0
+        c, m, q = (np.array(x) for x in zip(*self._obs, strict=True))
+
+        def nll(log_r: float) -> float:
+            return float(-(c * log_r - m * np.log1p(q * (math.exp(log_r) - 1.0))).sum())
+
+        return float(math.exp(minimize_scalar(nll, bounds=(-12.0, 12.0), method="bounded").x))
+
+
+def _by_second(points: Sequence[Datapoint]) -> dict[int, Datapoint]:
+    return {int(p.timestamp): p for p in points}
+
+
+@dataclass
+class _Judge:
+    """What every judge shares: the closed seconds it has judged (`cursor`), its test, its verdict."""
+
+    name: str
+    subject: str  # `api v7 vs v6`
+    since: float  # the first second judged: when traffic could first reach the canary
+    settle: float = 1.0
+    alpha: float = 0.01  # this judge's share of the deployment's α (JudgeSet sets it)
+    confirms: tuple[str, ...] = ()  # the alarms this judge's ALARM confirms (confirm_with_judge)
+    test: MixtureTest = field(default_factory=MixtureTest)
+    cursor: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self._baseline_done = self.baseline is not None
+        self.cursor = math.ceil(self.since)
+        self.test.alpha = self.alpha
 
-    @property
-    def name(self) -> str:
-        return f"latency-judge:{self.function}"
+    def set_alpha(self, alpha: float) -> None:
+        self.alpha = self.test.alpha = alpha
 
-    @property
-    def period(self) -> int:
-        """The aligned period the p99s are compared over: the smallest legal one ≥ `window`."""
-        return period_at_least(self.window)
+    def _stats(self) -> list[MetricStat]:
+        raise NotImplementedError
 
-    def _top(self, now: float) -> float:
-        """The start of the period holding the last second before `now` (the one still filling)."""
-        return _floor(math.ceil(now) - 1, self.period)
+    def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
+        raise NotImplementedError
 
-    def _p99(self, version: str, start: float, end: float) -> MetricQuery:
-        dims = {"FunctionName": self.function, "ExecutedVersion": str(version)}
-        return MetricQuery.of(NS_LAMBDA, "Duration", dims, start, end, self.period, "p99")
+    def _label(self) -> str:
+        raise NotImplementedError
 
-    def _current(self, version: str, now: float) -> MetricQuery:
-        """The period still filling and the one before it, none of it before the deployment."""
-        return self._p99(version, max(self.deployment_start, self._top(now) - self.period), now)
+    def _closed(self, now: float) -> int:
+        """The end (exclusive) of the seconds that can be judged at `now`."""
+        return min(math.floor(now - self.settle), self.cursor + _MAX_SECONDS)
 
-    def _baseline_query(self) -> MetricQuery:
-        ds = self.deployment_start
-        return self._p99(self.stable, _floor(ds - BASELINE_SECONDS, self.period), ds)
+    def _query(self, st: MetricStat, end: int) -> MetricQuery:
+        return st.query(float(self.cursor), float(end), 1)
 
     def plan(self, now: float) -> list[MetricQuery]:
-        """The judge's queries at `now`: canary and stable p99 (+ the baseline until it is known)."""
-        qs = [] if self._baseline_done else [self._baseline_query()]
-        if now > self.deployment_start:
-            qs += [self._current(self.canary, now), self._current(self.stable, now)]
-        return qs
-
-    def _pick_baseline(self, points: list[Datapoint]) -> float | None:
-        """The newest period before the deployment with `min_samples`, else the fullest one."""
-        enough = [d for d in points if d.sample_count >= self.min_samples]
-        if enough:
-            return enough[-1].value
-        return max(points, key=lambda d: d.sample_count).value if points else None
+        end = self._closed(now)
+        if end <= self.cursor or self.test.rejected:
+            return []
+        return [self._query(st, end) for st in self._stats()]
 
     def decide(self, fetched: Fetched, now: float) -> Evaluation:
-        """The judge's verdict at `now` from series fetched for `plan(now)`."""
-        if not self._baseline_done:
-            self.baseline = self._pick_baseline(fetched.series(self._baseline_query()))
-            self._baseline_done = True
-        canary: dict[float, Datapoint] = {}
-        stable: dict[float, Datapoint] = {}
-        if now > self.deployment_start:
-            canary = {d.timestamp: d for d in fetched.series(self._current(self.canary, now))}
-            stable = {d.timestamp: d for d in fetched.series(self._current(self.stable, now))}
-        top = self._top(now)
-        newest_first = [t for t in (top, top - self.period) if t + self.period > self.deployment_start]
-        # the newest period where the canary has enough invocations, else the newest one
-        chosen = next((t for t in newest_first if t in canary and canary[t].sample_count >= self.min_samples), top)
-        start = max(self.deployment_start, chosen)
-        window = max(0.0, min(chosen + self.period, now) - start)
-        c = canary.get(chosen)
-        c_p99, c_n = (None, 0.0) if c is None else (c.value, c.sample_count)
-        s = stable.get(chosen)
-        ref, ref_label = (
-            (s.value, f"stable v{self.stable} p99 now")
-            if s is not None and s.sample_count >= self.min_samples
-            else (self.baseline, f"stable v{self.stable} p99 before the deployment")
-        )
-        subject = f"{self.function} v{self.canary}"
-        if c_p99 is None or c_n < self.min_samples or ref is None:
-            need = f"{c_n:.0f}/{self.min_samples} invocations" if ref is not None else "no stable baseline"
-            return Evaluation(
-                self.name,
-                INSUFFICIENT_DATA,
-                c_p99,
-                0.0,
-                "GreaterThanThreshold",
-                window,
-                f"latency judge: not enough data ({need}) on {subject}",
-                now,
-                samples=c_n,
-            )
-        limit = max(ref * self.factor, ref + self.min_delta_ms)
-        state = ALARM if c_p99 > limit else OK
-        op = ">" if state == ALARM else "≤"
-        detail = (
-            f"p99 {c_p99:.0f} ms {op} {limit:.0f} ms (max of {self.factor:g}× and +{self.min_delta_ms:g} ms "
-            f"over {ref_label} {ref:.0f} ms) over {window:.0f} s on {subject}"
-        )
-        return Evaluation(
-            self.name,
-            state,
-            c_p99,
-            limit,
-            "GreaterThanThreshold",
-            window,
-            detail,
-            now,
-            samples=c_n,
-            breaching=int(state == ALARM),
-            evaluated=1,
-        )
+        end = self._closed(now)
+        if end > self.cursor and not self.test.rejected:
+            series = {st: _by_second(fetched.series(self._query(st, end))) for st in self._stats()}
+            for s in range(self.cursor, end):
+                self._observe(series, s)
+                if self.test.rejected:
+                    end = s + 1
+                    break
+            self.cursor = end
+        return self.evaluation(now)
+
+    def evidence(self) -> CanaryEvidence:
+        t = self.test
+        low, high = t.interval()
+        return CanaryEvidence(self.name, t.e_value, t.threshold, t.estimate(), low, high, t.canary_events,
+                              t.canary_requests, t.stable_events, t.stable_requests,
+                              max(0.0, self.cursor - math.ceil(self.since)))
+
+    def evaluation(self, now: float) -> Evaluation:
+        t = self.test
+        ev = self.evidence()
+        state = ALARM if t.rejected else (OK if t.informative else INSUFFICIENT_DATA)
+        if state == INSUFFICIENT_DATA:
+            detail = f"{self._label()} on {self.subject}: no second with requests on both versions yet"
+        else:
+            detail = f"{self._label()} on {self.subject}: {ev.sentence(named=False)}"
+        return Evaluation(self.name, state, ev.e_value, t.threshold, "GreaterThanOrEqualToThreshold", ev.seconds,
+                          detail, now, numerator=t.canary_events, denominator=t.canary_requests,
+                          samples=t.canary_requests, breaching=int(t.rejected), evaluated=1, evidence=ev)
 
     def evaluate(self, source: MetricSource, now: float | None = None) -> Evaluation:
         """plan + one `source.metrics` call + decide."""
         now = time.time() if now is None else now
         return self.decide(Fetched.fetch(source, self.plan(now)), now)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One version's events and requests per second: `events` minus `minus` (clipped at 0)."""
+
+    events: MetricStat
+    requests: MetricStat
+    minus: tuple[MetricStat, ...] = ()
+
+    @property
+    def stats(self) -> list[MetricStat]:
+        return [self.events, self.requests, *self.minus]
+
+    def at(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> tuple[float, float]:
+        def v(st: MetricStat) -> float:
+            p = series[st].get(second)
+            return 0.0 if p is None else p.value
+
+        return max(0.0, v(self.events) - sum(v(m) for m in self.minus)), v(self.requests)
+
+
+@dataclass
+class CountJudge(_Judge):
+    """Events of the canary against the stable version's, per second (errors, 5xx)."""
+
+    canary: Signal | None = None
+    stable: Signal | None = None
+    label: str = "errors"
+
+    def _stats(self) -> list[MetricStat]:
+        assert self.canary is not None and self.stable is not None
+        return [*self.canary.stats, *self.stable.stats]
+
+    def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
+        assert self.canary is not None and self.stable is not None
+        c, n_c = self.canary.at(series, second)
+        e, n_s = self.stable.at(series, second)
+        self.test.observe(c, n_c, e, n_s)
+
+    def _label(self) -> str:
+        return self.label
+
+
+@dataclass
+class LatencyJudge(_Judge):
+    """Is the canary's slowest request of a second slower than max((1 + tolerance) ×, + min_delta_ms)
+    the stable version's slowest of the same second? (See the module docstring.)"""
+
+    function: str = ""
+    canary: str = ""
+    stable: str = ""
+    tolerance: float = 0.25
+    min_delta_ms: float = 25.0
+
+    def _stat(self, version: str) -> MetricStat:
+        return MetricStat.of(NS_LAMBDA, "Duration", {"FunctionName": self.function, "ExecutedVersion": version},
+                             "Maximum")
+
+    def _stats(self) -> list[MetricStat]:
+        return [self._stat(self.canary), self._stat(self.stable)]
+
+    def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
+        c = series[self._stat(self.canary)].get(second)
+        s = series[self._stat(self.stable)].get(second)
+        if c is None or s is None or c.sample_count <= 0 or s.sample_count <= 0:
+            return  # one version alone: nothing to compare
+        slower = c.value > max(s.value * (1.0 + self.tolerance), s.value + self.min_delta_ms)
+        self.test.observe(float(slower), c.sample_count, float(not slower), s.sample_count)
+
+    def _label(self) -> str:
+        return f"slowest request (> {1 + self.tolerance:g}× and +{self.min_delta_ms:g} ms)"
+
+
+Judge = CountJudge | LatencyJudge
+
+
+def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], stable: dict[str, str],
+                   since: float) -> list[Judge]:
+    """The judges of a deployment from `canary` (function → its new version) and `stable` versions.
+
+    Only functions whose version changes and that have an event source (HTTP or queue) get judges:
+    nothing else routes traffic to two versions during a deployment, and every judge costs the others
+    a share of α. Each judge
+    confirms the threshold alarms watching the same signal (`default_rules`' names)."""
+    env = manifest.environment(env_name)
+    fns = [fn for fn in canary if fn in stable and canary[fn] != stable[fn] and fn in manifest.functions
+           and (manifest.functions[fn].http_events or manifest.functions[fn].queue_events)]
+    settle = float(env.judge_settle)
+    judges: list[Judge] = []
+
+    def consumed(fn: str) -> tuple[str, ...]:
+        """Alarms on the queues `fn` consumes: their DLQ's arrivals and their message age."""
+        out: list[str] = []
+        for e in manifest.functions[fn].queue_events:
+            q = manifest.queues.get(e.queue)
+            if q is not None and q.dead_letter_queue:
+                out.append(f"dlq-arrivals:{q.dead_letter_queue}")
+            out.append(f"queue-age:{e.queue}")
+        return tuple(out)
+
+    def lam(fn: str, v: str) -> tuple[MetricStat, MetricStat]:
+        dims = {"FunctionName": fn, "ExecutedVersion": v}
+        return MetricStat.of(NS_LAMBDA, "Errors", dims), MetricStat.of(NS_LAMBDA, "Invocations", dims)
+
+    if env.error_judge:
+        http = [fn for fn in fns if manifest.functions[fn].http_events]
+        versions = sorted({canary[fn] for fn in http})
+        groups = [("5xx-judge", "api-5xx", http)] if len(versions) == 1 else [
+            (f"5xx-judge:{fn}", f"api-5xx:{fn}", [fn]) for fn in http]
+        api_alarm = {fn: alarm for _, alarm, members in groups for fn in members}
+        for fn in fns:
+            c, s = canary[fn], stable[fn]
+            # an HTTP function's errors are 502s: they confirm the API 5xx alarm too
+            confirms = (f"error-rate:{fn}", *consumed(fn), *([api_alarm[fn]] if fn in api_alarm else []))
+            judges.append(CountJudge(
+                f"errors-judge:{fn}", f"{fn} v{c} vs v{s}", since, settle, confirms=confirms,
+                canary=Signal(*lam(fn, c)), stable=Signal(*lam(fn, s)), label="errors",
+            ))
+        service = manifest.service.name
+        for name, alarm, members in groups:
+            c, s = canary[members[0]], stable[members[0]]
+
+            def api(v: str, ms: list[str] = members) -> Signal:
+                dims = {"ApiName": service, "Stage": env_name, "ExecutedVersion": v}
+                return Signal(MetricStat.of(NS_API, "5XXError", dims), MetricStat.of(NS_API, "Count", dims),
+                              tuple(lam(fn, v)[0] for fn in ms))
+
+            judges.append(CountJudge(name, f"{service} v{c} vs v{s}", since, settle, confirms=(alarm,),
+                                     canary=api(c), stable=api(s), label="5xx other than its errors"))
+    if env.latency_judge:
+        for fn in fns:
+            judges.append(LatencyJudge(
+                f"latency-judge:{fn}", f"{fn} v{canary[fn]} vs v{stable[fn]}", since, settle,
+                confirms=(f"duration-p99:{fn}", *consumed(fn)), function=fn, canary=canary[fn], stable=stable[fn],
+                tolerance=env.latency_tolerance, min_delta_ms=env.latency_min_delta * 1000.0,
+            ))
+    return judges
 
 
 @dataclass
@@ -172,11 +398,17 @@ class JudgeChange:
 @dataclass
 class JudgeSet:
     """The judges of one deployment and each one's current verdict; `evaluate` returns the changes.
-    When the metrics call (or one judge) raises, the judge keeps its verdict (logged, in `errors`)."""
+    They share `alpha` (each rejects at len(judges)/alpha). When the metrics call (or one judge)
+    raises, the judge keeps its verdict (logged, in `errors`)."""
 
-    judges: list[LatencyJudge]
+    judges: list[Judge]
+    alpha: float = 0.01
     current: dict[str, Evaluation] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for j in self.judges:
+            j.set_alpha(self.alpha / len(self.judges))
 
     def plan(self, now: float) -> list[MetricQuery]:
         return [q for j in self.judges for q in j.plan(now)]
@@ -206,12 +438,16 @@ class JudgeSet:
         for j in self.judges:
             self._failed(j, error)
 
-    def _failed(self, j: LatencyJudge, e: Exception) -> None:
+    def _failed(self, j: Judge, e: Exception) -> None:
         self.errors[j.name] = f"{type(e).__name__}: {e}"
         log.warning("judge %s: metrics unavailable: %s", j.name, e)
 
     def alarming(self) -> list[Evaluation]:
         return [e for e in self.current.values() if e.state == ALARM]
+
+    def confirming(self, alarm: str) -> list[Judge]:
+        """The judges whose verdict confirms `alarm` (none: the alarm stands on its own)."""
+        return [j for j in self.judges if alarm in j.confirms]
 
 
 def evaluate_all(
@@ -224,3 +460,49 @@ def evaluate_all(
     if fetched is None:
         return []
     return [*alarms.decide(fetched, now), *judges.decide(fetched, now)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one evaluation decides. `firing`: the evaluations that roll back (empty: go on), the one
+    that decided first, `trigger` its kind (`alarm` or `judge`); `waiting`: alarms in ALARM that wait for
+    their judge (confirm_with_judge). Every alarm here carries its judge's evidence."""
+
+    trigger: str | None
+    firing: list[Evaluation]
+    waiting: list[Evaluation]
+
+
+def with_judge(e: Evaluation, judges: JudgeSet) -> Evaluation:
+    """An alarm's evaluation with the evidence of the (first) judge that watches its signal."""
+    js = judges.confirming(e.alarm)
+    if not js or e.evidence is not None:
+        return e
+    ev = next((judges.current[j.name].evidence for j in js if judges.current.get(j.name) is not None
+               and judges.current[j.name].state == ALARM), None)
+    ev = ev or js[0].evidence()
+    return replace(e, detail=f"{e.detail}; {ev.sentence()}", evidence=ev)
+
+
+def verdict(alarms: AlarmSet, judges: JudgeSet, confirm_with_judge: bool) -> Verdict:
+    """Which of the alarms and judges in ALARM roll back now.
+
+    Without confirmation (the procedure's default): every alarm and judge in ALARM, alarms first.
+    With `confirm_with_judge`: an alarm that has a judge rolls back only together with it — the judge
+    decides, the alarm is shown as confirmed; ceilings and alarms no judge watches roll back on their own."""
+    alarming = [with_judge(e, judges) for e in alarms.alarming()]
+    judged = judges.alarming()
+    if not confirm_with_judge:
+        firing = alarming + judged
+        trigger = None if not firing else ("alarm" if alarming else "judge")
+        return Verdict(trigger, firing, [])
+    rules = {r.name: r for r in alarms.rules}
+    alone = [e for e in alarming if rules[e.alarm].kind == "ceiling" or not judges.confirming(e.alarm)]
+    confirmable = [e for e in alarming if e not in alone]
+    confirmed = [e for e in confirmable if any(j.test.rejected for j in judges.confirming(e.alarm))]
+    waiting = [e for e in confirmable if e not in confirmed]
+    if alone:
+        return Verdict("alarm", alone + judged + confirmed, waiting)
+    if judged:
+        return Verdict("judge", judged + confirmed, waiting)
+    return Verdict(None, [], waiting)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backout.control import preflight
 from backout.control import states as st
 from backout.control.alarms import ALARM, INSUFFICIENT_DATA, AlarmSet, Evaluation, default_rules
-from backout.control.analysis import JudgeSet, LatencyJudge, evaluate_all
+from backout.control.analysis import JudgeSet, default_judges, evaluate_all, verdict, with_judge
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.notify import Notification, Notifier
 from backout.control.store import Deployment, Incident, Store
@@ -125,10 +126,31 @@ class Deployer:
                 f"deployment {d.id} created: {d.stable} → {d.target} with {strat.name}",
                 data={"steps": strat.as_json(), "created_by": created_by},
             )
+            self._preflight(d, strat)
             self._notify("deployment_started", d)
             d = self._leave_created(d)
         self._spawn(d)
         return d
+
+    def _preflight(self, d: Deployment, strat: Strategy) -> None:
+        """The thresholds against the stable version's own rates (control/preflight.py): a `preflight`
+        event, a warning when a threshold would fire on a canary as healthy as the stable version."""
+        try:
+            findings = preflight.check(self.manifest, self.env, self.platform, dict(d.stable_versions),
+                                       [(s.weight, s.hold) for s in strat.steps], self.clock())
+        except Exception as e:  # noqa: BLE001 - a prediction is no reason to refuse a deployment
+            log.warning("deployment %s: pre-flight check unavailable: %s", d.id, e)
+            self._event(d, "preflight", f"pre-flight check unavailable: {type(e).__name__}: {e}")
+            return
+        warn = [f for f in findings if f.warn]
+        if not findings:
+            message = "pre-flight: no traffic on the stable version to measure its rates"
+        elif not warn:
+            message = "pre-flight: no threshold would fire on a canary as healthy as the stable version"
+        else:
+            message = "pre-flight: " + "; ".join(f.sentence for f in warn)
+        self._event(d, "preflight", message, severity="warning" if warn else "info",
+                    data={"findings": [f.as_dict() for f in findings]})
 
     def _leave_created(self, d: Deployment) -> Deployment:
         """Created → AwaitingApproval (environments with require_approval) or PreTraffic. Done before
@@ -587,11 +609,11 @@ class Deployer:
 
     def _shift(self, d: Deployment, lv: Live, deadline: float) -> Deployment:
         alarms = AlarmSet(default_rules(self.manifest, self.env, dict(d.target_versions), self._started_at(d)))
-        judges = JudgeSet([])
-        if self.spec.latency_judge and d.stable_release is not None:
-            judges = JudgeSet([LatencyJudge(fn, d.target_versions[fn], d.stable_versions[fn], self._started_at(d),
-                                            window=self.spec.alarm_window, min_samples=self.spec.min_invocations)
-                               for fn in self.platform.functions() if fn in d.stable_versions])
+        judges = JudgeSet([], self.spec.judge_alpha)
+        if d.stable_release is not None:
+            fns = self.platform.functions()
+            judges = JudgeSet(default_judges(self.manifest, self.env, {fn: d.target_versions[fn] for fn in fns},
+                                             dict(d.stable_versions), self._started_at(d)), self.spec.judge_alpha)
         start_index = d.current_step if d.current_step is not None else 0
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]
@@ -639,11 +661,20 @@ class Deployer:
 
     def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float) -> None:
         """One evaluation — every alarm and judge from one batched metrics call: store every state
-        change; any ALARM → rollback; stop; deadline."""
+        change; an ALARM that needs no confirmation, or a judge's → rollback; stop; deadline."""
         self._check_stop(d, lv)
+        confirm = bool(self.spec.confirm_with_judge)
         # one batched metrics call; when it fails every alarm keeps its state (see `errors`), next time tries again
         for ch in evaluate_all(self.platform, alarms, judges, self.clock()):
             e = ch.evaluation
+            severity = "critical" if e.state == ALARM else "info"
+            message = f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail}"
+            if e.state == ALARM and e.evidence is None and confirm and judges.confirming(e.alarm):
+                e = with_judge(e, judges)
+                if e.evidence is not None and e.evidence.e_value < e.evidence.threshold:
+                    severity = "warning"
+                    message = (f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail} — waits for "
+                               f"{e.evidence.judge} to confirm (confirm_with_judge)")
             self.store.record_alarm_evaluation(
                 d.id,
                 e.alarm,
@@ -655,21 +686,16 @@ class Deployer:
                 e.detail,
                 ts=e.ts,
             )
-            self._event(
-                d,
-                "alarm_state",
-                f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail}",
-                severity="critical" if e.state == ALARM else "info",
-                data=e.as_dict(),
-            )
+            self._event(d, "alarm_state", message, severity=severity, data=e.as_dict())
         lv.alarms = {**alarms.current, **judges.current}
-        firing = alarms.alarming() + judges.alarming()
-        if firing:
+        v = verdict(alarms, judges, confirm)
+        if v.trigger is not None:
+            first = v.firing[0]
             raise RollbackNeeded(
-                "alarm" if firing[0].alarm in alarms.current else "judge",
-                f"alarm {firing[0].alarm} in ALARM: {firing[0].detail}",
-                [e.detail for e in firing],
-                {"alarms": [e.as_dict() for e in firing]},
+                v.trigger,
+                f"alarm {first.alarm} in ALARM: {first.detail}",
+                [e.detail for e in v.firing],
+                {"alarms": [e.as_dict() for e in v.firing]},
             )
         if self.clock() > deadline:
             self._notify("deadline_exceeded", d, reason="progress deadline exceeded")

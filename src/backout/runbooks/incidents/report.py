@@ -290,6 +290,17 @@ def _evidence(view: IncidentView) -> list[str]:
                         a.get("window_seconds"),
                     )
                 )
+    judged = [a for a in view.trigger.get("alarms") or [] if isinstance(a, dict) and a.get("evidence")]
+    if judged:
+        out += [
+            "Canary against stable (each decision with its judge's sequential test: the e-value of \"the new "
+            "version is no worse\" against its threshold, the failure-rate ratio new ÷ stable with its "
+            "anytime-valid interval, and the counts):",
+            "",
+            table(["alarm / judge", "judge", "e-value", "ratio (interval)", "new version", "stable"],
+                  [_judged_row(a) for a in judged]),
+            "",
+        ]
     if rows:
         out += [
             "Alarm state changes of the new version (value of the newest window against the threshold):",
@@ -315,6 +326,17 @@ def _evidence(view: IncidentView) -> list[str]:
     if len(out) == 2:
         out += ["No alarm evidence: this incident was not opened by an alarm.", ""]
     return out
+
+
+def _judged_row(a: dict) -> list[str]:
+    ev = a["evidence"]
+    low, high, ratio = ev.get("low"), ev.get("high"), ev.get("ratio")
+    interval = "—" if low is None else f"{low:.2g}–{'∞' if high is None else f'{high:.2g}'}"
+    shown = "—" if low is None else ("∞" if ratio is None else f"{ratio:.2g}")
+    op = "≥" if ev["e_value"] >= ev["threshold"] else "<"
+    return [code(a["alarm"]), code(ev["judge"]), f"{ev['e_value']:.3g} {op} {ev['threshold']:.3g}",
+            f"{shown} ({interval})", f"{ev['canary_events']:.0f}/{ev['canary_requests']:.0f}",
+            f"{ev['stable_events']:.0f}/{ev['stable_requests']:.0f}"]
 
 
 def _eval_row(
