@@ -222,7 +222,7 @@ class NotifySpec(_Model):
 class ContactSpec(_Model):
     """Who to reach in an incident, for one role (`on_call`, `aws_support`, `management_escalation` …)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="a person or a team")
     channel: str = Field(default="", description="how to reach them: a Slack channel, a phone, an e-mail, a link")
 
     def line(self, role: str) -> str:
@@ -299,20 +299,23 @@ class AwsSpec(_Model):
     deployable function), `api_id` + `stage` when a function has HTTP events, `queues` (every
     manifest queue), `tables` and `buckets` (the data `backup`/`describe` cover)."""
 
-    region: str = Field(min_length=1)
+    region: str = Field(min_length=1, description="the AWS region of the environment's resources")
     endpoint_url: str | None = Field(default=None, description="an AWS emulator's URL (tests, moto)")
-    stack: str | None = None
+    stack: str | None = Field(default=None, description="a CloudFormation stack whose outputs name the resources "
+                              "(docs/aws.md lists the output names)")
     functions: dict[str, str] = Field(default_factory=dict, description="backout function → Lambda name/ARN")
-    api_id: str | None = None
-    stage: str | None = None
+    api_id: str | None = Field(default=None, description="the REST API's id (with `stage`; without `stack`)")
+    stage: str | None = Field(default=None, description="the API stage whose throttle an emergency stop sets")
     api_url: str | None = Field(default=None, description="the stage's invoke URL (default: derived)")
     queues: dict[str, str] = Field(default_factory=dict, description="manifest queue → SQS queue URL")
     tables: dict[str, str] = Field(default_factory=dict, description="name → DynamoDB table name")
     buckets: dict[str, str] = Field(default_factory=dict, description="name → S3 bucket name")
     alarms: list[str] = Field(default_factory=list, description="existing CloudWatch alarms: ALARM → rollback")
     artifacts_bucket: str | None = Field(default=None, description="S3 bucket for packages over 50 MB")
-    architecture: Literal["x86_64", "arm64"] = "x86_64"
-    python_version: str = Field(default="3.11", pattern=r"^3\.\d+$")
+    architecture: Literal["x86_64", "arm64"] = Field(default="x86_64", description="the functions' "
+                                                     "architecture: which Linux wheels publish packages")
+    python_version: str = Field(default="3.11", pattern=r"^3\.\d+$", description="the functions' Python runtime: "
+                                "which wheels publish packages")
     evaluation_interval: Duration = Field(default=5.0, gt=0, description="seconds between metric reads")
     provisioned_concurrency: bool = Field(
         default=False, description="pre-warm new versions with provisioned concurrency (minutes; costs money)"

@@ -113,7 +113,7 @@ def test_report_carries_the_update_then_close_prints_and_sends_the_resolved_noti
 
 def corrupting(c: Call) -> Any:
     out = c.default()
-    if c.is_queue:
+    if c.is_queue and not c.is_test:  # backout's own probe carries no job
         for rec in c.event["Records"]:
             c.platform.tables["jobs"][json.loads(rec["body"])["job"]]["status"] = "garbage"
     return out

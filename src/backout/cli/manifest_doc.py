@@ -28,6 +28,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`events = [{ queue = … }]`", m.QueueEvent),
     ("`[queues.NAME]`", m.QueueSpec),
     ("`[environments.NAME]`", m.EnvironmentSpec),
+    ("`[environments.NAME.aws]`", m.AwsSpec),
     ("`[[environments.NAME.notify]]`", m.NotifySpec),
     ("`[strategies.NAME]`", m.StrategySpec),
     ("`steps = [{ … }]`", m.StepSpec),
@@ -35,10 +36,12 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`[hooks]`", m.HooksSpec),
     ("`pre_traffic` / `post_traffic` entries", m.HookSpec),
     ("`[emulator]`", m.EmulatorSpec),
+    ("`[contacts.ROLE]` (and `[environments.NAME.contacts.ROLE]`)", m.ContactSpec),
 ]
 INTERNAL = {(m.Manifest, "path"), (m.HttpEvent, "method"), (m.HttpEvent, "path")}  # set by backout, not written
 _DURATION_FIELDS = {"timeout", "retry_after", "visibility_timeout", "retention", "delay", "hold", "api_5xx_period",
-                    "rollback_window", "deadline_margin", "alarm_window"}
+                    "rollback_window", "deadline_margin", "alarm_window", "judge_settle", "latency_min_delta",
+                    "preflight_window"}
 
 HEADER = f"""# The manifest: `backout.toml`
 
