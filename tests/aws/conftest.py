@@ -141,7 +141,10 @@ class Stack:
                       hooks: str = "pre_traffic = []\npost_traffic = []") -> str:
         fns = "".join(
             f'[functions.{fn}]\nhandler = "svc.handler.handler"\nmemory = 256\n'
-            + ('events = [{ http = "GET /health" }]\n' if fn == self.api else "")
+            # moto runs no function code without Docker: an invocation answers with its own payload, so
+            # the HTTP function declares a test event of no HTTP shape (judged only on the invocation's error)
+            + ('events = [{ http = "GET /health" }]\ntest_event = { moto = "echoes its payload" }\n'
+               if fn == self.api else "")
             + ('events = [{ queue = "processing" }]\n' if fn == self.worker else "")
             + "\n"
             for fn in self.functions)

@@ -283,7 +283,7 @@ def close_(
             + f". Report: backout incident report {inc.id} --env {name} -o {inc.id}.md"
         )
         console.print(f"resolved notice (for the status page and customers):\n{_ir().resolved_notice(view)}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)  # copied as is: never wrapped at the terminal
         _announce_resolution(store, view)
 
 
