@@ -1,12 +1,15 @@
 """What several command modules read from the operator besides their own options: who they are (recorded
-with every change) and `--set-env KEY=VALUE` pairs. A leaf module, so that command modules never import
-`main` or each other."""
+with every change), `--set-env KEY=VALUE` pairs and the functions' configuration in their `backout.toml`.
+A leaf module, so that command modules never import `main` or each other."""
 
 from __future__ import annotations
 
 import getpass
+from dataclasses import asdict
+from typing import Any
 
 from backout.errors import UsageError
+from backout.manifest import Manifest
 
 
 def who() -> str:
@@ -26,3 +29,12 @@ def parse_set_env(items: list[str]) -> dict[str, str]:
         k, v = it.split("=", 1)
         out[k] = v
     return out
+
+
+def configuration(manifest: Manifest, env: str) -> dict[str, dict[str, Any]]:
+    """Every function's configuration (handler, timeout, memory, environment) as this `backout.toml`
+    states it: a publish sends it, so the new release holds what the operator edited even when the
+    running supervisor read its manifest before the edit."""
+    from backout.platforms.base import configuration_of
+
+    return {fn: asdict(c) for fn, c in configuration_of(manifest, env).items()}

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import parse_set_env
+from backout.cli.inputs import configuration, parse_set_env
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
@@ -110,7 +110,9 @@ def publish(
     c = Client(env)
     extra = parse_set_env(set_env)
     src = str(source.resolve()) if source else None
-    r = c.call("POST", "/publish", {"source": src, "environment": extra, "description": description})
+    body = {"source": src, "environment": extra, "description": description,
+            "configuration": configuration(SETTINGS.manifest, c.env)}
+    r = c.call("POST", "/publish", body)
     emit_json(r) if as_json else console.print(f"release {r['id']} ({_versions(r)})")
 
 
@@ -120,8 +122,17 @@ def _versions(r: dict[str, Any]) -> str:
 
 
 @app.command()
-def releases(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
-    """Published releases, each with its functions' version numbers."""
+def releases(
+    env: EnvOpt = None,
+    diff: Annotated[
+        tuple[int, int] | None, typer.Option("--diff", metavar="A B", help="what changed from release A to B")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Published releases, each with its functions' version numbers; `--diff A B`: code files and
+    configuration that changed between two of them."""
+    if diff is not None:
+        return _release_diff(Client(env), *diff, as_json=as_json)
     rows = Client(env).call("GET", "/releases")
     if as_json:
         return emit_json(rows)
@@ -140,6 +151,29 @@ def releases(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
             for v in rows
         ],
     )
+
+
+def _release_diff(c: Client, a: int, b: int, as_json: bool) -> None:
+    d = c.call("GET", "/releases/diff", a=a, b=b)
+    if as_json:
+        return emit_json(d)
+    files = [f"{len(d[k])} file(s) {k}" for k in ("changed", "added", "removed") if d[k]]
+    if not d["files_listed"] and d["digests"][0] != d["digests"][1]:
+        files.append("code or configuration changed (this platform lists no files: digests differ)")
+    keys = sum(len(k) for k in d["configuration"].values())
+    config = [f"{keys} configuration key(s) of {', '.join(d['configuration'])}"] if keys else []
+    extra = [f"{len(d['environment'])} release variable(s)"] if d["environment"] else []
+    console.print(f"r{a} → r{b}: " + ("no change" if d["same"] else ", ".join(files + config + extra)))
+    if d["changed"] or d["added"] or d["removed"]:
+        table("code", ["change", "file"], [(k, p) for k in ("changed", "added", "removed") for p in d[k]])
+    rows = [(fn, key, _val(va), _val(vb)) for fn, ks in d["configuration"].items() for key, (va, vb) in ks.items()]
+    rows += [("(release)", f"environment.{key}", _val(va), _val(vb)) for key, (va, vb) in d["environment"].items()]
+    if rows:
+        table("configuration", ["function", "key", f"r{a}", f"r{b}"], rows)
+
+
+def _val(v: Any) -> str:
+    return "(unset)" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 @app.command()
