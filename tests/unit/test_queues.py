@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from backout.errors import UsageError
+from backout.manifest import load_manifest
+from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, MetricQuery
+from backout.platforms.local.platform import LocalPlatform
 from backout.platforms.local.queues import ATTR_LAST_ERROR, ATTR_SOURCE_QUEUE, QueueStore
 
 
@@ -372,3 +375,41 @@ def test_acknowledged_sends_survive_kill_9(store: QueueStore, db: Path, tmp_path
     missing = [a for a in acked if a not in in_queue]
     assert not missing, f"{len(missing)} acknowledged messages lost"
     assert len(in_queue) >= len(acked)
+
+
+PLATFORM_MANIFEST = """
+[service]
+name = "svc"
+[functions.worker]
+handler = "app.handler"
+[queues.jobs]
+visibility_timeout = "0s"
+max_receive_count = 1
+dead_letter_queue = "jobs-dlq"
+[queues.jobs-dlq]
+[environments.test]
+gateway_port = 0
+control_port = 0
+"""
+
+
+def test_the_platform_publishes_dlq_arrivals_per_queue_and_per_last_receiving_version(tmp_path: Path) -> None:
+    (tmp_path / "backout.toml").write_text(PLATFORM_MANIFEST)
+    p = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test", tmp_path / "state")
+    try:
+        t = float(int(time.time()))
+        p.sample_queues(now=t)  # the counters' baseline
+        p.send_message("jobs", "received by version 3")
+        p.send_message("jobs", "received by no function version")
+        assert [m.receiver for m in p.queue_store.receive("jobs", 1, receiver=lambda: "3")] == ["3"]
+        assert [m.receiver for m in p.queue_store.receive("jobs", 1)] == [None]
+        assert p.queue_store.receive("jobs", 10, receiver=lambda: "4") == []  # both moved to the DLQ
+        p.sample_queues(now=t + 1)
+
+        def arrivals(**dims: str) -> float:
+            q = MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "jobs-dlq", **dims}, t, t + 2, 1, "Sum")
+            return sum(d.value for d in p.metrics([q])[0])
+
+        assert (arrivals(), arrivals(ExecutedVersion="3"), arrivals(ExecutedVersion="4")) == (2.0, 1.0, 0.0)
+    finally:
+        p.close(drain_timeout=1)

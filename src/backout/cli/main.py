@@ -157,13 +157,15 @@ def _release_diff(c: Client, a: int, b: int, as_json: bool) -> None:
     d = c.call("GET", "/releases/diff", a=a, b=b)
     if as_json:
         return emit_json(d)
-    files = [f"{len(d[k])} file(s) {k}" for k in ("changed", "added", "removed") if d[k]]
-    if not d["files_listed"] and d["digests"][0] != d["digests"][1]:
-        files.append("code or configuration changed (this platform lists no files: digests differ)")
     keys = sum(len(k) for k in d["configuration"].values())
-    config = [f"{keys} configuration key(s) of {', '.join(d['configuration'])}"] if keys else []
-    extra = [f"{len(d['environment'])} release variable(s)"] if d["environment"] else []
-    console.print(f"r{a} → r{b}: " + ("no change" if d["same"] else ", ".join(files + config + extra)))
+    parts = [f"{len(d[k])} file(s) {k}" for k in ("changed", "added", "removed") if d[k]]
+    parts += [f"{keys} configuration key(s) of {', '.join(d['configuration'])}"] if keys else []
+    parts += [f"{len(d['environment'])} release variable(s)"] if d["environment"] else []
+    if not parts and not d["same"]:
+        parts = ["the code (the digests differ)"]
+    console.print(f"r{a} → r{b}: " + (", ".join(parts) or "no change"))
+    if not d["files_listed"]:
+        console.print("(this platform does not list a release's files: code changes are not shown file by file)")
     if d["changed"] or d["added"] or d["removed"]:
         table("code", ["change", "file"], [(k, p) for k in ("changed", "added", "removed") for p in d[k]])
     rows = [(fn, key, _val(va), _val(vb)) for fn, ks in d["configuration"].items() for key, (va, vb) in ks.items()]
