@@ -627,7 +627,7 @@ def _limits(*sources: Any) -> dict[str, float]:
     return out
 
 
-def _dlq_scopes(manifest: Manifest, dlq: str, versions: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+def dlq_scopes(manifest: Manifest, dlq: str, versions: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
     """(rule name, dimensions) of the DLQ rule: arrivals last received by the new version of the deployed
     functions that consume the DLQ's source queues; one rule per consumer when their versions differ
     (ExecutedVersion carries no function name). No deployed consumer: the whole queue."""
@@ -705,7 +705,7 @@ def default_rules(
 
     dlqs = sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue})
     for dlq in dlqs:
-        for name, dims in _dlq_scopes(manifest, dlq, versions):
+        for name, dims in dlq_scopes(manifest, dlq, versions):
             rules.append(AlarmRule(
                 name=name, kind="dlq_arrivals",
                 metric=MetricStat.of(NS_BACKOUT, DLQ_ARRIVALS, dims),

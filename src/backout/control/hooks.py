@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from backout.control.alarms import dlq_scopes
 from backout.control.smoke import run_smoke
 from backout.manifest import HookSpec, Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_LAMBDA, MetricQuery, Platform
@@ -111,20 +112,22 @@ def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
 
 
 def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
-    """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals — every
-    figure since the new release took traffic, from one batched metrics call of 1 s periods."""
+    """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals the new
+    versions received last (as the DLQ alarm counts them) — every figure since the new release took
+    traffic, from one batched metrics call of 1 s periods."""
     spec = ctx.manifest.environment(ctx.env)
     now = time.time()
     start, end = int(ctx.since), int(now) + 1
     fns = ctx.platform.functions()
-    dlqs = [q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None]
+    dlqs = sorted({q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None})
+    scopes = [(q, dims) for q in dlqs for _, dims in dlq_scopes(ctx.manifest, q, ctx.target)]
     queries: list[MetricQuery] = []
     for fn in fns:
         dims = {"FunctionName": fn, "ExecutedVersion": ctx.target[fn]}
         queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
                     MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum"),
                     MetricQuery.of(NS_LAMBDA, "Duration", dims, start, end, 1, "Average")]
-    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, start, end, 1, "Sum") for q in dlqs]
+    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, dims, start, end, 1, "Sum") for _, dims in scopes]
     series = ctx.platform.metrics(queries)
     checks = []
     for i, fn in enumerate(fns):
@@ -154,7 +157,7 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
                     "detail": f"{avg:.0f} ms vs limit {limit:g} ms",
                 }
             )
-    for k, q in enumerate(dlqs):
+    for k, (q, _) in enumerate(scopes):
         arrivals = sum(p.value for p in series[3 * len(fns) + k])
         checks.append(
             {
