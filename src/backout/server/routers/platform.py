@@ -21,7 +21,7 @@ class FunctionConfigBody(BaseModel):
     supervisor's own copy of the manifest may be older)."""
 
     handler: str
-    timeout: float = Field(gt=0)
+    timeout: float = Field(ge=0)
     memory: int = Field(ge=64, le=10240)
     environment: dict[str, str] = Field(default_factory=dict)
 
