@@ -5,7 +5,8 @@ the control plane's unit tests exercise the code paths a real deployment takes, 
 
 - Releases: each function has its own version counter (by default the i-th function starts at
   `1 + 10 * i`, so `worker` is at 11 while `api` is at 1) and a function whose code and
-  configuration did not change keeps its version, as Lambda's `publish_version` does. Code that
+  configuration (handler, timeout, memory, environment) did not change keeps its version, as
+  Lambda's `publish_version` does; each release reports its functions' configuration. Code that
   assumes one number for every function, or that a version number is the release id, fails here.
 - Routing: the live alias per function, validated as the local platform validates it; invocations
   through the alias are split by weight deterministically (smooth weighted round robin: 10 % is
@@ -18,8 +19,9 @@ the control plane's unit tests exercise the code paths a real deployment takes, 
   call; `metrics_calls` and `metric_queries` count them.
 - Queues with event source mappings (`pump()` delivers, retries after `retry_after`, moves a
   message to its DLQ on the receive after `max_receive_count` failures and records
-  `Backout/DeadLetterArrivals`), redrive tasks, data tables with backups, side restores and a full
-  restore, an API throttle, the processing switch, warm instances.
+  `Backout/DeadLetterArrivals` for the queue and for the version that received it last), redrive
+  tasks, data tables with backups, side restores and a full restore, an API throttle, the
+  processing switch, warm instances.
 - Failure injection: `fail_next(method, exc)` makes one platform call raise before it applies
   anything (a `Killed` exception stands for the process dying at that instant).
 
@@ -61,6 +63,7 @@ from backout.platforms.base import (
     Backup,
     CheckResult,
     Datapoint,
+    FunctionConfig,
     InvokeResult,
     MetricQuery,
     QueueAttributes,
@@ -68,6 +71,7 @@ from backout.platforms.base import (
     RedriveTask,
     Release,
     Throttle,
+    configuration_of,
 )
 from backout.platforms.local.metrics import MetricStore
 
@@ -204,6 +208,7 @@ class _FunctionVersion:
     digest: str  # of code and configuration: publishing the same again keeps the version
     code: str  # digest of the code alone (republish shares it)
     environment: dict[str, str]
+    config: FunctionConfig | None = None
 
 
 @dataclass
@@ -214,6 +219,7 @@ class _Message:
     visible_at: float
     receive_count: int = 0
     attributes: dict[str, str] = field(default_factory=dict)
+    receiver: str | None = None  # the version that received it last
 
 
 @dataclass
@@ -383,9 +389,10 @@ class FakePlatform:
     def functions(self) -> list[str]:
         return [n for n, f in self.manifest.functions.items() if f.deploy]
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
-        """Each function's code is its handler's module file under `source`; its configuration the
-        manifest's and the environment's variables plus `environment`. Unchanged → same version."""
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "",
+                configuration: dict[str, FunctionConfig] | None = None) -> Release:
+        """Each function's code is its handler's module file under `source`; its configuration
+        `configuration`'s or the manifest's, with `environment` over its variables. Unchanged → same version."""
         self._maybe_fail("publish")
         source = Path(source)
         if not source.is_dir():
@@ -395,33 +402,39 @@ class FakePlatform:
             module = self.manifest.functions[fn].handler.rsplit(".", 1)[0]
             f = source / (module.replace(".", "/") + ".py")
             code[fn] = hashlib.sha256(f.read_bytes() if f.exists() else b"").hexdigest()
-        return self._publish(code, dict(environment or {}), description)
+        config = {**configuration_of(self.manifest, self.env), **(configuration or {})}
+        return self._publish(code, dict(environment or {}), description, config)
 
     def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
         self._maybe_fail("republish")
         base = self._release(release_id)
         code = {fn: self._versions[fn][v].code for fn, v in base.versions.items()}
-        return self._publish(code, {**base.environment, **environment}, description)
+        return self._publish(code, {**base.environment, **environment}, description, base.configuration)
 
-    def _publish(self, code: dict[str, str], environment: dict[str, str], description: str) -> Release:
+    def _publish(self, code: dict[str, str], environment: dict[str, str], description: str,
+                 config: dict[str, FunctionConfig]) -> Release:
         with self._lock:
             versions: dict[str, str] = {}
             for fn, c in code.items():
-                env = {**self.manifest.functions[fn].environment, **self.spec.environment, **environment}
-                digest = hashlib.sha256((c + json.dumps(env, sort_keys=True)).encode()).hexdigest()
+                cfg = config[fn]
+                env = {**cfg.environment, **environment}
+                blob = json.dumps([c, env, cfg.handler, cfg.timeout, cfg.memory], sort_keys=True)
+                digest = hashlib.sha256(blob.encode()).hexdigest()
                 latest = next(reversed(self._versions[fn].values()), None)
                 if latest is not None and latest.digest == digest:
                     versions[fn] = latest.version
                     continue
                 v = str(self._next[fn])
                 self._next[fn] += 1
-                self._versions[fn][v] = _FunctionVersion(v, digest, c, env)
+                self._versions[fn][v] = _FunctionVersion(v, digest, c, env, cfg)
                 versions[fn] = v
             same = self.release_of(versions)
             if same is not None:
                 return same
             digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
-            r = Release(len(self._releases) + 1, versions, digest, self.clock.now(), description, environment)
+            configs = {fn: self._versions[fn][v].config or config[fn] for fn, v in versions.items()}
+            r = Release(len(self._releases) + 1, versions, digest, self.clock.now(), description, environment,
+                        configs)
             self._releases.append(r)
             self.calls.append(f"publish r{r.id}")
             return r
@@ -728,6 +741,9 @@ class FakePlatform:
                     self._queues[q.dead_letter_queue].messages.append(
                         _Message(m.id, m.body, now, now, attributes=m.attributes))
                     self.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q.dead_letter_queue}, 1.0)
+                    if m.receiver is not None:
+                        self.record(NS_BACKOUT, DLQ_ARRIVALS,
+                                    {"QueueName": q.dead_letter_queue, "ExecutedVersion": m.receiver}, 1.0)
                     self.record(NS_BACKOUT, "MovedToDLQ", {"QueueName": queue}, 1.0)
                     continue
                 if len(batch) < batch_size:
@@ -743,6 +759,9 @@ class FakePlatform:
                               "messageAttributes": {k: {"stringValue": v, "dataType": "String"}
                                                     for k, v in m.attributes.items()}} for m in batch]}
         r = self.invoke(fn, None, event)
+        with self._lock:
+            for m in batch:  # the alias picked the version for the batch: it received the messages
+                m.receiver = r.version
         if not r.ok:
             failed = {m.id for m in batch}
         elif isinstance(r.payload, dict):

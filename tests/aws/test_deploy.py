@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,13 @@ def test_publish_canary_error_metric_rollback(stack: Stack) -> None:
         assert [r.id for r in p.releases()] == [r1.id, r2.id]
         desc = lam.get_function_configuration(FunctionName=stack.functions[stack.api], Qualifier="2")["Description"]
         assert desc.startswith(f"backout r{r2.id} ") and desc.endswith("second"), desc
+        # each version's configuration, as list_versions_by_function reports it, without backout's own names
+        cfg = r2.configuration[stack.worker]
+        assert (cfg.timeout, cfg.memory) == (30.0, 256) and not any(k.startswith("BACKOUT_") for k in cfg.environment)
+        bigger = p.publish(stack.source("src2", "r2"), configuration={stack.worker: replace(cfg, memory=512)})
+        assert bigger.id == r2.id + 1, "a configuration-only change is a release"
+        assert (bigger.configuration[stack.worker].memory, p.releases()[1].configuration[stack.worker].memory) == (
+            512, 256)
 
         strategy = Strategy("T", (Step(10, 60.0), Step(100, 0.0)))
         d = plane.deployer.create(release=r2.id, strategy_obj=strategy, created_by="test")

@@ -263,20 +263,68 @@ def test_api_5xx_sliding_window_counts_only_the_canary(src: Source, manifest: Ma
 
 
 # --- DLQ arrivals --------------------------------------------------------------------------------
+def arrivals(src: Source, n: float, ts: float, version: str | None, queue: str = "jobs-dlq") -> None:
+    """DLQ arrivals as the platforms record them: for the queue, and for the version that received
+    the messages last when there is one."""
+    src.store.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": queue}, n, "Count", ts)
+    if version is not None:
+        src.store.record(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": queue, "ExecutedVersion": version}, n, "Count", ts)
+
+
 def test_dlq_arrivals_since_the_deployment_started(src: Source, manifest: Manifest) -> None:
     start = T0 + 1000
     rule = rule_by_name(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start), "dlq-arrivals:jobs-dlq")
-    dims = {"QueueName": "jobs-dlq"}
-    src.store.record(NS_BACKOUT, DLQ_ARRIVALS, dims, 4.0, "Count", start - 20)  # an older failure
+    arrivals(src, 4.0, start - 20, "7")  # an older failure
     for s in range(1, 30):
-        src.store.record(NS_BACKOUT, DLQ_ARRIVALS, dims, 0.0, "Count", start + s)  # sampled every second
+        arrivals(src, 0.0, start + s, "7")  # sampled every second
     assert evaluate(rule, src, now=start + 30).state == OK
-    src.store.record(NS_BACKOUT, DLQ_ARRIVALS, dims, 1.0, "Count", start + 30)
+    arrivals(src, 1.0, start + 30, "7")
     ev = evaluate(rule, src, now=start + 31)
     assert ev.state == ALARM
     assert ev.detail == "DLQ arrivals 1 > 0 over 31 s since the deployment started on jobs-dlq"
     # counted by arrivals, not depth: ten minutes later it still alarms
     assert evaluate(rule, src, now=start + 631).state == ALARM
+
+
+def test_dlq_arrivals_of_the_stable_version_or_of_no_version_do_not_alarm(src: Source, manifest: Manifest) -> None:
+    """A late failure of the stable version (6) puts a message in the DLQ while 7 is the canary: not the
+    canary's doing. Nor is a message no function version received (counted for the queue only)."""
+    start = T0 + 1000
+    rule = rule_by_name(default_rules(manifest, "prod", {"api": "7", "worker": "7"}, start), "dlq-arrivals:jobs-dlq")
+    assert dict(rule.metric.dimensions) == {"QueueName": "jobs-dlq", "ExecutedVersion": "7"}
+    arrivals(src, 2.0, start + 5, "6")
+    arrivals(src, 1.0, start + 6, None)
+    ev = evaluate(rule, src, now=start + 10)
+    assert ev.state == OK and not ev.value
+    assert src.store.query(MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "jobs-dlq"}, start, start + 10,
+                                          10))[0].value == 3.0  # the queue still counts all three
+    arrivals(src, 1.0, start + 9, "7")
+    assert evaluate(rule, src, now=start + 10).state == ALARM
+
+
+def test_dlq_rule_per_consumer_when_versions_differ_and_whole_queue_without_one(tmp_path: Path) -> None:
+    text = MANIFEST + """[functions.audit]
+handler = "app.audit"
+events = [{ queue = "audit" }]
+[queues.audit]
+max_receive_count = 2
+dead_letter_queue = "jobs-dlq"
+[queues.orphan]
+max_receive_count = 2
+dead_letter_queue = "orphan-dlq"
+[queues.orphan-dlq]
+"""
+    (tmp_path / "backout.toml").write_text(text)
+    m = load_manifest(tmp_path / "backout.toml")
+    rules = {r.name: dict(r.metric.dimensions) for r in default_rules(m, "prod", {"api": "3", "worker": "12",
+                                                                                 "audit": "4"}, T0)
+             if r.kind == "dlq_arrivals"}
+    assert rules == {"dlq-arrivals:jobs-dlq:worker": {"QueueName": "jobs-dlq", "ExecutedVersion": "12"},
+                     "dlq-arrivals:jobs-dlq:audit": {"QueueName": "jobs-dlq", "ExecutedVersion": "4"},
+                     "dlq-arrivals:orphan-dlq": {"QueueName": "orphan-dlq"}}  # no function consumes `orphan`
+    same = [r.name for r in default_rules(m, "prod", {"api": "3", "worker": "4", "audit": "4"}, T0)
+            if r.kind == "dlq_arrivals"]
+    assert same == ["dlq-arrivals:jobs-dlq", "dlq-arrivals:orphan-dlq"]
 
 
 # --- optional rules -----------------------------------------------------------------------------
@@ -343,6 +391,9 @@ def test_default_rules_of_the_sda_manifest() -> None:
     # the gateway's responses carry the version of the function that served them: api's
     assert dict(prod["api-5xx"].metric.dimensions) == {"ApiName": "security-assistant", "Stage": "prod",
                                                        "ExecutedVersion": "3"}
+    # the DLQ's arrivals that the worker's new version (its source queue's consumer) received last
+    assert dict(prod["dlq-arrivals:processing-dlq"].metric.dimensions) == {"QueueName": "processing-dlq",
+                                                                          "ExecutedVersion": "5"}
     staging = {r.name: r for r in default_rules(m, "staging", versions, T0)}
     assert staging["error-rate:api"].threshold == 10.0
     assert all(r.since == T0 for r in staging.values())

@@ -240,6 +240,27 @@ def test_message_reaching_the_dlq_rolls_back_with_alarm_dlq_arrivals(world: Worl
     assert world.store.incident_for_deployment(d.id).evidence["impact"]["dlq_arrivals"] == {"jobs-dlq": 1.0}
 
 
+def test_a_late_failure_of_the_stable_version_in_the_dlq_does_not_roll_back_a_good_canary(world: World) -> None:
+    """The stable worker (11) failed a message on every receive before the deployment; SQS moves it to the
+    DLQ on the next receive, while the canary (12) is out. Its last receiver was 11: not the canary's."""
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising("stable cannot parse job"), version="11")
+    world.fake.send_message("jobs", json.dumps({"job": "late"}))
+    for _ in range(2):  # received twice (max_receive_count 2) by the stable version, failing each time
+        world.fake.pump()
+        world.clock.advance(1)
+    d = world.deploy(r2, (50, 5), (100, 0))
+    world.wait_step(d.id, 0)
+    world.fake.pump()  # the third receive moves it to the DLQ, during the canary
+    assert world.fake.messages("jobs-dlq") == ['{"job": "late"}']
+    world.fake.traffic("api", 40)
+    world.fake.traffic("worker", 40)
+    world.clock.advance(5)
+    world.nudge(d.id)
+    d = world.finish(d.id)
+    assert d.status == st.SUCCEEDED and world.fake.live_versions() == world.live(r2), d.reason
+
+
 def test_failing_pre_traffic_hook_rolls_back_before_any_traffic_with_trigger_pre_traffic(world: World) -> None:
     r2 = world.release("worker")
     world.fake.handle("worker", raising("boom at import", test_events=True), version="12")

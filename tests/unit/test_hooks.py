@@ -183,16 +183,25 @@ def test_post_traffic_checks_fail_on_a_slow_new_version(fake: FakePlatform, tmp_
     assert check == {"name": "worker average duration", "ok": False, "detail": "900 ms vs limit 500 ms"}
 
 
-def test_post_traffic_checks_fail_on_dlq_arrivals_since_the_release_took_traffic(
+def test_post_traffic_checks_fail_on_dlq_arrivals_the_new_version_received_last(
     fake: FakePlatform, tmp_path: Path
 ) -> None:
+    """Two messages reach the DLQ after r2 took all traffic: one the stable worker (11) had failed on
+    every receive before (a late failure, not r2's), one the new worker (12) failed. Only 12's counts."""
     r2 = release2(fake, tmp_path)
     fake.handle("worker", raising())
-    fake.send_message("jobs", json.dumps({"job": "x"}))
+    fake.send_message("jobs", json.dumps({"job": "stable's"}))
+    for _ in range(2):  # max_receive_count 2: the stable version fails it on both receives
+        fake.pump()
+        fake.clock.advance(1)
+    since = fake.clock.now()
+    fake.set_weights("worker", "12")  # 100 % on the new version
+    fake.send_message("jobs", json.dumps({"job": "new's"}))
     for _ in range(3):
         fake.pump()
         fake.clock.advance(1)
-    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since=fake.clock.now() - 3))
+    assert fake.messages("jobs-dlq") == ['{"job": "stable\'s"}', '{"job": "new\'s"}']
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since=since))
     check = next(c for c in r.checks if c["name"] == "DLQ jobs-dlq")
     assert check == {"name": "DLQ jobs-dlq", "ok": False, "detail": "1 arrival(s) since r2 took traffic"}
 

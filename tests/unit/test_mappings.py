@@ -175,6 +175,33 @@ def test_function_errors_reach_the_dlq_after_max_receives(
     assert store.stats("jobs").moved_to_dlq == 1 and store.stats("jobs").deleted == 2
 
 
+def test_with_a_route_each_batch_goes_to_the_version_picked_at_its_receive(
+    store: QueueStore, mappings: list[EventSourceMapping]
+) -> None:
+    """The alias's choice is made at the receive and recorded there: the batch is invoked on exactly that
+    version, and a message the stable version fails for the last time counts against the stable one."""
+    picks = iter(["6", "7", "6"])  # stable, canary, stable again
+    calls: list[tuple[str, str]] = []
+
+    def invoke(fn: str, event: dict[str, Any], version: str | None = None) -> InvokeResult:
+        [r] = event["Records"]
+        assert version is not None, "a routed mapping names the version"
+        calls.append((r["body"], version))
+        return failed(fn, "late failure of the stable version")
+
+    def route(fn: str) -> str:
+        assert fn == "worker"
+        return next(picks)
+
+    store.send("jobs", "job")
+    m = EventSourceMapping(store, "jobs", "worker", invoke, batch_size=1, retry_after=0.05, route=route)
+    mappings.append(m)
+    m.start()
+    wait_for(lambda: store.stats("dlq").dlq_arrivals == 1)
+    assert calls == [("job", "6"), ("job", "7"), ("job", "6")]
+    assert store.stats("dlq").dlq_arrivals_by_version == {"6": 1}
+
+
 def test_invoke_that_raises_loses_nothing(store: QueueStore, mappings: list[EventSourceMapping]) -> None:
     store.send("jobs", "x")
     calls: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from backout.errors import UsageError
+from backout.manifest import load_manifest
+from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, MetricQuery
+from backout.platforms.local.platform import LocalPlatform
 from backout.platforms.local.queues import ATTR_LAST_ERROR, ATTR_SOURCE_QUEUE, QueueStore
 
 
@@ -234,6 +238,49 @@ def test_redrive_to_dlq_after_max_receives_and_back(store: QueueStore) -> None:
     assert (back.id, back.receive_count, back.attributes) == (mid, 1, {"job": "7"})
 
 
+def test_dlq_arrivals_count_against_the_version_that_received_the_message_last(store: QueueStore) -> None:
+    """A function version's receive is recorded with the message; the move to the DLQ counts against the
+    last one. A receive by anything else (the SQS endpoint's consumers) leaves no version: queue only."""
+    store.ensure_queue("dlq")
+    store.ensure_queue("work", visibility_timeout=0, max_receive_count=2, dead_letter_queue="dlq")
+    asked: list[str] = []
+
+    def version(v: str):
+        return lambda: asked.append(v) or v
+
+    assert store.receive("work", 10, receiver=version("0")) == [] and asked == [], "no message, no version asked"
+    store.send_batch("work", ["late", "stranger"])
+    batch = store.receive("work", 10, receiver=version("6"))
+    assert [(m.body, m.receiver) for m in batch] == [("late", "6"), ("stranger", "6")] and asked == ["6"]
+    [late] = store.receive("work", 1, receiver=version("6"))  # the stable version fails it again
+    [stranger] = store.receive("work", 1)  # a consumer that is no function version
+    assert (late.body, late.receiver, stranger.body, stranger.receiver) == ("late", "6", "stranger", None)
+    assert store.receive("work", 10, receiver=version("7")) == []  # both moved; the canary 7 received neither
+    d = store.stats("dlq")
+    assert (d.dlq_arrivals, d.dlq_arrivals_by_version) == (2, {"6": 1})
+    assert asked == ["6", "6"]
+    # back from the DLQ, a message starts afresh: its next DLQ arrival is its next receiver's
+    assert store.redrive("dlq") == 2
+    for _ in range(2):
+        assert len(store.receive("work", 10, receiver=version("7"))) == 2
+    store.receive("work", 10)
+    assert store.stats("dlq").dlq_arrivals_by_version == {"6": 1, "7": 2}
+
+
+def test_a_platform_db_from_before_receivers_were_recorded_gets_the_column(db: Path) -> None:
+    s = QueueStore(db)
+    s.ensure_queue("jobs")
+    s.send("jobs", "old")
+    s.close()
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE q_messages DROP COLUMN receiver_version")
+    con.close()
+    s = QueueStore(db)
+    [m] = s.receive("jobs", receiver=lambda: "3")
+    assert (m.body, m.receiver) == ("old", "3")
+    s.close()
+
+
 def test_redrive_errors_and_explicit_target(store: QueueStore) -> None:
     store.ensure_queue("dlq")
     with pytest.raises(UsageError):
@@ -328,3 +375,41 @@ def test_acknowledged_sends_survive_kill_9(store: QueueStore, db: Path, tmp_path
     missing = [a for a in acked if a not in in_queue]
     assert not missing, f"{len(missing)} acknowledged messages lost"
     assert len(in_queue) >= len(acked)
+
+
+PLATFORM_MANIFEST = """
+[service]
+name = "svc"
+[functions.worker]
+handler = "app.handler"
+[queues.jobs]
+visibility_timeout = "0s"
+max_receive_count = 1
+dead_letter_queue = "jobs-dlq"
+[queues.jobs-dlq]
+[environments.test]
+gateway_port = 0
+control_port = 0
+"""
+
+
+def test_the_platform_publishes_dlq_arrivals_per_queue_and_per_last_receiving_version(tmp_path: Path) -> None:
+    (tmp_path / "backout.toml").write_text(PLATFORM_MANIFEST)
+    p = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test", tmp_path / "state")
+    try:
+        t = float(int(time.time()))
+        p.sample_queues(now=t)  # the counters' baseline
+        p.send_message("jobs", "received by version 3")
+        p.send_message("jobs", "received by no function version")
+        assert [m.receiver for m in p.queue_store.receive("jobs", 1, receiver=lambda: "3")] == ["3"]
+        assert [m.receiver for m in p.queue_store.receive("jobs", 1)] == [None]
+        assert p.queue_store.receive("jobs", 10, receiver=lambda: "4") == []  # both moved to the DLQ
+        p.sample_queues(now=t + 1)
+
+        def arrivals(**dims: str) -> float:
+            q = MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": "jobs-dlq", **dims}, t, t + 2, 1, "Sum")
+            return sum(d.value for d in p.metrics([q])[0])
+
+        assert (arrivals(), arrivals(ExecutedVersion="3"), arrivals(ExecutedVersion="4")) == (2.0, 1.0, 0.0)
+    finally:
+        p.close(drain_timeout=1)

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backout.errors import UsageError
+from backout.manifest import load_manifest
+from backout.platforms.base import FunctionConfig
+from backout.platforms.local.platform import LocalPlatform
 from backout.platforms.local.releases import Releases
+from backout.runbooks.release_diff import diff_releases
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:
@@ -158,3 +164,105 @@ def test_two_processes_publishing_at_once(tmp_path: Path, source: Path) -> None:
     r = Releases(state)
     assert [i.version for i in r.list()] == [1, 2]
     assert sorted(p.name for p in r.root.iterdir() if p.is_dir()) == ["v1", "v2"]
+
+
+# --- configuration: a release holds each function's, as a Lambda version does ---------------------
+def test_a_configuration_only_change_is_a_new_version_and_is_kept_with_it(tmp_path: Path, source: Path) -> None:
+    r = Releases(tmp_path / "state")
+    good = {"f": FunctionConfig("app.h.handler", 30.0, 256, {"MODE": "good"})}
+    v1 = r.publish(source, ["app"], configuration=good)
+    assert r.publish(source, ["app"], configuration=good, description="retry") == v1
+    for change in ({"timeout": 1.0}, {"memory": 512}, {"environment": {"MODE": "bad"}}, {"handler": "app.h.other"}):
+        config = {"f": dataclasses.replace(good["f"], **change)}
+        v = r.publish(source, ["app"], configuration=config)
+        assert v == r.list()[-1].version and v > v1, f"{change} is a release of its own"
+        assert Releases(tmp_path / "state").get(v).configuration == config  # read back from index.json
+        assert r.files(v) == r.files(v1), "same code"
+    assert r.get(v1).configuration == good
+    assert Releases(tmp_path / "other").publish(source, ["app"]) == 1  # none given: the manifest's applies
+    assert Releases(tmp_path / "other").get(1).configuration == {}
+
+
+WORKER = """
+import os, time
+
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    return {"memory": context.memory_limit_in_mb, "mode": os.environ.get("MODE"), "tier": os.environ.get("TIER"),
+            "env": os.environ.get("BACKOUT_ENV")}
+"""
+
+PLATFORM_MANIFEST = """
+[service]
+name = "svc"
+source = "src"
+packages = ["app"]
+
+[functions.worker]
+handler = "app.h.handler"
+timeout = "30s"
+memory = 256
+environment = { MODE = "good" }
+
+[environments.test]
+gateway_port = 0
+control_port = 0
+environment = { TIER = "test" }
+"""
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[LocalPlatform]:
+    write_tree(tmp_path / "src", {"app/__init__.py": "", "app/h.py": WORKER})
+    (tmp_path / "backout.toml").write_text(PLATFORM_MANIFEST)
+    p = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test", tmp_path / "state")
+    p.bootstrap()
+    yield p
+    p.close(drain_timeout=2)
+
+
+def test_a_bad_configuration_change_deployed_then_rolled_back_runs_with_the_old_configuration_again(
+    platform: LocalPlatform,
+) -> None:
+    """The local platform end to end, in-process: a release that changes only the worker's timeout, memory
+    and a variable; the alias on it; the alias back (what every rollback does): the old configuration runs."""
+    p = platform
+    [r1] = p.releases()
+    good = FunctionConfig("app.h.handler", 30.0, 256, {"MODE": "good", "TIER": "test"})  # function's + env's
+    assert r1.configuration == {"worker": good}
+    bad = FunctionConfig("app.h.handler", 0.5, 512, {"MODE": "bad", "TIER": "test"})
+    r2 = p.publish(p.manifest.source_dir, configuration={"worker": bad}, description="worker timeout 0.5 s")
+    assert (r2.id, r2.configuration) == (2, {"worker": bad}) and r2.digest != r1.digest
+    assert p.publish(p.manifest.source_dir, configuration={"worker": bad}).id == 2, "a retry is the same release"
+
+    p.set_weights("worker", "1", "2", 100)  # the bad change is live
+    timed_out = p.invoke("worker", None, {"sleep": 0.8})
+    assert (timed_out.version, timed_out.payload["errorType"]) == ("2", "Task timed out")
+    assert p.invoke("worker", None, {}).payload == {"memory": 512, "mode": "bad", "tier": "test", "env": "test"}
+
+    p.set_weights("worker", "1")  # rolled back
+    back = p.invoke("worker", None, {"sleep": 0.8})
+    assert back.ok and back.version == "1"
+    assert back.payload == {"memory": 256, "mode": "good", "tier": "test", "env": "test"}
+
+    drill = p.republish(1, {"BACKOUT_FAULT": "errors=1"})  # a drill's fault release keeps r1's configuration
+    assert drill.configuration == r1.configuration and drill.environment == {"BACKOUT_FAULT": "errors=1"}
+    with pytest.raises(UsageError, match="no function named nope"):
+        p.publish(p.manifest.source_dir, configuration={"nope": good})
+
+
+def test_release_diff_names_changed_files_and_configuration_keys(platform: LocalPlatform) -> None:
+    p = platform
+    src = p.manifest.source_dir
+    (src / "app" / "h.py").write_text(WORKER + "\n# fixed\n")
+    (src / "app" / "util.py").write_text("X = 1\n")
+    config = {"worker": FunctionConfig("app.h.handler", 1.0, 256, {"TIER": "test", "NEW": "1"})}
+    r2 = p.publish(src, configuration=config)
+    d = diff_releases(p, 1, r2.id)
+    assert d.files_listed and (d.changed, d.added, d.removed) == (["app/h.py"], ["app/util.py"], [])
+    assert d.configuration == {"worker": {"timeout": (30.0, 1.0), "environment.MODE": ("good", None),
+                                          "environment.NEW": (None, "1")}}
+    assert diff_releases(p, r2.id, 1).removed == ["app/util.py"] and diff_releases(p, 1, 1).same
+    with pytest.raises(UsageError, match="unknown release 9"):
+        diff_releases(p, 1, 9)

@@ -18,7 +18,7 @@ import pytest
 
 from backout.errors import UsageError
 from backout.manifest import load_manifest
-from backout.platforms.base import NS_LAMBDA, InvokeResult
+from backout.platforms.base import NS_LAMBDA, FunctionConfig, InvokeResult
 from backout.platforms.local.releases import Releases
 from backout.platforms.local.runtime import FunctionInitError, Runtime, RuntimeClosed
 
@@ -237,6 +237,35 @@ def test_context_and_environment(service: Callable[..., Service]) -> None:
         "SHARED": "release",  # manifest < environment extras < release overrides
     }
     assert p["path0"] == str(s.releases.code_dir(v)) == p["cwd"]
+
+
+def test_each_version_runs_with_the_configuration_its_release_holds(service: Callable[..., Service]) -> None:
+    """As on Lambda: timeout, memory, environment and handler are the version's, not the manifest's of
+    the moment, so invoking an older version (a rollback) brings its configuration back."""
+    s = service()  # the manifest says: timeout 2s, memory 256, FROM_MANIFEST=m
+    (s.src / "app" / "h.py").write_text(HANDLER.format(tag="one"))
+    (s.src / "app" / "other.py").write_text("def handler(event, context):\n    return {'other': True}\n")
+    good = FunctionConfig("app.h.handler", 5.0, 512, {"MODE": "good"})
+    bad = FunctionConfig("app.h.handler", 0.5, 1024, {"MODE": "bad"})
+    v1 = s.releases.publish(s.src, ["app"], configuration={"f": good})
+    v2 = s.releases.publish(s.src, ["app"], configuration={"f": bad})
+    v3 = s.releases.publish(s.src, ["app"], configuration={"f": FunctionConfig("app.other.handler", 5.0, 512)})
+    assert (v1, v2, v3) == (1, 2, 3), "a configuration-only change is a new version"
+    rt = s.runtime(extra_env={"BACKOUT_ENV": "test"})
+    keys = ["MODE", "FROM_MANIFEST", "BACKOUT_ENV", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+    a = rt.invoke("f", v1, {"action": "context", "env": keys}).payload
+    b = rt.invoke("f", v2, {"action": "context", "env": keys}).payload
+    assert (a["memory"], a["env"]) == (512, {"MODE": "good", "FROM_MANIFEST": None, "BACKOUT_ENV": "test",
+                                             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512"})
+    assert (b["memory"], b["env"]) == (1024, {"MODE": "bad", "FROM_MANIFEST": None, "BACKOUT_ENV": "test",
+                                              "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"})
+    assert 2000 < a["remaining"] <= 5000 and b["remaining"] <= 500
+    slow = {"action": "sleep", "seconds": 0.8}
+    r = rt.invoke("f", v2, slow)
+    assert r.payload == {"errorType": "Task timed out",
+                         "errorMessage": f"{r.request_id} Task timed out after 0.50 seconds"}
+    assert rt.invoke("f", v1, slow).ok, "the older version keeps its own timeout"
+    assert rt.invoke("f", v3, {}).payload == {"other": True}
 
 
 def test_unhandled_exception_shape(service: Callable[..., Service]) -> None:

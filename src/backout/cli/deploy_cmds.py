@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
+from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, table
 from backout.errors import OperationFailed
 
@@ -61,6 +61,7 @@ def deploy(
         "created_by": who(),
         "environment": environment,
         "release": release,
+        "configuration": None if release is not None else configuration(SETTINGS.manifest, c.env),
     }
     view = c.call("POST", "/deployments", body)
     d = view["deployment"]

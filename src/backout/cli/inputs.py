@@ -1,16 +1,19 @@
 """What several command modules read from the operator besides their own options: who they are (recorded
-with every change), `--set-env KEY=VALUE` pairs, and the confirmation of a destructive command. A leaf
-module, so that command modules never import `main` or each other."""
+with every change), `--set-env KEY=VALUE` pairs, the confirmation of a destructive command and the
+functions' configuration in their `backout.toml`. A leaf module, so that command modules never import `main`
+or each other."""
 
 from __future__ import annotations
 
 import getpass
 import sys
-from typing import Annotated
+from dataclasses import asdict
+from typing import Annotated, Any
 
 import typer
 
 from backout.errors import UsageError
+from backout.manifest import Manifest
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
@@ -44,3 +47,12 @@ def parse_set_env(items: list[str]) -> dict[str, str]:
         k, v = it.split("=", 1)
         out[k] = v
     return out
+
+
+def configuration(manifest: Manifest, env: str) -> dict[str, dict[str, Any]]:
+    """Every function's configuration (handler, timeout, memory, environment) as this `backout.toml`
+    states it: a publish sends it, so the new release holds what the operator edited even when the
+    running supervisor read its manifest before the edit."""
+    from backout.platforms.base import configuration_of
+
+    return {fn: asdict(c) for fn, c in configuration_of(manifest, env).items()}

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
-from backout.cli.inputs import YesOpt, confirm, parse_set_env, who
+from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, err_console, fmt_weights, table
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
@@ -139,7 +139,9 @@ def publish(
     c = Client(env)
     extra = parse_set_env(set_env)
     src = str(source.resolve()) if source else None
-    r = c.call("POST", "/publish", {"source": src, "environment": extra, "description": description})
+    body = {"source": src, "environment": extra, "description": description,
+            "configuration": configuration(SETTINGS.manifest, c.env)}
+    r = c.call("POST", "/publish", body)
     emit_json(r) if as_json else console.print(f"release {r['id']} ({_versions(r)})")
 
 
@@ -149,8 +151,17 @@ def _versions(r: dict[str, Any]) -> str:
 
 
 @app.command()
-def releases(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
-    """Published releases, each with its functions' version numbers."""
+def releases(
+    env: EnvOpt = None,
+    diff: Annotated[
+        tuple[int, int] | None, typer.Option("--diff", metavar="A B", help="what changed from release A to B")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Published releases, each with its functions' version numbers; `--diff A B`: code files and
+    configuration that changed between two of them."""
+    if diff is not None:
+        return _release_diff(Client(env), *diff, as_json=as_json)
     rows = Client(env).call("GET", "/releases")
     if as_json:
         return emit_json(rows)
@@ -169,6 +180,31 @@ def releases(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
             for v in rows
         ],
     )
+
+
+def _release_diff(c: Client, a: int, b: int, as_json: bool) -> None:
+    d = c.call("GET", "/releases/diff", a=a, b=b)
+    if as_json:
+        return emit_json(d)
+    keys = sum(len(k) for k in d["configuration"].values())
+    parts = [f"{len(d[k])} file(s) {k}" for k in ("changed", "added", "removed") if d[k]]
+    parts += [f"{keys} configuration key(s) of {', '.join(d['configuration'])}"] if keys else []
+    parts += [f"{len(d['environment'])} release variable(s)"] if d["environment"] else []
+    if not parts and not d["same"]:
+        parts = ["the code (the digests differ)"]
+    console.print(f"r{a} → r{b}: " + (", ".join(parts) or "no change"))
+    if not d["files_listed"]:
+        console.print("(this platform does not list a release's files: code changes are not shown file by file)")
+    if d["changed"] or d["added"] or d["removed"]:
+        table("code", ["change", "file"], [(k, p) for k in ("changed", "added", "removed") for p in d[k]])
+    rows = [(fn, key, _val(va), _val(vb)) for fn, ks in d["configuration"].items() for key, (va, vb) in ks.items()]
+    rows += [("(release)", f"environment.{key}", _val(va), _val(vb)) for key, (va, vb) in d["environment"].items()]
+    if rows:
+        table("configuration", ["function", "key", f"r{a}", f"r{b}"], rows)
+
+
+def _val(v: Any) -> str:
+    return "(unset)" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 @app.command()

@@ -681,6 +681,21 @@ def _limits(*sources: Any) -> dict[str, float]:
     return out
 
 
+def dlq_scopes(manifest: Manifest, dlq: str, versions: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """(rule name, dimensions) of the DLQ rule: arrivals last received by the new version of the deployed
+    functions that consume the DLQ's source queues; one rule per consumer when their versions differ
+    (ExecutedVersion carries no function name). No deployed consumer: the whole queue."""
+    sources = {n for n, q in manifest.queues.items() if q.dead_letter_queue == dlq}
+    consumers = [fn for fn, f in manifest.functions.items()
+                 if fn in versions and any(e.queue in sources for e in f.queue_events)]
+    scoped = sorted({str(versions[fn]) for fn in consumers})
+    if not scoped:
+        return [(f"dlq-arrivals:{dlq}", {"QueueName": dlq})]
+    if len(scoped) == 1:
+        return [(f"dlq-arrivals:{dlq}", {"QueueName": dlq, "ExecutedVersion": scoped[0]})]
+    return [(f"dlq-arrivals:{dlq}:{fn}", {"QueueName": dlq, "ExecutedVersion": str(versions[fn])}) for fn in consumers]
+
+
 def default_rules(
     manifest: Manifest,
     env_name: str,
@@ -698,7 +713,10 @@ def default_rules(
       that of the HTTP function, so when HTTP functions have different canary versions there is one
       `api-5xx:<fn>` per function (the dimension carries no function name: a number shared with
       another HTTP function's version counts its responses too);
-    - `dlq-arrivals:<dlq>`: any message moved into a DLQ since the deployment started;
+    - `dlq-arrivals:<dlq>`: any message moved into a DLQ since the deployment started that the new
+      version of its consumer received last (`{QueueName, ExecutedVersion}`: the stable version's late
+      failures are not the canary's); a message with no known receiver counts for the queue only; a
+      DLQ whose source queues no deployed function consumes is watched as a whole;
     - `duration-p99:<fn>`: p99 duration of the canary > a per-function limit, if configured
       (`duration_p99_limits = { fn = "3s" }` on the environment, or `duration_p99_limit` on the function;
       held in seconds, compared in the metric's milliseconds),
@@ -742,13 +760,14 @@ def default_rules(
 
     dlqs = sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue})
     for dlq in dlqs:
-        rules.append(AlarmRule(
-            name=f"dlq-arrivals:{dlq}", kind="dlq_arrivals",
-            metric=MetricStat.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": dlq}),
-            threshold=0.0, comparison="GreaterThanThreshold", period=None,
-            treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
-            label="DLQ arrivals", subject=dlq,
-        ))
+        for name, dims in dlq_scopes(manifest, dlq, versions):
+            rules.append(AlarmRule(
+                name=name, kind="dlq_arrivals",
+                metric=MetricStat.of(NS_BACKOUT, DLQ_ARRIVALS, dims),
+                threshold=0.0, comparison="GreaterThanThreshold", period=None,
+                treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
+                label="DLQ arrivals", subject=dlq,
+            ))
 
     if env.confirm_with_judge:  # the thresholds wait for their judge; these never do
         rules += ceiling_rules(manifest, env_name, versions, deployment_start)

@@ -30,7 +30,15 @@ from backout.control.strategies import Step, Strategy, progress_deadline, resolv
 from backout.control.traffic import Traffic
 from backout.errors import UsageError
 from backout.manifest import Manifest
-from backout.platforms.base import NS_LAMBDA, Capacity, MetricQuery, Platform, Release, evaluation_interval
+from backout.platforms.base import (
+    NS_LAMBDA,
+    Capacity,
+    FunctionConfig,
+    MetricQuery,
+    Platform,
+    Release,
+    evaluation_interval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +108,15 @@ class Deployer:
         environment: dict[str, str] | None = None,
         release: int | None = None,
         strategy_obj: Strategy | None = None,
+        configuration: dict[str, FunctionConfig] | None = None,
     ) -> Deployment:
-        """Publish the new release and start deploying it; returns at once (follow it by id)."""
+        """Publish the new release (with `configuration`: the deploying operator's functions'
+        configuration) and start deploying it; returns at once (follow it by id)."""
         strat = strategy_obj or resolve(strategy or self.spec.strategy, self.manifest)
         self.store.refuse_if_active(self.env)
         if release is None:
-            target = self.platform.publish(source or self.manifest.source_dir, environment, description)
+            target = self.platform.publish(source or self.manifest.source_dir, environment, description,
+                                           configuration)
         else:
             target = self.release(release)
         stable = self.traffic.stable_release()

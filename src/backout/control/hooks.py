@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from backout.control.alarms import dlq_scopes
 from backout.control.probes import Probe, probe_for
 from backout.control.smoke import run_smoke
 from backout.manifest import HookSpec, Manifest
@@ -108,11 +109,12 @@ def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
 
 
 def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
-    """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals — every
-    figure since the new release took traffic, from one batched metrics call of 1 s periods. With
-    `confirm_with_judge` the judges have already compared the new version with the stable one, so a
-    background error rate fails this check only above `error_rate_ceiling`, and DLQ arrivals are shown
-    without failing it (as their alarm, they wait for a judge)."""
+    """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals the new
+    versions received last (as the DLQ alarm counts them) — every figure since the new release took
+    traffic, from one batched metrics call of 1 s periods. With `confirm_with_judge` the judges have
+    already compared the new version with the stable one, so a background error rate fails this check
+    only above `error_rate_ceiling`, and DLQ arrivals are shown without failing it (as their alarm, they
+    wait for a judge)."""
     spec = ctx.manifest.environment(ctx.env)
     limits = ctx.manifest.duration_p99_limits(ctx.env)  # seconds
     confirm = bool(spec.confirm_with_judge)
@@ -120,14 +122,15 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
     now = time.time()
     start, end = int(ctx.since), int(now) + 1
     fns = ctx.platform.functions()
-    dlqs = [q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None]
+    dlqs = sorted({q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None})
+    scopes = [(q, dims) for q in dlqs for _, dims in dlq_scopes(ctx.manifest, q, ctx.target)]
     queries: list[MetricQuery] = []
     for fn in fns:
         dims = {"FunctionName": fn, "ExecutedVersion": ctx.target[fn]}
         queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
                     MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum"),
                     MetricQuery.of(NS_LAMBDA, "Duration", dims, start, end, 1, "Average")]
-    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, start, end, 1, "Sum") for q in dlqs]
+    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, dims, start, end, 1, "Sum") for _, dims in scopes]
     series = ctx.platform.metrics(queries)
     checks = []
     for i, fn in enumerate(fns):
@@ -158,7 +161,7 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
                     "detail": f"{avg:.0f} ms vs limit {limit * 1000.0:g} ms",
                 }
             )
-    for k, q in enumerate(dlqs):
+    for k, (q, _) in enumerate(scopes):
         arrivals = sum(p.value for p in series[3 * len(fns) + k])
         checks.append(
             {

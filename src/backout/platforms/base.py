@@ -26,7 +26,8 @@ NS_LAMBDA = "AWS/Lambda"  # Invocations, Errors, Throttles, Duration, Concurrent
 NS_API = "AWS/ApiGateway"  # Count, 4XXError, 5XXError, Latency
 NS_SQS = "AWS/SQS"  # NumberOfMessagesSent/Received/Deleted, ApproximateNumberOfMessages{Visible,NotVisible},
 #                     ApproximateAgeOfOldestMessage
-NS_BACKOUT = "Backout"  # DeadLetterArrivals {QueueName}: messages moved into a DLQ (draining does not hide them)
+NS_BACKOUT = "Backout"  # DeadLetterArrivals {QueueName} and {QueueName, ExecutedVersion}: messages moved into a
+#                         DLQ (draining does not hide them), also per version that received each one last
 # The state of an existing CloudWatch alarm the manifest names (`aws.alarms`), as a metric the control
 # plane evaluates like any other: AlarmState {AlarmName} = 1 in ALARM, 0 OK, no datapoint otherwise.
 # Only a platform that reads alarms (aws: describe_alarms) answers it.
@@ -68,15 +69,42 @@ def period_at_least(seconds: float) -> int:
 
 # --- releases -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class FunctionConfig:
+    """What a function version holds besides its code, as a Lambda version does: invoking a version
+    uses its own configuration, so rolling back to it restores it. Reserved concurrency is not here
+    (per function, as on Lambda), nor the variables the platform itself injects (endpoints, state dirs)."""
+
+    handler: str
+    timeout: float  # seconds
+    memory: int  # MB
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> FunctionConfig:
+        return FunctionConfig(str(d["handler"]), float(d["timeout"]), int(d["memory"]),
+                              {str(k): str(v) for k, v in (d.get("environment") or {}).items()})
+
+
+def configuration_of(manifest: Any, env: str) -> dict[str, FunctionConfig]:
+    """Every function's configuration as `backout.toml` states it now: the function's table, with the
+    environment's own `environment` over the function's (what `publish` puts in a new release)."""
+    extra = manifest.environment(env).environment
+    return {fn: FunctionConfig(f.handler, float(f.timeout), int(f.memory), {**f.environment, **extra})
+            for fn, f in manifest.functions.items()}
+
+
+@dataclass(frozen=True)
 class Release:
-    """One publish of the whole service: backout's `id`, and each function's own version number."""
+    """One publish of the whole service: backout's `id`, each function's own version number, and the
+    configuration each of those versions holds (empty where a platform does not report it)."""
 
     id: int
     versions: dict[str, str]  # function → its version on the platform
     digest: str
     created_at: float
     description: str = ""
-    environment: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)  # extra variables (drills, --set-env)
+    configuration: dict[str, FunctionConfig] = field(default_factory=dict)
 
     def version(self, fn: str) -> str:
         try:
@@ -103,13 +131,21 @@ class Releases(Protocol):
     def functions(self) -> list[str]:
         """The functions a deployment moves (Lambda: the stack's functions with a live alias)."""
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
+    def publish(
+        self,
+        source: Path,
+        environment: dict[str, str] | None = None,
+        description: str = "",
+        configuration: dict[str, FunctionConfig] | None = None,
+    ) -> Release:
         """Package `source` and publish every function's code and configuration (update_function_code →
-        update_function_configuration → publish_version); unchanged content → the existing release."""
+        update_function_configuration → publish_version); unchanged content → the existing release.
+        `configuration`: the functions' configuration as the deploying operator's `backout.toml` has it
+        (functions left out: the platform's manifest's)."""
 
     def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
-        """The same code as `release_id` with extra environment (update_function_configuration +
-        publish_version): how drills inject faults without a code change."""
+        """The same code and configuration as `release_id` with extra environment
+        (update_function_configuration + publish_version): how drills inject faults without a code change."""
 
     def releases(self) -> list[Release]:
         """Every release, oldest first (list_versions_by_function)."""
@@ -389,6 +425,15 @@ class Capacity(Protocol):
 
     def retire(self, fn: str, version: str) -> None:
         """Let `version`'s idle instances go (after the rollback window); in-flight work finishes."""
+
+
+@runtime_checkable
+class ReleaseFiles(Protocol):
+    """Optional: the files a release's code holds, for `backout releases --diff` (local: the release's
+    directory; aws does not implement it, a diff then compares digests)."""
+
+    def release_files(self, release_id: int) -> dict[str, str]:
+        """Relative path → SHA-256 of every file of the release's code."""
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ from backout.platforms.base import (
     Backup,
     CheckResult,
     Datapoint,
+    FunctionConfig,
     InvokeResult,
     MetricQuery,
     QueueAttributes,
@@ -89,9 +90,10 @@ class AwsPlatform:
     def functions(self) -> list[str]:
         return self.releases_.functions()
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "",
+                configuration: dict[str, FunctionConfig] | None = None) -> Release:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        return self.releases_.publish(source, environment, description)
+        return self.releases_.publish(source, environment, description, configuration)
 
     def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
         return self.releases_.republish(release_id, environment, description)

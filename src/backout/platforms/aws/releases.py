@@ -9,7 +9,10 @@ unchanged package is never uploaded again. Packages over the direct-upload limit
 
 Publishing, per function and all functions in parallel: `update_function_code` (when the code
 changed) → wait for `LastUpdateStatus` Successful → `update_function_configuration` (environment,
-timeout, memory) → wait → `publish_version(CodeSha256=…, RevisionId=…)`.
+timeout, memory: the configuration the deploying operator's manifest states, which each version
+then holds) → wait → `publish_version(CodeSha256=…, RevisionId=…)`. A release reports each version's
+configuration as `list_versions_by_function` returns it (no extra call), without the names backout
+itself sets. The handler stays the stack's (the template wraps it).
 
 The release index lives in each version's `Description` (`backout r7 <digest> <description>`), read
 back with `list_versions_by_function`: a laptop and a CI runner see the same releases with no
@@ -44,7 +47,7 @@ from typing import Any
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.aws.config import Clients, Resources, aws_errors
-from backout.platforms.base import Release
+from backout.platforms.base import FunctionConfig, Release, configuration_of
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +183,24 @@ class AwsReleases:
                         r["created"] = max(r["created"], _ts(v.get("LastModified")))
                         env = (v.get("Environment") or {}).get("Variables") or {}
                         r["environment"] = json.loads(env.get(RELEASE_ENV, "{}"))
-        return {rid: Release(rid, r["versions"], r["digest"], r["created"], r["description"], r["environment"])
+                        own = set(self._platform_env(fn)) | {"BACKOUT_RELEASE", RELEASE_ENV} | set(r["environment"])
+                        r.setdefault("configuration", {})[fn] = FunctionConfig(
+                            str(v.get("Handler", "")), float(v.get("Timeout", 3)), int(v.get("MemorySize", 128)),
+                            {k: val for k, val in env.items() if k not in own})
+        return {rid: Release(rid, r["versions"], r["digest"], r["created"], r["description"], r["environment"],
+                             r.get("configuration", {}))
                 for rid, r in sorted(found.items())}
 
     # --- publishing ---------------------------------------------------------------------------
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
+    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "",
+                configuration: dict[str, FunctionConfig] | None = None) -> Release:
         assert self.aws is not None
         extra = {str(k): str(v) for k, v in (environment or {}).items()}
+        config = {**configuration_of(self.manifest, self.env), **(configuration or {})}
         pkg = build_package(Path(source), self.manifest.service.packages, self.aws.architecture,
                             self.aws.python_version, self.cache_dir)
-        digest = self._digest(pkg.sha256, extra)
-        return self._publish(digest, extra, description, lambda fn: pkg)
+        digest = self._digest(pkg.sha256, extra, config)
+        return self._publish(digest, extra, description, lambda fn: pkg, config)
 
     def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
         """The code of `release_id` with its environment plus `environment`: a configuration-only
@@ -198,7 +208,8 @@ class AwsReleases:
         base = self._release(release_id)
         extra = {**base.environment, **{str(k): str(v) for k, v in environment.items()}}
         digest = hashlib.sha256(f"{base.digest} {json.dumps(extra, sort_keys=True)}".encode()).hexdigest()
-        return self._publish(digest, extra, description, lambda fn: self._code_of(fn, base.version(fn)))
+        config = {**configuration_of(self.manifest, self.env), **base.configuration}
+        return self._publish(digest, extra, description, lambda fn: self._code_of(fn, base.version(fn)), config)
 
     def _release(self, release_id: int) -> Release:
         for r in self.releases():
@@ -207,14 +218,14 @@ class AwsReleases:
         known = ", ".join(f"r{r.id}" for r in self.releases()) or "none"
         raise UsageError(f"unknown release {release_id} (published: {known})")
 
-    def _digest(self, code_sha: str, extra: dict[str, str]) -> str:
-        config = {fn: {"env": self._manifest_env(fn), "timeout": self.manifest.functions[fn].timeout,
-                       "memory": self.manifest.functions[fn].memory} for fn in self.functions()}
-        blob = json.dumps({"code": code_sha, "config": config, "extra": extra}, sort_keys=True)
+    def _digest(self, code_sha: str, extra: dict[str, str], config: dict[str, FunctionConfig]) -> str:
+        view = {fn: {"env": {**config[fn].environment, **self._platform_env(fn)}, "timeout": config[fn].timeout,
+                     "memory": config[fn].memory} for fn in self.functions()}
+        blob = json.dumps({"code": code_sha, "config": view, "extra": extra}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _publish(self, digest: str, extra: dict[str, str], description: str,
-                 package: Callable[[str], Package | None]) -> Release:
+                 package: Callable[[str], Package | None], config: dict[str, FunctionConfig]) -> Release:
         known = self._scan()
         fns = self.functions()
         for r in known.values():
@@ -226,16 +237,16 @@ class AwsReleases:
         desc = _describe(rid, digest, description)
         todo = [fn for fn in fns if fn not in done]
         with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
-            futures = {fn: pool.submit(self._publish_function, fn, rid, extra, desc, package) for fn in todo}
+            futures = {fn: pool.submit(self._publish_function, fn, rid, extra, desc, package, config[fn])
+                       for fn in todo}
             for fn, fut in futures.items():
                 done[fn] = fut.result()
         return self._scan()[rid]  # as `releases()` will show it (creation time from Lambda)
 
     def _publish_function(self, fn: str, rid: int, extra: dict[str, str], desc: str,
-                          package: Callable[[str], Package | None]) -> str:
+                          package: Callable[[str], Package | None], config: FunctionConfig) -> str:
         lam = self.clients("lambda")
         name = self.resources().functions[fn]
-        spec = self.manifest.functions[fn]
         with aws_errors(f"function {fn} ({name})"):
             current = lam.get_function_configuration(FunctionName=name)
             pkg = package(fn)
@@ -245,11 +256,12 @@ class AwsReleases:
             old_env = (current.get("Environment") or {}).get("Variables") or {}
             dropped = set(json.loads(old_env.get(RELEASE_ENV, "{}")))  # the previous release's extras
             env = {k: v for k, v in old_env.items() if k not in dropped}
-            env.update(self._manifest_env(fn))
+            env.update(config.environment)
+            env.update(self._platform_env(fn))
             env.update(extra)
             env.update({"BACKOUT_RELEASE": str(rid), RELEASE_ENV: json.dumps(extra, sort_keys=True)})
             cfg = lam.update_function_configuration(FunctionName=name, Environment={"Variables": env},
-                                                    Timeout=max(1, int(spec.timeout)), MemorySize=spec.memory)
+                                                    Timeout=max(1, int(config.timeout)), MemorySize=config.memory)
             cfg = self._wait(name) or cfg
             kw: dict[str, Any] = {"FunctionName": name, "Description": desc, "CodeSha256": cfg["CodeSha256"]}
             if cfg.get("RevisionId"):  # moto returns none: publish without the optimistic-lock check there
@@ -292,11 +304,9 @@ class AwsReleases:
         data = httpx.get(location, timeout=120).raise_for_status().content
         return Package(data, base64.b64encode(hashlib.sha256(data).digest()).decode())
 
-    def _manifest_env(self, fn: str) -> dict[str, str]:
-        """What backout sets on every function: the manifest's environment and the wrapper's names."""
+    def _platform_env(self, fn: str) -> dict[str, str]:
+        """What backout itself sets on every function, whatever the release: the wrapper's names."""
         return {
-            **self.manifest.functions[fn].environment,
-            **self.spec.environment,
             "BACKOUT_FUNCTION": fn,
             "BACKOUT_SERVICE": self.manifest.service.name,
             "BACKOUT_ENV": self.env,

@@ -4,6 +4,10 @@ The one rule: a message is deleted only after the function succeeded on it. A fa
 batch stays in the queue and comes back after the retry delay (counting a receive, so
 poison messages reach the DLQ); a throttled or paused batch is *released* (its receive
 undone), so neither a throttle nor an operator's pause ever dead-letters a message.
+
+With `route` (the live alias's choice of version), the version is chosen at the receive and
+recorded with the messages, and the batch goes to exactly that version: a message that ends in
+the DLQ is attributed to the version that received it last.
 """
 
 from __future__ import annotations
@@ -101,13 +105,16 @@ class EventSourceMapping:
         store: QueueStore,
         queue: str,
         function: str,
-        invoke: Callable[[str, dict[str, Any]], InvokeResult],
+        invoke: Callable[..., InvokeResult],
         batch_size: int = 10,
         concurrency: int = 1,
         retry_after: float | None = None,
         enabled: bool = True,
         region: str = "local",
+        route: Callable[[str], str] | None = None,
     ) -> None:
+        """`invoke(fn, event)` goes through the alias; with `route(fn)` → version it is called as
+        `invoke(fn, event, version)` with the version recorded at the receive."""
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be >= 1")
         self.store = store
@@ -118,6 +125,7 @@ class EventSourceMapping:
         self.concurrency = concurrency
         self.retry_after = retry_after
         self.region = region
+        self._receiver = None if route is None else (lambda: route(function))
         self._want = enabled  # the operator's switch (set_enabled)
         self._stopping = threading.Event()
         self._interrupt = threading.Event()  # set while paused or stopping: cuts long polls short
@@ -208,7 +216,7 @@ class EventSourceMapping:
                     continue
                 try:
                     msgs = self.store.receive(
-                        self.queue, self.batch_size, wait=POLL_WAIT, cancel=self._interrupt
+                        self.queue, self.batch_size, wait=POLL_WAIT, cancel=self._interrupt, receiver=self._receiver
                     )
                 except Exception:
                     log.exception("mapping %s → %s: receive failed", self.queue, self.function)
@@ -240,8 +248,11 @@ class EventSourceMapping:
         try:
             event = {"Records": [sqs_record(m, self.region) for m in msgs]}
             error = ""
+            version = msgs[0].receiver
             try:
-                result: InvokeResult | None = self.invoke(self.function, event)
+                result: InvokeResult | None = (
+                    self.invoke(self.function, event) if version is None else self.invoke(self.function, event, version)
+                )
             except Exception as e:  # the runtime itself failed: same as a function error
                 log.exception("mapping %s → %s: invoke raised", self.queue, self.function)
                 result = None

@@ -31,6 +31,7 @@ from backout.platforms.base import (
     Backup,
     CheckResult,
     Datapoint,
+    FunctionConfig,
     InvokeResult,
     MetricQuery,
     QueueAttributes,
@@ -38,6 +39,7 @@ from backout.platforms.base import (
     RedriveTask,
     Release,
     Throttle,
+    configuration_of,
 )
 from backout.platforms.local.aliases import Aliases
 from backout.platforms.local.emulator import Emulator
@@ -88,6 +90,7 @@ class LocalPlatform:
             self.metrics_store,
             extra_env=self.function_env(),
             function_env=self.wrapper_env(),
+            default_config=configuration_of(manifest, env),
         )
         self.gateway = Gateway(
             routes_from_manifest(manifest),
@@ -114,6 +117,7 @@ class LocalPlatform:
                         retry_after=ev.retry_after,
                         enabled=ev.enabled,
                         region=REGION,
+                        route=self._route,
                     )
                 )
         self.sqs = SqsEndpoint(self.queue_store, manifest.queues, self)
@@ -131,15 +135,15 @@ class LocalPlatform:
 
     # --- environment handed to every function -------------------------------------------
     def function_env(self) -> dict[str, str]:
-        env = {
+        """What the platform itself gives every function, whatever its version: the state it runs
+        against. The manifest's environment tables are configuration, kept with each release."""
+        return {
             "BACKOUT_ENV": self.env,
             "BACKOUT_STATE_DIR": str(self.state_dir),
             "BACKOUT_DATA_DIR": str(self.data_dir),
             "BACKOUT_PLATFORM_DB": str(self.db_path),
             "ENVIRONMENT": self.env,
         }
-        env.update(self.spec.environment)
-        return env
 
     def aws_env(self, endpoints: dict[str, str]) -> dict[str, str]:
         """The AWS wiring a SAM template would give every function — endpoints served here, region, dummy
@@ -219,23 +223,45 @@ class LocalPlatform:
     def functions(self) -> list[str]:
         return [n for n, f in self.manifest.functions.items() if f.deploy]
 
-    def publish(self, source: Path, environment: dict[str, str] | None = None, description: str = "") -> Release:
-        v = self.published.publish(Path(source), self.manifest.service.packages, environment, description)
+    def publish(
+        self,
+        source: Path,
+        environment: dict[str, str] | None = None,
+        description: str = "",
+        configuration: dict[str, FunctionConfig] | None = None,
+    ) -> Release:
+        config = self._configuration(configuration)
+        v = self.published.publish(Path(source), self.manifest.service.packages, environment, description, config)
         return self._release(self.published.get(v))
 
     def republish(self, release_id: int, environment: dict[str, str], description: str = "") -> Release:
         info = self.published.get(release_id)
         env = {**info.environment, **environment}
-        v = self.published.publish(self.published.code_dir(release_id), [], env, description)
+        config = self._configuration(info.configuration)
+        v = self.published.publish(self.published.code_dir(release_id), [], env, description, config)
         return self._release(self.published.get(v))
 
     def releases(self) -> list[Release]:
         return [self._release(v) for v in self.published.list()]
 
+    def release_files(self, release_id: int) -> dict[str, str]:
+        return self.published.files(self._version(release_id))
+
+    def _configuration(self, given: dict[str, FunctionConfig] | None) -> dict[str, FunctionConfig]:
+        """Every function's configuration for a new version: `given` over the manifest's current one."""
+        unknown = sorted(set(given or {}) - set(self.manifest.functions))
+        if unknown:
+            raise UsageError(f"no function named {', '.join(unknown)} in the running {self.env} "
+                             f"(a new function needs a restart: backout down, backout up)")
+        return {**configuration_of(self.manifest, self.env), **(given or {})}
+
     def _release(self, info: VersionInfo) -> Release:
         """Locally one number serves the release and every function's version."""
-        return Release(info.version, {fn: str(info.version) for fn in self.functions()}, info.digest,
-                       info.created_at, info.description, dict(info.environment))
+        fns = self.functions()
+        config = info.configuration or configuration_of(self.manifest, self.env)
+        return Release(info.version, {fn: str(info.version) for fn in fns}, info.digest,
+                       info.created_at, info.description, dict(info.environment),
+                       {fn: config[fn] for fn in fns if fn in config})
 
     # --- routing -----------------------------------------------------------------------------
     def get_weights(self, fn: str) -> AliasWeights:
@@ -276,9 +302,14 @@ class LocalPlatform:
         self._known(fn)
         return _str_version(self.runtime.invoke(fn, self._version(version), event))
 
-    def _invoke_alias(self, fn: str, event: dict[str, Any]) -> InvokeResult:
-        version = self.aliases.get(fn).pick()
-        return _str_version(self.runtime.invoke(fn, version, event, via_alias=True))
+    def _invoke_alias(self, fn: str, event: dict[str, Any], version: str | None = None) -> InvokeResult:
+        """Through the live alias: the version it picks now, or the one it picked at a queue receive."""
+        v = self.aliases.get(fn).pick() if version is None else int(version)
+        return _str_version(self.runtime.invoke(fn, v, event, via_alias=True))
+
+    def _route(self, fn: str) -> str:
+        """The version the live alias sends the next invocation to (a queue receive records it)."""
+        return str(self.aliases.get(fn).pick())
 
     async def invoke_alias_async(self, fn: str, event: dict[str, Any]) -> InvokeResult:
         """`_invoke_alias` for the gateway's event loop: the version picked by weight, then
@@ -529,7 +560,8 @@ class LocalPlatform:
 
     # --- periodic work, driven by the supervisor ------------------------------------------
     def sample_queues(self, now: float | None = None) -> None:
-        """Record SQS gauges and the per-second deltas of the queue counters as metrics."""
+        """Record SQS gauges and the per-second deltas of the queue counters as metrics; DLQ arrivals
+        also per version that received the message last ({QueueName, ExecutedVersion})."""
         ts = now or time.time()
         for q in self.queues():
             s = self.queue_store.stats(q)
@@ -544,6 +576,9 @@ class LocalPlatform:
                 rec(NS_SQS, "NumberOfMessagesReceived", dims, max(0, s.received - prev.received), "Count", ts)
                 rec(NS_SQS, "NumberOfMessagesDeleted", dims, max(0, s.deleted - prev.deleted), "Count", ts)
                 rec(NS_BACKOUT, DLQ_ARRIVALS, dims, max(0, s.dlq_arrivals - prev.dlq_arrivals), "Count", ts)
+                for v, n in s.dlq_arrivals_by_version.items():  # the version that received each one last
+                    before = prev.dlq_arrivals_by_version.get(v, 0)
+                    rec(NS_BACKOUT, DLQ_ARRIVALS, {**dims, "ExecutedVersion": v}, max(0, n - before), "Count", ts)
                 rec(NS_BACKOUT, "MovedToDLQ", dims, max(0, s.moved_to_dlq - prev.moved_to_dlq), "Count", ts)
             self._last_counters[q] = s
 

@@ -11,6 +11,12 @@ redrive to a dead-letter queue after `max_receive_count` receives (checked when
 a message would be received again, as SQS does), retention, delay, long polling,
 `start_message_move_task`-style redrive. Tables are prefixed `q_` because other
 modules share the file.
+
+A receive on behalf of a function version (an event source mapping) records that version with the
+message, so a message moved to a DLQ counts against the version that received it last
+(`dlq_arrivals_by_version`): a canary's alarm is not set off by the stable version's failures. A
+message last received by anything else (the SQS endpoint's consumers, or never received) counts for
+the queue only.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class QueueStats:
     moved_to_dlq: int  # messages this queue moved to its DLQ
     dlq_arrivals: int  # messages moved into this queue (when it is a DLQ)
     dead_letter_queue: str | None = None
+    # of those, per function version that received them last (the rest had no known receiver)
+    dlq_arrivals_by_version: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,14 +100,21 @@ CREATE TABLE IF NOT EXISTS q_messages (
     receive_count INTEGER NOT NULL DEFAULT 0,
     first_received_at REAL,
     receipt_handle TEXT,
-    last_error TEXT
+    last_error TEXT,
+    receiver_version TEXT
+);
+CREATE TABLE IF NOT EXISTS q_dlq_arrivals (
+    queue TEXT NOT NULL,
+    version TEXT NOT NULL,
+    arrivals INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, version)
 );
 CREATE INDEX IF NOT EXISTS q_messages_order ON q_messages (queue);
 CREATE INDEX IF NOT EXISTS q_messages_visible ON q_messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS q_messages_sent ON q_messages (queue, sent_at);
 """
 
-_MSG_COLS = "seq, id, body, attributes, sent_at, receive_count, first_received_at, last_error"
+_MSG_COLS = "seq, id, body, attributes, sent_at, receive_count, first_received_at, last_error, receiver_version"
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class Message:
     sent_at: float
     first_received_at: float | None
     queue: str
+    receiver: str | None = None  # the function version this receive is for (None: not a function's)
 
 
 @dataclass
@@ -165,6 +181,7 @@ class QueueStore:
         c = self._conn()
         c.execute("PRAGMA journal_mode=WAL")
         self._write(lambda c: _exec_script(c, _SCHEMA))
+        self._write(_add_receiver_column)
 
     def _conn(self) -> sqlite3.Connection:
         c: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -374,11 +391,14 @@ class QueueStore:
         visibility_timeout: float | None = None,
         wait: float = 0.0,
         cancel: threading.Event | None = None,
+        receiver: Callable[[], str] | None = None,
     ) -> list[Message]:
         """Up to `max_messages` visible messages, oldest first, each invisible for the visibility timeout.
 
         `wait` > 0 long-polls until something is visible; `cancel` (set by a pausing consumer) ends
         the wait early. Messages past `max_receive_count` go to the DLQ instead of being returned.
+        `receiver` names the function version the batch goes to; it is called inside the receive (so an
+        alias is read at the instant of the receive) and recorded with every message of the batch.
         """
         if max_messages < 1:
             raise UsageError(f"max_messages must be >= 1 (got {max_messages})")
@@ -389,7 +409,7 @@ class QueueStore:
         sig = self._signal
         while True:
             gen = sig.generation
-            msgs = self._receive_once(queue, max_messages, visibility_timeout)
+            msgs = self._receive_once(queue, max_messages, visibility_timeout, receiver)
             remaining = deadline - time.monotonic()
             if msgs or remaining <= 0 or (cancel is not None and cancel.is_set()):
                 return msgs
@@ -397,7 +417,9 @@ class QueueStore:
                 if sig.generation == gen:
                     sig.cond.wait(min(POLL_INTERVAL, remaining))
 
-    def _receive_once(self, queue: str, max_messages: int, vt: float | None) -> list[Message]:
+    def _receive_once(
+        self, queue: str, max_messages: int, vt: float | None, receiver: Callable[[], str] | None = None
+    ) -> list[Message]:
         # Cheap read first: an idle long poll must not take the write lock 50 times a second.
         earliest = self._retry(
             lambda: (
@@ -417,7 +439,9 @@ class QueueStore:
             timeout = q["visibility_timeout"] if vt is None else vt
             dlq, max_rc = q["dead_letter_queue"], q["max_receive_count"]
             out: list[Message] = []
-            moved = 0
+            moved: list[str | None] = []  # the last receiver of each message moved to the DLQ
+            version: str | None = None
+            picked = False
             after = -1  # rows taken or moved here may still match (visibility 0): never look back
             while len(out) < max_messages:
                 rows = c.execute(
@@ -427,32 +451,40 @@ class QueueStore:
                 ).fetchall()
                 if not rows:
                     break
-                for seq, mid, body, attrs_json, sent_at, rc, first, last_error in rows:
+                for seq, mid, body, attrs_json, sent_at, rc, first, last_error, last_receiver in rows:
                     after = seq
                     if dlq is not None and max_rc is not None and rc >= max_rc:
                         _move_to_dlq(c, seq, queue, dlq, attrs_json, last_error, now)
-                        moved += 1
+                        moved.append(last_receiver)
                         continue
+                    if not picked:
+                        version, picked = (None if receiver is None else str(receiver())), True
                     handle = f"{mid}:{uuid.uuid4().hex}"
                     first = first if first is not None else now
                     c.execute(
                         "UPDATE q_messages SET receipt_handle = ?, receive_count = receive_count + 1,"
-                        " first_received_at = ?, visible_at = ? WHERE seq = ?",
-                        (handle, first, now + timeout, seq),
+                        " first_received_at = ?, visible_at = ?, receiver_version = ? WHERE seq = ?",
+                        (handle, first, now + timeout, version, seq),
                     )
                     out.append(
-                        Message(mid, handle, body, json.loads(attrs_json), rc + 1, sent_at, first, queue)
+                        Message(mid, handle, body, json.loads(attrs_json), rc + 1, sent_at, first, queue, version)
                     )
             if out:
                 c.execute("UPDATE q_counters SET received = received + ? WHERE queue = ?", (len(out), queue))
             if moved:
                 c.execute(
-                    "UPDATE q_counters SET moved_to_dlq = moved_to_dlq + ? WHERE queue = ?", (moved, queue)
+                    "UPDATE q_counters SET moved_to_dlq = moved_to_dlq + ? WHERE queue = ?", (len(moved), queue)
                 )
                 c.execute("INSERT OR IGNORE INTO q_counters (queue) VALUES (?)", (dlq,))
                 c.execute(
-                    "UPDATE q_counters SET dlq_arrivals = dlq_arrivals + ? WHERE queue = ?", (moved, dlq)
+                    "UPDATE q_counters SET dlq_arrivals = dlq_arrivals + ? WHERE queue = ?", (len(moved), dlq)
                 )
+                for v in (v for v in moved if v is not None):
+                    c.execute(
+                        "INSERT INTO q_dlq_arrivals (queue, version, arrivals) VALUES (?, ?, 1)"
+                        " ON CONFLICT(queue, version) DO UPDATE SET arrivals = arrivals + 1",
+                        (dlq, v),
+                    )
                 moved_to.append(dlq)  # type: ignore[arg-type]
             return out
 
@@ -580,7 +612,8 @@ class QueueStore:
                     attrs.pop(k, None)
                 c.execute(
                     "UPDATE q_messages SET queue = ?, attributes = ?, visible_at = ?, receive_count = 0,"
-                    " first_received_at = NULL, receipt_handle = NULL, last_error = NULL WHERE seq = ?",
+                    " first_received_at = NULL, receipt_handle = NULL, last_error = NULL,"
+                    " receiver_version = NULL WHERE seq = ?",
                     (target, json.dumps(attrs, separators=(",", ":")), now, seq),
                 )
                 moved += 1
@@ -647,6 +680,7 @@ class QueueStore:
                 "SELECT sent, received, deleted, moved_to_dlq, dlq_arrivals FROM q_counters WHERE queue = ?",
                 (queue,),
             ).fetchone() or (0, 0, 0, 0, 0)
+            by_version = dict(c.execute("SELECT version, arrivals FROM q_dlq_arrivals WHERE queue = ?", (queue,)))
             return QueueStats(
                 name=queue,
                 visible=visible,
@@ -659,6 +693,7 @@ class QueueStore:
                 moved_to_dlq=counters[3],
                 dlq_arrivals=counters[4],
                 dead_letter_queue=q["dead_letter_queue"],
+                dlq_arrivals_by_version=by_version,
             )
 
         return self._read(tx)
@@ -669,6 +704,13 @@ def _exec_script(c: sqlite3.Connection, script: str) -> None:
     for stmt in script.split(";"):
         if stmt.strip():
             c.execute(stmt)
+
+
+def _add_receiver_column(c: sqlite3.Connection) -> None:
+    """A platform db made before receivers were recorded gets the column (its messages have none)."""
+    cols = {r[1] for r in c.execute("PRAGMA table_info(q_messages)")}
+    if "receiver_version" not in cols:
+        c.execute("ALTER TABLE q_messages ADD COLUMN receiver_version TEXT")
 
 
 def _queue_row(c: sqlite3.Connection, name: str) -> dict[str, Any]:
@@ -709,7 +751,7 @@ def _move_to_dlq(
         attrs[ATTR_LAST_ERROR] = last_error
     c.execute(
         "UPDATE q_messages SET queue = ?, attributes = ?, visible_at = ?, receive_count = 0,"
-        " first_received_at = NULL, receipt_handle = NULL WHERE seq = ?",
+        " first_received_at = NULL, receipt_handle = NULL, receiver_version = NULL WHERE seq = ?",
         (dlq, json.dumps(attrs, separators=(",", ":")), now, seq),
     )
 

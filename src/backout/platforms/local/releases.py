@@ -1,8 +1,10 @@
 """Immutable, numbered, content-hashed releases of the service's code (Lambda's published versions).
 
 A release is a directory `releases/v{N}/` holding a copy of the service's source plus an entry
-in `releases/index.json`. Publishing the same content (code + environment overrides) twice
-returns the existing version, so a retried deploy never mints a new number. Two processes may
+in `releases/index.json` with each function's configuration (handler, timeout, memory,
+environment: a Lambda version holds its configuration too, so a rollback restores it). Publishing
+the same content (code + configuration + environment overrides) twice returns the existing
+version, so a retried deploy never mints a new number, and a configuration-only change mints one. Two processes may
 publish at once, so every change happens under an `fcntl` lock, the copy is made in a temp dir
 and renamed into place, and the index is replaced atomically: a crash never leaves half a release.
 """
@@ -21,26 +23,29 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backout.errors import UsageError
+from backout.platforms.base import FunctionConfig
 
 _SKIP_DIRS = {"__pycache__", ".git"}
 _SKIP_SUFFIXES = (".pyc",)
 _VERSION_DIR = re.compile(r"^v\d+$")
 
 
-
 @dataclass(frozen=True)
 class VersionInfo:
-    """One published local version: the same number for every function of the service."""
+    """One published local version: the same number for every function of the service. An empty
+    `configuration` is a version published before configuration was versioned: the manifest's applies."""
 
     version: int
     digest: str
     created_at: float
     description: str = ""
     environment: dict[str, str] = field(default_factory=dict)
+    configuration: dict[str, FunctionConfig] = field(default_factory=dict)
+
 
 def _skipped(name: str) -> bool:
     return name in _SKIP_DIRS or name.endswith(_SKIP_SUFFIXES)
@@ -98,7 +103,13 @@ class Releases:
             created_at=v["created_at"],
             description=v.get("description", ""),
             environment=dict(v.get("environment", {})),
+            configuration={fn: FunctionConfig.from_dict(c) for fn, c in v.get("configuration", {}).items()},
         )
+
+    def files(self, version: int) -> dict[str, str]:
+        """Relative path → SHA-256 of every file of the version's code (compiled bytecode left out)."""
+        root = self.code_dir(version)
+        return {rel: hashlib.sha256(path.read_bytes()).hexdigest() for rel, path in self._collect(root, [])}
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -108,11 +119,14 @@ class Releases:
         packages: list[str],
         environment: dict[str, str] | None = None,
         description: str = "",
+        configuration: dict[str, FunctionConfig] | None = None,
     ) -> int:
-        """Copy `source` (or just its `packages`) into a new immutable version; same content → same one."""
+        """Copy `source` (or just its `packages`) into a new immutable version holding `configuration`
+        (function → its configuration); same content → same one."""
         env = {str(k): str(v) for k, v in (environment or {}).items()}
+        config = {fn: asdict(c) for fn, c in sorted((configuration or {}).items())}
         files = self._collect(Path(source), packages)
-        digest = self._digest(files, env)
+        digest = self._digest(files, env, config)
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             index = self._read_index()
@@ -141,6 +155,7 @@ class Releases:
                 "created_at": time.time(),
                 "description": description,
                 "environment": env,
+                "configuration": config,
             }
             self._write_index([*index, entry])
             return version
@@ -173,12 +188,14 @@ class Releases:
         return sorted(out)
 
     @staticmethod
-    def _digest(files: list[tuple[str, Path]], env: dict[str, str]) -> str:
+    def _digest(files: list[tuple[str, Path]], env: dict[str, str], config: dict[str, dict]) -> str:
         h = hashlib.sha256()
         for rel, path in files:
             h.update(rel.encode() + b"\0")
             h.update(hashlib.sha256(path.read_bytes()).digest())
         h.update(json.dumps(env, sort_keys=True).encode())
+        if config:  # without one the digest stays what versions published before had
+            h.update(json.dumps(config, sort_keys=True).encode())
         return h.hexdigest()
 
     def _sweep(self, index: list[dict]) -> None:

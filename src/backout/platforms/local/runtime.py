@@ -2,8 +2,10 @@
 
 Each (function, version) has its own pool of worker processes (`worker.py`), each one importing
 that release's code first on its sys.path, so two versions of the same module run side by side.
-A worker handles one invocation at a time; idle ones are reused, new ones start on demand. The
-parent enforces what Lambda enforces: the function's timeout (the worker is killed and
+A worker handles one invocation at a time; idle ones are reused, new ones start on demand. Each
+version runs with the configuration its release holds (handler, timeout, memory, environment), as
+a Lambda version does, so routing back to an older version brings its configuration back too. The
+parent enforces what Lambda enforces: the version's timeout (the worker is killed and
 replaced), a worker that dies mid-invocation (Runtime.ExitError), and per-function concurrency
 (TooManyRequestsException, returned at once). Every invocation records Lambda's metrics into a
 sink, plus the CloudWatch EMF metrics the handler printed.
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import FunctionSpec, Manifest
-from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, InvokeResult
+from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, FunctionConfig, InvokeResult
 from backout.platforms.local.releases import Releases
 
 log = logging.getLogger(__name__)
@@ -111,9 +113,9 @@ class _Pool:
     """The workers of one (function, version)."""
 
     def __init__(
-        self, fn: str, version: int, spec: FunctionSpec, env: dict[str, str], code_dir: Path, log_path: Path
+        self, fn: str, version: int, config: FunctionConfig, env: dict[str, str], code_dir: Path, log_path: Path
     ) -> None:
-        self.fn, self.version, self.spec = fn, version, spec
+        self.fn, self.version, self.config = fn, version, config
         self.env, self.code_dir, self.log_path = env, code_dir, log_path
         self.idle: list[_Worker] = []
         self.live: set[_Worker] = set()  # idle + busy
@@ -134,12 +136,15 @@ class Runtime:
         extra_env: dict[str, str] | None = None,
         max_concurrency: int = 16,
         function_env: dict[str, dict[str, str]] | None = None,
+        default_config: dict[str, FunctionConfig] | None = None,
     ) -> None:
         self.manifest = manifest
         self.state_dir = Path(state_dir)
         self.releases = releases
         self.sink = sink
-        self.extra_env = dict(extra_env or {})
+        self.extra_env = dict(extra_env or {})  # the platform's own variables: every version gets them
+        # a version published before releases held configuration runs with this (default: the manifest's)
+        self.default_config = dict(default_config or {})
         self.aws_env: dict[str, str] = {}  # AWS endpoints and queue URLs: under the function's own environment
         self.function_env = {fn: dict(env) for fn, env in (function_env or {}).items()}  # one function's own
         self.max_concurrency = max_concurrency
@@ -173,7 +178,7 @@ class Runtime:
             if worker is None:
                 payload, error, duration = init_error, "Unhandled", 0.0
             else:
-                payload, error, duration, emf = self._call(worker, rid, event_json, spec.timeout)
+                payload, error, duration, emf = self._call(worker, rid, event_json, pool.config.timeout)
         finally:
             self._done(fn)
         self._record(fn, version, via_alias, concurrent, error=error is not None, duration=duration)
@@ -198,7 +203,7 @@ class Runtime:
         if worker is None:  # the idle worker went to another caller meanwhile
             return await self._invoke_in_thread(fn, version, event, via_alias)
         loop = asyncio.get_running_loop()
-        call = _AsyncCall(self, loop, worker, via_alias, concurrent, rid, event_json, spec.timeout)
+        call = _AsyncCall(self, loop, worker, via_alias, concurrent, rid, event_json, pool.config.timeout)
         return await call.result
 
     async def _invoke_in_thread(self, fn: str, version: int, event: Any, via_alias: bool) -> InvokeResult:
@@ -326,7 +331,7 @@ class Runtime:
             raw = _recv_sync(w.fd, time.monotonic() + INIT_TIMEOUT)
             if raw is None:
                 w.kill()
-                why = f"handler {pool.spec.handler} did not initialise within {INIT_TIMEOUT:.0f}s"
+                why = f"handler {pool.config.handler} did not initialise within {INIT_TIMEOUT:.0f}s"
                 raise _InitFailed(_error("Runtime.InitTimeout", why, trace=True))
             msg = json.loads(raw)
         except (EOFError, OSError):
@@ -506,6 +511,8 @@ class Runtime:
             return pool
         spec = self._spec(fn)
         info = self.releases.get(version)
+        config = info.configuration.get(fn) or self.default_config.get(fn) or FunctionConfig(
+            spec.handler, spec.timeout, spec.memory, dict(spec.environment))
         code_dir = self.releases.code_dir(version)
         env = dict(os.environ)
         env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
@@ -513,7 +520,7 @@ class Runtime:
             for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
                 env.pop(key, None)
         env.update(self.aws_env)
-        env.update(spec.environment)
+        env.update(config.environment)
         env.update(self.extra_env)
         env.update(self.function_env.get(fn, {}))
         env.update(info.environment)
@@ -521,9 +528,9 @@ class Runtime:
             {
                 "AWS_LAMBDA_FUNCTION_NAME": fn,
                 "AWS_LAMBDA_FUNCTION_VERSION": str(version),
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory),
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn}",
-                "_HANDLER": spec.handler,
+                "_HANDLER": config.handler,
                 "LAMBDA_TASK_ROOT": str(code_dir),
             }
         )
@@ -531,7 +538,7 @@ class Runtime:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, os.environ.get("PYTHONPATH")) if p)
         log_path = self.state_dir / "logs" / fn / f"v{version}.log"
         with self._lock:
-            return self._pools.setdefault((fn, version), _Pool(fn, version, spec, env, code_dir, log_path))
+            return self._pools.setdefault((fn, version), _Pool(fn, version, config, env, code_dir, log_path))
 
     # -- metrics -------------------------------------------------------------------------------
 

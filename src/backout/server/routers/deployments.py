@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from backout.server.controller import Controller
+from backout.server.routers.platform import FunctionConfigBody, configuration
 
 
 class DeployBody(BaseModel):
@@ -20,6 +21,7 @@ class DeployBody(BaseModel):
     created_by: str = ""
     environment: dict[str, str] = Field(default_factory=dict)
     release: int | None = None
+    configuration: dict[str, FunctionConfigBody] | None = None
 
 
 class StopBody(BaseModel):
@@ -52,6 +54,7 @@ def router(c: Controller) -> APIRouter:
             body.created_by,
             body.environment or None,
             body.release,
+            configuration=configuration(body.configuration),
         )
         return view(d)
 

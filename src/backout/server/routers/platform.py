@@ -10,14 +10,33 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from backout.errors import UsageError
+from backout.platforms.base import FunctionConfig
+from backout.runbooks.release_diff import diff_releases
 from backout.runbooks.status import queue_view
 from backout.server.controller import Controller
+
+
+class FunctionConfigBody(BaseModel):
+    """One function's configuration as the deploying operator's `backout.toml` states it (the
+    supervisor's own copy of the manifest may be older)."""
+
+    handler: str
+    timeout: float = Field(ge=0)
+    memory: int = Field(ge=64, le=10240)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
+def configuration(bodies: dict[str, FunctionConfigBody] | None) -> dict[str, FunctionConfig] | None:
+    if bodies is None:
+        return None
+    return {fn: FunctionConfig(b.handler, b.timeout, b.memory, dict(b.environment)) for fn, b in bodies.items()}
 
 
 class PublishBody(BaseModel):
     source: str | None = None
     environment: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    configuration: dict[str, FunctionConfigBody] | None = None
 
 
 class AliasBody(BaseModel):
@@ -71,11 +90,15 @@ def router(c: Controller) -> APIRouter:
     @r.post("/publish")
     def publish(body: PublishBody) -> dict[str, Any]:
         src = Path(body.source) if body.source else c.manifest.source_dir
-        return p.publish(src, body.environment or None, body.description).as_dict()
+        return p.publish(src, body.environment or None, body.description, configuration(body.configuration)).as_dict()
 
     @r.get("/releases")
     def releases() -> list[dict[str, Any]]:
         return [x.as_dict() for x in p.releases()]
+
+    @r.get("/releases/diff")
+    def releases_diff(a: int, b: int) -> dict[str, Any]:
+        return diff_releases(p, a, b).as_dict()
 
     @r.get("/aliases/{fn}")
     def get_alias(fn: str) -> dict[str, Any]:
