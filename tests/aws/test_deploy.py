@@ -194,6 +194,27 @@ def test_dlq_redrive_falls_back_to_receive_send_delete(stack: Stack) -> None:
         plane.close()
 
 
+def test_peek_delete_tagged_and_purge(stack: Stack) -> None:
+    """`queue peek` leaves the messages in the queue; a drill's tagged messages go and the service's stay;
+    purge empties the queue. On the DLQ: every peek counts a receive, as on SQS, so on a queue with a
+    redrive policy a few peeks would move the messages on (moto does that too)."""
+    plane = Plane(stack)
+    try:
+        p, q = plane.platform, "processing-dlq"
+        ours = [p.send_message(q, f"job{i}") for i in range(3)]
+        drill = [p.send_message(q, f"drill{i}", {"backout-drill": "d1"}) for i in range(2)]
+        peeked = p.peek_messages(q, limit=10)
+        assert sorted(m.id for m in peeked) == sorted(ours + drill)
+        assert {m.body: m.attributes for m in peeked}["drill0"] == {"backout-drill": "d1"}
+        assert p.queue_attributes(q).visible == 5  # peeking consumed nothing
+        assert p.delete_tagged(q, "backout-drill", "d1") == 2
+        assert sorted(m.body for m in p.peek_messages(q)) == ["job0", "job1", "job2"]
+        assert p.purge_queue(q) == 3
+        assert p.queue_attributes(q).visible == 0
+    finally:
+        plane.close()
+
+
 @pytest.mark.parametrize("n", [3])
 def test_rollback_updates_every_alias_in_parallel(stack: Stack, n: int) -> None:
     """`Traffic.route` hands every alias to the platform at once (`set_weights_many`)."""

@@ -41,6 +41,7 @@ from backout.platforms.base import (
     InvokeResult,
     MetricQuery,
     QueueAttributes,
+    QueueMessage,
     RedriveTask,
     Release,
     StackStatus,
@@ -175,8 +176,17 @@ class AwsPlatform:
     def queue_attributes(self, queue: str) -> QueueAttributes:
         return self.queue_ops.queue_attributes(queue)
 
-    def send_message(self, queue: str, body: str) -> str:
-        return self.queue_ops.send_message(queue, body)
+    def send_message(self, queue: str, body: str, attributes: dict[str, str] | None = None) -> str:
+        return self.queue_ops.send_message(queue, body, attributes)
+
+    def peek_messages(self, queue: str, limit: int = 10) -> list[QueueMessage]:
+        return self.queue_ops.peek_messages(queue, limit)
+
+    def purge_queue(self, queue: str) -> int:
+        return self.queue_ops.purge_queue(queue)
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        return self.queue_ops.delete_tagged(queue, attribute, value)
 
     def start_redrive(self, dlq: str) -> RedriveTask:
         return self.queue_ops.start_redrive(dlq)

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.aws.config import Clients, Resources, aws_errors, queue_name
-from backout.platforms.base import QueueAttributes, RedriveTask
+from backout.platforms.base import QueueAttributes, QueueMessage, RedriveTask
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,63 @@ class AwsQueues:
                                int(a.get("ApproximateNumberOfMessagesNotVisible", 0)),
                                int(a.get("ApproximateNumberOfMessagesDelayed", 0)), dlq, max_receive)
 
-    def send_message(self, queue: str, body: str) -> str:
+    def send_message(self, queue: str, body: str, attributes: dict[str, str] | None = None) -> str:
+        kw = {"MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}} \
+            if attributes else {}
         with aws_errors(f"queue {queue}"):
-            return str(self.clients("sqs").send_message(QueueUrl=self._url(queue), MessageBody=body)["MessageId"])
+            return str(self.clients("sqs").send_message(QueueUrl=self._url(queue), MessageBody=body, **kw)["MessageId"])
+
+    def peek_messages(self, queue: str, limit: int = 10) -> list[QueueMessage]:
+        """receive_message with VisibilityTimeout=0: the messages stay visible, but SQS counts the receive
+        (a message peeked `maxReceiveCount` times moves to the DLQ on its next failure — said in the CLI help)."""
+        sqs, url = self.clients("sqs"), self._url(queue)
+        out: dict[str, QueueMessage] = {}
+        with aws_errors(f"queue {queue}"):
+            while len(out) < limit:  # a long poll asks every SQS server; stop at the first receive with nothing new
+                got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=min(10, limit - len(out)),
+                                          WaitTimeSeconds=1, VisibilityTimeout=0, AttributeNames=["All"],
+                                          MessageAttributeNames=["All"]).get("Messages", [])
+                fresh = [m for m in got if m["MessageId"] not in out]
+                for m in fresh:
+                    a, tags = m.get("Attributes", {}), m.get("MessageAttributes", {})
+                    out[m["MessageId"]] = QueueMessage(
+                        id=m["MessageId"], body=m["Body"],
+                        attributes={k: str(v.get("StringValue", "")) for k, v in tags.items()},
+                        sent_at=float(a.get("SentTimestamp", 0)) / 1000.0, visible=True,
+                        receive_count=int(a.get("ApproximateReceiveCount", 0)))
+                if not fresh:
+                    break
+        return sorted(out.values(), key=lambda m: m.sent_at)[:limit]
+
+    def purge_queue(self, queue: str) -> int:
+        """purge_queue; SQS does not say how many it deleted, so the count is the attributes' estimate just
+        before (SQS allows one purge per queue every 60 s)."""
+        before = self.queue_attributes(queue)
+        with aws_errors(f"queue {queue}"):
+            self.clients("sqs").purge_queue(QueueUrl=self._url(queue))
+        return before.visible + before.in_flight + before.delayed
+
+    def delete_tagged(self, queue: str, attribute: str, value: str) -> int:
+        """A receive loop: delete the messages tagged `attribute = value` and make the others visible again at
+        once (change_message_visibility 0), until a receive returns nothing new."""
+        sqs, url = self.clients("sqs"), self._url(queue)
+        deleted, seen = 0, set()
+        with aws_errors(f"queue {queue}"):
+            while True:
+                got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                          VisibilityTimeout=30, MessageAttributeNames=[attribute]).get("Messages", [])
+                fresh = [m for m in got if m["MessageId"] not in seen]
+                for m in got:
+                    seen.add(m["MessageId"])
+                    tag = m.get("MessageAttributes", {}).get(attribute, {}).get("StringValue")
+                    if tag == value:
+                        sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                        deleted += 1
+                    else:
+                        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"],
+                                                      VisibilityTimeout=0)
+                if not fresh:
+                    return deleted
 
     def _source_of(self, dlq: str) -> str:
         sources = [n for n, q in self.manifest.queues.items() if q.dead_letter_queue == dlq]
