@@ -54,13 +54,15 @@ def test_publish_copies_only_named_packages_and_skips_caches(tmp_path: Path, sou
     r = Releases(tmp_path / "state")
     v = r.publish(source, ["app", "top.py"], description="first")
     assert v == 1
-    assert files_of(r.code_dir(1)) == {"app/__init__.py", "app/h.py", "top.py"}
+    wrapper = {f for f in files_of(r.code_dir(1)) if f.startswith("backout_lambda/")}
+    assert "backout_lambda/__init__.py" in wrapper  # every release carries backout's handler wrapper
+    assert files_of(r.code_dir(1)) - wrapper == {"app/__init__.py", "app/h.py", "top.py"}
     info = r.get(1)
     assert info.description == "first" and len(info.digest) == 64 and info.environment == {}
     # No packages named: everything at the top level.
     r2 = Releases(tmp_path / "state2")
     r2.publish(source, [])
-    assert files_of(r2.code_dir(1)) == {"app/__init__.py", "app/h.py", "other/x.py", "top.py"}
+    assert files_of(r2.code_dir(1)) - wrapper == {"app/__init__.py", "app/h.py", "other/x.py", "top.py"}
 
 
 def test_same_content_same_version_changed_content_new_version(tmp_path: Path, source: Path) -> None:

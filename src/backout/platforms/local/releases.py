@@ -47,6 +47,19 @@ class VersionInfo:
     configuration: dict[str, FunctionConfig] = field(default_factory=dict)
 
 
+def _wrapper_dir() -> Path | None:
+    """backout's handler wrapper (`backout_lambda`), which every release carries as a Lambda package does
+    (the AWS platform adds it to each zip): the service's handlers import it, and a version must run the
+    wrapper it was published with. It is installed next to `backout`."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("backout_lambda")
+    if spec is not None and spec.origin:
+        return Path(spec.origin).parent
+    sibling = Path(__file__).resolve().parents[3] / "backout_lambda"
+    return sibling if (sibling / "__init__.py").is_file() else None
+
+
 def _skipped(name: str) -> bool:
     return name in _SKIP_DIRS or name.endswith(_SKIP_SUFFIXES)
 
@@ -185,6 +198,9 @@ class Releases:
                     if not _skipped(f):
                         p = Path(dirpath) / f
                         out.append((p.relative_to(source).as_posix(), p))
+        wrapper = _wrapper_dir()
+        if wrapper is not None and not any(rel.startswith(f"{wrapper.name}/") for rel, _ in out):
+            out += [(f"{wrapper.name}/{f.relative_to(wrapper).as_posix()}", f) for f in sorted(wrapper.rglob("*.py"))]
         return sorted(out)
 
     @staticmethod
