@@ -4,12 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the tests last passed with (regenerate after a
+# dependency change: `make constraints`), so a fresh machine installs what was tested.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +24,9 @@ test: install
 
 bench: install
 	$(PY) -m bench
+
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
