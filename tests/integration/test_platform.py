@@ -550,6 +550,14 @@ def test_metrics_cli_and_prometheus(svc: Svc) -> None:
     assert m["Duration.p99"] > 0 and m["error_rate_pct"] is not None
     v1 = env.cli_json("metrics", "api", "--version", "1", "--since", "10m")
     assert v1["Invocations"] >= 10
+    # as `aws cloudwatch get-metric-statistics --period 300`: one row per period, the statistics asked for
+    stats = env.cli_json("metrics", "api", "--since", "10m", "--period", "5m", "--metric", "Invocations",
+                         "--statistics", "Sum,SampleCount")
+    assert stats["Label"] == "Invocations" and stats["Period"] == 300
+    assert all(pt["Timestamp"] % 300 == 0 for pt in stats["Datapoints"])
+    assert sum(pt["Sum"] for pt in stats["Datapoints"]) >= m["Invocations"]
+    r = env.cli("metrics", "api", "--period", "7s")
+    assert r.returncode == 2 and "CloudWatch accepts" in r.stderr
 
     r = env.http.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")

@@ -365,13 +365,23 @@ def metrics(
     env: EnvOpt = None,
     version: Annotated[str | None, typer.Option(help="the function's version (default: every version)")] = None,
     since: Annotated[str, typer.Option(help="window, e.g. 5m, 30s, 1h")] = "5m",
+    period: Annotated[str | None, typer.Option(
+        help="one row per period (1s, 5s, 10s, 30s or whole minutes), as `aws cloudwatch get-metric-statistics`")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="with --period: Invocations, Errors, Throttles, Duration, …")
+                      ] = "Duration",
+    statistics: Annotated[str, typer.Option(help="with --period: comma-separated, e.g. Sum,Average,Maximum,p99")
+                          ] = "SampleCount,Average,Maximum",
     as_json: JsonOpt = False,
 ) -> None:
-    """Invocations, errors, throttles and duration percentiles of a function (or one version)."""
+    """Invocations, errors, throttles and duration percentiles of a function (or one version); with
+    --period, one metric's statistics per period."""
     try:
         secs = parse_duration(since)
     except ValueError as e:
         raise UsageError(f"--since: {e}") from None
+    if period is not None:
+        return _metric_statistics(function, env, version, secs, period, metric, statistics, as_json)
     r = Client(env).call("GET", f"/metrics/summary/{function}", since=secs, version=version)
     if as_json:
         return emit_json(r)
@@ -390,6 +400,43 @@ def metrics(
         console.print(f"every invocation was served by v{next(iter(versions))}")
     elif not versions and not version:
         console.print("no traffic through the live alias in this window")
+
+
+def _metric_statistics(function: str, env: str | None, version: str | None, since: float, period: str,
+                       metric: str, statistics: str, as_json: bool) -> None:
+    """`get-metric-statistics` for one function metric: every statistic of every period in one batched query."""
+    from backout.platforms.base import NS_LAMBDA, STATISTICS, legal_period
+
+    try:
+        seconds = parse_duration(period)
+    except ValueError as e:
+        raise UsageError(f"--period: {e}") from None
+    if seconds != int(seconds) or not legal_period(int(seconds)):
+        raise UsageError(f"--period {period}: CloudWatch accepts 1s, 5s, 10s, 30s or a multiple of 60s")
+    stats = [x.strip() for x in statistics.split(",") if x.strip()]
+    unknown = [x for x in stats if x not in STATISTICS]
+    if not stats or unknown:
+        raise UsageError(f"--statistics {statistics!r}: choose from {', '.join(STATISTICS)}")
+    p, end = int(seconds), time.time()
+    start = (end - since) // p * p
+    dims = {"FunctionName": function, **({"ExecutedVersion": str(version)} if version else {})}
+    body = [{"namespace": NS_LAMBDA, "metric": metric, "dimensions": dims, "start": start, "end": end,
+             "period": p, "statistic": st} for st in stats]
+    series = Client(env).call("POST", "/metrics/query", body)
+    rows: dict[float, dict[str, float]] = {}
+    for st, points in zip(stats, series, strict=True):
+        for pt in points:
+            rows.setdefault(pt["timestamp"], {})[st] = pt["value"]
+    out = [{"Timestamp": ts, **vals} for ts, vals in sorted(rows.items())]
+    if as_json:
+        return emit_json({"Label": metric, "Period": p, "Datapoints": out})
+    unit = " (ms)" if metric == "Duration" else ""
+    table(f"{function}{f' v{version}' if version else ''} {metric}{unit}, {p} s periods",
+          ["period start (UTC)", *stats],
+          [(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["Timestamp"])), *(_num(r.get(st)) for st in stats))
+           for r in out])
+    if not out:
+        console.print(f"no datapoints for {metric} of {function} in the window")
 
 
 @app.command()
