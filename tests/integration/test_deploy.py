@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -364,9 +367,25 @@ def test_second_deploy_is_refused_then_stop_rolls_back(world: World) -> None:
 
 def test_stop_without_rollback_leaves_traffic_where_it_is(world: World) -> None:
     env = world.env
-    env.cli("deploy", "--strategy", "Long", "--set-env", "X=stop-no-rollback", "--no-wait", check=True)
-    d = env.latest()
-    wait_for(lambda: env.latest()["current_step"] == 0, timeout=30, what="the canary step")
+    # Ctrl-C while `deploy` follows stops the following, not the deployment, and says how to go on
+    following = subprocess.Popen(
+        [sys.executable, "-m", "backout.cli.main", "deploy", "--strategy", "Long", "--set-env", "X=stop-no-rollback"],
+        env=env.proc_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def in_canary() -> bool:
+            latest = (env.cli_json("deployments") or [{}])[0]
+            return latest.get("status") == "InProgress" and latest.get("current_step") == 0
+
+        wait_for(in_canary, timeout=60, what="the canary step")
+        d = env.latest()
+        following.send_signal(signal.SIGINT)
+        out, err = following.communicate(timeout=30)
+    finally:
+        following.kill()
+    assert following.returncode == 130, (out, err)
+    assert f"deployment {d['id']} goes on" in err and f"backout deployment follow {d['id']}" in err
+    assert f"backout stop {d['id']}" in err and "Traceback" not in err
+    assert env.latest()["id"] == d["id"] and env.latest()["status"] == "InProgress"
     r = env.cli("stop", d["id"], "--no-rollback", "--yes", check=True)
     assert "Stopped" in r.stdout
     after = env.deployment(d["id"])["deployment"]

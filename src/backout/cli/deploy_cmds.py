@@ -14,7 +14,7 @@ from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
-from backout.cli.render import console, emit_json, table
+from backout.cli.render import console, emit_json, err_console, table
 from backout.errors import OperationFailed
 
 TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
@@ -191,6 +191,20 @@ def stop(
 
 # --- rendering ----------------------------------------------------------------------------------
 def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
+    """Follow until the deployment settles. Ctrl-C stops following, never the deployment: the supervisor
+    drives it, so say that and how to re-attach or stop it."""
+    try:
+        _follow_until_settled(c, deployment_id, as_json)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"\nstopped following; deployment {deployment_id} goes on in the {c.env} supervisor.\n"
+            f"  re-attach: backout deployment follow {deployment_id} --env {c.env}\n"
+            f"  stop it:   backout stop {deployment_id} --env {c.env}   (rolls back; --no-rollback keeps the weights)",
+            highlight=False)
+        raise SystemExit(130) from None
+
+
+def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
     after: int | None = None
     view: dict[str, Any] = {}
     printed: list[dict[str, Any]] = []
