@@ -1,16 +1,26 @@
-"""The AWS platform against moto in server mode: one `ThreadedMotoServer` on 127.0.0.1 (a free port)
-for the whole session, and resources with names unique to each test.
+"""The AWS platform against moto in server mode: moto servers on 127.0.0.1 (free ports), each in a
+process of its own for the whole session, and resources with names unique to each test.
 
 moto runs no function code without Docker, so functions are created from small zip files and
 invoked with moto's stub (it answers with the event it was given); invocation metrics are produced
-in the handler wrapper's EMF shape and sent with `put_metric_data` (`emf.py`)."""
+in the handler wrapper's EMF shape and sent with `put_metric_data` (`emf.py`).
+
+Two servers: `moto_url` for every test but one, and `cfn_url` for the CloudFormation test alone
+(moto's CloudFormation imports nearly all of moto: seconds of CPU that its own process spends on
+the other core while the other tests run). Both start as soon as this file is imported, so their
+start overlaps the collection; under pytest-xdist, where the other worker keeps both cores busy,
+each starts when a test first needs it."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
-import logging
 import os
+import select
+import subprocess
+import sys
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -23,30 +33,78 @@ import pytest
 pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
 
 REGION = "us-east-1"
+START_TIMEOUT = 120.0  # generous: a loaded machine takes seconds to import moto
+# the backends each server loads at start: what the tests call (CloudFormation loads the rest)
+MAIN_SERVICES = ("iam", "lambda", "sqs", "dynamodb", "s3", "cloudwatch", "apigateway")
+CFN_SERVICES = ("cloudformation",)
+
+
+class MotoProcess:
+    """`moto_process.py` started now; `url` waits for its port. Closing its stdin stops it."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        script = Path(__file__).with_name("moto_process.py")
+        # its log (moto prints a traceback for every action it lacks, which the tests call on purpose)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, str(script), *services], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            assert self.proc.stdout is not None
+            ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
+            line = self.proc.stdout.readline().strip() if ready else ""
+            if not line.isdigit():
+                self.log.seek(0)
+                raise RuntimeError(f"the moto server did not start in {START_TIMEOUT:.0f} s (exit code "
+                                   f"{self.proc.poll()}): {self.log.read()[-2000:].decode(errors='replace')}")
+            self._url = f"http://127.0.0.1:{line}"
+        return self._url
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+_servers: dict[tuple[str, ...], MotoProcess] = {}
+
+
+def moto_process(services: tuple[str, ...]) -> MotoProcess:
+    if services not in _servers:
+        _servers[services] = MotoProcess(services)
+    return _servers[services]
+
+
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    moto_process(MAIN_SERVICES)
+    moto_process(CFN_SERVICES)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _servers.values():
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    import httpx
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+def aws_env() -> Iterator[None]:
+    """Dummy credentials for the session; no profile, no endpoint of the operator's."""
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                                             "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ENDPOINT_URL")}
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": REGION})
     for k in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         os.environ.pop(k, None)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    # moto's Lambda stub without Docker: an invocation answers with its event
-    httpx.post(f"{url}/moto-api/config", json={"lambda": {"use_docker": False}}).raise_for_status()
     try:
-        yield url
+        yield
     finally:
-        server.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -54,7 +112,28 @@ def moto_url() -> Iterator[str]:
                 os.environ[k] = v
 
 
+def _configured(server: MotoProcess) -> str:
+    import httpx
+
+    # moto's Lambda stub without Docker: an invocation answers with its event
+    httpx.post(f"{server.url}/moto-api/config", json={"lambda": {"use_docker": False}}).raise_for_status()
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def moto_url(aws_env: None) -> str:
+    return _configured(moto_process(MAIN_SERVICES))
+
+
+@pytest.fixture(scope="session")
+def cfn_url(aws_env: None) -> str:
+    """The server with moto's CloudFormation loaded: resources a stack's outputs name are created here too."""
+    return _configured(moto_process(CFN_SERVICES))
+
+
+@functools.cache
 def client(url: str, service: str) -> Any:
+    """One client per server and service (boto3 clients are thread-safe, and slow to make)."""
     import boto3
 
     return boto3.client(service, region_name=REGION, endpoint_url=url)
@@ -67,11 +146,28 @@ def zip_of(text: str) -> bytes:
     return buf.getvalue()
 
 
+class EndpointSession:
+    """A boto3 session whose clients reach one moto server: what the SDA's storage takes as its
+    `session` (on Lambda it uses the default one)."""
+
+    def __init__(self, url: str) -> None:
+        import boto3
+
+        self.url = url
+        self._session = boto3.session.Session(region_name=REGION)
+
+    def client(self, service: str) -> Any:
+        return self._session.client(service, endpoint_url=self.url)
+
+    def resource(self, service: str) -> Any:
+        return self._session.resource(service, endpoint_url=self.url)
+
+
 @dataclass
 class Stack:
     """One test's service on moto: functions (each with a `live` alias once published), a REST API
-    with a stage, a processing queue with its DLQ and the worker's event source mapping, a jobs
-    table and a versioned files bucket — every name carrying the test's tag."""
+    with a stage, a processing queue with its DLQ and the worker's event source mapping, the SDA's
+    jobs table and a versioned files bucket — every name carrying the test's tag."""
 
     url: str
     root: Path
@@ -91,10 +187,16 @@ class Stack:
     def worker(self) -> str:
         return f"worker_{self.tag}"
 
-    def create(self, functions: int = 0) -> Stack:
+    @property
+    def repair(self) -> str:
+        """The service's repair function (created by `create(repair=True)`)."""
+        return f"repair_{self.tag}"
+
+    def create(self, functions: int = 0, repair: bool = False) -> Stack:
         iam, lam, sqs = client(self.url, "iam"), client(self.url, "lambda"), client(self.url, "sqs")
         role = iam.create_role(RoleName=f"role-{self.tag}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         names = [self.api, self.worker] + [f"fn{i}_{self.tag}" for i in range(functions)]
+        names += [self.repair] if repair else []
         for fn in names:
             real = f"sda-{fn.replace('_', '-')}"
             lam.create_function(FunctionName=real, Runtime="python3.11", Role=role, Handler="handler.handler",
@@ -111,15 +213,17 @@ class Stack:
         apig.put_method(restApiId=self.api_id, resourceId=root, httpMethod="GET", authorizationType="NONE")
         apig.put_integration(restApiId=self.api_id, resourceId=root, httpMethod="GET", type="MOCK")
         apig.create_deployment(restApiId=self.api_id, stageName="staging")
-        self.table = f"jobs-{self.tag}"
-        client(self.url, "dynamodb").create_table(
-            TableName=self.table, KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
-        self.bucket = f"files-{self.tag}"
-        s3 = client(self.url, "s3")
-        s3.create_bucket(Bucket=self.bucket)
-        s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+        self.table, self.bucket = f"jobs-{self.tag}", f"files-{self.tag}"
+        self.storage().create_resources()  # the SDA's own table (key, indexes) and bucket
+        client(self.url, "s3").put_bucket_versioning(Bucket=self.bucket,
+                                                      VersioningConfiguration={"Status": "Enabled"})
         return self
+
+    def storage(self) -> Any:
+        """The SDA's storage over this stack's table and bucket (what its functions write through)."""
+        from sda.storage.aws import AwsStorage
+
+        return AwsStorage(self.table, self.bucket, EndpointSession(self.url))
 
     def map_worker(self) -> None:
         """The worker's event source mapping on its live alias (once the alias exists)."""
@@ -139,6 +243,7 @@ class Stack:
 
     def manifest_text(self, env: str = "staging", extra_env: str = "", aws_extra: str = "", api_url: str = "",
                       hooks: str = "pre_traffic = []\npost_traffic = []") -> str:
+        repair = f'repair_function = "{self.repair}"' if self.repair in self.functions else ""
         fns = "".join(
             f'[functions.{fn}]\nhandler = "svc.handler.handler"\nmemory = 256\n'
             + ('events = [{ http = "GET /health" }]\n' if fn == self.api else "")
@@ -152,6 +257,7 @@ class Stack:
 name = "sda-{self.tag}"
 source = "src"
 packages = ["svc"]
+{repair}
 
 {fns}
 [queues.processing]

@@ -10,12 +10,17 @@ across processes. Pointer items carry none of the GSI keys, so they never
 appear in an index.
 
 Files: `s3://{bucket}/{client}/{project}/{job_id}/{name}`.
+
+`AwsSideCopy` reads a backup restored beside the live data: the jobs from a side table (a restore of
+the jobs table's backup, pointer items included) and the files as the bucket's object versions
+current at the backup's instant (the bucket is versioned).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -339,3 +344,54 @@ class AwsStorage:
             ok, detail = False, f"s3://{self.bucket}: {exc}"
         out.append(Check("storage", ok, detail, (time.perf_counter() - t0) * 1000))
         return out
+
+
+class AwsSideCopy:
+    """A side table restored from a backup of the jobs table, and the files bucket as of the backup.
+
+    S3 keeps `LastModified` to the second; a version counts as part of the copy when its second is
+    not after `as_of` (the platform's backup returns only once the second it was taken in is over,
+    so a version written after the backup always carries a later second)."""
+
+    def __init__(self, side_table: str, bucket: str, as_of: float, session: Any | None = None) -> None:
+        import boto3
+
+        session = session or boto3.session.Session()
+        self.as_of = float(as_of)
+        self.bucket = bucket
+        self._jobs = AwsStorage(side_table, bucket, session)  # read through its get_job / list_jobs only
+        self._s3 = session.client("s3")
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return self._jobs.get_job(job_id)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return self._jobs.list_jobs(limit=10**9)
+
+    def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
+        prefix = job_prefix(job) + "/"
+        # key → (second, -position, version id or None for a delete marker): the newest version at
+        # `as_of`; S3 lists each key's versions newest first, which breaks ties within one second
+        chosen: dict[str, tuple[float, int, str | None]] = {}
+        try:
+            n = 0
+            for page in self._s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+                for kind in ("Versions", "DeleteMarkers"):
+                    for v in page.get(kind, []):
+                        n += 1
+                        t = _epoch(v["LastModified"])
+                        cand = (t, -n, v["VersionId"] if kind == "Versions" else None)
+                        if t <= self.as_of and cand[:2] > chosen.get(v["Key"], (-1.0, 0, None))[:2]:
+                            chosen[v["Key"]] = cand
+            out = {}
+            for key, (_, _, version) in sorted(chosen.items()):
+                if version is not None:
+                    body = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version)["Body"].read()
+                    out[key[len(prefix):]] = body
+            return out
+        except AwsStorage._errors() as exc:
+            raise _unavailable(f"S3 versions of s3://{self.bucket}/{prefix}", exc) from exc
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)

@@ -3,7 +3,9 @@
 - `backup`: an on-demand `create_backup` of every table (named `<backup id>.<table>`, so
   `list_backups` finds a backup's tables again from any machine) and, for every bucket, the instant
   of the backup: the bucket's object versions as of then are its copy (versioning must be on,
-  which `describe` checks).
+  which `describe` checks). S3 keeps an object's LastModified to the second, so with buckets the
+  backup returns only once the second it was taken in is over: an object the new release writes
+  afterwards always carries a later second than the backup's instant.
 - `restore_to_side`: `restore_table_from_backup` into a side table `<table>-side-<backup id>`
   (reused when it already exists); the live table is never touched. The location handed to the
   service's repair function is JSON: `{"tables": {name: side}, "live_tables": {name: live},
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +51,8 @@ class AwsData:
                 d = ddb.create_backup(TableName=table, BackupName=f"{bid}.{name}")["BackupDetails"]
             tables[name] = d["BackupArn"]
         buckets = {name: {"bucket": b, "versioning": self._versioning(b)} for name, b in r.buckets.items()}
+        if buckets:
+            time.sleep(max(0.0, math.floor(created) + 1 - time.time()))
         return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": created})
 
     def backups(self) -> list[Backup]:
