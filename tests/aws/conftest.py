@@ -14,6 +14,7 @@ each starts when a test first needs it."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import json
 import os
@@ -30,7 +31,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
+    pytest.skip("moto[server] is in the test extra", allow_module_level=True)  # the servers import it, not we
 
 REGION = "us-east-1"
 START_TIMEOUT = 120.0  # generous: a loaded machine takes seconds to import moto
@@ -147,20 +149,19 @@ def zip_of(text: str) -> bytes:
 
 
 class EndpointSession:
-    """A boto3 session whose clients reach one moto server: what the SDA's storage takes as its
-    `session` (on Lambda it uses the default one)."""
+    """boto3's default session with its clients reaching one moto server: what the SDA's storage
+    takes as its `session` (on Lambda it makes its own)."""
 
     def __init__(self, url: str) -> None:
-        import boto3
-
         self.url = url
-        self._session = boto3.session.Session(region_name=REGION)
 
     def client(self, service: str) -> Any:
-        return self._session.client(service, endpoint_url=self.url)
+        return client(self.url, service)
 
     def resource(self, service: str) -> Any:
-        return self._session.resource(service, endpoint_url=self.url)
+        import boto3
+
+        return boto3.resource(service, region_name=REGION, endpoint_url=self.url)
 
 
 @dataclass
@@ -214,11 +215,12 @@ class Stack:
         apig.put_integration(restApiId=self.api_id, resourceId=root, httpMethod="GET", type="MOCK")
         apig.create_deployment(restApiId=self.api_id, stageName="staging")
         self.table, self.bucket = f"jobs-{self.tag}", f"files-{self.tag}"
-        self.storage().create_resources()  # the SDA's own table (key, indexes) and bucket
+        self.storage.create_resources()  # the SDA's own table (key, indexes) and bucket
         client(self.url, "s3").put_bucket_versioning(Bucket=self.bucket,
                                                       VersioningConfiguration={"Status": "Enabled"})
         return self
 
+    @functools.cached_property
     def storage(self) -> Any:
         """The SDA's storage over this stack's table and bucket (what its functions write through)."""
         from sda.storage.aws import AwsStorage

@@ -1,5 +1,5 @@
-"""Every configuration error of an aws environment as one line and exit code 2 (the stack's own
-commands are in test_stack.py)."""
+"""Every configuration error of an aws environment as one line and exit code 2 (a stack that does
+not exist is in test_stack.py, on the server with CloudFormation)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,6 @@ CASES = [
      ["up"], "queues"),
     ("an alarm that does not exist", lambda t, s: t + 'alarms = ["no-such-alarm"]\n', ["up"],
      "no CloudWatch alarm named no-such-alarm"),
-    ("a stack that does not exist", lambda t, s: t.replace('region = "us-east-1"', 'region = "us-east-1"\n'
-                                                           'stack = "missing"').split("functions = {")[0],
-     ["up"], "CloudFormation stack 'missing'"),
 ]
 
 

@@ -120,7 +120,7 @@ def test_canary_rolled_back_by_its_error_metric_and_its_jobs_repaired_from_a_sid
     stack = Stack(moto_url, tmp_path).create(repair=True)
     plane = Plane(stack)
     try:
-        p, lam, storage = plane.platform, client(stack.url, "lambda"), stack.storage()
+        p, lam, storage = plane.platform, client(stack.url, "lambda"), stack.storage
         r1 = plane.first_release()
         assert plane.platform.publish(stack.root / "src").id == r1.id, "same content → the same release"
         r2 = p.publish(stack.source("src2", "r2"), description="second")

@@ -69,3 +69,9 @@ def test_stack_status_and_resources_from_its_outputs(cfn_url: str, tmp_path, cap
     code, out, err = cli(capsys, monkeypatch, path, "stack", "cancel", "--env", "prod")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "CREATE_COMPLETE: cancel applies only while an update is in progress" in err
+
+    # a stack that does not exist stops `backout up` with one line
+    path.write_text(path.read_text().replace(f'stack = "{name}"', 'stack = "missing"'))
+    code, out, err = cli(capsys, monkeypatch, path, "up", "--env", "prod")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "CloudFormation stack 'missing' in us-east-1: Stack with id missing does not exist" in err

@@ -18,6 +18,7 @@ current at the backup's instant (the bucket is versioned).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -80,18 +81,33 @@ def _unavailable(what: str, exc: Exception) -> StorageUnavailable:
     return StorageUnavailable(f"{what}: {exc}")
 
 
+_session: Any = None
+_session_lock = threading.Lock()
+
+
+def _clients(session: Any | None) -> tuple[Any, Any, Any]:
+    """(dynamodb client, dynamodb resource, s3 client) from `session`, or from one boto3 session per
+    process: a new session reads botocore's models from disk again (a warm Lambda reuses the first);
+    a session is not thread-safe, hence the lock."""
+    global _session
+    with _session_lock:
+        if session is None:
+            if _session is None:
+                import boto3  # the local mode never pays for boto3's import
+
+                _session = boto3.session.Session()
+            session = _session
+        return session.client("dynamodb"), session.resource("dynamodb"), session.client("s3")
+
+
 class AwsStorage:
     mode = "aws"
 
     def __init__(self, table_name: str, bucket: str, session: Any | None = None) -> None:
-        import boto3  # the local mode never pays for boto3's import
-
         self.table_name = table_name
         self.bucket = bucket
-        session = session or boto3.session.Session()
-        self._ddb = session.client("dynamodb")
-        self._table = session.resource("dynamodb").Table(table_name)
-        self._s3 = session.client("s3")
+        self._ddb, resource, self._s3 = _clients(session)
+        self._table = resource.Table(table_name)
         self._pk_cache: dict[str, str] = {}
 
     @staticmethod
@@ -354,13 +370,10 @@ class AwsSideCopy:
     so a version written after the backup always carries a later second)."""
 
     def __init__(self, side_table: str, bucket: str, as_of: float, session: Any | None = None) -> None:
-        import boto3
-
-        session = session or boto3.session.Session()
         self.as_of = float(as_of)
         self.bucket = bucket
         self._jobs = AwsStorage(side_table, bucket, session)  # read through its get_job / list_jobs only
-        self._s3 = session.client("s3")
+        self._s3 = self._jobs._s3
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self._jobs.get_job(job_id)

@@ -94,6 +94,26 @@ def aws_errors(what: str) -> Iterator[None]:
         raise UsageError(f"{what}: cannot reach AWS at {e.kwargs.get('endpoint_url', '?')}") from None
 
 
+_loader: Any = None  # botocore's model loader, shared by every platform of the process
+_loader_lock = threading.Lock()
+
+
+def _session(region: str) -> Any:
+    """A boto3 session of its own (credentials, region) over the process's one botocore loader: a new
+    loader parses botocore's JSON models again, a fraction of a second per session."""
+    global _loader
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _loader)
+    return boto3.session.Session(botocore_session=core, region_name=region)
+
+
 class Clients:
     """One boto3 session per platform; clients are thread-safe and made once each (rollbacks call
     update_alias from a thread pool, hence the connection pool as large as the pool)."""
@@ -108,11 +128,10 @@ class Clients:
         with self._lock:
             c = self._clients.get(service)
             if c is None:
-                import boto3
                 from botocore.config import Config
 
                 if self._session is None:
-                    self._session = boto3.session.Session(region_name=self.spec.region)
+                    self._session = _session(self.spec.region)
                 cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64,
                              connect_timeout=5, read_timeout=60)
                 c = self._session.client(service, endpoint_url=self.spec.endpoint_url, config=cfg)
