@@ -1,15 +1,15 @@
-"""The AWS platform against moto in server mode: moto servers on 127.0.0.1 (free ports), each in a
+"""The AWS platform against moto in server mode: one moto server on 127.0.0.1 (a free port) in a
 process of its own for the whole session, and resources with names unique to each test.
 
 moto runs no function code without Docker, so functions are created from small zip files and
 invoked with moto's stub (it answers with the event it was given); invocation metrics are produced
 in the handler wrapper's EMF shape and sent with `put_metric_data` (`emf.py`).
 
-Two servers: `moto_url` for every test but one, and `cfn_url` for the CloudFormation test alone
-(moto's CloudFormation imports nearly all of moto: seconds of CPU that its own process spends on
-the other core while the other tests run). Both start as soon as this file is imported, so their
-start overlaps the collection; under pytest-xdist, where the other worker keeps both cores busy,
-each starts when a test first needs it."""
+The server starts as soon as this file is imported and then loads the backends the tests use
+(seconds of CPU: CloudFormation's alone imports nearly every moto backend), in its own process, so
+that work overlaps the collection and the first tests. Under pytest-xdist, where the other worker
+keeps both cores busy anyway, it starts when a test first needs it and CloudFormation loads on
+first use."""
 
 from __future__ import annotations
 
@@ -32,16 +32,17 @@ from typing import Any
 import pytest
 
 if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
-    pytest.skip("moto[server] is in the test extra", allow_module_level=True)  # the servers import it, not we
+    pytest.skip("moto[server] is in the test extra", allow_module_level=True)  # the server imports it, not we
 
 REGION = "us-east-1"
 START_TIMEOUT = 120.0  # generous: a loaded machine takes seconds to import moto
-# the backends each server loads at start: what the tests call (CloudFormation loads the rest)
-MAIN_SERVICES = ("iam", "lambda", "sqs", "dynamodb", "s3", "cloudwatch", "apigateway")
-CFN_SERVICES = ("cloudformation",)
+XDIST = "PYTEST_XDIST_WORKER" in os.environ
+# the backends the server loads at start, in the order the tests first call them
+SERVICES = ("lambda", "cloudwatch", "iam", "sqs", "dynamodb", "s3", "apigateway") + (
+    () if XDIST else ("cloudformation",))
 
 
-class MotoProcess:
+class MotoServer:
     """`moto_process.py` started now; `url` waits for its port. Closing its stdin stops it."""
 
     def __init__(self, services: tuple[str, ...]) -> None:
@@ -76,23 +77,23 @@ class MotoProcess:
         self.log.close()
 
 
-_servers: dict[tuple[str, ...], MotoProcess] = {}
+_server: MotoServer | None = None
 
 
-def moto_process(services: tuple[str, ...]) -> MotoProcess:
-    if services not in _servers:
-        _servers[services] = MotoProcess(services)
-    return _servers[services]
+def moto_server() -> MotoServer:
+    global _server
+    if _server is None:
+        _server = MotoServer(SERVICES)
+    return _server
 
 
-if "PYTEST_XDIST_WORKER" not in os.environ:
-    moto_process(MAIN_SERVICES)
-    moto_process(CFN_SERVICES)
+if not XDIST:
+    moto_server()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for server in _servers.values():
-        server.stop()
+    if _server is not None:
+        _server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -114,23 +115,14 @@ def aws_env() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _configured(server: MotoProcess) -> str:
-    import httpx
-
-    # moto's Lambda stub without Docker: an invocation answers with its event
-    httpx.post(f"{server.url}/moto-api/config", json={"lambda": {"use_docker": False}}).raise_for_status()
-    return server.url
-
-
 @pytest.fixture(scope="session")
 def moto_url(aws_env: None) -> str:
-    return _configured(moto_process(MAIN_SERVICES))
+    import httpx
 
-
-@pytest.fixture(scope="session")
-def cfn_url(aws_env: None) -> str:
-    """The server with moto's CloudFormation loaded: resources a stack's outputs name are created here too."""
-    return _configured(moto_process(CFN_SERVICES))
+    url = moto_server().url
+    # moto's Lambda stub without Docker: an invocation answers with its event
+    httpx.post(f"{url}/moto-api/config", json={"lambda": {"use_docker": False}}).raise_for_status()
+    return url
 
 
 @functools.cache

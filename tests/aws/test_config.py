@@ -1,8 +1,9 @@
 """Every configuration error of an aws environment as one line and exit code 2 (a stack that does
-not exist is in test_stack.py, on the server with CloudFormation)."""
+not exist is in test_stack.py, with the other CloudFormation calls)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -13,15 +14,21 @@ from aws.conftest import Stack
 
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, manifest: Path,
         *args: str) -> tuple[int, str, str]:
-    """`backout --manifest M ARGS…` in this process through the console entry point (its exit codes)."""
+    """`backout --manifest M ARGS…` in this process through the console entry point (its exit codes).
+    The root logger's handlers are put back after: `up` installs one on the stderr of this run."""
     from backout.cli import main
 
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
     try:
         main.run()
         code = 0
     except SystemExit as e:
         code = int(e.code or 0)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -1,9 +1,9 @@
 """`backout stack status|cancel` against a CloudFormation stack on moto, and an environment's
 resources read from the stack's outputs.
 
-The stack is one plain resource (a queue) whose outputs also name resources created directly:
-moto's CloudFormation costs seconds to load however small the template, and what backout reads is
-`describe_stacks`, not how the resources came to be. It runs on the `cfn_url` server (see conftest)."""
+The stack is one plain resource (a queue) whose outputs also name resources created directly: what
+backout reads is `describe_stacks`, not how the resources came to be. (moto's CloudFormation costs
+seconds to load however small the template; the server loads it ahead, see conftest.)"""
 
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from backout.manifest import load_manifest
 from backout.platforms import open_platform
 
 
-def test_stack_status_and_resources_from_its_outputs(cfn_url: str, tmp_path, capsys: pytest.CaptureFixture[str],
+def test_stack_status_and_resources_from_its_outputs(moto_url: str, tmp_path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = Stack(cfn_url, tmp_path)
-    role = client(cfn_url, "iam").create_role(RoleName=f"role-{stack.tag}", AssumeRolePolicyDocument="{}")
-    lam = client(cfn_url, "lambda")
+    stack = Stack(moto_url, tmp_path)
+    role = client(moto_url, "iam").create_role(RoleName=f"role-{stack.tag}", AssumeRolePolicyDocument="{}")
+    lam = client(moto_url, "lambda")
     for fn in (stack.api, stack.worker):  # created directly; the stack's outputs name them
         stack.functions[fn] = f"sda-{fn.replace('_', '-')}"
         lam.create_function(FunctionName=stack.functions[fn], Runtime="python3.11", Role=role["Role"]["Arn"],
                             Handler="handler.handler", Code={"ZipFile": zip_of("def handler(e, c):\n    return e\n")})
-    processing = client(cfn_url, "sqs").create_queue(QueueName=f"{stack.tag}-processing")["QueueUrl"]
-    api_id = client(cfn_url, "apigateway").create_rest_api(name=f"sda-{stack.tag}")["id"]
+    processing = client(moto_url, "sqs").create_queue(QueueName=f"{stack.tag}-processing")["QueueUrl"]
+    api_id = client(moto_url, "apigateway").create_rest_api(name=f"sda-{stack.tag}")["id"]
     template = {
         "Resources": {"Dlq": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{stack.tag}-processing-dlq"}}},
         "Outputs": {
@@ -43,11 +43,11 @@ def test_stack_status_and_resources_from_its_outputs(cfn_url: str, tmp_path, cap
         },
     }
     name = f"sda-{stack.tag}"
-    client(cfn_url, "cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(template))
+    client(moto_url, "cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(template))
     head = stack.manifest_text(env="prod").partition("[environments.prod.aws]")[0]
     stack.source("src", "r1")
     path = tmp_path / "backout.toml"
-    path.write_text(head + f'[environments.prod.aws]\nregion = "{REGION}"\nendpoint_url = "{cfn_url}"\n'
+    path.write_text(head + f'[environments.prod.aws]\nregion = "{REGION}"\nendpoint_url = "{moto_url}"\n'
                     f'stack = "{name}"\n')
 
     code, out, err = cli(capsys, monkeypatch, path, "stack", "status", "--env", "prod", "--json")
