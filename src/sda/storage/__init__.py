@@ -52,7 +52,7 @@ def open_side_copy(settings: Settings, location: str | dict[str, Any]) -> SideCo
     table read is the one restored from this function's own jobs table (`SDA_JOBS_TABLE`)."""
     if settings.storage_mode != "aws":
         if not isinstance(location, str) or not location:
-            raise ConfigError(f"a local side copy is a snapshot directory, not {location!r}")
+            raise ValueError(f"a local side copy is a snapshot directory, not {location!r}")
         from sda.storage.local import LocalSideCopy
 
         return LocalSideCopy(Path(location))
@@ -61,7 +61,7 @@ def open_side_copy(settings: Settings, location: str | dict[str, Any]) -> SideCo
         live, sides, as_of = dict(where["live_tables"]), dict(where["tables"]), float(where["as_of"])
         buckets = set(dict(where.get("buckets") or {}).values())
     except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"an AWS side copy is a JSON object with tables, live_tables and as_of, not {location!r}") \
+        raise ValueError(f"an AWS side copy is a JSON object with tables, live_tables and as_of, not {location!r}") \
             from exc
     name = next((n for n, table in live.items() if table == settings.jobs_table and n in sides), None)
     if name is None:

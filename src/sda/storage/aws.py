@@ -81,23 +81,29 @@ def _unavailable(what: str, exc: Exception) -> StorageUnavailable:
     return StorageUnavailable(f"{what}: {exc}")
 
 
-_session: Any = None
-_session_lock = threading.Lock()
+_loader: Any = None  # botocore's model loader, shared by every instance of the process
+_loader_lock = threading.Lock()
 
 
 def _clients(session: Any | None) -> tuple[Any, Any, Any]:
-    """(dynamodb client, dynamodb resource, s3 client) from `session`, or from one boto3 session per
-    process: a new session reads botocore's models from disk again (a warm Lambda reuses the first);
-    a session is not thread-safe, hence the lock."""
-    global _session
-    with _session_lock:
-        if session is None:
-            if _session is None:
-                import boto3  # the local mode never pays for boto3's import
+    """(dynamodb client, dynamodb resource, s3 client) from `session`, or from a new boto3 session
+    over the process's one botocore loader: a new loader parses botocore's JSON models again (a warm
+    Lambda, and every side copy of a repair, reuses the first)."""
+    global _loader
+    if session is None:
+        import boto3  # the local mode never pays for boto3's import
+        import botocore.loaders
+        import botocore.session
 
-                _session = boto3.session.Session()
-            session = _session
-        return session.client("dynamodb"), session.resource("dynamodb"), session.client("s3")
+        with _loader_lock:
+            if _loader is None:
+                _loader = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _loader)
+        session = boto3.session.Session(botocore_session=core)
+        with _loader_lock:  # each boto3 session appends its data directory to the loader's paths
+            _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return session.client("dynamodb"), session.resource("dynamodb"), session.client("s3")
 
 
 class AwsStorage:
@@ -383,21 +389,22 @@ class AwsSideCopy:
 
     def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
         prefix = job_prefix(job) + "/"
-        # key → (second, -position, version id or None for a delete marker): the newest version at
-        # `as_of`; S3 lists each key's versions newest first, which breaks ties within one second
-        chosen: dict[str, tuple[float, int, str | None]] = {}
+        # key → (second, is latest, -position, version id or None for a delete marker): the newest
+        # version at `as_of`. Within one second the latest of all wins, then the order S3 lists each
+        # kind in (newest first)
+        chosen: dict[str, tuple[float, bool, int, str | None]] = {}
+        listed = {"Versions": 0, "DeleteMarkers": 0}
         try:
-            n = 0
             for page in self._s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
-                for kind in ("Versions", "DeleteMarkers"):
+                for kind in listed:
                     for v in page.get(kind, []):
-                        n += 1
+                        listed[kind] = n = listed[kind] + 1
                         t = _epoch(v["LastModified"])
-                        cand = (t, -n, v["VersionId"] if kind == "Versions" else None)
-                        if t <= self.as_of and cand[:2] > chosen.get(v["Key"], (-1.0, 0, None))[:2]:
+                        cand = (t, bool(v.get("IsLatest")), -n, v["VersionId"] if kind == "Versions" else None)
+                        if t <= self.as_of and (v["Key"] not in chosen or cand[:3] > chosen[v["Key"]][:3]):
                             chosen[v["Key"]] = cand
             out = {}
-            for key, (_, _, version) in sorted(chosen.items()):
+            for key, (_, _, _, version) in sorted(chosen.items()):
                 if version is not None:
                     body = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version)["Body"].read()
                     out[key[len(prefix):]] = body

@@ -111,7 +111,10 @@ def _session(region: str) -> Any:
             _loader = botocore.loaders.create_loader()
     core = botocore.session.get_session()
     core.register_component("data_loader", _loader)
-    return boto3.session.Session(botocore_session=core, region_name=region)
+    session = boto3.session.Session(botocore_session=core, region_name=region)
+    with _loader_lock:  # each boto3 session appends its data directory to the loader's paths
+        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return session
 
 
 class Clients:

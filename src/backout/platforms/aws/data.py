@@ -46,14 +46,19 @@ class AwsData:
         bid = time.strftime("bk-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
         created = time.time()
         tables: dict[str, str] = {}
+        taken: list[float] = []  # DynamoDB's instant of each table's backup
         for name, table in r.tables.items():
             with aws_errors(f"table {name} ({table})"):
                 d = ddb.create_backup(TableName=table, BackupName=f"{bid}.{name}")["BackupDetails"]
             tables[name] = d["BackupArn"]
+            taken.append(_epoch(d.get("BackupCreationDateTime", created)))
         buckets = {name: {"bucket": b, "versioning": self._versioning(b)} for name, b in r.buckets.items()}
+        # the instant `backups()` finds again from the table backups, and what the repair reads the
+        # buckets' versions as of; an object written after this returns carries a later second
+        as_of = min(taken, default=created)
         if buckets:
-            time.sleep(max(0.0, math.floor(created) + 1 - time.time()))
-        return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": created})
+            time.sleep(max(0.0, math.floor(max([created, *taken])) + 1 - time.time()))
+        return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": as_of})
 
     def backups(self) -> list[Backup]:
         ddb = self.clients("dynamodb")
