@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aws.conftest import Stack, client
+from aws.conftest import EndpointSession, Stack, client
 from aws.emf import emf_document, put_emf
 from backout.control import states as st
 from backout.control.deployer import Deployer
@@ -29,6 +29,7 @@ from backout.runbooks.context import RunbookContext
 from backout.runbooks.repair import repair
 from backout.runbooks.verify import verify
 from sda.jobs import iso, new_job, new_job_id
+from sda.storage.aws import AwsStorage
 
 
 class Plane:
@@ -135,12 +136,10 @@ def test_canary_rolled_back_by_its_error_metric_and_its_jobs_repaired_from_a_sid
 
         strategy = Strategy("T", (Step(10, 60.0), Step(100, 0.0)))
         d = plane.deployer.create(release=r2.id, strategy_obj=strategy, created_by="test")
-        wait(lambda: plane.store.get(d.id).current_step == 0 and lam.get_alias(
-            FunctionName=stack.functions[stack.worker], Name="live").get("RoutingConfig", {}).get(
-            "AdditionalVersionWeights"), what="the canary step")
-        # every live alias moved at once (Traffic.route → the platform's parallel update_alias)
-        assert {fn: p.get_weights(fn).versions for fn in p.functions()} == {
-            fn: {"1": 90.0, "2": 10.0} for fn in stack.functions}
+        # every live alias moves (Traffic.route → the platform's parallel update_alias)
+        canary = {fn: {"1": 90.0, "2": 10.0} for fn in stack.functions}
+        wait(lambda: plane.store.get(d.id).current_step == 0 and {
+            fn: p.get_weights(fn).versions for fn in p.functions()} == canary, what="the canary step")
         alias = lam.get_alias(FunctionName=stack.functions[stack.worker], Name="live")
         assert alias["FunctionVersion"] == "1" and alias["RoutingConfig"]["AdditionalVersionWeights"] == {"2": 0.1}
 
@@ -201,6 +200,7 @@ def test_canary_rolled_back_by_its_error_metric_and_its_jobs_repaired_from_a_sid
         assert storage.get_file(new_good, "schedule.xlsx") == b"schedule by v1 after"
         side = json.loads(p.restore_to_side(snapshot))["tables"]["jobs"]
         assert side == f"{stack.table}-side-{snapshot}" and p.resources().tables == {"jobs": stack.table}
+        assert AwsStorage(side, stack.bucket, EndpointSession(stack.url)).get_job(done["job_id"]) == done
         assert repair(plane.ctx, d.id, dry_run=True, who="tester")["jobs"] == []  # nothing left to repair
         notes = plane.store.get_incident(inc.id).notes
         assert any(f"repaired 3 job(s) processed by r{r2.id}" in n["text"] for n in notes), notes
