@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import io
 import json
+import logging
 import os
 import select
 import subprocess
@@ -306,3 +307,24 @@ def names(moto_url: str, tmp_path: Path) -> Stack:
                 "processing-dlq": f"{moto_url}/123456789012/dlq-{s.tag}"}
     s.api_id, s.table, s.bucket = "abc123", f"jobs-{s.tag}", f"files-{s.tag}"
     return s
+
+
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, manifest: Path,
+        *args: str) -> tuple[int, str, str]:
+    """`backout --manifest M ARGS…` in this process through the console entry point (its exit codes).
+    The root logger's handlers are put back after: `up` installs one on the stderr of this run."""
+    from backout.cli import main
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
+    try:
+        main.run()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -3,35 +3,9 @@ not exist is in test_stack.py, with the other CloudFormation calls)."""
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
-
 import pytest
 
-from aws.conftest import Stack
-
-
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, manifest: Path,
-        *args: str) -> tuple[int, str, str]:
-    """`backout --manifest M ARGS…` in this process through the console entry point (its exit codes).
-    The root logger's handlers are put back after: `up` installs one on the stderr of this run."""
-    from backout.cli import main
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
-    try:
-        main.run()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from aws.conftest import Stack, cli
 
 # (what is wrong, the edit of a working manifest, the command, what its one line must say)
 CASES = [

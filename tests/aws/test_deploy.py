@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,7 +118,7 @@ def repair_function_in_process(plane: Plane, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_canary_rolled_back_by_its_error_metric_and_its_jobs_repaired_from_a_side_table(
-        moto_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = Stack(moto_url, tmp_path).create(repair=True)
     plane = Plane(stack)
     try:

@@ -8,16 +8,16 @@ seconds to load however small the template; the server loads it ahead, see conft
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from aws.conftest import REGION, Stack, client, zip_of
-from aws.test_config import cli
+from aws.conftest import REGION, Stack, cli, client, zip_of
 from backout.manifest import load_manifest
 from backout.platforms import open_platform
 
 
-def test_stack_status_and_resources_from_its_outputs(moto_url: str, tmp_path, capsys: pytest.CaptureFixture[str],
+def test_stack_status_and_resources_from_its_outputs(moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     stack = Stack(moto_url, tmp_path)
     role = client(moto_url, "iam").create_role(RoleName=f"role-{stack.tag}", AssumeRolePolicyDocument="{}")
