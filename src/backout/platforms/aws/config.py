@@ -36,6 +36,7 @@ OUT_FUNCTION = "BackoutFunction"
 OUT_QUEUE = "BackoutQueue"
 OUT_TABLE = "BackoutTable"
 OUT_BUCKET = "BackoutBucket"
+INVOKE_TIMEOUT = 900.0  # seconds: the longest a Lambda function may run
 
 # error codes that mean "that resource does not exist / that name is wrong": the user's to fix
 _NOT_FOUND = {
@@ -128,17 +129,26 @@ class Clients:
         self._session: Any = None
 
     def __call__(self, service: str) -> Any:
+        return self._client(service, service, read_timeout=60, attempts=3)
+
+    def invoker(self) -> Any:
+        """The Lambda client for synchronous invocations: it waits as long as a function may run and
+        never retries, since an invocation is not idempotent (a repair cut off by a read timeout and
+        retried would run twice, on AWS's side both to the end)."""
+        return self._client("lambda:invoke", "lambda", read_timeout=INVOKE_TIMEOUT, attempts=1)
+
+    def _client(self, key: str, service: str, read_timeout: float, attempts: int) -> Any:
         with self._lock:
-            c = self._clients.get(service)
+            c = self._clients.get(key)
             if c is None:
                 from botocore.config import Config
 
                 if self._session is None:
                     self._session = _session(self.spec.region)
-                cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64,
-                             connect_timeout=5, read_timeout=60)
+                cfg = Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=64,
+                             connect_timeout=5, read_timeout=read_timeout)
                 c = self._session.client(service, endpoint_url=self.spec.endpoint_url, config=cfg)
-                self._clients[service] = c
+                self._clients[key] = c
             return c
 
 
