@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 
 if importlib.util.find_spec("moto") is None or importlib.util.find_spec("moto.server") is None:
     pytest.skip("moto[server] is in the test extra", allow_module_level=True)  # the server imports it, not we
@@ -309,12 +310,23 @@ def names(moto_url: str, tmp_path: Path) -> Stack:
     return s
 
 
+_get_command = typer.main.get_command
+
+
+@functools.cache
+def _click_command(app: Any) -> Any:
+    return _get_command(app)
+
+
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, manifest: Path,
         *args: str) -> tuple[int, str, str]:
     """`backout --manifest M ARGS…` in this process through the console entry point (its exit codes).
-    The root logger's handlers are put back after: `up` installs one on the stderr of this run."""
+    typer builds its click command anew at every call (once per process outside tests): here once
+    per session. The root logger's handlers are put back after: `up` installs one on the stderr of
+    this run."""
     from backout.cli import main
 
+    monkeypatch.setattr(typer.main, "get_command", _click_command)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
