@@ -32,7 +32,7 @@ class Settings:
     files_bucket: str  # aws: S3 bucket
     max_upload_bytes: int
     function_version: str  # AWS_LAMBDA_FUNCTION_VERSION, recorded as processed_by.version
-    function_name: str
+    function_name: str  # the service's name for this function, recorded as processed_by.function
     environment: str
     db_busy_timeout_s: float
     service_version: str = __version__
@@ -81,7 +81,10 @@ def load() -> Settings:
         files_bucket=env.get("SDA_FILES_BUCKET", f"security-assistant-files{suffix}"),
         max_upload_bytes=int(_float("SDA_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB) * 1024 * 1024),
         function_version=env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
-        function_name=env.get("AWS_LAMBDA_FUNCTION_NAME", env.get("POWERTOOLS_SERVICE_NAME", "sda")),
+        # BACKOUT_FUNCTION: the manifest's name, which backout sets on AWS (where the Lambda name is
+        # the stack's) and which its repair request keys the bad versions by
+        function_name=env.get("BACKOUT_FUNCTION")
+        or env.get("AWS_LAMBDA_FUNCTION_NAME", env.get("POWERTOOLS_SERVICE_NAME", "sda")),
         environment=backout_env,
         db_busy_timeout_s=_float("SDA_DB_BUSY_TIMEOUT_S", 30.0),
     )

@@ -6,21 +6,22 @@ version's code) with:
 
   {"repair": "affected", "version": N, "versions": {fn: v}}
                                             → {"jobs": [job ids a function processed with its bad version]}
-  {"repair": "diff", "snapshot": DIR}       → how the jobs now differ from a snapshot
-  {"repair": "restore_jobs", "job_ids": [...], "snapshot": DIR, "requeue": true}
+  {"repair": "diff", "snapshot": SIDE}      → how the jobs now differ from a snapshot
+  {"repair": "restore_jobs", "job_ids": [...], "snapshot": SIDE, "requeue": true}
         a job the snapshot holds as completed gets that record and its output files back;
         any other job (queued in the snapshot, or submitted after it) is reset to queued and
         re-sent to the processing queue, so the stable version redoes it.
 
-`snapshot` is a snapshot of the data dir (local storage); jobs only the good version handled are
-never touched.
+`SIDE` is where the platform restored the backup beside the live data (`restore_to_side`): a
+snapshot directory of the data dir locally; on AWS a JSON object naming the side table restored
+from the jobs table's backup, the files bucket and the backup's instant (the bucket's object
+versions current then). Both are read through one `SideCopy` interface, so the repair below is the
+same on both; the live table is written job by job, never swapped. Jobs only the good version
+handled are never touched.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from backout_lambda import instrument
@@ -28,24 +29,13 @@ from sda import config
 from sda.jobs import queue_message, reset_for_reprocessing
 from sda.observability import bind_context, make_logger
 from sda.queue import get_queue
-from sda.storage import get_storage
-from sda.storage.base import job_prefix
+from sda.storage import Storage, get_storage, open_side_copy
+from sda.storage.base import SideCopy
 
 logger = make_logger("sda-repair")
 
 
-def _snapshot_jobs(snapshot: str) -> dict[str, dict[str, Any]]:
-    db = Path(snapshot) / "jobs.db"
-    if not db.exists():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {r[0]: json.loads(r[1]) for r in con.execute("SELECT job_id, data FROM jobs")}
-    finally:
-        con.close()
-
-
-def _affected(storage: Any, event: dict[str, Any]) -> list[dict[str, Any]]:
+def _affected(storage: Storage, event: dict[str, Any]) -> list[dict[str, Any]]:
     """Jobs a bad release processed. With `versions` ({function: version}, as backout sends: Lambda
     numbers versions per function) a job counts when the function that processed it ran that
     function's bad version; with `version` alone, when its processed_by.version is that number."""
@@ -68,13 +58,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     action = event.get("repair") if isinstance(event, dict) else None
     if action is None:
         return {"status": "ok", "function": "repair", "version": settings.function_version}
-    if settings.storage_mode != "local":
-        raise NotImplementedError("job repair from a snapshot is implemented for STORAGE_MODE=local")
     storage = get_storage(settings)
     if action == "affected":
         return {"jobs": sorted(j["job_id"] for j in _affected(storage, event))}
     if action == "diff":
-        snap = _snapshot_jobs(event["snapshot"])
+        snap = {j["job_id"]: j for j in open_side_copy(settings, event["snapshot"]).list_jobs()}
         current = {j["job_id"]: j for j in storage.list_jobs(limit=10**9)}  # every job: the limit is an int
         return {
             "only_current": len(set(current) - set(snap)),
@@ -84,25 +72,22 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "jobs_in_snapshot": len(snap),
         }
     if action == "restore_jobs":
-        return _restore(storage, settings, event)
+        return _restore(storage, open_side_copy(settings, event["snapshot"]), settings, event)
     raise ValueError(f"unknown repair action {action!r}")
 
 
-def _restore(storage: Any, settings: config.Settings, event: dict[str, Any]) -> dict[str, Any]:
-    snap_root = Path(event["snapshot"])
-    snap = _snapshot_jobs(event["snapshot"])
+def _restore(storage: Storage, side: SideCopy, settings: config.Settings, event: dict[str, Any]) -> dict[str, Any]:
     queue = get_queue(settings)
     restored, reset, requeued, missing = [], [], [], []
     for job_id in event["job_ids"]:
         current = storage.get_job(job_id)
-        old = snap.get(job_id)
+        old = side.get_job(job_id)
         if current is None and old is None:
             missing.append(job_id)
             continue
         if old is not None and old.get("status") == "completed":
-            folder = snap_root / "files" / job_prefix(old)
-            for src in sorted(p for p in folder.rglob("*") if p.is_file()):  # outputs and checkpoints
-                storage.put_file(old, src.relative_to(folder).as_posix(), src.read_bytes())
+            for name, data in side.job_files(old).items():  # outputs and checkpoints
+                storage.put_file(old, name, data)
             storage.put_job(old)
             restored.append(job_id)
             continue

@@ -216,3 +216,31 @@ def test_aws_items_use_the_original_key_design(tmp_path: Path, monkeypatch: pyte
         boto3.client("dynamodb").delete_table(TableName="jobs")
         checks = {c.name: c for c in AwsStorage("jobs", "files").check()}
         assert not checks["table"].ok and checks["storage"].ok
+
+
+def test_aws_side_copy_reads_each_file_as_of_the_backup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repair's side copy on AWS: the job from the (side) table, each file as the version current
+    at `as_of` — S3 keeps LastModified to the second, so within one second the latest one wins."""
+    import boto3
+    from moto import mock_aws
+
+    from sda.storage.aws import AwsSideCopy, AwsStorage
+    from sda.storage.base import job_prefix
+
+    _aws_env(monkeypatch)
+    with mock_aws():
+        store = AwsStorage("jobs", "files")
+        store.create_resources()
+        s3 = boto3.client("s3")
+        s3.put_bucket_versioning(Bucket="files", VersioningConfiguration={"Status": "Enabled"})
+        job = _job()
+        store.create_job(job)
+        before = time.time() - 1  # a second before any of the job's files
+        store.put_file(job, "schedule.xlsx", b"first")
+        store.put_file(job, "schedule.xlsx", b"second")
+        store.put_file(job, "checkpoints/analysis.json", b"{}")
+        s3.delete_object(Bucket="files", Key=f"{job_prefix(job)}/checkpoints/analysis.json")
+        side = AwsSideCopy("jobs", "files", as_of=time.time() + 1)  # the live table stands in for a side one
+        assert side.get_job(job["job_id"]) == job and side.list_jobs() == [job]
+        assert side.job_files(job) == {"schedule.xlsx": b"second"}
+        assert AwsSideCopy("jobs", "files", as_of=before).job_files(job) == {}

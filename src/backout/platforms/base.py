@@ -403,7 +403,8 @@ class Data(Protocol):
 
     def restore_to_side(self, backup_id: str) -> str:
         """restore_table_from_backup into a side table (never over live data); returns where the
-        service's own repair code reads it (a directory locally, a table name on AWS)."""
+        service's own repair code reads it: a directory locally, a JSON object (side tables,
+        buckets, the backup's instant) on AWS. The repair runbook hands it over unchanged."""
 
     def restore(self, backup_id: str) -> None:
         """Put the backup's data back as the live data (the procedure's full restore; data written since is lost)."""

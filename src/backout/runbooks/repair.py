@@ -7,9 +7,13 @@ untouched — unlike restoring a whole snapshot, which would lose every job subm
 
 The service owns its schema, so the work happens in its repair function (manifest
 `service.repair_function`), invoked through the live alias — the good version's code — with:
-  {"repair": "affected", "version": N}                  → {"jobs": [ids]}
+  {"repair": "affected", "version": N, "versions": {function: version}}
+                                                        → {"jobs": [ids]}
   {"repair": "restore_jobs", "job_ids": [...], "snapshot": LOCATION, "requeue": true}
                                                         → {"restored": [...], "reset": [...], "requeued": [...]}
+LOCATION is the platform's `restore_to_side` of the backup, passed on unchanged: a snapshot directory
+locally; on AWS a JSON object (as text) naming the side tables restored beside the live ones, the
+buckets and the backup's instant. The live tables are never swapped.
 """
 
 from __future__ import annotations

@@ -10,12 +10,18 @@ across processes. Pointer items carry none of the GSI keys, so they never
 appear in an index.
 
 Files: `s3://{bucket}/{client}/{project}/{job_id}/{name}`.
+
+`AwsSideCopy` reads a backup restored beside the live data: the jobs from a side table (a restore of
+the jobs table's backup, pointer items included) and the files as the bucket's object versions
+current at the backup's instant (the bucket is versioned).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -75,18 +81,39 @@ def _unavailable(what: str, exc: Exception) -> StorageUnavailable:
     return StorageUnavailable(f"{what}: {exc}")
 
 
+_loader: Any = None  # botocore's model loader, shared by every instance of the process
+_loader_lock = threading.Lock()
+
+
+def _clients(session: Any | None) -> tuple[Any, Any, Any]:
+    """(dynamodb client, dynamodb resource, s3 client) from `session`, or from a new boto3 session
+    over the process's one botocore loader: a new loader parses botocore's JSON models again (a warm
+    Lambda, and every side copy of a repair, reuses the first)."""
+    global _loader
+    if session is None:
+        import boto3  # the local mode never pays for boto3's import
+        import botocore.loaders
+        import botocore.session
+
+        with _loader_lock:
+            if _loader is None:
+                _loader = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _loader)
+        session = boto3.session.Session(botocore_session=core)
+        with _loader_lock:  # each boto3 session appends its data directory to the loader's paths
+            _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return session.client("dynamodb"), session.resource("dynamodb"), session.client("s3")
+
+
 class AwsStorage:
     mode = "aws"
 
     def __init__(self, table_name: str, bucket: str, session: Any | None = None) -> None:
-        import boto3  # the local mode never pays for boto3's import
-
         self.table_name = table_name
         self.bucket = bucket
-        session = session or boto3.session.Session()
-        self._ddb = session.client("dynamodb")
-        self._table = session.resource("dynamodb").Table(table_name)
-        self._s3 = session.client("s3")
+        self._ddb, resource, self._s3 = _clients(session)
+        self._table = resource.Table(table_name)
         self._pk_cache: dict[str, str] = {}
 
     @staticmethod
@@ -339,3 +366,52 @@ class AwsStorage:
             ok, detail = False, f"s3://{self.bucket}: {exc}"
         out.append(Check("storage", ok, detail, (time.perf_counter() - t0) * 1000))
         return out
+
+
+class AwsSideCopy:
+    """A side table restored from a backup of the jobs table, and the files bucket as of the backup.
+
+    S3 keeps `LastModified` to the second; a version counts as part of the copy when its second is
+    not after `as_of` (the platform's backup returns only once the second it was taken in is over,
+    so a version written after the backup always carries a later second)."""
+
+    def __init__(self, side_table: str, bucket: str, as_of: float, session: Any | None = None) -> None:
+        self.as_of = float(as_of)
+        self.bucket = bucket
+        self._jobs = AwsStorage(side_table, bucket, session)  # read through its get_job / list_jobs only
+        self._s3 = self._jobs._s3
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return self._jobs.get_job(job_id)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return self._jobs.list_jobs(limit=10**9)
+
+    def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
+        prefix = job_prefix(job) + "/"
+        # key → (second, is latest, -position, version id or None for a delete marker): the newest
+        # version at `as_of`. Within one second the latest of all wins, then the order S3 lists each
+        # kind in (newest first)
+        chosen: dict[str, tuple[float, bool, int, str | None]] = {}
+        listed = {"Versions": 0, "DeleteMarkers": 0}
+        try:
+            for page in self._s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+                for kind in listed:
+                    for v in page.get(kind, []):
+                        listed[kind] = n = listed[kind] + 1
+                        t = _epoch(v["LastModified"])
+                        cand = (t, bool(v.get("IsLatest")), -n, v["VersionId"] if kind == "Versions" else None)
+                        if t <= self.as_of and (v["Key"] not in chosen or cand[:3] > chosen[v["Key"]][:3]):
+                            chosen[v["Key"]] = cand
+            out = {}
+            for key, (_, _, _, version) in sorted(chosen.items()):
+                if version is not None:
+                    body = self._s3.get_object(Bucket=self.bucket, Key=key, VersionId=version)["Body"].read()
+                    out[key[len(prefix):]] = body
+            return out
+        except AwsStorage._errors() as exc:
+            raise _unavailable(f"S3 versions of s3://{self.bucket}/{prefix}", exc) from exc
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)

@@ -80,3 +80,19 @@ class Storage(Protocol):
 
     def check(self) -> list[Check]:
         """Health of the `table` and the `storage` (file store), each with its latency."""
+
+
+@runtime_checkable
+class SideCopy(Protocol):
+    """The jobs table and file store as a backup holds them, restored beside the live ones (a
+    snapshot directory locally, a side table and the bucket's object versions on AWS). Read-only:
+    the data-repair function copies what it needs from here into the live `Storage`."""
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """Every job of the copy."""
+
+    def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
+        """Every file under the job's folder as the copy holds it (outputs and checkpoints), by its
+        name relative to the folder (`schedule.xlsx`, `checkpoints/x.json`)."""

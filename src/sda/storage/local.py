@@ -254,3 +254,38 @@ class LocalStorage:
             except OSError:
                 pass
         return Check("storage", ok, detail, (time.perf_counter() - t0) * 1000)
+
+
+class LocalSideCopy:
+    """A snapshot of the data dir (its own `jobs.db` and `files/`), as the local platform's backups
+    are: already a side copy, read in place and never written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise StorageUnavailable(f"snapshot {self.root} is not a directory")
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        db = self.root / "jobs.db"
+        if not db.exists():  # a snapshot taken before the first job
+            return []
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                return [json.loads(r[0]) for r in con.execute(sql, args)]
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"snapshot {db}: {exc}") from exc
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT data FROM jobs WHERE job_id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT data FROM jobs")
+
+    def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
+        folder = self.root / "files" / job_prefix(job)
+        return {p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -36,6 +36,7 @@ OUT_FUNCTION = "BackoutFunction"
 OUT_QUEUE = "BackoutQueue"
 OUT_TABLE = "BackoutTable"
 OUT_BUCKET = "BackoutBucket"
+INVOKE_TIMEOUT = 900.0  # seconds: the longest a Lambda function may run
 
 # error codes that mean "that resource does not exist / that name is wrong": the user's to fix
 _NOT_FOUND = {
@@ -94,6 +95,29 @@ def aws_errors(what: str) -> Iterator[None]:
         raise UsageError(f"{what}: cannot reach AWS at {e.kwargs.get('endpoint_url', '?')}") from None
 
 
+_loader: Any = None  # botocore's model loader, shared by every platform of the process
+_loader_lock = threading.Lock()
+
+
+def _session(region: str) -> Any:
+    """A boto3 session of its own (credentials, region) over the process's one botocore loader: a new
+    loader parses botocore's JSON models again, a fraction of a second per session."""
+    global _loader
+    import boto3
+    import botocore.loaders
+    import botocore.session
+
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader()
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _loader)
+    session = boto3.session.Session(botocore_session=core, region_name=region)
+    with _loader_lock:  # each boto3 session appends its data directory to the loader's paths
+        _loader.search_paths[:] = list(dict.fromkeys(_loader.search_paths))
+    return session
+
+
 class Clients:
     """One boto3 session per platform; clients are thread-safe and made once each (rollbacks call
     update_alias from a thread pool, hence the connection pool as large as the pool)."""
@@ -105,18 +129,26 @@ class Clients:
         self._session: Any = None
 
     def __call__(self, service: str) -> Any:
+        return self._client(service, service, read_timeout=60, attempts=3)
+
+    def invoker(self) -> Any:
+        """The Lambda client for synchronous invocations: it waits as long as a function may run and
+        never retries, since an invocation is not idempotent (a repair cut off by a read timeout and
+        retried would run twice, on AWS's side both to the end)."""
+        return self._client("lambda:invoke", "lambda", read_timeout=INVOKE_TIMEOUT, attempts=1)
+
+    def _client(self, key: str, service: str, read_timeout: float, attempts: int) -> Any:
         with self._lock:
-            c = self._clients.get(service)
+            c = self._clients.get(key)
             if c is None:
-                import boto3
                 from botocore.config import Config
 
                 if self._session is None:
-                    self._session = boto3.session.Session(region_name=self.spec.region)
-                cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64,
-                             connect_timeout=5, read_timeout=60)
+                    self._session = _session(self.spec.region)
+                cfg = Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=64,
+                             connect_timeout=5, read_timeout=read_timeout)
                 c = self._session.client(service, endpoint_url=self.spec.endpoint_url, config=cfg)
-                self._clients[service] = c
+                self._clients[key] = c
             return c
 
 

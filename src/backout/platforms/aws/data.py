@@ -3,7 +3,9 @@
 - `backup`: an on-demand `create_backup` of every table (named `<backup id>.<table>`, so
   `list_backups` finds a backup's tables again from any machine) and, for every bucket, the instant
   of the backup: the bucket's object versions as of then are its copy (versioning must be on,
-  which `describe` checks).
+  which `describe` checks). S3 keeps an object's LastModified to the second, so with buckets the
+  backup returns only once the second it was taken in is over: an object the new release writes
+  afterwards always carries a later second than the backup's instant.
 - `restore_to_side`: `restore_table_from_backup` into a side table `<table>-side-<backup id>`
   (reused when it already exists); the live table is never touched. The location handed to the
   service's repair function is JSON: `{"tables": {name: side}, "live_tables": {name: live},
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -43,12 +46,19 @@ class AwsData:
         bid = time.strftime("bk-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
         created = time.time()
         tables: dict[str, str] = {}
+        taken: list[float] = []  # DynamoDB's instant of each table's backup
         for name, table in r.tables.items():
             with aws_errors(f"table {name} ({table})"):
                 d = ddb.create_backup(TableName=table, BackupName=f"{bid}.{name}")["BackupDetails"]
             tables[name] = d["BackupArn"]
+            taken.append(_epoch(d.get("BackupCreationDateTime", created)))
         buckets = {name: {"bucket": b, "versioning": self._versioning(b)} for name, b in r.buckets.items()}
-        return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": created})
+        # the instant `backups()` finds again from the table backups, and what the repair reads the
+        # buckets' versions as of; an object written after this returns carries a later second
+        as_of = min(taken, default=created)
+        if buckets:
+            time.sleep(max(0.0, math.floor(max([created, *taken])) + 1 - time.time()))
+        return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": as_of})
 
     def backups(self) -> list[Backup]:
         ddb = self.clients("dynamodb")

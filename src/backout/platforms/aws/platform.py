@@ -118,7 +118,7 @@ class AwsPlatform:
         names = self.resources().functions
         if fn not in names:
             raise UsageError(f"no function named {fn!r} (known: {', '.join(names)})")
-        lam = self.clients("lambda")
+        lam = self.clients.invoker()
         qualifier = version or LIVE_ALIAS
         t0 = time.perf_counter()
         try:
