@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: install
 	$(PY) -m backout.cli.demo
 
+# Four workers on two cores: the end-to-end tests mostly wait (on holds, polls and processes), and
+# `--dist loadfile` gives each worker whole modules, so a module's supervisor starts once.
+WORKERS ?= 4
+
 test: install
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -q
 
 bench: install
 	$(PY) -m bench

@@ -1,10 +1,9 @@
-"""Run the end-to-end tests first.
+"""Hand the longest test modules to the workers first.
 
-pytest-xdist hands tests to its workers in collection order and balances only what is left, so a
-90-second end-to-end test collected last runs alone while the other worker idles. Collected first,
-the long tests overlap each other and the hundreds of short unit tests fill the gaps. Modules stay
-contiguous (their module-scoped supervisors start once per worker); within the end-to-end modules
-the longest tests go first.
+`make test` runs pytest-xdist with `--dist loadfile`: each module goes whole to one worker, so a module's
+supervisor starts once, and modules run side by side. The scheduler hands modules out in collection order,
+so the end-to-end modules, longest first, are collected first; the hundreds of short unit tests then fill
+the gaps instead of a long module starting last and running alone.
 """
 
 from __future__ import annotations
@@ -12,20 +11,26 @@ from __future__ import annotations
 import pytest
 
 # End-to-end modules, longest first (their total time, measured with --durations).
-SLOW_MODULES = ("test_runbooks.py", "test_deploy.py", "test_platform.py", "test_e2e.py")
-# Tests that take well over the median of their module: started first inside it.
-LONGEST = ("test_drill_of_each_fault_kind", "test_rollback_after_deployments_warm", "test_approval_gate_waits")
+SLOW_MODULES = (
+    "test_runbooks.py",
+    "test_deploy.py",
+    "test_drills.py",
+    "test_platform.py",
+    "test_analysis_live.py",
+    "test_sqs_local.py",
+    "test_scaffold.py",
+    "test_emergency_after_success.py",
+    "test_e2e.py",
+)
 
 
-def _rank(item: pytest.Item) -> tuple[int, int]:
+def _rank(item: pytest.Item) -> int:
     name = item.path.name
-    module = SLOW_MODULES.index(name) if "integration" in item.path.parts and name in SLOW_MODULES else (
-        len(SLOW_MODULES) if "integration" in item.path.parts else len(SLOW_MODULES) + 1
-    )
-    first = 0 if any(item.name.startswith(t) for t in LONGEST) else 1
-    return module, first
+    if "integration" in item.path.parts:
+        return SLOW_MODULES.index(name) if name in SLOW_MODULES else len(SLOW_MODULES)
+    return len(SLOW_MODULES) + (1 if "aws" in item.path.parts else 2)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     order = {id(it): i for i, it in enumerate(items)}
-    items.sort(key=lambda it: (*_rank(it), order[id(it)]))
+    items.sort(key=lambda it: (_rank(it), order[id(it)]))
