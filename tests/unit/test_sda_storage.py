@@ -244,3 +244,17 @@ def test_aws_side_copy_reads_each_file_as_of_the_backup(monkeypatch: pytest.Monk
         assert side.get_job(job["job_id"]) == job and side.list_jobs() == [job]
         assert side.job_files(job) == {"schedule.xlsx": b"second"}
         assert AwsSideCopy("jobs", "files", as_of=before).job_files(job) == {}
+
+
+def test_a_snapshot_taken_before_any_data_is_an_empty_side_copy(tmp_path: Path) -> None:
+    """The local platform's backup of an environment that never wrote data has no data dir: the repair
+    reads it as empty (every job the bad version touched is then re-queued), a wrong path stays an error."""
+    from sda.errors import StorageUnavailable
+    from sda.storage.local import LocalSideCopy
+
+    (tmp_path / "snap").mkdir()
+    side = LocalSideCopy(tmp_path / "snap" / "data")
+    assert side.list_jobs() == [] and side.get_job("job_1") is None
+    assert side.job_files({"job_id": "job_20250101000000000_abcd", "client_slug": "acme", "project_slug": "p"}) == {}
+    with pytest.raises(StorageUnavailable):
+        LocalSideCopy(tmp_path / "nowhere" / "data")

@@ -262,7 +262,8 @@ class LocalSideCopy:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
+        # a snapshot taken before the service wrote anything has no data dir at all: it is empty, not missing
+        if not (self.root.is_dir() or (not self.root.exists() and self.root.parent.is_dir())):
             raise StorageUnavailable(f"snapshot {self.root} is not a directory")
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
@@ -287,5 +288,7 @@ class LocalSideCopy:
 
     def job_files(self, job: dict[str, Any]) -> dict[str, bytes]:
         folder = self.root / "files" / job_prefix(job)
+        if not folder.is_dir():
+            return {}
         return {p.relative_to(folder).as_posix(): p.read_bytes()
                 for p in sorted(folder.rglob("*")) if p.is_file()}
