@@ -12,9 +12,10 @@ import pytest
 
 # End-to-end modules, longest first (their total time, measured with --durations).
 SLOW_MODULES = (
-    "test_runbooks.py",
     "test_deploy.py",
+    "test_runbooks.py",
     "test_drills.py",
+    "test_emergency.py",
     "test_platform.py",
     "test_analysis_live.py",
     "test_sqs_local.py",
