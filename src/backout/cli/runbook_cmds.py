@@ -10,7 +10,7 @@ from rich.text import Text
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, confirm, who
-from backout.cli.render import console, emit_json, table
+from backout.cli.render import console, emit_json, err_console, table
 from backout.errors import OperationFailed, UsageError
 
 backup_app = typer.Typer(help="Snapshots of the service's data: create, list, restore.", no_args_is_help=True)
@@ -316,8 +316,19 @@ def backup_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
 
 @backup_app.command("restore")
 def backup_restore(backup_id: str, env: EnvOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
-    """Restore all data from a backup (drops later jobs: prefer `backout repair`); needs --yes."""
-    r = Client(env).call("POST", f"/backups/{backup_id}/restore", {"yes": yes, "who": who()})
+    """Restore all data from a backup (drops later jobs: prefer `backout repair`): the supervisor says what
+    would be lost; at a terminal you confirm it, in a script --yes does."""
+    import sys
+
+    c = Client(env)
+    try:
+        r = c.call("POST", f"/backups/{backup_id}/restore", {"yes": yes, "who": who()})
+    except UsageError as e:
+        if yes or not sys.stdin.isatty() or "--yes" not in str(e):
+            raise
+        err_console.print(str(e), highlight=False, markup=False)
+        confirm(f"restore {backup_id} anyway?", False)
+        r = c.call("POST", f"/backups/{backup_id}/restore", {"yes": True, "who": who()})
     emit_json(r) if as_json else console.print(f"restored {r['restored']} in {r['seconds']:.2f} s: {r['diff']}")
 
 
