@@ -20,11 +20,12 @@ demo: install
 	$(PY) -m backout.cli.demo
 
 # Four workers on two cores: the end-to-end tests mostly wait (on holds, polls and processes), and
-# `--dist loadfile` gives each worker whole modules, so a module's supervisor starts once.
+# `--dist loadfile` gives each worker whole modules, so a module's supervisor starts once. The modules
+# go out in collection order (tests/conftest.py puts the long ones first), not xdist's by-test-count.
 WORKERS ?= 4
 
 test: install
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile -q
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder -q
 
 bench: install
 	$(PY) -m bench

@@ -1,8 +1,8 @@
 """Hand the longest test modules to the workers first.
 
-`make test` runs pytest-xdist with `--dist loadfile`: each module goes whole to one worker, so a module's
-supervisor starts once, and modules run side by side. The scheduler hands modules out in collection order,
-so the end-to-end modules, longest first, are collected first; the hundreds of short unit tests then fill
+`make test` runs pytest-xdist with `--dist loadfile --no-loadscope-reorder`: each module goes whole to one
+worker, so a module's supervisor starts once, modules run side by side, and they are handed out in
+collection order. The end-to-end modules are collected first; the hundreds of short unit tests then fill
 the gaps instead of a long module starting last and running alone.
 """
 
@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import pytest
 
-# End-to-end modules, longest first (their total time, measured with --durations).
+# End-to-end modules. xdist hands each of its 4 workers one module, then a second one each, then the rest as
+# workers free up: so the four longest come first, each followed (in the second round) by a short one,
+# and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (
-    "test_deploy.py",
-    "test_runbooks.py",
-    "test_drills.py",
-    "test_emergency.py",
-    "test_platform.py",
-    "test_analysis_live.py",
-    "test_sqs_local.py",
-    "test_scaffold.py",
-    "test_emergency_after_success.py",
-    "test_e2e.py",
+    "test_deploy.py",  # ≈ 250 s
+    "test_runbooks.py",  # ≈ 200 s
+    "test_drills.py",  # ≈ 145 s
+    "test_emergency.py",  # ≈ 130 s
+    "test_e2e.py",  # ≈ 20 s
+    "test_emergency_after_success.py",  # ≈ 20 s
+    "test_scaffold.py",  # ≈ 45 s
+    "test_sqs_local.py",  # ≈ 50 s
+    "test_platform.py",  # ≈ 110 s
+    "test_analysis_live.py",  # ≈ 40 s
 )
 
 
