@@ -14,15 +14,14 @@ import pytest
 # workers free up: so the four longest come first, each followed (in the second round) by a short one,
 # and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (
+    "test_deploy.py",  # ≈ 250 s
     "test_runbooks.py",  # ≈ 200 s
     "test_drills.py",  # ≈ 145 s
-    "test_deploy.py",  # ≈ 145 s
     "test_emergency.py",  # ≈ 130 s
     "test_e2e.py",  # ≈ 20 s
     "test_emergency_after_success.py",  # ≈ 20 s
     "test_scaffold.py",  # ≈ 45 s
     "test_sqs_local.py",  # ≈ 50 s
-    "test_deploy_faults.py",  # ≈ 120 s
     "test_platform.py",  # ≈ 110 s
     "test_analysis_live.py",  # ≈ 40 s
 )
