@@ -173,6 +173,15 @@ def raising(message: str = "injected failure", test_events: bool = False, ms: fl
     return handler
 
 
+def corrupting(c: Call) -> Any:
+    """A worker version that answers fine and finishes its jobs with garbage (data corruption)."""
+    out = c.default()
+    if c.is_queue and not c.is_test:  # backout's own probe carries no job
+        for rec in c.event["Records"]:
+            c.platform.tables["jobs"][json.loads(rec["body"])["job"]]["status"] = "garbage"
+    return out
+
+
 def status(code: int, body: Any = None, probes: bool = True) -> Handler:
     """HTTP requests answer `code` (the function itself succeeds); other events behave normally, and so
     do backout's own probes unless `probes`."""

@@ -14,18 +14,9 @@ from backout.control import states as st
 from backout.platforms.base import Throttle
 from backout.runbooks import emergency, repair
 from backout.runbooks.verify import verify
-from fakes import Call, World
+from fakes import World, corrupting
 
 pytestmark = pytest.mark.usefixtures("fast_evaluations")
-
-
-def corrupting(c: Call) -> Any:
-    """A worker version that answers fine and finishes its jobs with garbage (data corruption)."""
-    out = c.default()
-    if c.is_queue and not c.is_test:  # backout's own probe carries no job
-        for rec in c.event["Records"]:
-            c.platform.tables["jobs"][json.loads(rec["body"])["job"]]["status"] = "garbage"
-    return out
 
 
 def bad_release_live(w: World) -> tuple[Any, Any, Any]:

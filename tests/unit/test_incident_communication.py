@@ -8,7 +8,6 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -21,7 +20,7 @@ from backout.runbooks import emergency, repair
 from backout.runbooks import incidents as ir
 from backout.runbooks.incidents.communication import utc
 from backout.runbooks.verify import verify
-from fakes import Call, World, write_manifest
+from fakes import World, corrupting, write_manifest
 from support import Receiver, wait_for
 
 CANARY = Strategy("Canary10Percent30Seconds", (Step(10.0, 30.0), Step(100.0, 0.0)))
@@ -109,14 +108,6 @@ def test_report_carries_the_update_then_close_prints_and_sends_the_resolved_noti
         assert "Resolved notice:" in report and "Cause: a header the API no longer sent." in report
     finally:
         receiver.close()
-
-
-def corrupting(c: Call) -> Any:
-    out = c.default()
-    if c.is_queue and not c.is_test:  # backout's own probe carries no job
-        for rec in c.event["Records"]:
-            c.platform.tables["jobs"][json.loads(rec["body"])["job"]]["status"] = "garbage"
-    return out
 
 
 def test_update_of_an_emergency_stop_follows_its_state(tmp_path: Path, fast_evaluations: None) -> None:
