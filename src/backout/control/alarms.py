@@ -696,6 +696,26 @@ def dlq_scopes(manifest: Manifest, dlq: str, versions: dict[str, str]) -> list[t
     return [(f"dlq-arrivals:{dlq}:{fn}", {"QueueName": dlq, "ExecutedVersion": str(versions[fn])}) for fn in consumers]
 
 
+def _error_rate_rule(fn: str, v: str, name: str, kind: str, label: str, threshold: float, window: float,
+                     min_samples: int, since: float) -> AlarmRule:
+    """Errors ÷ Invocations of one function version, in %, over a sliding window: the procedure's threshold
+    rule and the ceiling under confirm_with_judge differ only in name, kind and threshold."""
+    dims = {"FunctionName": fn, "ExecutedVersion": v}
+    return AlarmRule(
+        name=name, kind=kind,
+        numerator=MetricStat.of(NS_LAMBDA, "Errors", dims, "Sum"),
+        denominator=MetricStat.of(NS_LAMBDA, "Invocations", dims, "Sum"),
+        threshold=threshold, comparison="GreaterThanThreshold", period=window, treat_missing_data="missing",
+        min_samples=min_samples, since=since, label=label, unit="%", subject=f"{fn} v{v}",
+        samples_label="invocations",
+    )
+
+
+def _http_functions(manifest: Manifest, versions: dict[str, str]) -> list[str]:
+    """The deployed functions that answer the API (their versions are the gateway's ExecutedVersion)."""
+    return [fn for fn in versions if fn in manifest.functions and manifest.functions[fn].http_events]
+
+
 def default_rules(
     manifest: Manifest,
     env_name: str,
@@ -732,19 +752,11 @@ def default_rules(
     rules: list[AlarmRule] = []
 
     for fn in fns:
-        v = str(versions[fn])
-        dims = {"FunctionName": fn, "ExecutedVersion": v}
-        rules.append(AlarmRule(
-            name=f"error-rate:{fn}", kind="error_rate",
-            numerator=MetricStat.of(NS_LAMBDA, "Errors", dims, "Sum"),
-            denominator=MetricStat.of(NS_LAMBDA, "Invocations", dims, "Sum"),
-            threshold=float(env.error_rate_threshold), comparison="GreaterThanThreshold",
-            period=window, treat_missing_data="missing", min_samples=env.min_invocations,
-            since=deployment_start, label="error rate", unit="%", subject=f"{fn} v{v}",
-            samples_label="invocations",
-        ))
+        rules.append(_error_rate_rule(fn, str(versions[fn]), f"error-rate:{fn}", "error_rate", "error rate",
+                                      float(env.error_rate_threshold), window, env.min_invocations,
+                                      deployment_start))
 
-    http = [fn for fn in fns if fn in manifest.functions and manifest.functions[fn].http_events]
+    http = _http_functions(manifest, versions)
     http_versions = sorted({str(versions[fn]) for fn in http})
     service = manifest.service.name
     api_rules = ([("api-5xx", http_versions[0], service)] if len(http_versions) == 1
@@ -816,16 +828,10 @@ def ceiling_rules(manifest: Manifest, env_name: str, versions: dict[str, str],
     ceiling = float(env.error_rate_ceiling)
     rules: list[AlarmRule] = []
     for fn in versions:
-        v = str(versions[fn])
-        dims = {"FunctionName": fn, "ExecutedVersion": v}
-        rules.append(AlarmRule(
-            name=f"error-rate-ceiling:{fn}", kind="ceiling",
-            numerator=MetricStat.of(NS_LAMBDA, "Errors", dims, "Sum"),
-            denominator=MetricStat.of(NS_LAMBDA, "Invocations", dims, "Sum"),
-            threshold=ceiling, period=window, min_samples=env.min_invocations, since=deployment_start,
-            label="error rate (ceiling)", unit="%", subject=f"{fn} v{v}", samples_label="invocations",
-        ))
-    http = [fn for fn in versions if fn in manifest.functions and manifest.functions[fn].http_events]
+        rules.append(_error_rate_rule(fn, str(versions[fn]), f"error-rate-ceiling:{fn}", "ceiling",
+                                      "error rate (ceiling)", ceiling, window, env.min_invocations,
+                                      deployment_start))
+    http = _http_functions(manifest, versions)
     for v in sorted({str(versions[fn]) for fn in http}):
         dims = {"ApiName": manifest.service.name, "Stage": env_name, "ExecutedVersion": v}
         many = len({str(versions[fn]) for fn in http}) > 1
