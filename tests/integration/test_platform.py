@@ -400,14 +400,14 @@ def test_poison_message_dead_lettered_then_redriven(svc: Svc) -> None:
 
     # two receives (max_receive_count) fail, the third attempt moves it to the dlq
     dlq = wait_for(
-        lambda: (s := env.cli_json("queue", "stats", "dlq"))["visible"] > before["visible"] and s,
+        lambda: (s := env.api("GET", "/queues/dlq"))["visible"] > before["visible"] and s,
         timeout=30,
         what="the poison message in the dlq",
     )
     # the counters are metrics (SQS keeps none), sampled once a second: the arrival shows within a second or two
-    wait_for(lambda: env.cli_json("queue", "stats", "dlq")["dlq_arrivals"] == before["dlq_arrivals"] + 1,
+    wait_for(lambda: env.api("GET", "/queues/dlq")["dlq_arrivals"] == before["dlq_arrivals"] + 1,
              timeout=10, what="the DLQ arrival counted")
-    wait_for(lambda: env.cli_json("queue", "stats", "jobs")["moved_to_dlq"] >= before_jobs["moved_to_dlq"] + 1,
+    wait_for(lambda: env.api("GET", "/queues/jobs")["moved_to_dlq"] >= before_jobs["moved_to_dlq"] + 1,
              timeout=10, what="the move to the DLQ counted")
     wait_for(lambda: "fine-1" in svc.processed(), what="the good message")
     assert "poison-1" not in svc.processed()

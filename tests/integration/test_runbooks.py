@@ -264,7 +264,7 @@ def test_rollback_during_a_deployment_stops_it(env: RunningEnv) -> None:
     d = start_held_deployment(env, "manual-during")
 
     # `status` during the deployment: the active deployment, its step, the live weights, the alarms
-    s = wait_for(lambda: (x := env.cli_json("status"))["alarms"] and x, timeout=30, what="alarm states")
+    s = wait_for(lambda: (x := env.api("GET", "/status"))["alarms"] and x, timeout=30, what="alarm states")
     assert s["deployment"]["id"] == d["id"] and s["deployment"]["step_label"] == "1/2"
     assert {"error-rate:api", "api-5xx"} <= set(s["alarms"]) and s["alarms"]["api-5xx"]["state"] == "OK"
     for f in s["functions"].values():
@@ -308,7 +308,7 @@ def test_rollback_does_not_wait_for_a_busy_deployment_runner(env: RunningEnv, ga
     # the runner comes back from its hook, finds the deployment over and leaves traffic alone
     def hook_returned() -> bool:
         return any(e["kind"] == "hook_passed" and "held" in e["message"]
-                   for e in env.cli_json("deployment", "show", did)["events"])
+                   for e in env.api("GET", f"/deployments/{did}")["events"])
 
     wait_for(hook_returned, timeout=30, what="the held hook to return")
     time.sleep(1.0)
