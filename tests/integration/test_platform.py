@@ -454,7 +454,7 @@ def test_kill_9_of_a_worker_mid_batch_loses_nothing(svc: Svc) -> None:
                 return pid
         return None
 
-    victim = wait_for(busy_worker, timeout=10, interval=0.01, what="a worker mid-batch")
+    victim = wait_for(busy_worker, timeout=30, interval=0.01, what="a worker mid-batch")
     os.kill(victim, signal.SIGKILL)
     assert len(set(ids) & set(svc.processed())) < len(ids), "the batch finished before the kill"
     wait_for(lambda: set(ids) <= set(svc.processed()), timeout=30, what="every message processed")
