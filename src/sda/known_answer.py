@@ -27,24 +27,40 @@ def _doors(schedule: dict) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {d["id"]: (d.get("location") or "", tuple(sorted(d.get("components") or []))) for d in schedule["doors"]}
 
 
+THROTTLED = (429, 503)  # the function's concurrency is in use: try again, as the AWS SDKs do
+
+
+def _send(c: httpx.Client, deadline: float, method: str, path: str, **kw: object) -> httpx.Response:
+    """One request, repeated with exponential backoff while the API throttles it (until the deadline):
+    a busy service at 100 % of the new version is not a wrong answer."""
+    delay = 0.1
+    while True:
+        r = c.request(method, path, **kw)  # type: ignore[arg-type]
+        if r.status_code not in THROTTLED or time.monotonic() + delay > deadline:
+            return r
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 def check(api: str, drawing: Path, truth: Path, timeout: float) -> list[str]:
     expected = json.loads(truth.read_text())
+    deadline = time.monotonic() + timeout
     with httpx.Client(base_url=api.rstrip("/"), timeout=30) as c:
-        r = c.post("/process-drawing", files={"drawing_file": (drawing.name, drawing.read_bytes(), "application/pdf")},
-                   data={"client_name": "backout-hook", "project_name": "known-answer"})
+        r = _send(c, deadline, "POST", "/process-drawing",
+                  files={"drawing_file": (drawing.name, drawing.read_bytes(), "application/pdf")},
+                  data={"client_name": "backout-hook", "project_name": "known-answer"})
         if r.status_code != 202:
             return [f"upload → {r.status_code}: {r.text[:300]}"]
         job_id = r.json()["job_id"]
-        deadline = time.monotonic() + timeout
         status: dict = {}
         while time.monotonic() < deadline:
-            status = c.get(f"/status/{job_id}").json()
+            status = _send(c, deadline, "GET", f"/status/{job_id}").json()
             if status.get("status") in ("completed", "failed"):
                 break
             time.sleep(0.2)
         if status.get("status") != "completed":
             return [f"job {job_id} ended {status.get('status')!r}: {status.get('error')}"]
-        got = c.get(f"/download/{job_id}/components").json()["schedule"]
+        got = _send(c, deadline + 30, "GET", f"/download/{job_id}/components").json()["schedule"]
     want_doors, got_doors = _doors(expected), _doors(got)
     problems = [f"missing door {d}" for d in sorted(set(want_doors) - set(got_doors))]
     problems += [f"unexpected door {d}" for d in sorted(set(got_doors) - set(want_doors))]

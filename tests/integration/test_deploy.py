@@ -143,7 +143,8 @@ class Load:
 
 class Env(RunningEnv):
     def deployment(self, deployment_id: str) -> dict[str, Any]:
-        return self.cli_json("deployment", "show", deployment_id)
+        # the control API's view (what `deployment show --json` prints): polled, so no CLI process per look
+        return self.api("GET", f"/deployments/{deployment_id}")
 
     def wait_terminal(self, deployment_id: str, timeout: float = 60) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
@@ -156,10 +157,10 @@ class Env(RunningEnv):
         return wait_for(done, timeout=timeout, interval=0.3, what=f"{deployment_id} to finish")
 
     def weights(self) -> dict[str, dict[str, float]]:
-        return {fn: f["weights"] for fn, f in self.cli_json("status")["functions"].items()}
+        return {fn: f["weights"] for fn, f in self.api("GET", "/status")["functions"].items()}
 
     def latest(self) -> dict[str, Any]:
-        return self.cli_json("deployments")[0]
+        return self.api("GET", "/deployments", params={"limit": 1})[0]
 
     def job_status(self, job_id: str) -> str:
         return httpx.get(f"{self.gateway_url}/status/{job_id}", timeout=10).json()["status"]
@@ -373,7 +374,7 @@ def test_stop_without_rollback_leaves_traffic_where_it_is(world: World) -> None:
         env=env.proc_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def in_canary() -> bool:
-            latest = (env.cli_json("deployments") or [{}])[0]
+            latest = (env.api("GET", "/deployments", params={"limit": 1}) or [{}])[0]
             return latest.get("status") == "InProgress" and latest.get("current_step") == 0
 
         wait_for(in_canary, timeout=60, what="the canary step")

@@ -400,14 +400,14 @@ def test_poison_message_dead_lettered_then_redriven(svc: Svc) -> None:
 
     # two receives (max_receive_count) fail, the third attempt moves it to the dlq
     dlq = wait_for(
-        lambda: (s := env.cli_json("queue", "stats", "dlq"))["visible"] > before["visible"] and s,
+        lambda: (s := env.api("GET", "/queues/dlq"))["visible"] > before["visible"] and s,
         timeout=30,
         what="the poison message in the dlq",
     )
     # the counters are metrics (SQS keeps none), sampled once a second: the arrival shows within a second or two
-    wait_for(lambda: env.cli_json("queue", "stats", "dlq")["dlq_arrivals"] == before["dlq_arrivals"] + 1,
+    wait_for(lambda: env.api("GET", "/queues/dlq")["dlq_arrivals"] == before["dlq_arrivals"] + 1,
              timeout=10, what="the DLQ arrival counted")
-    wait_for(lambda: env.cli_json("queue", "stats", "jobs")["moved_to_dlq"] >= before_jobs["moved_to_dlq"] + 1,
+    wait_for(lambda: env.api("GET", "/queues/jobs")["moved_to_dlq"] >= before_jobs["moved_to_dlq"] + 1,
              timeout=10, what="the move to the DLQ counted")
     wait_for(lambda: "fine-1" in svc.processed(), what="the good message")
     assert "poison-1" not in svc.processed()
@@ -454,7 +454,7 @@ def test_kill_9_of_a_worker_mid_batch_loses_nothing(svc: Svc) -> None:
                 return pid
         return None
 
-    victim = wait_for(busy_worker, timeout=10, interval=0.01, what="a worker mid-batch")
+    victim = wait_for(busy_worker, timeout=30, interval=0.01, what="a worker mid-batch")
     os.kill(victim, signal.SIGKILL)
     assert len(set(ids) & set(svc.processed())) < len(ids), "the batch finished before the kill"
     wait_for(lambda: set(ids) <= set(svc.processed()), timeout=30, what="every message processed")
