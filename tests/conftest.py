@@ -14,7 +14,7 @@ import pytest
 # workers free up: so the four longest come first, each followed (in the second round) by a short one,
 # and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (  # seconds of one run with the other modules beside it
-    "test_deploy.py",  # ≈ 280 s
+    "test_deploy.py",  # ≈ 170 s
     "test_drills.py",  # ≈ 190 s
     "test_runbooks.py",  # ≈ 190 s
     "test_emergency.py",  # ≈ 150 s
@@ -25,6 +25,7 @@ SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "test_runbooks_data.py",  # ≈ 135 s   (then to whichever worker is free first)
     "test_platform.py",  # ≈ 130 s
     "test_sqs_local.py",  # ≈ 70 s
+    "test_deploy_control.py",  # ≈ 110 s
 )
 
 
