@@ -19,7 +19,7 @@ prometheus_client's global one: tests build many apps in one process.
 | `backout_alarm_value` / `_threshold` | gauge | env, alarm | value of the newest period with data; threshold |
 | `backout_rollbacks_total` | counter | env, reason | incidents opened by a rollback, by trigger (alarm, judge, manual, …) |
 | `backout_emergency_stops_total` | counter | env, reason | emergency stops, by scope (full, keep_api, no_rollback) |
-| `backout_rollback_decision_to_stable_seconds` | histogram | env | rolled-back deployments |
+| `backout_rollback_decision_to_stable_seconds` | histogram | env | every rollback's incident (automatic or manual) |
 | `backout_drill_rollback_seconds` | histogram | env, result | drills: first faulty traffic → 100 % stable |
 | `backout_drill_last_timestamp_seconds` | gauge | env, result | when the newest drill (passed / failed) started |
 | `backout_deployment_lease_age_seconds` | gauge | env | seconds since the process driving the active deployment last showed it is alive |
@@ -34,14 +34,13 @@ platform that runs the gateway (local); `/metrics` serves it next to these.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from backout.control.states import ALARM_STATES, ROLLED_BACK, STATUSES
+from backout.control.states import ALARM_STATES, STATUSES
 from backout.platforms.base import PrometheusExport
 
 if TYPE_CHECKING:
@@ -95,6 +94,17 @@ def emergency_scope(trigger: dict[str, Any]) -> str:
     return "full"
 
 
+def _restore_seconds(trigger: object) -> float | None:
+    """Decision → 100 % stable of the rollback an incident records (automatic or manual). An emergency
+    stop's incident times all its steps (snapshot included), not the switch: left out."""
+    if not isinstance(trigger, dict) or trigger.get("kind") == EMERGENCY:
+        return None
+    decided, done = trigger.get("decided_at"), trigger.get("completed_at")
+    if not isinstance(decided, int | float) or not isinstance(done, int | float):
+        return None
+    return max(0.0, float(done) - float(decided))
+
+
 def lease_age(controller: Controller, now: float) -> float | None:
     """Seconds since the driver of the active deployment last evaluated its alarms (or, before the first
     evaluation, started its step); None when nothing is active. Grows without bound when the driver died."""
@@ -115,15 +125,14 @@ class ControlPlaneCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            yield from self._collect(time.time())
+            yield from self._collect(self.c.deployer.clock())
         except Exception:  # a scrape never takes the API down; the log says what broke
             log.exception("control-plane metrics failed")
 
     def _collect(self, now: float) -> Iterator[Metric]:
         c, env = self.c, self.c.env
         store = c.store
-        deployments = store.deployments(env, limit=None)
-        latest = deployments[0] if deployments else None
+        latest = next(iter(store.deployments(env, limit=1)), None)
         yield from self._deployment(env, latest)
         yield from self._weights(env)
         yield from self._alarms(env)
@@ -150,8 +159,8 @@ class ControlPlaneCollector:
         open_inc = GaugeMetricFamily("backout_open_incidents", "Open incidents", labels=["env"])
         open_inc.add_metric([env], float(sum(1 for i in incidents if i.status == "open")))
         yield open_inc
-        restore = [d.rollback_completed_at - d.rollback_decided_at for d in deployments
-                   if d.status == ROLLED_BACK and d.rollback_decided_at and d.rollback_completed_at]
+        restore = [_restore_seconds(inc.trigger) for inc in incidents]
+        restore = [s for s in restore if s is not None]
         yield histogram("backout_rollback_decision_to_stable_seconds",
                         "Rollback decision to 100 % of traffic on the stable release", {"env": env}, restore,
                         ROLLBACK_BUCKETS)

@@ -70,8 +70,8 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
     sessions = Sessions(token)
     env = templates()
 
-    def page(name: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(env=c.env, who=session.who if session else None,
+    def page(template: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(template).render(env=c.env, who=session.who if session else None,
                                              csrf=session.csrf if session else "", **ctx)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
