@@ -24,6 +24,7 @@ SLOW_MODULES = (
     "test_sqs_local.py",  # ≈ 50 s
     "test_platform.py",  # ≈ 110 s
     "test_analysis_live.py",  # ≈ 40 s
+    "test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
 )
 
 

@@ -89,7 +89,7 @@ def _value(families: dict[str, Any], name: str, **labels: str) -> float:
     return got[0]
 
 
-# --- sign-in -----------------------------------------------------------------------------------------------------------
+# --- sign-in ---
 def test_the_dashboard_needs_the_token_through_the_form_and_keeps_it_out_of_urls_and_cookies(ui: Ui) -> None:
     for path in ("/ui/", f"/ui/?token={TOKEN}", "/ui/incidents/1"):
         r = ui.client.get(path, headers=AUTH)  # neither the API's bearer header nor a query string signs in
@@ -98,7 +98,8 @@ def test_the_dashboard_needs_the_token_through_the_form_and_keeps_it_out_of_urls
     login = ui.client.get("/ui/login")
     assert login.status_code == 200 and 'type="password"' in login.text and 'method="post"' in login.text
     wrong = ui.client.post("/ui/login", data={"who": "dana", "token": "guess"})
-    assert wrong.status_code == 401 and "wrong token" in wrong.text and COOKIE not in wrong.headers.get("set-cookie", "")
+    assert wrong.status_code == 401 and "wrong token" in wrong.text
+    assert COOKIE not in wrong.headers.get("set-cookie", "")
     nameless = ui.client.post("/ui/login", data={"who": " ", "token": TOKEN})
     assert nameless.status_code == 401 and "your name is needed" in nameless.text
     r = ui.client.post("/ui/login", data={"who": "dana", "token": TOKEN})
@@ -115,25 +116,20 @@ def test_the_dashboard_needs_the_token_through_the_form_and_keeps_it_out_of_urls
     assert ui.client.get("/ui/").status_code == 303
 
 
-def test_sign_out_needs_the_sessions_csrf_token(ui: Ui) -> None:
-    csrf = ui.login()
-    assert ui.client.post("/ui/logout", data={}).status_code == 403
-    r = ui.client.post("/ui/logout", data={"csrf": csrf})
-    assert r.status_code == 303 and 'Max-Age=0' in r.headers["set-cookie"]
-
-
-# --- actions ---------------------------------------------------------------------------------------------------------
+# --- actions ---
 def test_actions_refuse_a_form_without_this_sessions_csrf_token(ui: Ui) -> None:
-    other = Ui(ui.root / "other")  # same token, another session: its CSRF token is not this one's
-    try:
-        foreign = other.login("mallory")
-    finally:
-        other.close()
-    ui.login()
+    with TestClient(ui.app, follow_redirects=False) as other:  # another browser: same token, another session
+        other.post("/ui/login", data={"who": "mallory", "token": TOKEN})
+        foreign = re.search(r'name="csrf" value="([0-9a-f]+)"', other.get("/ui/").text).group(1)  # type: ignore[union-attr]
+    csrf = ui.login()
+    assert foreign != csrf
     for form in ({}, {"csrf": "0" * 64}, {"csrf": foreign}):
         text = ui.act("emergency-stop", 403, reason="x", confirmed="1", **form)
         assert "CSRF token missing or wrong" in text
     assert ui.fake.get_throttle().rate == 10000.0 and ui.fake.get_processing() is True, "nothing was changed"
+    assert ui.client.post("/ui/logout", data={}).status_code == 403
+    r = ui.client.post("/ui/logout", data={"csrf": csrf})
+    assert r.status_code == 303 and "Max-Age=0" in r.headers["set-cookie"]
 
 
 def test_emergency_stop_and_resume_confirm_first_and_go_through_the_controller(ui: Ui) -> None:
@@ -182,10 +178,13 @@ def test_rollback_to_a_release_approve_and_stop_from_the_page(ui: Ui) -> None:
     assert count == [1.0]
 
 
-# --- live sections --------------------------------------------------------------------------------------------------
+# --- live sections ---
 def test_the_stream_sends_every_section_rendered_and_the_page_shows_status(ui: Ui) -> None:
-    ui.login()
-    ui.controller.emergency_stop("disk full", "ops")
+    ui.login("<b>x</b>")
+    ui.controller.emergency_stop("disk full <script>alert(1)</script>", "ops")
+    page = ui.client.get("/ui/").text  # what operators typed is escaped
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
     r = ui.client.get("/ui/stream", params={"once": 1})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [b for b in r.text.split("\n\n") if b.startswith("event: sections")]
@@ -198,25 +197,21 @@ def test_the_stream_sends_every_section_rendered_and_the_page_shows_status(ui: U
     assert "INC-0001" in sections["incidents"] and "/ui/incidents/INC-0001" in sections["incidents"]
     assert "prod (local, not running here)" in sections["environments"]
     report = ui.client.get("/ui/incidents/INC-0001")
-    assert report.status_code == 200 and "emergency stop: disk full" in report.text
+    assert report.status_code == 200 and "emergency stop: disk full" in report.text and "<script>" not in report.text
     assert ui.client.get("/ui/incidents/INC-0099").status_code == 404
 
 
-def test_the_page_escapes_what_operators_typed(ui: Ui) -> None:
-    ui.login("<b>x</b>")
-    ui.controller.emergency_stop("<script>alert(1)</script>", "ops")
-    page = ui.client.get("/ui/").text
-    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "<b>x</b>" not in page
+def test_a_stopping_server_ends_the_open_streams(ui: Ui) -> None:
+    ui.login()
+    ui.app.state.stopping.set()  # what the supervisor does first when asked to stop
+    r = ui.client.get("/ui/stream")  # no `once`: without the event this stream would last its minute
+    assert r.status_code == 200 and r.text == "retry: 1000\n\n"
 
 
-# --- metrics ---------------------------------------------------------------------------------------------------------
-def test_metrics_export_the_control_plane_with_a_registry_per_app(ui: Ui, tmp_path: Path) -> None:
-    second = Ui(tmp_path / "second")  # a second app in the same process registers its own collector
-    try:
-        assert "backout_deployment_phase" in second.metrics()
-    finally:
-        second.close()
+# --- metrics ---
+def test_metrics_export_the_control_plane_with_a_registry_per_app(ui: Ui) -> None:
+    with TestClient(build_app(ui.controller, TOKEN)) as second:  # a second app registers a collector of its own
+        assert "backout_deployment_phase" in second.get("/metrics", headers=AUTH).text
     ui.controller.emergency_stop("db locked", "ops", keep_api=True)
     ui.controller.emergency_stop("db locked again", "ops")
     fams = ui.metrics()
@@ -254,7 +249,8 @@ def test_a_deployment_in_the_page_and_the_metrics_then_stopped_from_the_page(ui:
     assert f'data-alarm="{name}"' in page and 'class="chart"' in page and 'data-weight="50"' in page
 
     confirm = ui.act("stop", csrf=csrf, rollback="1", reason="wrong colour")
-    assert f"{d.id} ({d.stable} → {d.target}, 50 % on the target) stops" in confirm and "goes back to 100 % stable" in confirm
+    assert f"{d.id} ({d.stable} → {d.target}, 50 % on the target) stops" in confirm
+    assert "goes back to 100 % stable" in confirm
     assert ui.controller.store.get(d.id).status == "InProgress", "the first POST only asks"
     done = ui.act("stop", csrf=csrf, rollback="1", reason="wrong colour", confirmed="1")
     assert "Stop the deployment: done" in done
@@ -310,7 +306,7 @@ def test_grafana_dashboard_and_alert_rules_query_only_exported_metrics(ui: Ui, t
     assert all({"alert", "expr", "labels", "annotations"} <= set(r) for r in rules)
 
 
-# --- charts ----------------------------------------------------------------------------------------------------------
+# --- charts ---
 def test_rate_points_exist_only_for_seconds_with_traffic_and_lines_break_at_gaps() -> None:
     per_second = [[100, 4, 0], [101, 4, 0], [131, 5, 2], [132, 5, 3]]  # 29 s without a request in between
     pts = rate_points(per_second, 100, 140, rolling=1)
@@ -336,7 +332,7 @@ def test_the_dashboard_chart_draws_steps_and_measured_dots_only() -> None:
     assert steps == [(1000.0, 0.0), (1010.0, 40.0), (1050.1, 0.0)]
     errors = [(1012.0, 0.0), (1013.0, 0.0), (1045.0, 50.0)]  # traffic in 1011, 1012 and 1044 only
     out = svg(ChartData(1000.0, 1060.0, steps, errors, threshold=5.0), "d-0001 <r2>")
-    assert 'data-weight="0"' in out and 'data-error-points="3"' in out
+    assert 'data-weight="0"' in out and 'data-weights="0 40 0"' in out and 'data-error-points="3"' in out
     assert out.count("<circle") == 3, "one dot per measured second"
     assert out.count('class="errors"') == 1, "a line only joins the two consecutive seconds, none across the gap"
     assert 'class="threshold"' in out and "&lt;r2&gt;" in out

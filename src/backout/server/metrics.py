@@ -8,24 +8,9 @@ agree with `backout incident list` to the unit, and the deployment machinery nee
 monotonic because the store only ever appends those records. One registry per app (`registry()`), never
 prometheus_client's global one: tests build many apps in one process.
 
-| family | type | labels | from |
-|---|---|---|---|
-| `backout_deployment_info` | gauge (1) | env, deployment, stable, target, strategy, status | the newest deployment |
-| `backout_deployment_phase` | gauge (1 for its status, 0 for the others) | env, phase | the newest deployment |
-| `backout_deployment_step` / `_steps` | gauge | env | its step (1-based, 0 before the first) and step count |
-| `backout_deployment_weight_percent` | gauge | env | share of traffic on its target (0 once it ended but Succeeded: 100) |
-| `backout_canary_weight_percent` | gauge | env, function, version | the live alias, per version it routes to |
-| `backout_alarm_state` | gauge (1 for the state, 0 others) | env, alarm, state | the active deployment's alarms and judges |
-| `backout_alarm_value` / `_threshold` | gauge | env, alarm | value of the newest period with data; threshold |
-| `backout_rollbacks_total` | counter | env, reason | incidents opened by a rollback, by trigger (alarm, judge, manual, …) |
-| `backout_emergency_stops_total` | counter | env, reason | emergency stops, by scope (full, keep_api, no_rollback) |
-| `backout_rollback_decision_to_stable_seconds` | histogram | env | every rollback's incident (automatic or manual) |
-| `backout_drill_rollback_seconds` | histogram | env, result | drills: first faulty traffic → 100 % stable |
-| `backout_drill_last_timestamp_seconds` | gauge | env, result | when the newest drill (passed / failed) started |
-| `backout_deployment_lease_age_seconds` | gauge | env | seconds since the process driving the active deployment last showed it is alive |
-| `backout_open_incidents` | gauge | env | open incidents |
-| `backout_api_blocked` / `backout_processing_enabled` | gauge (0/1) | env | the traffic switches |
-| `backout_queue_messages` | gauge | env, queue, dlq, state | visible / in_flight messages per queue |
+The families (deployment phase/step/weights, alarm state/value/threshold, rollbacks and emergency stops by
+reason, decision-to-stable and drill histograms, lease age, switches, queues) are listed in
+docs/dashboard.md.
 
 The gateway's request latency histogram (`backout_gateway_request_duration_seconds`) belongs to the
 platform that runs the gateway (local); `/metrics` serves it next to these.

@@ -59,7 +59,8 @@ def svg(data: ChartData, title: str) -> str:
 
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
-        f'data-weight="{data.last_weight:g}" data-error-points="{len(data.errors)}">',
+        f'data-weight="{data.last_weight:g}" data-weights="{" ".join(f"{w:g}" for _, w in data.weights)}" '
+        f'data-error-points="{len(data.errors)}">',
         f"<title>{escape(title)}</title>",
     ]
     for pct in (0, 50, 100):
