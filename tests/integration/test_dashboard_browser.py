@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from backout.control.store import Store
 from support import RunningEnv, sda_manifest
@@ -127,7 +128,7 @@ def test_a_faulty_deployment_rolls_back_in_the_page(browser: Any, env: RunningEn
     page = ctx.new_page()
     try:
         sign_in(page, env, "dana")
-        cookie = next(c for c in ctx.cookies() if c["name"] == "backout_session")
+        cookie = next(c for c in ctx.cookies() if c["name"] == "backout_session_staging")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and env.token not in cookie["value"]
         assert page.evaluate("document.cookie") == "", "no script can read the session"
         # every status the deployment section shows is recorded; a marker proves the page never reloads
@@ -159,6 +160,12 @@ def test_a_faulty_deployment_rolls_back_in_the_page(browser: Any, env: RunningEn
         red = page.evaluate("getComputedStyle(document.querySelector('tr[data-alarm=\"error-rate:api\"] td.state'))"
                             ".color")
         assert red == "rgb(198, 40, 40)", red
+        # /metrics (the API's bearer token) counts it, and the gateway's histogram saw the canary's 5xx
+        families = {f.name: f for f in text_string_to_metric_families(env.http.get("/metrics").text)}
+        rollbacks = {s.labels["reason"]: s.value for s in families["backout_rollbacks"].samples}
+        assert rollbacks.get("alarm") == 1.0, rollbacks
+        latency = families["backout_gateway_request_duration_seconds"].samples
+        assert any(s.name.endswith("_count") and s.labels["code"] == "5xx" and s.value > 0 for s in latency)
         # its incident is listed, and its report opens with the chart
         page.click("#s-incidents a")
         assert "rolled back" in page.inner_text("h1")

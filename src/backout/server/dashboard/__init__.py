@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from backout.control.alarms import COMPARISONS
 from backout.errors import OperationFailed, UsageError
 from backout.server.controller import Controller
-from backout.server.dashboard.session import COOKIE, MAX_NAME, Session, Sessions
+from backout.server.dashboard.session import MAX_NAME, Session, Sessions, cookie_name
 from backout.server.dashboard.state import snapshot
 
 ROOT = "/ui"
@@ -68,6 +68,7 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
     """The dashboard's routes; `stopping` is set when the server shuts down, to end open streams."""
     r = APIRouter(prefix=ROOT, include_in_schema=False)
     sessions = Sessions(token)
+    cookie = cookie_name(c.env)
     env = templates()
 
     def page(template: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -76,7 +77,7 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def session_of(request: Request) -> Session | None:
-        return sessions.read(request.cookies.get(COOKIE))
+        return sessions.read(request.cookies.get(cookie))
 
     def to_login() -> RedirectResponse:
         return RedirectResponse(f"{ROOT}/login", status_code=303)
@@ -94,7 +95,7 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
                         error="wrong token (it is the file `token` in the environment's state directory)"
                         if who else "your name is needed: every action is recorded under it")
         resp = RedirectResponse(f"{ROOT}/", status_code=303)
-        resp.set_cookie(COOKIE, sessions.issue(who), httponly=True, samesite="strict", path=ROOT,
+        resp.set_cookie(cookie, sessions.issue(who), httponly=True, samesite="strict", path=ROOT,
                         secure=request.url.scheme == "https")
         return resp
 
@@ -105,7 +106,7 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
         if s is None or not Sessions.csrf_ok(s, str(form.get("csrf", ""))):
             return page("login.html", None, 403, error="sign-out refused: the form is not from this session")
         resp = to_login()
-        resp.delete_cookie(COOKIE, path=ROOT, httponly=True, samesite="strict")
+        resp.delete_cookie(cookie, path=ROOT, httponly=True, samesite="strict")
         return resp
 
     @r.get("")

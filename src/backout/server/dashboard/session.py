@@ -3,7 +3,8 @@
 The cookie holds a random nonce, the operator's name and an HMAC of both keyed by the token; the CSRF token
 of its forms is another HMAC of the nonce. Nothing is kept server-side, so a session survives a supervisor
 restart, and a new token (`state_dir/token` replaced) ends every session. The cookie is `HttpOnly` (no
-script reads it), `SameSite=Strict` (no other site's page sends it) and scoped to the dashboard's path.
+script reads it), `SameSite=Strict` (no other site's page sends it), scoped to the dashboard's path and
+named after the environment (cookies ignore ports, and environments on one host have different tokens).
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
 COOKIE = "backout_session"
 MAX_NAME = 64
+
+
+def cookie_name(env: str) -> str:
+    """One cookie per environment: browsers do not tell ports apart, and each environment has its own token."""
+    return f"{COOKIE}_{re.sub(r'[^A-Za-z0-9_-]', '_', env)}"
 
 
 @dataclass(frozen=True)
