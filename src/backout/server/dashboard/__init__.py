@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from backout.control.alarms import COMPARISONS
 from backout.errors import OperationFailed, UsageError
+from backout.platforms.base import evaluation_interval
 from backout.server.controller import Controller
 from backout.server.dashboard.session import MAX_NAME, Session, Sessions, cookie_name
 from backout.server.dashboard.state import snapshot
@@ -132,6 +133,8 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
         yield "retry: 1000\n\n"
         last: dict[str, str] = {}
         ends = time.monotonic() + STREAM_SECONDS
+        # a platform whose metric reads are billed (aws) is read no more often than its alarms are
+        interval = max(STREAM_INTERVAL, evaluation_interval(c.platform, STREAM_INTERVAL))
         while not stopping.is_set() and time.monotonic() < ends:
             sections = await run_in_threadpool(lambda: render_sections(env, snapshot(c)))
             changed = {k: v for k, v in sections.items() if last.get(k) != v}
@@ -142,7 +145,7 @@ def router(c: Controller, token: str, stopping: threading.Event) -> APIRouter:
                 yield ": unchanged\n\n"
             if once or await request.is_disconnected():
                 return
-            await _sleep(STREAM_INTERVAL, stopping)
+            await _sleep(interval, stopping)
 
     @r.get("/incidents/{incident_id}")
     def incident(request: Request, incident_id: str) -> Response:
