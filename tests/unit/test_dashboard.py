@@ -256,9 +256,11 @@ def test_a_deployment_in_the_page_and_the_metrics_then_stopped_from_the_page(ui:
     assert ui.fake.get_weights("worker").versions == {"11": 100.0}
     fams = ui.metrics()
     assert _value(fams, "backout_rollbacks", reason="manual") == 1.0
+    assert _value(fams, "backout_deployment_weight_percent") == 0.0
     assert not fams["backout_deployment_lease_age_seconds"].samples, "nothing active: no lease"
     page = ui.client.get("/ui/").text
     assert 'id="deployment-status">RolledBack' in page and 'data-weight="0"' in page
+    assert 'id="deployment-weight">0<' in page
     assert f'data-alarm="{name}"' in page, "after the deployment, its last evaluations stay on the page"
 
 

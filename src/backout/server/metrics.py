@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from backout.control.states import ALARM_STATES, STATUSES
+from backout.control.states import ALARM_STATES, ROLLED_BACK, STATUSES
 from backout.platforms.base import PrometheusExport
 
 if TYPE_CHECKING:
+    from backout.control.store import Deployment
     from backout.server.controller import Controller
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ def histogram(name: str, doc: str, labels: dict[str, str], values: Sequence[floa
 
 def _le(b: float) -> str:
     return repr(float(b))
+
+
+def target_weight(d: Deployment) -> float:
+    """Share of traffic on the deployment's target now: a rolled-back one has none, whatever step it
+    reached (the store keeps the step's weight for the record)."""
+    return 0.0 if d.status == ROLLED_BACK else float(d.current_weight)
 
 
 def emergency_scope(trigger: dict[str, Any]) -> str:
@@ -159,7 +166,7 @@ class ControlPlaneCollector:
         yield lease
         yield from self._switches(env)
 
-    def _deployment(self, env: str, d: Any) -> Iterator[Metric]:
+    def _deployment(self, env: str, d: Deployment | None) -> Iterator[Metric]:
         info = GaugeMetricFamily("backout_deployment_info", "The newest deployment (1)",
                                  labels=["env", "deployment", "stable", "target", "strategy", "status"])
         phase = GaugeMetricFamily("backout_deployment_phase", "The newest deployment's status (1) among all",
@@ -176,7 +183,7 @@ class ControlPlaneCollector:
                 phase.add_metric([env, s], 1.0 if s == d.status else 0.0)
             step.add_metric([env], float(0 if d.current_step is None else d.current_step + 1))
             steps.add_metric([env], float(len(d.steps)))
-            weight.add_metric([env], float(d.current_weight))
+            weight.add_metric([env], target_weight(d))
         yield from (info, phase, step, steps, weight)
 
     def _weights(self, env: str) -> Iterator[Metric]:

@@ -14,6 +14,7 @@ from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, MetricQuery
 from backout.runbooks.incidents.chart import rate_points
 from backout.server.dashboard.charts import ChartData, svg, weight_steps
 from backout.server.endpoints import read_endpoints
+from backout.server.metrics import target_weight
 
 if TYPE_CHECKING:
     from backout.control.store import Deployment
@@ -99,7 +100,7 @@ def snapshot(c: Controller) -> dict[str, Any]:
     dep = None
     if latest is not None:
         step = latest.current_step
-        dep = {**asdict(latest), "stable": latest.stable, "target": latest.target,
+        dep = {**asdict(latest), "stable": latest.stable, "target": latest.target, "weight": target_weight(latest),
                "step_label": f"{step + 1}/{len(latest.steps)}" if step is not None else "-",
                "chart": chart(c, latest, rows, now)}
     incidents = c.store.incidents(c.env, limit=RECENT)
