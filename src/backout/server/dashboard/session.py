@@ -37,10 +37,9 @@ class Sessions:
 
     def __init__(self, token: str) -> None:
         self._key = token.encode()
-        self._token = token.encode()
 
     def check_token(self, given: str) -> bool:
-        return hmac.compare_digest(given.strip().encode(), self._token)
+        return hmac.compare_digest(given.strip().encode(), self._key)
 
     def _mac(self, *parts: str) -> str:
         return hmac.new(self._key, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
