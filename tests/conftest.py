@@ -24,8 +24,9 @@ SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "test_scaffold.py",  # ≈ 55 s
     "test_runbooks_data.py",  # ≈ 135 s   (then to whichever worker is free first)
     "test_platform.py",  # ≈ 130 s
-    "test_sqs_local.py",  # ≈ 70 s
     "test_deploy_control.py",  # ≈ 110 s
+    "test_sqs_local.py",  # ≈ 70 s
+    "test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
 )
 
 

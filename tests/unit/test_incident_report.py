@@ -360,11 +360,11 @@ def test_chart_is_a_real_png_with_both_series(rolled_back: dict[str, Any], tmp_p
     reds = ((img[:, :, 0] > 0.9) & (img[:, :, 1] < 0.2) & (img[:, :, 2] < 0.2)).sum()
     assert reds > 100  # the rollback line
     # the error-rate series: a trailing 5 s sum; 0 % before the bad seconds, then 2 of every 3 calls fail
-    xs, ys = incident_chart._rolling_rate(
+    ys = [y for _, y in incident_chart.rate_points(
         view.impact["functions"]["worker"]["per_second"],
         int(view.impact["window"][0]),
         int(view.impact["window"][1]),
-    )
+    )]
     assert ys[1] == 0.0 and ys[-2] == pytest.approx(100 * 8 / 15) and ys[-1] == pytest.approx(100 * 10 / 15)
 
 

@@ -96,10 +96,13 @@ class Supervisor:
         self.state_dir = manifest.state_dir(env)
         self._stop = threading.Event()
         self._servers: list[_Server] = []
+        self._stopping: list[threading.Event] = []  # the apps' `stopping`: ends the dashboard's open streams
 
     def request_stop(self, why: str = "shutdown requested") -> None:
         log.warning("stopping: %s", why)
         self._stop.set()
+        for e in self._stopping:
+            e.set()
         for s in self._servers:
             s.should_exit = True
 
@@ -136,6 +139,7 @@ class Supervisor:
             controller = Controller(self.manifest, self.env, platform, self.state_dir)
             controller.on_shutdown = lambda: self.request_stop("POST /shutdown (backout down)")
             app = build_app(controller, token)
+            self._stopping.append(app.state.stopping)
             if hosted:
                 _prewarm_live(platform)
                 platform.start()

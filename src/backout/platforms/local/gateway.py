@@ -25,7 +25,9 @@ retry, and the function's own `Throttles` metric (not the API's 5XXError) is the
 Every response carries `X-Amzn-RequestId` and `X-Backout-Version` (the version that answered, "0" when
 no function did), and records Count, 4XXError, 5XXError and Latency under {ApiName, Stage} and
 {ApiName, Stage, ExecutedVersion}; a drill's synthetic request (header `X-Backout-Drill`) also under
-{ApiName, Stage, Origin=drill}, so reports can tell it apart.
+{ApiName, Stage, Origin=drill}, so reports can tell it apart. Each response's latency also goes into a
+Prometheus histogram (`backout_gateway_request_duration_seconds{version, code}`, code 2xx/3xx/4xx/5xx),
+so p99 is computable in PromQL (`histogram_quantile`); its registry is the gateway's own.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
+
+from prometheus_client import CollectorRegistry, Histogram
 
 from backout.errors import UsageError
 from backout.platforms.base import NS_API, InvokeResult, Throttle
@@ -72,6 +76,7 @@ _RESULT_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", 
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DRILL_HEADER = b"x-backout-drill"  # runbooks.drill.DRILL_HEADER as ASGI spells header names
 
 
@@ -286,6 +291,11 @@ class Gateway:
         self._pool = ThreadPoolExecutor(INVOKE_THREADS, thread_name_prefix="gateway-invoke")
         self._dims = {"ApiName": api_name, "Stage": stage}
         self._keys: dict[str, list[tuple[SeriesKey, ...]]] = {}  # ExecutedVersion → metric series
+        self.registry = CollectorRegistry(auto_describe=False)  # the platform's /metrics text serves it
+        self._latency = Histogram("backout_gateway_request_duration_seconds",
+                                  "Gateway request latency (request received → response sent)",
+                                  ["version", "code"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        self._observers: dict[tuple[str, int], Any] = {}  # (version, status // 100) → histogram child
         self._resource_ids = {r.path: hashlib.sha1(r.path.encode()).hexdigest()[:6] for r in self.routes}
         self._date: tuple[int, str] = (0, "")  # requestTime changes once a second
 
@@ -350,6 +360,10 @@ class Gateway:
         if drill:  # a drill's synthetic request also counts under Origin=drill, so reports can tell it apart
             keys = [*keys, tuple(MetricStore.series_key(NS_API, m, {**self._dims, "Origin": "drill"})
                                  for m in _API_METRICS)]
+        child = self._observers.get((version, status // 100))
+        if child is None:
+            child = self._observers[(version, status // 100)] = self._latency.labels(version, f"{status // 100}xx")
+        child.observe(latency_ms / 1000.0)
         e4 = 1.0 if 400 <= status < 500 else 0.0
         e5 = 1.0 if status >= 500 else 0.0
         samples = []

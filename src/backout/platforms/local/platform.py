@@ -324,7 +324,9 @@ class LocalPlatform:
         return [self.metrics_store.query(q) for q in queries]
 
     def prometheus(self) -> str:
-        return self.metrics_store.prometheus()
+        from prometheus_client import generate_latest
+
+        return self.metrics_store.prometheus() + generate_latest(self.gateway.registry).decode()
 
     # --- ingress -----------------------------------------------------------------------------
     def endpoint(self) -> str:

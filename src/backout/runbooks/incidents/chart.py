@@ -1,9 +1,15 @@
 """The incident chart (matplotlib, Agg without pyplot): the new version's error rate per function, the
-share of traffic on it, the alarm threshold and the rollback moment."""
+share of traffic on it, the alarm threshold and the rollback moment.
+
+It draws only what was measured: the error rate is one point per second in which the version served
+traffic, joined only to the next second's point when that second had traffic too — a second without
+requests is a gap, never a line drawn across it; the traffic share is a step line that changes only at the
+recorded moments the live alias changed. (`rate_points` and `gapped` are shared with the dashboard.)"""
 
 from __future__ import annotations
 
 import io
+import math
 
 from backout.runbooks.incidents.formatting import clock
 from backout.runbooks.incidents.views import IncidentView
@@ -17,17 +23,34 @@ def chart_available(view: IncidentView) -> bool:
     )
 
 
-def _rolling_rate(per_second: list[list[float]], start: int, end: int) -> tuple[list[float], list[float]]:
+def rate_points(per_second: list[list[float]], start: int, end: int,
+                rolling: int = ROLLING_SECONDS) -> list[tuple[float, float]]:
+    """(end of second, error rate %) for every second in [start, end) in which the version served traffic:
+    errors over invocations of the trailing `rolling` seconds. Seconds without traffic have no point."""
     inv = {int(t): float(i) for t, i, _ in per_second}
     err = {int(t): float(e) for t, _, e in per_second}
-    xs, ys = [], []
+    out = []
     for t in range(start, end):
         if not inv.get(t):
             continue  # no traffic on the version this second (before the canary, after the rollback): no rate
-        window = range(t - ROLLING_SECONDS + 1, t + 1)
+        window = range(t - rolling + 1, t + 1)
         n = sum(inv.get(s, 0.0) for s in window)
-        xs.append(t + 1.0)  # the value covers the second [t, t+1): plot it at its end, as a trailing window
-        ys.append(100.0 * sum(err.get(s, 0.0) for s in window) / n)
+        # the value covers the second [t, t+1): plot it at its end, as a trailing window
+        out.append((t + 1.0, 100.0 * sum(err.get(s, 0.0) for s in window) / n))
+    return out
+
+
+def gapped(points: list[tuple[float, float]], step: float = 1.0) -> tuple[list[float], list[float]]:
+    """xs, ys with a NaN between two points more than `step` apart: matplotlib (and the dashboard's SVG)
+    breaks the line there instead of drawing across seconds without data."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, y in points:
+        if xs and x - xs[-1] > step + 1e-9:
+            xs.append((xs[-1] + x) / 2)
+            ys.append(math.nan)
+        xs.append(x)
+        ys.append(y)
     return xs, ys
 
 
@@ -71,13 +94,13 @@ def render_chart(view: IncidentView) -> bytes | None:
         ps = f.get("per_second") or []
         if not any(p[1] for p in ps):
             continue
-        xs, ys = _rolling_rate(ps, start, end)
+        xs, ys = gapped(rate_points(ps, start, end))
         ax.plot(
             [x - t0 for x in xs],
             ys,
-            lw=1.8,
+            lw=1.4,
             marker="o",
-            ms=2.5,
+            ms=3,
             color=next(colours),
             label=f"{fn} v{(view.deployment.target_versions.get(fn) if view.deployment else None) or v} error rate",
         )

@@ -1,4 +1,5 @@
-"""Metric routes: raw CloudWatch-style queries (batched), a function's summary, Prometheus text."""
+"""Metric routes: raw CloudWatch-style queries (batched), a function's summary, Prometheus text (the control
+plane's families, `server.metrics`, and the platform's own figures)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from backout.errors import UsageError
-from backout.platforms.base import MetricQuery, PrometheusExport
+from backout.platforms.base import MetricQuery
+from backout.server import metrics
 from backout.server.controller import Controller
 
 
@@ -28,6 +30,7 @@ class MetricQueryBody(BaseModel):
 def router(c: Controller) -> APIRouter:
     r = APIRouter()
     p = c.platform
+    registry = metrics.registry(c)  # one per app: tests build many apps in one process
 
     @r.post("/metrics/query")
     def metrics_query(body: MetricQueryBody | list[MetricQueryBody]) -> Any:
@@ -48,8 +51,6 @@ def router(c: Controller) -> APIRouter:
 
     @r.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        if not isinstance(p, PrometheusExport):
-            raise UsageError("this platform exports metrics through CloudWatch, not /metrics")
-        return PlainTextResponse(p.prometheus(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.exposition(c, registry), media_type=metrics.EXPOSITION)
 
     return r
