@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -233,10 +234,15 @@ def _prewarm_live(platform: object) -> None:
 
     if not isinstance(platform, Capacity) or not isinstance(platform, Routing):
         return
-    for fn in platform.functions():  # type: ignore[attr-defined]
-        for v in platform.get_weights(fn).versions:
-            with contextlib.suppress(Exception):
-                platform.prewarm(fn, v)
+
+    def warm(fn: str, v: str) -> None:
+        with contextlib.suppress(Exception):
+            platform.prewarm(fn, v)
+
+    # all at once: each start is a process importing its handler, so `up` waits for the slowest, not the sum
+    pairs = [(fn, v) for fn in platform.functions() for v in platform.get_weights(fn).versions]  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=max(1, len(pairs)), thread_name_prefix="prewarm") as pool:
+        list(pool.map(lambda p: warm(*p), pairs))
 
 
 def start_detached(
