@@ -43,8 +43,13 @@ def _chromium() -> str:
         return ""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)"
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     r = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, text=True,
-                       timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                       timeout=900, env=apt_env)
+    if r.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, timeout=300, env=apt_env)
+        r = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, text=True,
+                           timeout=900, env=apt_env)
     if r.returncode != 0 or not os.path.exists(CHROMIUM):
         tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"apt-get install chromium failed: {tail[0]}"
