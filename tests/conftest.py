@@ -24,6 +24,7 @@ SLOW_MODULES = (
     "test_sqs_local.py",  # ≈ 50 s
     "test_platform.py",  # ≈ 110 s
     "test_analysis_live.py",  # ≈ 40 s
+    "test_ci_example.py",  # ≈ 35 s
 )
 
 
