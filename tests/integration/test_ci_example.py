@@ -115,6 +115,11 @@ def run_job(workflow: dict[str, Any], job: str, root: Path, overrides: dict[str,
     return steps
 
 
+def report(steps: list[Step]) -> str:
+    """What each step printed, for a failure's message."""
+    return "\n".join(f"--- {s.name}: exit {s.code} after {s.seconds:.1f} s\n{s.out}" for s in steps)
+
+
 def test_the_workflow_deploys_staging_drills_then_deploys_prod_through_the_approval(checkout: Path) -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert list(workflow["jobs"]) == ["staging", "prod"] and workflow["jobs"]["prod"]["needs"] == "staging"
@@ -122,9 +127,8 @@ def test_the_workflow_deploys_staging_drills_then_deploys_prod_through_the_appro
     overrides = {"BACKOUT_STRATEGY": "Quick"}
 
     staging = run_job(workflow, "staging", checkout, overrides)
-    print([(s.name, s.code, round(s.seconds, 1)) for s in staging])
     assert [(s.name, s.code) for s in staging] == [
-        ("Start staging", 0), ("Deploy to staging", 0), ("Rollback drill", 0), ("Stop staging", 0)], staging
+        ("Start staging", 0), ("Deploy to staging", 0), ("Rollback drill", 0), ("Stop staging", 0)], report(staging)
     deploy, drill = staging[1], staging[2]
     assert f"deployed {SHA} to staging" in deploy.out
     assert re.match(r"### ✅ backout deploy: `d-\d+` Succeeded in staging\n", deploy.summary), deploy.summary
@@ -139,10 +143,9 @@ def test_the_workflow_deploys_staging_drills_then_deploys_prod_through_the_appro
     assert re.search(r"`backout incident report INC-\d+ --env staging -o INC-\d+\.md`", drill.summary)
 
     prod = run_job(workflow, "prod", checkout, overrides)
-    print([(s.name, s.code, round(s.seconds, 1)) for s in prod])
     assert [(s.name, s.code) for s in prod] == [
         ("Start prod", 0), ("Publish and hold for approval", 0), ("Approve", 0),
-        ("Follow the deployment to its end", 0), ("Incident report", None), ("Stop prod", 0)], prod
+        ("Follow the deployment to its end", 0), ("Incident report", None), ("Stop prod", 0)], report(prod)
     held, follow = prod[1], prod[3]
     assert re.search(r"^d-\d+ is AwaitingApproval$", held.out, re.M), held.out
     assert held.summary == ""  # it has not ended yet: the follow step writes its summary
