@@ -280,7 +280,7 @@ def test_the_command_writes_once_and_bad_input_is_one_line_exit_2(cli, shop: tup
     assert load_manifest(out).service.name == "shop"
     before = out.read_text()
     code, _, err = cli("init", "--from-sam", str(template), "--out", str(out))
-    assert code == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "backout init never overwrites" in err and len(err.strip().splitlines()) == 1
     assert out.read_text() == before
     bad = tmp_path / "bad.yaml"
     for content, expected in (("Resources: [", "not a readable YAML template"),

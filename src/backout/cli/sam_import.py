@@ -769,10 +769,9 @@ def from_sam(template: Path, out: Path, name: str | None = None) -> str:
 
 
 def write_manifest(template: Path, out: Path, name: str | None = None) -> Path:
-    """Translate and write; never overwrites an existing manifest."""
+    """Translate and write, as a scaffold of one file: never over an existing manifest."""
+    from backout.cli.scaffold import Scaffold
+
     text = from_sam(template, out, name)
-    if out.exists():
-        raise UsageError(f"--out {out}: already exists; backout init never overwrites: pick another path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    service = tomllib.loads(text)["service"]["name"]
+    return Scaffold(service, {out.name: text}).write(out.parent)[0]
