@@ -16,6 +16,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from rich.markup import escape
+
 from backout.cli.render import err_console
 
 ENV_VAR = "GITHUB_STEP_SUMMARY"
@@ -45,8 +47,8 @@ def append(render: Callable[[], str]) -> None:
             f.write(text.rstrip() + "\n\n")
     except Exception as e:  # noqa: BLE001 - the summary never changes the command's outcome
         reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
-        err_console.print(f"[yellow]warning:[/] step summary not written to {path}: {reason}", highlight=False,
-                          markup=True, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] step summary not written to {escape(path)}: {escape(reason)}",
+                          highlight=False, soft_wrap=True)
 
 
 # --- sections ---------------------------------------------------------------------------------------
