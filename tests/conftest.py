@@ -27,6 +27,7 @@ SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "test_deploy_control.py",  # ≈ 110 s
     "test_sqs_local.py",  # ≈ 70 s
     "test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
+    "test_ci_example.py",  # ≈ 40 s (the example workflow's steps, one supervisor at a time)
 )
 
 

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from backout.cli import step_summary
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
 from backout.cli.render import console, emit_json, err_console, table
@@ -241,6 +242,7 @@ def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
             f"history: backout deployments --env {c.env};  timeline: backout deployment show {d['id']} --env {c.env}"
         )
     d = view["deployment"]
+    step_summary.append(lambda: step_summary.deployment(c.call("GET", f"/deployments/{deployment_id}"), c.env))
     if d["status"] != "Succeeded":
         raise OperationFailed(f"deployment {d['id']} {d['status']}: {d['reason']}")
 

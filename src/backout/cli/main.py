@@ -56,8 +56,28 @@ def _global(
 def init(
     directory: Annotated[Path, typer.Argument(help="where to create the service (default: here)")] = Path("."),
     name: Annotated[str | None, typer.Option(help="the service's name (default: the directory's)")] = None,
+    from_sam: Annotated[
+        Path | None, typer.Option("--from-sam", help="adopt an existing SAM application: its template.yaml")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="with --from-sam: the manifest to write (default: DIR/backout.toml)")
+    ] = None,
 ) -> None:
-    """Scaffold a new service: manifest, an HTTP and a queue handler, a DLQ and a test of the handlers."""
+    """Scaffold a new service (manifest, an HTTP and a queue handler, a DLQ, a test of the handlers), or with
+    --from-sam write the manifest of an existing SAM application."""
+    if from_sam is not None:
+        from backout.cli.sam_import import write_manifest
+
+        path = write_manifest(from_sam, out or directory / "backout.toml", name)
+        untranslated = path.read_text().count("# not translated: ")
+        console.print(f"[green]wrote {path}[/] from {from_sam}"
+                      + (f"; {untranslated} item(s) not translated (comments starting `# not translated:`)"
+                         if untranslated else ""), highlight=False)
+        console.print(f"next: backout --manifest {path} up --detach && backout --manifest {path} status",
+                      highlight=False)
+        return
+    if out is not None:
+        raise UsageError("--out goes with --from-sam (a scaffold is written into DIRECTORY)")
     from backout.cli.scaffold import new_service
 
     root = directory.resolve()

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from backout.cli import step_summary
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, confirm, who
 from backout.cli.render import console, emit_json, err_console, table
@@ -186,7 +187,9 @@ def rollback(
     if not reason.strip():
         raise UsageError("--reason is required: say why you roll back (it goes into the incident)")
     confirm(f"roll back {name}{f' to release {to}' if to else ''}?", yes)
-    r = Client(name).call("POST", "/rollback", {"to": to, "reason": reason, "who": who()})
+    c = Client(name)
+    r = c.call("POST", "/rollback", {"to": to, "reason": reason, "who": who()})
+    step_summary.append(lambda: step_summary.rollback(r, c.call("GET", f"/deployments/{r['deployment']}"), name))
     if as_json:
         emit_json(r)
     else:
@@ -354,6 +357,7 @@ def drill(
     r = c.call(
         "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": who()}
     )
+    step_summary.append(lambda: step_summary.drill(r, c.call("GET", f"/deployments/{r['deployment']}"), c.env))
     if as_json:
         emit_json(r)
     else:
