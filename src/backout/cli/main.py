@@ -12,7 +12,7 @@ import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
-from backout.cli.render import console, emit_json, err_console, fmt_weights, table
+from backout.cli.render import console, emit_json, err_console, fmt_weights, table, with_output_option
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
 
@@ -500,6 +500,7 @@ def _register() -> None:
     stack_cmds.register(app)
     runbook_cmds.register(app)
     incident_cmds.register(app)
+    with_output_option(app)  # last: every command registered above that takes --json gets --output
 
 
 _register()
