@@ -510,7 +510,7 @@ def test_incident_without_deployment_renders(env_dir: tuple[Path, Path], t0: flo
     assert "No alarm evidence" in md
 
     out = tmp_path / "emergency.html"
-    code, text = cli(manifest, "incident", "report", iid, "-o", str(out))  # format from the suffix; -o is --out's old name
+    code, text = cli(manifest, "incident", "report", iid, "-o", str(out))  # -o: --out's old name
     assert code == 0, text
     assert out.read_text().startswith("<!DOCTYPE html>") and not list(tmp_path.glob("emergency-chart.png"))
     code, text = cli(manifest, "incident", "report", manual.id)
