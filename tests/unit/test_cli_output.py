@@ -105,3 +105,27 @@ def test_a_bad_output_is_one_line_and_exit_2(args: tuple[str, ...], expected: st
                                              ) -> None:
     code, out, err = cli(manifest, *args, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 2 and out == "" and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_is_lines_off_a_terminal_a_spinner_on_one_and_nothing_with_structured_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from backout.cli import render
+
+    def steps(console: Console) -> str:
+        monkeypatch.setattr(render, "err_console", console)
+        with render.progress("stopping staging") as step:
+            for s in ("draining in-flight work", "draining in-flight work", "waiting for the process to exit"):
+                step(s)
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    lines = steps(Console(file=io.StringIO(), force_terminal=False)).splitlines()
+    assert [x.rsplit(" (", 1)[0] for x in lines] == ["stopping staging: draining in-flight work",
+                                                     "stopping staging: waiting for the process to exit"]
+    assert "stopping staging" in steps(Console(file=io.StringIO(), force_terminal=True))  # the spinner
+    monkeypatch.setattr(render, "_FORMAT", {"now": "yaml", "asked": "yes"})  # --output yaml
+    assert steps(Console(file=io.StringIO(), force_terminal=False)) == ""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, get_type_hints
 
 import typer
@@ -93,6 +95,30 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     console.print(t)
+
+
+@contextmanager
+def progress(what: str) -> Iterator[Callable[[str], None]]:
+    """What a long command is doing, on stderr: a spinner with the current step and the seconds elapsed on a
+    terminal; a plain line per new step otherwise (CI logs, pipes); nothing with `--output json|yaml`, whose
+    output is the result alone. Yields `update(step)`."""
+    if structured():
+        yield lambda step: None
+        return
+    t0 = time.monotonic()
+    if err_console.is_terminal:
+        with err_console.status(what) as spinner:
+            yield lambda step: spinner.update(f"{what}: {step} ({time.monotonic() - t0:.0f} s)")
+        return
+    last: list[str] = []
+
+    def line(step: str) -> None:
+        if not last or last[-1] != step:
+            last.append(step)
+            err_console.print(f"{what}: {step} ({time.monotonic() - t0:.0f} s)", highlight=False, markup=False,
+                              soft_wrap=True)
+
+    yield line
 
 
 def fmt_weights(weights: dict[str, float]) -> str:
