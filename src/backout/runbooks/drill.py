@@ -7,7 +7,8 @@ traffic (tagged: GET requests through the API carry `X-Backout-Drill`, which the
 attribute `backout-drill`, and are removed from those queues and their DLQs afterwards), deploys the
 faulty version, and passes only if the *automatic* rollback completes within
 the target; then `verify` and `smoke` must pass too. The result is recorded (`backout drill list`)
-and `backout status` warns when the last passing drill is older than 30 days.
+and `backout status` warns when the last passing drill is older than 30 days. The quarterly emergency
+drill (stop → verify → resume) is `backout.runbooks.emergency_drill`.
 
 The drill's canary takes 50 % of traffic (not the environment's 10 %), so that its own modest
 synthetic traffic gives the alarms enough of the faulty version's invocations to decide quickly.
