@@ -78,7 +78,7 @@ def test_emergency_drill_stops_verifies_resumes_and_loses_nothing(env: RunningEn
     # not a terminal: a plain line per stage on stderr, then the result
     assert "emergency drill in staging: API blocked (429), processing paused" in r.stderr
     assert "PASSED" in r.stdout and "+ 0 lost" in r.stdout
-    drill = env.cli_json("drill", "list")[0]
+    drill = env.api("GET", "/drills")[0]  # the control API the CLI reads (no second Python start)
     out = drill["detail"]
     assert drill["kind"] == "emergency" and drill["passed"] and not out["failures"], out
     assert [s["step"] for s in out["steps"]] == ["emergency stop", "stop holds", "verify", "resume",
@@ -91,11 +91,12 @@ def test_emergency_drill_stops_verifies_resumes_and_loses_nothing(env: RunningEn
     assert a["messages_sent"] > 0 and a["messages_processed"] == a["messages_sent"]
     assert a["messages_dead_lettered"] == a["messages_left_waiting"] == 0
 
-    st = env.cli_json("status")
+    st = env.api("GET", "/status")
     assert st["last_emergency_drill"]["id"] == drill["id"] and st["last_emergency_drill"]["passed"]
     assert not [w for w in st["warnings"] if "emergency drill" in w]
     assert not st["api"]["blocked"] and st["processing"]
-    assert env.cli_json("incident", "show", out["incident"])["incident"]["status"] == "closed"
+    with Store.for_env(env.state_dir) as store:
+        assert store.get_incident(out["incident"]).status == "closed"
 
 
 def _in_process(running: RunningEnv, *args: str, monkeypatch: pytest.MonkeyPatch,
