@@ -126,13 +126,13 @@ def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
     c.call("POST", "/shutdown")
     deadline = time.time() + timeout
     with progress(f"stopping {c.env}") as step:
-        step("no new requests; draining in-flight work")
         while time.time() < deadline:
             # the endpoints file goes first (no new commands), the lock once drained, the process last
             running = is_running(c.state_dir)
             if not running and _exited(pid):
                 break
-            step("draining in-flight work" if running else f"drained; waiting for the process (pid {pid}) to exit")
+            step("no new requests; draining in-flight work" if running
+                 else f"drained; waiting for the process (pid {pid}) to exit")
             time.sleep(0.05)
         else:
             raise OperationFailed(f"{c.env} did not stop within {timeout:.0f} s")

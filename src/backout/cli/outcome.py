@@ -1,8 +1,8 @@
 """How a deployment ended, as a person reads it at the end of `deploy` and in `deployment show`: first the
 decision and the alarm or judge that made it (one sentence), then the details — the alarms it was decided
 on, each with its evidence sentence on lines of its own under its row (never squeezed into a narrow column,
-so it stays whole in an 80-column terminal), and the other alarms' last states, those that never had data
-(functions that took no traffic) folded into one line."""
+so it stays whole in an 80-column terminal), and the other alarms' last states, those that never had enough
+data (INSUFFICIENT_DATA: functions that took no traffic, or too little) folded into one line."""
 
 from __future__ import annotations
 
@@ -59,10 +59,8 @@ def decision(view: dict[str, Any]) -> Text:
 
 
 def no_data(e: dict[str, Any]) -> bool:
-    """INSUFFICIENT_DATA with nothing at all to decide on: its function took no traffic."""
-    if e["state"] != "INSUFFICIENT_DATA":
-        return False
-    return not (e.get("samples") or e.get("denominator"))
+    """INSUFFICIENT_DATA: its function's new version took no traffic, or too little to decide on."""
+    return bool(e["state"] == "INSUFFICIENT_DATA")
 
 
 def alarm_rows(alarms: dict[str, dict[str, Any]], width: int = 80) -> list[RenderableType]:
@@ -86,10 +84,10 @@ def alarm_rows(alarms: dict[str, dict[str, Any]], width: int = 80) -> list[Rende
             out.append(row)
             # the alarm's sentence, and its judge's comparison (`…; errors-judge:api: e-value …`) on its own line
             for sentence in e["detail"].split("; "):
-                out.append(Padding(Text(sentence, style="dim"), (0, 0, 0, INDENT)))
+                out.append(Padding(Text(sentence, style="dim"), (0, 0, 0, INDENT), expand=False))
     if folded:
-        out.append(Text(f"{len(folded)} alarm{'s' if len(folded) > 1 else ''} had no data (no traffic reached "
-                        f"their functions' new version): {', '.join(folded)}", style="yellow"))
+        out.append(Text(f"{len(folded)} alarm{'s' if len(folded) > 1 else ''} had no data (their functions' new "
+                        f"version took no traffic, or too little to decide): {', '.join(folded)}", style="yellow"))
     return out
 
 
