@@ -338,6 +338,63 @@ class AwsSpec(_Model):
         return self
 
 
+# --- alarms on any metric -----------------------------------------------------------------------
+# `[environments.NAME.alarms.ALARM]`: per environment, as every threshold of the manifest, since what is an
+# alarming value differs between staging's trickle and prod's traffic.
+ALARM_COMPARISONS = ("GreaterThanThreshold", "GreaterThanOrEqualToThreshold", "LessThanThreshold",
+                     "LessThanOrEqualToThreshold")
+ALARM_PLACEHOLDERS = ("{version}", "{function}", "{alias}")
+RESERVED_ALARM_NAMES = ("api-5xx", "api-5xx-ceiling")  # the procedure's own rules without a `:`
+
+
+def _period(value: str | int | float) -> float:
+    """A CloudWatch period: 1, 5, 10, 30 s or a multiple of 60 s (a high-resolution alarm or a standard one)."""
+    s = parse_duration(value)
+    if not (s in (1, 5, 10, 30) or (s >= 60 and s % 60 == 0)):
+        raise ValueError(f"{value!r}: CloudWatch periods are 1s, 5s, 10s, 30s or a multiple of 60s")
+    return s
+
+
+class AlarmSpec(_Model):
+    """`[environments.NAME.alarms.ALARM]`: an alarm on any metric the platform has, next to the procedure's own
+    (CloudWatch's alarm fields, as SAM's `DeploymentPreference.Alarms` or an Argo `AnalysisTemplate` take them).
+    In ALARM during a deployment → rollback, named `ALARM` (`ALARM:FUNCTION` when it is one per function)."""
+
+    namespace: str = Field(min_length=1, description="the metric's namespace (`AWS/SQS`, `AWS/Lambda`, `SDA`, …)")
+    metric: str = Field(min_length=1, description="the metric's name")
+    dimensions: dict[str, str] = Field(default_factory=dict, description="exact dimensions; in a value "
+                                       "`{version}` is the new version of the function (the alarm watches only "
+                                       "it), `{function}` its name, `{alias}` the live alias's name")
+    function: str | None = Field(default=None, description="the function `{version}` and `{function}` stand for "
+                                 "(default with a placeholder: one alarm per deployed function)")
+    statistic: str = Field(default="Sum", pattern=r"^(Sum|Average|Maximum|Minimum|SampleCount|p\d{1,2}(\.\d+)?)$",
+                           description="Sum, Average, Maximum, Minimum, SampleCount or a percentile pNN")
+    threshold: float = Field(description="the value compared with the statistic")
+    comparison: Literal[ALARM_COMPARISONS] = Field(  # type: ignore[valid-type]
+        default="GreaterThanThreshold", description="how the statistic is compared with the threshold")
+    period: Annotated[float, BeforeValidator(_period)] = Field(
+        default=60.0, description="1s, 5s, 10s, 30s or a multiple of 60s (CloudWatch's periods)")
+    evaluation_periods: int = Field(default=1, ge=1, description="how many recent periods are evaluated")
+    datapoints_to_alarm: int | None = Field(default=None, ge=1, description="breaching periods among them that "
+                                            "alarm (default: all of them)")
+    treat_missing_data: Literal["missing", "ignore", "breaching", "notBreaching"] = Field(
+        default="missing", description="a period without data: `missing` (decide on the others; none at all is "
+        "INSUFFICIENT_DATA), `ignore` (keep the previous state), `breaching`, `notBreaching`")
+    min_samples: int = Field(default=0, ge=0, description="a period with fewer samples counts as missing")
+
+    @model_validator(mode="after")
+    def _periods(self) -> AlarmSpec:
+        if self.datapoints_to_alarm is not None and self.datapoints_to_alarm > self.evaluation_periods:
+            raise ValueError(f"datapoints_to_alarm ({self.datapoints_to_alarm}) exceeds evaluation_periods "
+                             f"({self.evaluation_periods})")
+        return self
+
+    @property
+    def per_function(self) -> bool:
+        """Whether the dimensions name a function's version or name (then the alarm is scoped to it)."""
+        return any(p in v for v in self.dimensions.values() for p in ("{version}", "{function}"))
+
+
 class EnvironmentSpec(_Model):
     """`[environments.NAME]`: where and how one environment runs (`staging`, `prod`, …)."""
 
@@ -404,6 +461,8 @@ class EnvironmentSpec(_Model):
     )
     environment: dict[str, str] = Field(default_factory=dict, description="extra environment variables of every "
                                         "function in this environment")
+    alarms: dict[str, AlarmSpec] = Field(default_factory=dict, description="name → an alarm on any metric "
+                                         "(`[environments.NAME.alarms.NAME]`), beside the procedure's own")
 
     @field_validator("notify", mode="before")
     @classmethod
@@ -465,6 +524,8 @@ class Manifest(_Model):
             for qname in e.queue_age_limits:
                 if qname not in self.queues:
                     raise ValueError(f"environments.{ename}.queue_age_limits: no queue named {qname!r}")
+            for aname, a in e.alarms.items():
+                _check_alarm(self, f"environments.{ename}.alarms.{aname}", aname, a)
         for ename, e in self.environments.items():
             judged = e.error_judge or e.latency_judge
             if e.confirm_with_judge is None:  # prod asks the judges; staging drills keep the immediate thresholds
@@ -555,6 +616,20 @@ def _check_aws(m: Manifest, where: str, aws: AwsSpec) -> None:
         raise ValueError(f"{where}.queues: no queue URL named for {', '.join(missing)}")
     if aws.api_id is None and any(f.http_events for f in m.functions.values()):
         raise ValueError(f"{where}: api_id and stage are required (functions have HTTP events)")
+
+
+def _check_alarm(m: Manifest, where: str, name: str, a: AlarmSpec) -> None:
+    """An alarm's name cannot shadow one of the procedure's rules; its function exists; placeholders are known."""
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name) or name in RESERVED_ALARM_NAMES:
+        raise ValueError(f"{where}: name it with letters, digits, - and _, other than "
+                         f"{' and '.join(RESERVED_ALARM_NAMES)}")
+    if a.function is not None and a.function not in m.functions:
+        raise ValueError(f"{where}.function: no function named {a.function!r}")
+    for k, v in a.dimensions.items():
+        unknown = set(re.findall(r"\{[^}]*\}", v)) - set(ALARM_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"{where}.dimensions.{k}: unknown placeholder {sorted(unknown)[0]} "
+                             f"(known: {', '.join(ALARM_PLACEHOLDERS)})")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -147,4 +147,5 @@ def test_healthy_canary_with_background_errors_succeeds_and_a_3x_regression_roll
     assert d["reason"].startswith("alarm errors-judge:api in ALARM: errors on api v")
     assert regression["incident"]["trigger"]["kind"] == "judge"
     shown = prod.cli("deployment", "show", d["id"], check=True).stdout
-    assert "decided on (canary against stable)" in shown and "errors-judge:api" in shown
+    assert shown.startswith(f"{d['id']} RolledBack") and "decided on:" in shown and "errors-judge:api" in shown
+    assert "e-value" in shown

@@ -1,5 +1,7 @@
 """Rollback drills end to end: one drill of each fault kind against the SDA, each rolled back by the alarm or
-judge that fired first, verified and smoked, with the monthly-drill warning of `status`.
+judge that fired first, verified and smoked, with the monthly-drill warning of `status`; the quarterly emergency
+drill (stop → verify → resume under synthetic traffic, nothing lost); and `--output json|yaml` of the commands
+that read this supervisor.
 
 Its own module, so its own supervisor: the drills take a minute or two, and the test runner hands whole
 modules to its workers — apart from the other runbook tests they run side by side with them.
@@ -8,18 +10,25 @@ modules to its workers — apart from the other runbook tests they run side by s
 from __future__ import annotations
 
 import json
+import sys
 import time
+from typing import Any
+
+import pytest
+import yaml
 
 # the runbook tests' environment (a supervisor of the SDA) and helpers, for this module's own instance
 from test_runbooks import _clean, env, gate, live_version, receiver  # noqa: F401
 
+from backout.cli import context
+from backout.cli.main import run
 from backout.control.store import Store
 from support import Receiver, RunningEnv
 
 
 def test_drill_of_each_fault_kind_and_the_monthly_warning(env: RunningEnv, receiver: Receiver) -> None:  # noqa: F811
     def drill_warnings() -> list[str]:
-        return [w for w in env.cli_json("status")["warnings"] if "drill" in w]
+        return [w for w in env.cli_json("status")["warnings"] if "rollback drill" in w]
 
     assert any("no passing rollback drill" in w for w in drill_warnings())
     with Store.for_env(env.state_dir) as store:  # last month's drill, recorded 40 days ago
@@ -55,9 +64,73 @@ def test_drill_of_each_fault_kind_and_the_monthly_warning(env: RunningEnv, recei
     r = env.cli("drill", "list")
     assert r.returncode == 0 and "latency=3s" in r.stdout and "passed" in r.stdout
     st = env.cli_json("status")
-    assert not [w for w in st["warnings"] if "drill" in w]
+    assert not [w for w in st["warnings"] if "rollback drill" in w]
     assert st["last_drill"]["id"] == drills[0]["id"] and st["last_drill"]["fault"] == "dlq"
 
     # never in prod by accident
     r = env.cli("drill", "--env", "prod", "--fault", "crash")
     assert r.returncode == 2 and "--allow-prod" in r.stderr
+
+
+def test_emergency_drill_stops_verifies_resumes_and_loses_nothing(env: RunningEnv) -> None:  # noqa: F811
+    r = env.cli("drill", "--emergency", timeout=180)
+    assert r.returncode == 0, f"{r.stdout[-3000:]} {r.stderr[-2000:]}"
+    # not a terminal: a plain line per stage on stderr, then the result
+    assert "emergency drill in staging: API blocked (429), processing paused" in r.stderr
+    assert "PASSED" in r.stdout and "+ 0 lost" in r.stdout
+    drill = env.api("GET", "/drills")[0]  # the control API the CLI reads (no second Python start)
+    out = drill["detail"]
+    assert drill["kind"] == "emergency" and drill["passed"] and not out["failures"], out
+    assert [s["step"] for s in out["steps"]] == ["emergency stop", "stop holds", "verify", "resume",
+                                                 "backlog processed"]
+    assert all(s["ok"] for s in out["steps"]), out["steps"]
+    assert "→ 429" in out["steps"][1]["detail"] and "processing paused" in out["steps"][1]["detail"]
+    a = out["accounted"]
+    assert a["requests_failed"] == 0 and a["requests_throttled"] > 0 and a["requests_served"] > 0
+    assert a["requests_sent"] == a["requests_served"] + a["requests_throttled"] + a["requests_failed"]
+    assert a["messages_sent"] > 0 and a["messages_processed"] == a["messages_sent"]
+    assert a["messages_dead_lettered"] == a["messages_left_waiting"] == 0
+
+    st = env.api("GET", "/status")
+    assert st["last_emergency_drill"]["id"] == drill["id"] and st["last_emergency_drill"]["passed"]
+    assert not [w for w in st["warnings"] if "emergency drill" in w]
+    assert not st["api"]["blocked"] and st["processing"]
+    with Store.for_env(env.state_dir) as store:
+        assert store.get_incident(out["incident"]).status == "closed"
+
+
+def _in_process(running: RunningEnv, *args: str, monkeypatch: pytest.MonkeyPatch,
+                capsys: pytest.CaptureFixture[str]) -> str:
+    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(running.manifest_path), *args, "--env",
+                                      "staging"])
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run()
+    finally:
+        context.SETTINGS._manifest = None
+    out = capsys.readouterr()
+    assert (exc.value.code or 0) == 0, out.err
+    return out.out
+
+
+@pytest.mark.parametrize("command", [("drill", "list"), ("deployments",), ("releases",), ("backup", "list"),
+                                     ("incident", "list"), ("runbook",), ("status",), ("queue", "stats")])
+def test_json_and_yaml_of_each_command_are_the_same_data(
+    env: RunningEnv, command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    as_json = json.loads(_in_process(env, *command, "--json", monkeypatch=monkeypatch, capsys=capsys))
+    as_yaml = yaml.safe_load(_in_process(env, *command, "-o", "yaml", monkeypatch=monkeypatch, capsys=capsys))
+    if command in (("status",), ("queue", "stats")):  # live values (ages, the time of the answer) move between calls
+        assert _shape(as_yaml) == _shape(as_json)
+    else:
+        assert as_yaml == as_json
+
+
+def _shape(data: Any) -> Any:
+    """The keys and types of `data`, its values left out."""
+    if isinstance(data, dict):
+        return {k: _shape(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_shape(v) for v in data[:1]]
+    return type(data).__name__ if data is not None else None

@@ -178,7 +178,7 @@ def test_incident_commands_and_report_of_an_automatic_rollback(env: RunningEnv, 
     assert closed["action_items"][0]["owner"] == "alice"
 
     md_path = tmp_path / "report.md"
-    env.cli("incident", "report", inc_id, "--format", "md", "-o", str(md_path), check=True)
+    env.cli("incident", "report", inc_id, "--format", "md", "--out", str(md_path), check=True)
     md = md_path.read_text()
     for heading in ("## Summary", "## Impact", "## Timeline", "## Alarm evidence", "## Root cause", "## Action items"):
         assert heading in md, heading
@@ -195,7 +195,7 @@ def test_incident_commands_and_report_of_an_automatic_rollback(env: RunningEnv, 
     assert pngs and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pngs[0].name in md
 
     html_path = tmp_path / "report.html"
-    env.cli("incident", "report", inc_id, "--format", "html", "-o", str(html_path), check=True)
+    env.cli("incident", "report", inc_id, "--format", "html", "--out", str(html_path), check=True)
     page = html_path.read_text()
     assert page.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in page
     assert "src=\"http" not in page and "<link" not in page.lower()  # self-contained

@@ -437,7 +437,7 @@ def test_cli_list_show_note_action_lesson_close_and_report(
     code, out = cli(m, "incident", "report", iid)  # markdown on stdout
     assert code == 0 and out.startswith("# Incident INC-0001")
     assert (
-        "v3's exporter dropped rows over 1000" in out and "written next to the report with `-o FILE`" in out
+        "v3's exporter dropped rows over 1000" in out and "written next to the report with `--out FILE`" in out
     )
     assert "### Monitoring enhancements\n\n- Per-version error rate on the board" in out
     assert "### Process improvements" in out and "| 1 | add a golden schedule test | ana | done |" in out
@@ -445,16 +445,16 @@ def test_cli_list_show_note_action_lesson_close_and_report(
     assert "Incident open for" in out
 
     md_path = tmp_path / "reports" / "INC-0001.md"
-    code, out = cli(m, "incident", "report", iid, "-o", str(md_path))
+    code, out = cli(m, "incident", "report", iid, "--out", str(md_path))
     assert code == 0, out
     png = md_path.with_name("INC-0001-chart.png")
     assert md_path.exists() and png.exists() and png.stat().st_size > 5 * 1024
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![error rate and canary weight of r3](INC-0001-chart.png)" in md_path.read_text()
-    assert f"-o {md_path}" in md_path.read_text()
+    assert f"--out {md_path}" in md_path.read_text()
 
     html_path = tmp_path / "INC-0001.html"
-    code, out = cli(m, "incident", "report", iid, "--format", "html", "-o", str(html_path))
+    code, out = cli(m, "incident", "report", iid, "--format", "html", "--out", str(html_path))
     assert code == 0, out
     page = html_path.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
@@ -510,7 +510,7 @@ def test_incident_without_deployment_renders(env_dir: tuple[Path, Path], t0: flo
     assert "No alarm evidence" in md
 
     out = tmp_path / "emergency.html"
-    code, text = cli(manifest, "incident", "report", iid, "-o", str(out))  # format from the suffix
+    code, text = cli(manifest, "incident", "report", iid, "-o", str(out))  # -o: --out's old name
     assert code == 0, text
     assert out.read_text().startswith("<!DOCTYPE html>") and not list(tmp_path.glob("emergency-chart.png"))
     code, text = cli(manifest, "incident", "report", manual.id)

@@ -64,6 +64,7 @@ def test_runbook_prints_this_environments_quick_reference_with_real_commands(con
     assert steps["emergency stop (API 429, processing paused, roll back)"] == \
         "backout emergency-stop --env prod --reason TEXT"
     assert steps["rollback drill"] == "backout drill --env prod --allow-prod"  # prod refuses drills without it
+    assert steps["emergency drill (quarterly)"] == "backout drill --emergency --env prod --allow-prod"
     for needed in ("status", "rollback", "emergency-stop", "verify", "repair", "resume", "drill", "incident"):
         assert any(c.split()[1] == needed for c in steps.values()), needed
     assert all("--env prod" in c for c in steps.values())

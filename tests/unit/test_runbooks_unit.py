@@ -391,6 +391,7 @@ def test_status_shows_versions_switches_queues_incidents_and_what_needs_doing(wo
     assert [i["id"] for i in s["incidents"]] == ["INC-0001"]
     assert s["warnings"] == [
         "no passing rollback drill on record: run `backout drill --env staging` (monthly)",
+        "no passing emergency drill on record: run `backout drill --emergency --env staging` (quarterly)",
         "API blocked (throttle 0): resume with `backout resume --env staging`",
         "processing paused: resume with `backout resume --env staging`",
         "1 message(s) waiting in DLQ jobs-dlq",

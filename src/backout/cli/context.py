@@ -21,7 +21,13 @@ EnvOpt = Annotated[
         "--env", "-e", help="environment (default: $BACKOUT_ENV, else staging — never prod by default)"
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table (same as --output json)")]
+OUTPUT_FORMATS = ("json", "yaml", "table")
+# added to every command that takes --json (`render.with_output_option`), as aws and kubectl name it
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", metavar="json|yaml|table", help="print JSON, YAML or a table (default: table)"),
+]
 
 
 @dataclass

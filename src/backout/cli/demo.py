@@ -152,7 +152,7 @@ def main() -> None:
         console.print("\nlook further with:\n"
                       "  .venv/bin/backout deployments                 # history\n"
                       "  .venv/bin/backout incident list               # the rollback's incident\n"
-                      "  .venv/bin/backout incident report INC-… -o incident.html\n"
+                      "  .venv/bin/backout incident report INC-… --out incident.html\n"
                       "  .venv/bin/backout status                      # (after `backout up --detach`)")
     finally:
         if started_here:

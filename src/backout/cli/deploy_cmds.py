@@ -15,11 +15,11 @@ from rich.text import Text
 from backout.cli import step_summary
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
+from backout.cli.outcome import STYLE, alarm_rows, decision, details, outcome
 from backout.cli.render import console, emit_json, err_console, table
 from backout.errors import OperationFailed
 
 TERMINAL = {"Succeeded", "RolledBack", "Stopped", "Failed"}
-STYLE = {"Succeeded": "green", "RolledBack": "red", "Stopped": "yellow", "Failed": "red"}
 
 deployment_app = typer.Typer(
     help="One deployment: follow it live or show its timeline.", no_args_is_help=True
@@ -97,8 +97,8 @@ def show(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> No
     view = c.call("GET", f"/deployments/{deployment_id}")
     if as_json:
         return emit_json(view)
-    d = view["deployment"]
-    console.print(_header(d, view["now"]))
+    console.print(decision(view))  # first what was decided and by what, then how it got there
+    console.print(_header(view["deployment"], view["now"]))
     t = Table(title="timeline", title_justify="left")
     for col in ("time", "kind", "event"):
         t.add_column(col)
@@ -106,33 +106,10 @@ def show(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> No
         style = {"critical": "red", "warning": "yellow"}.get(e["severity"], "")
         t.add_row(_clock(e["ts"]), e["kind"], Text(e["message"], style=style))
     console.print(t)
-    decided = next((e for e in view["events"] if e["kind"] == "rolled_back"), None)
-    if decided is not None and isinstance(decided.get("data"), dict):
-        evidence_table(decided["data"].get("alarms") or [])
+    console.print(details(view, console.width))
     if view["incident"]:
         i = view["incident"]
         console.print(f"incident {i['id']} ({i['status']}): backout incident show {i['id']} --env {c.env}")
-
-
-def evidence_table(decisions: list[dict[str, Any]]) -> None:
-    """The alarms and judges a rollback was decided on, each with its judge's comparison of the
-    canary with the stable version: e-value against its threshold, rate ratio and interval, counts."""
-    rows = [e for e in decisions if isinstance(e, dict) and e.get("evidence")]
-    if not rows:
-        return
-    t = Table(title="decided on (canary against stable)", title_justify="left")
-    for col in ("alarm / judge", "judge", "e-value", "ratio (anytime-valid CI)", "canary", "stable"):
-        t.add_column(col)
-    for e in rows:
-        ev = e["evidence"]
-        low, high, ratio = ev.get("low"), ev.get("high"), ev.get("ratio")
-        interval = "—" if low is None else f"{low:.2g}–{'∞' if high is None else f'{high:.2g}'}"
-        shown = "—" if low is None else ("∞" if ratio is None else f"{ratio:.2g}")
-        op = "≥" if ev["e_value"] >= ev["threshold"] else "<"
-        t.add_row(e["alarm"], ev["judge"], f"{ev['e_value']:.3g} {op} {ev['threshold']:.3g}",
-                  f"{shown} ({interval})", f"{ev['canary_events']:.0f}/{ev['canary_requests']:.0f}",
-                  f"{ev['stable_events']:.0f}/{ev['stable_requests']:.0f}")
-    console.print(t)
 
 
 def _preflight(view: dict[str, Any]) -> None:
@@ -218,7 +195,8 @@ def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
             time.sleep(0.3)
         emit_json(view)
     else:
-        with Live(console=console, refresh_per_second=4, transient=False) as live:
+        # the live panel goes at the end: the outcome below replaces it, decision first
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
             while True:
                 view = c.call("GET", f"/deployments/{deployment_id}", after_event=after)
                 for e in view["events"]:
@@ -234,6 +212,7 @@ def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
                     break
                 time.sleep(0.3)
         console.print()
+        console.print(outcome(view, console.width))
         d = view["deployment"]
         if view.get("incident"):
             i = view["incident"]
@@ -261,14 +240,7 @@ def _settled(view: dict[str, Any], since: list[float]) -> bool:
 def _panel(d: dict[str, Any], view: dict[str, Any]) -> Group:
     parts: list[Any] = [_header(d, view["now"])]
     if view["alarms"]:
-        t = Table(title="alarms (new version)", title_justify="left", show_edge=False)
-        for col in ("alarm", "state", "value", "threshold", "evidence"):
-            t.add_column(col)
-        for name, e in sorted(view["alarms"].items()):
-            style = {"ALARM": "red", "OK": "green"}.get(e["state"], "yellow")
-            val = "—" if e["value"] is None else f"{e['value']:.2f}"
-            t.add_row(name, Text(e["state"], style=style), val, f"{e['threshold']:g}", e["detail"])
-        parts.append(t)
+        parts += [Text("alarms (new version)", style="bold"), *alarm_rows(view["alarms"], console.width)]
     return Group(*parts)
 
 

@@ -280,7 +280,7 @@ def close_(
         console.print(
             f"{inc.id} closed"
             + (f"; {open_actions} action item(s) still open" if open_actions else "")
-            + f". Report: backout incident report {inc.id} --env {name} -o {inc.id}.md"
+            + f". Report: backout incident report {inc.id} --env {name} --out {inc.id}.md"
         )
         console.print(f"resolved notice (for the status page and customers):\n{_ir().resolved_notice(view)}",
                       highlight=False, markup=False, soft_wrap=True)  # copied as is: never wrapped at the terminal
@@ -292,14 +292,21 @@ def report(
     incident_id: IdArg,
     env: EnvOpt = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", "-f", help="md or html (default: from -o's suffix, else md)")
+        str | None, typer.Option("--format", "-f", help="md or html (default: from --out's suffix, else md)")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="write here, with the chart PNG next to it")
+        Path | None, typer.Option("--out", metavar="FILE", help="write here, with the chart PNG next to it")
+    ] = None,
+    legacy_output: Annotated[  # what --out was called before -o meant the output format everywhere else
+        Path | None, typer.Option("--output", "-o", hidden=True)
     ] = None,
 ) -> None:
     """The incident report a team files: summary, impact, timeline, alarm evidence, chart, root cause,
-    action items, lessons learned. Markdown to stdout unless -o."""
+    action items, lessons learned. Markdown to stdout unless --out FILE."""
+    if legacy_output is not None:
+        if output is not None:
+            raise UsageError("give --out FILE once (--output is its old name)")
+        output = legacy_output
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
     if fmt not in ("md", "html"):
@@ -309,7 +316,7 @@ def report(
     with store:
         view = _view(store, incident_id, name)
     command = f"backout incident report {view.incident.id} --env {name} --format {fmt}" + (
-        f" -o {output}" if output else ""
+        f" --out {output}" if output else ""
     )
     if output is None:
         if fmt == "html":

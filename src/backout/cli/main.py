@@ -12,7 +12,15 @@ import typer
 
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, configuration, confirm, parse_set_env, who
-from backout.cli.render import console, emit_json, err_console, fmt_weights, table
+from backout.cli.render import (
+    console,
+    emit_json,
+    err_console,
+    fmt_weights,
+    progress,
+    table,
+    with_output_option,
+)
 from backout.errors import OperationFailed, UsageError
 from backout.manifest import parse_duration
 
@@ -107,7 +115,8 @@ def up(
     if detach:
         from backout.server.process import start_detached
 
-        ep = start_detached(m.path, name, m.state_dir(name), publish=publish)
+        with progress(f"starting {name}") as step:
+            ep = start_detached(m.path, name, m.state_dir(name), publish=publish, on_progress=step)
         console.print(
             f"[green]{name} up[/] (pid {ep['pid']}): gateway {ep['gateway_url']}, control {ep['control_url']}"
         )
@@ -136,13 +145,18 @@ def down(env: EnvOpt = None, timeout: float = 60.0) -> None:
     pid = int(str(c.endpoints["pid"]))
     c.call("POST", "/shutdown")
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        # the endpoints file goes first (no new commands), the lock once drained, the process last
-        if not is_running(c.state_dir) and _exited(pid):
-            console.print(f"{c.env} down")
-            return
-        time.sleep(0.05)
-    raise OperationFailed(f"{c.env} did not stop within {timeout:.0f} s")
+    with progress(f"stopping {c.env}") as step:
+        while time.time() < deadline:
+            # the endpoints file goes first (no new commands), the lock once drained, the process last
+            running = is_running(c.state_dir)
+            if not running and _exited(pid):
+                break
+            step("no new requests; draining in-flight work" if running
+                 else f"drained; waiting for the process (pid {pid}) to exit")
+            time.sleep(0.05)
+        else:
+            raise OperationFailed(f"{c.env} did not stop within {timeout:.0f} s")
+    console.print(f"{c.env} down")
 
 
 @app.command()
@@ -520,6 +534,7 @@ def _register() -> None:
     stack_cmds.register(app)
     runbook_cmds.register(app)
     incident_cmds.register(app)
+    with_output_option(app)  # last: every command registered above that takes --json gets --output
 
 
 _register()

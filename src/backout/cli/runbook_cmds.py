@@ -11,7 +11,7 @@ from rich.text import Text
 from backout.cli import step_summary
 from backout.cli.context import SETTINGS, Client, EnvOpt, JsonOpt, env_name
 from backout.cli.inputs import YesOpt, confirm, who
-from backout.cli.render import console, emit_json, err_console, table
+from backout.cli.render import console, emit_json, err_console, progress, table
 from backout.errors import OperationFailed, UsageError
 
 backup_app = typer.Typer(help="Snapshots of the service's data: create, list, restore.", no_args_is_help=True)
@@ -95,16 +95,17 @@ def status(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
             ["id", "severity", "title"],
             [(i["id"], i["severity"], i["title"]) for i in s["incidents"]],
         )
-    ld = s["last_drill"]
-    console.print(
-        "last drill: "
-        + (
-            f"{ld['id']} {'passed' if ld['passed'] else 'FAILED'} "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(ld['started_at']))} ({ld['fault']})"
-            if ld
-            else "none"
+    for label, ld in (("last drill", s["last_drill"]), ("last emergency drill", s.get("last_emergency_drill"))):
+        console.print(
+            f"{label}: "
+            + (
+                f"{ld['id']} {'passed' if ld['passed'] else 'FAILED'} "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(ld['started_at']))}"
+                + (f" ({ld['fault']})" if ld["fault"] != "emergency" else "")
+                if ld
+                else "none"
+            )
         )
-    )
     for w in s["warnings"]:
         console.print(f"[yellow]warning:[/] {w}")
     _contacts(s.get("contacts") or [], s["env"])
@@ -341,25 +342,34 @@ def drill(
     env: EnvOpt = None,
     fault: Annotated[str, typer.Option(help="errors=0.5 | latency=3s | crash | dlq")] = "errors=0.5",
     target_seconds: Annotated[float, typer.Option(help="automatic rollback must complete within this")] = 60.0,
+    emergency: Annotated[bool, typer.Option(
+        "--emergency", help="rehearse emergency stop → verify → resume instead (quarterly), each step timed")] = False,
     allow_prod: Annotated[bool, typer.Option("--allow-prod", help="drills are refused for prod without it")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deploy the stable code with an injected fault under synthetic traffic; pass if auto-rollback is in time."""
+    """Deploy the stable code with an injected fault under synthetic traffic; pass if auto-rollback is in time.
+    With --emergency: stop, verify and resume under synthetic traffic; pass if each step meets its target and
+    no request or message is lost."""
     if ctx.invoked_subcommand is not None:
         return
     from backout.runbooks.drill import parse_fault, refuse_prod
 
     name = env_name(env)
     refuse_prod(name, SETTINGS.manifest.environment(name), allow_prod)  # before reaching for the supervisor
-    parse_fault(fault)
+    if not emergency:
+        parse_fault(fault)
     c = Client(name)
     c.timeout = target_seconds + 300
-    r = c.call(
-        "POST", "/drills", {"fault": fault, "target_seconds": target_seconds, "allow_prod": allow_prod, "who": who()}
-    )
-    step_summary.append(lambda: step_summary.drill(r, c.call("GET", f"/deployments/{r['deployment']}"), c.env))
+    body = {"kind": "emergency" if emergency else "rollback", "fault": fault, "target_seconds": target_seconds,
+            "allow_prod": allow_prod, "who": who()}
+    with progress(f"{'emergency' if emergency else 'rollback'} drill in {name}") as step:
+        r = _while_watching(c, lambda: c.call("POST", "/drills", body), step)
+    if not emergency and r.get("deployment"):
+        step_summary.append(lambda: step_summary.drill(r, c.call("GET", f"/deployments/{r['deployment']}"), c.env))
     if as_json:
         emit_json(r)
+    elif emergency:
+        _emergency_drill(r, c.env)
     else:
         verdict = Text("PASSED", "green bold") if r["passed"] else Text("FAILED", "red bold")
         t = r["first_traffic_to_stable_seconds"]
@@ -381,6 +391,64 @@ def drill(
         raise OperationFailed(f"drill {r['drill']} failed")
 
 
+def _while_watching(c: Client, call: Any, step: Any) -> Any:
+    """`call()` (a long request) in a thread while this one reports what the environment is doing: the drill's
+    deployment and its step, or the API and processing switches — read on a connection of its own."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = call()
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name="drill-call")
+    t.start()
+    watcher = Client(c.env)
+    try:
+        while t.is_alive():
+            try:
+                s = watcher.call("GET", "/status")
+            except (OperationFailed, UsageError):
+                s = None
+            if s is not None:
+                d = s.get("deployment")
+                if d:
+                    step(f"deployment {d['id']} {d['status']}, step {d['step_label']}, "
+                         f"{d['target']} at {d['current_weight']:g}%")
+                else:
+                    step(f"API {'blocked (429)' if s['api']['blocked'] else 'open'}, processing "
+                         f"{'paused' if not s['processing'] else 'on'}")
+            t.join(0.5)
+    finally:
+        watcher.close()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def _emergency_drill(r: dict[str, Any], env: str) -> None:
+    verdict = Text("PASSED", "green bold") if r["passed"] else Text("FAILED", "red bold")
+    console.print(Text.assemble(f"emergency drill {r['drill']}: ", verdict,
+                                f" — stop → verify → resume in {r['seconds']:.1f} s"))
+    table("steps", ["step", "result", "seconds", "target"],
+          [(s["step"], Text("ok", "green") if s["ok"] else Text("FAIL", "red"), f"{s['seconds']:.2f}",
+            f"{s['target_seconds']:g}") for s in r["steps"]])
+    for s in r["steps"]:
+        console.print(Text(f"  {s['step']}: {s['detail']}", style="dim"), soft_wrap=False)
+    a = r["accounted"]
+    console.print(f"requests: {a['requests_sent']} sent = {a['requests_served']} served + "
+                  f"{a['requests_throttled']} throttled (429 while stopped) + {a['requests_failed']} lost")
+    console.print(f"messages: {a['messages_sent']} sent = {a['messages_processed']} processed + "
+                  f"{a['messages_dead_lettered']} dead-lettered + {a['messages_left_waiting']} left waiting")
+    for f in r["failures"]:
+        console.print(f"  [red]✗[/] {f}")
+    if r.get("incident"):
+        console.print(f"incident (closed as the drill's): backout incident show {r['incident']} --env {env}")
+
+
 @drill_app.command("list")
 def drill_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
     """Past drills and their results."""
@@ -389,12 +457,13 @@ def drill_list(env: EnvOpt = None, as_json: JsonOpt = False) -> None:
         return emit_json(rows)
     table(
         "drills",
-        ["id", "when", "fault", "result", "rollback after (s)", "target (s)"],
+        ["id", "when", "kind", "fault", "result", "rollback after (s)", "target (s)"],
         [
             (
                 d["id"],
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(d["started_at"])),
-                d["fault"],
+                d.get("kind", "rollback"),
+                d["fault"] if d.get("kind") != "emergency" else "—",
                 "passed" if d["passed"] else "FAILED",
                 f"{d['detection_seconds'] + (d['rollback_seconds'] or 0):.1f}"
                 if d["detection_seconds"] is not None

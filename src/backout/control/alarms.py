@@ -30,7 +30,8 @@ Query budget per evaluation (GetMetricData takes 500 queries per call and charge
 `default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for
 `api-5xx` (1 per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured
 p99 duration limit + 1 per configured queue-age limit; with `confirm_with_judge` the ceilings add 1
-(the API's Count; their Errors/Invocations/5XXError are the same series as the thresholds'). The
+(the API's Count; their Errors/Invocations/5XXError are the same series as the thresholds'). Each alarm of
+the environment's `alarms` table plans 1 (1 per function when it is one per function). The
 judges (`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed
 function with an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency:
 Duration of both versions) and 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
@@ -50,9 +51,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from backout.manifest import Manifest, parse_duration
+from backout.manifest import AlarmSpec, Manifest, parse_duration
 from backout.platforms.base import (
     DLQ_ARRIVALS,
+    LIVE_ALIAS,
     MAX_QUERIES,
     NS_ALARM_STATE,
     NS_API,
@@ -744,7 +746,8 @@ def default_rules(
     - `queue-age:<queue>`: age of the oldest message > a limit, if configured (`queue_age_limits`);
     - `cloudwatch:<alarm>`: an existing CloudWatch alarm the aws environment names (`aws.alarms`) is in
       ALARM when read (the platform answers the `NS_ALARM_STATE` metric from describe_alarms at each
-      evaluation: one datapoint, now, 1 in ALARM).
+      evaluation: one datapoint, now, 1 in ALARM);
+    - the environment's own alarms on any metric (`[environments.X.alarms.NAME]`, `custom_rules`).
     Every window starts no earlier than `deployment_start`."""
     env = manifest.environment(env_name)
     window = _seconds(getattr(env, "alarm_window", 60.0))
@@ -813,7 +816,46 @@ def default_rules(
             treat_missing_data="notBreaching", min_samples=0, since=deployment_start,
             label="CloudWatch alarm state (1 = ALARM)", subject=name,
         ))
+    return rules + custom_rules(manifest, env_name, versions, deployment_start)
+
+
+def custom_rules(manifest: Manifest, env_name: str, versions: dict[str, str],
+                 deployment_start: float) -> list[AlarmRule]:
+    """The environment's alarms on any metric, each as CloudWatch would evaluate it. In a dimension's value
+    `{version}` is the new version of the function (so that a stable version's own alarm cannot roll back the
+    canary), `{function}` its name, `{alias}` the live alias's name. An alarm with `function` watches that
+    function's new version as `NAME`; one with a placeholder and no `function` is one rule per deployed function,
+    `NAME:FUNCTION` (the name form of the procedure's own per-function rules)."""
+    rules: list[AlarmRule] = []
+    for name, spec in manifest.environment(env_name).alarms.items():
+        if spec.function is not None:
+            scopes = [(name, spec.function)] if spec.function in versions else []
+        elif spec.per_function:
+            scopes = [(f"{name}:{fn}", fn) for fn in versions]
+        else:
+            scopes = [(name, None)]
+        for rule_name, fn in scopes:
+            rules.append(_custom_rule(spec, rule_name, fn, None if fn is None else str(versions[fn]),
+                                      deployment_start))
     return rules
+
+
+def _custom_rule(spec: AlarmSpec, name: str, fn: str | None, version: str | None, since: float) -> AlarmRule:
+    values = {"{alias}": LIVE_ALIAS, "{function}": fn or "", "{version}": version or ""}
+    dims = {}
+    for k, v in spec.dimensions.items():
+        for placeholder, value in values.items():
+            v = v.replace(placeholder, value)
+        dims[k] = v
+    subject = ", ".join(f"{k}={v}" for k, v in dims.items())
+    return AlarmRule(
+        name=name, kind="custom",
+        metric=MetricStat.of(spec.namespace, spec.metric, dims, spec.statistic),
+        threshold=spec.threshold, comparison=spec.comparison, period=spec.period,
+        evaluation_periods=spec.evaluation_periods, datapoints_to_alarm=spec.datapoints_to_alarm,
+        treat_missing_data=spec.treat_missing_data, min_samples=spec.min_samples, since=since,
+        label=f"{spec.namespace} {spec.metric} {spec.statistic}", subject=subject,
+    )
 
 
 def ceiling_rules(manifest: Manifest, env_name: str, versions: dict[str, str],

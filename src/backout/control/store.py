@@ -294,6 +294,11 @@ class Drill:
     rollback_seconds: float | None
     detail: Any
 
+    @property
+    def kind(self) -> str:
+        """`rollback` (a fault injected, rolled back automatically) or `emergency` (stop → verify → resume)."""
+        return "emergency" if self.fault == "emergency" else "rollback"
+
 
 @dataclass(frozen=True)
 class SnapshotRecord:

@@ -7,7 +7,8 @@ traffic (tagged: GET requests through the API carry `X-Backout-Drill`, which the
 attribute `backout-drill`, and are removed from those queues and their DLQs afterwards), deploys the
 faulty version, and passes only if the *automatic* rollback completes within
 the target; then `verify` and `smoke` must pass too. The result is recorded (`backout drill list`)
-and `backout status` warns when the last passing drill is older than 30 days.
+and `backout status` warns when the last passing drill is older than 30 days. The quarterly emergency
+drill (stop → verify → resume) is `backout.runbooks.emergency_drill`.
 
 The drill's canary takes 50 % of traffic (not the environment's 10 %), so that its own modest
 synthetic traffic gives the alarms enough of the faulty version's invocations to decide quickly.
@@ -79,7 +80,9 @@ class SyntheticTraffic:
         self.gateway_url = gateway_url
         self.send = send
         self.tag = tag
-        self.stats = {"requests": 0, "http_errors": 0, "messages": 0}
+        # sent = answered + no answer; http_errors = 5xx + no answer; throttled = 429 (an emergency stop's)
+        self.stats = {"requests": 0, "http_errors": 0, "messages": 0, "sent": 0, "throttled": 0}
+        self._counting = threading.Lock()  # 48 sender threads: every request counted exactly once
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seq = 0
@@ -104,13 +107,16 @@ class SyntheticTraffic:
         headers = {"User-Agent": "backout-drill", DRILL_HEADER: self.tag}
 
         def one(c: httpx.Client, path: str) -> None:
+            self._count("sent")
             try:
                 r = c.get(path, headers=headers)
-                self.stats["requests"] += 1
+                self._count("requests")
                 if r.status_code >= 500:
-                    self.stats["http_errors"] += 1
+                    self._count("http_errors")
+                elif r.status_code == 429:
+                    self._count("throttled")
             except httpx.HTTPError:
-                self.stats["http_errors"] += 1
+                self._count("http_errors")
 
         i = 0
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -119,6 +125,10 @@ class SyntheticTraffic:
             while not self._stop.wait(1.0 / HTTP_RATE):
                 pool.submit(one, c, self.paths[i % len(self.paths)])
                 i += 1
+
+    def _count(self, key: str) -> None:
+        with self._counting:
+            self.stats[key] += 1
 
     def _queue(self) -> None:
         while not self._stop.wait(1.0 / QUEUE_RATE):
@@ -129,7 +139,7 @@ class SyntheticTraffic:
         for q in self.queues:
             self._seq += 1
             self.send(q, json.dumps({"backout_drill": True, "seq": self._seq}), {DRILL_ATTRIBUTE: self.tag})
-            self.stats["messages"] += 1
+            self._count("messages")
 
 
 def drill_queues(manifest: Manifest) -> list[str]:

@@ -72,6 +72,8 @@ def quick_reference(m: Manifest, env: str, endpoints: dict[str, Any] | None = No
             {"step": "backups", "command": f"backout backup list {e}"},
             {"step": "resume after an emergency stop", "command": f"backout resume {e}"},
             {"step": "rollback drill", "command": drill},
+            {"step": "emergency drill (quarterly)",
+             "command": drill.replace("backout drill", "backout drill --emergency")},
             {"step": "incidents", "command": f"backout incident list {e}"},
             {"step": "incident report (status-page update, resolved notice)",
              "command": f"backout incident report INCIDENT {e}"},

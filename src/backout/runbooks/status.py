@@ -2,7 +2,8 @@
 
 Live version and weights per function, the active deployment and its step, alarm states, API
 throttle and processing, queue and DLQ depths, open incidents, the last drill — with a
-warning when the last passing drill is older than the procedure's monthly cadence — and whom to
+warning when the last passing rollback drill is older than the procedure's monthly cadence, or the last
+emergency drill older than its quarterly one — and whom to
 call (the environment's contacts) and where notifications go.
 """
 
@@ -12,12 +13,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from backout.control.store import Drill
 from backout.manifest import Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_BACKOUT, NS_SQS, MetricQuery, Platform, Release
 from backout.runbooks.context import RunbookContext
 from backout.runbooks.verify import queue_ages
 
-DRILL_MAX_AGE_DAYS = 30
+DRILL_MAX_AGE_DAYS = 30  # "Testing Rollback Procedures": monthly
+EMERGENCY_DRILL_MAX_AGE_DAYS = 90  # "Test emergency procedures quarterly"
 
 
 COUNTER_WINDOW = 3600  # seconds of queue counters shown next to the depths
@@ -71,6 +74,22 @@ def stale_release(manifest: Manifest, live: Release | None) -> str | None:
             " changed since): `backout deploy` publishes it, or start with `backout up --publish`")
 
 
+def drill_warnings(drills: list[Drill], env: str, now: float) -> list[str]:
+    """The procedure's drill cadence: a passing rollback drill every month, an emergency drill every quarter."""
+    out = []
+    for kind, days, command, cadence in (
+        ("rollback", DRILL_MAX_AGE_DAYS, f"backout drill --env {env}", "monthly"),
+        ("emergency", EMERGENCY_DRILL_MAX_AGE_DAYS, f"backout drill --emergency --env {env}", "quarterly"),
+    ):
+        passed = [d.started_at for d in drills if d.kind == kind and d.passed]
+        if not passed:
+            out.append(f"no passing {kind} drill on record: run `{command}` ({cadence})")
+        elif now - max(passed) > days * 86400:
+            out.append(f"last passing {kind} drill is {(now - max(passed)) / 86400:.0f} days old (> {days}): "
+                       f"run `{command}`")
+    return out
+
+
 def status(ctx: RunbookContext) -> dict[str, Any]:
     """`backout status`: the first thing on call — live versions, deployment, alarms, switches,
     queues, incidents, drills, and what needs doing."""
@@ -88,19 +107,14 @@ def status(ctx: RunbookContext) -> dict[str, Any]:
         }
     active = store.active_deployment(env)
     throttle = platform.get_throttle()
-    drills = store.drills(env)
+    all_drills = store.drills(env)
+    drills = [d for d in all_drills if d.kind == "rollback"]
     last = max(drills, key=lambda d: d.started_at) if drills else None
+    emergencies = [d for d in all_drills if d.kind == "emergency"]
+    last_emergency = max(emergencies, key=lambda d: d.started_at) if emergencies else None
     passing = [d for d in drills if d.passed]
     last_pass = max(passing, key=lambda d: d.started_at) if passing else None
-    warnings = []
-    if last_pass is None:
-        warnings.append(f"no passing rollback drill on record: run `backout drill --env {env}` (monthly)")
-    elif now - last_pass.started_at > DRILL_MAX_AGE_DAYS * 86400:
-        age = (now - last_pass.started_at) / 86400
-        warnings.append(
-            f"last passing rollback drill is {age:.0f} days old (> {DRILL_MAX_AGE_DAYS}): "
-            f"run `backout drill --env {env}`"
-        )
+    warnings = drill_warnings(all_drills, env, now)
     if throttle.rate == 0:
         warnings.append(f"API blocked (throttle 0): resume with `backout resume --env {env}`")
     if not platform.get_processing():
@@ -133,6 +147,7 @@ def status(ctx: RunbookContext) -> dict[str, Any]:
         "notify": ctx.notifier.targets,  # secrets masked
         "last_drill": asdict(last) if last else None,
         "last_passing_drill_at": last_pass.started_at if last_pass else None,
+        "last_emergency_drill": asdict(last_emergency) if last_emergency else None,
         "warnings": warnings,
         "at": now,
     }

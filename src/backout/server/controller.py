@@ -17,7 +17,7 @@ from backout.control.notify import Notifier
 from backout.control.store import Deployment, Store
 from backout.manifest import Manifest
 from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, Capacity, MetricQuery, Platform, period_at_least
-from backout.runbooks import backups, drill, emergency, repair, rollback, smoke, status, verify
+from backout.runbooks import backups, drill, emergency, emergency_drill, repair, rollback, smoke, status, verify
 from backout.runbooks.context import RunbookContext
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,10 @@ class Controller:
     def resume(self, force: bool, who: str) -> dict[str, Any]:
         return emergency.resume(self.ctx, self.verify(), force, who)
 
-    def drill(self, fault: str, target_seconds: float, allow_prod: bool, who: str) -> dict[str, Any]:
+    def drill(self, fault: str, target_seconds: float, allow_prod: bool, who: str,
+              kind: str = "rollback") -> dict[str, Any]:
+        if kind == "emergency":
+            return emergency_drill.emergency_drill(self.ctx, allow_prod, who)
         return drill.drill(self.ctx, fault, target_seconds, allow_prod, who)
 
     def backups(self) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -246,9 +246,11 @@ def _prewarm_live(platform: object) -> None:
 
 
 def start_detached(
-    manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0, publish: bool = False
+    manifest_path: Path, env: str, state_dir: Path, timeout: float = 60.0, publish: bool = False,
+    on_progress: Callable[[str], None] = lambda step: None,
 ) -> dict[str, object]:
-    """Start `backout up` as a daemon; return its endpoints once the control API answers."""
+    """Start `backout up` as a daemon; return its endpoints once the control API answers. `on_progress`
+    hears each stage (the CLI's progress line)."""
     with supervisor_lock(state_dir, env):  # one supervisor per environment: say so before forking
         pass
     logs = state_dir / "logs"
@@ -262,6 +264,7 @@ def start_detached(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    on_progress(f"supervisor started (pid {proc.pid}): loading the release, starting workers")
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -269,6 +272,7 @@ def start_detached(
             raise UsageError(f"supervisor exited with code {proc.returncode}: {' '.join(tail)}")
         ep = read_endpoints(state_dir)
         if ep and ep.get("pid") == proc.pid:
+            on_progress("waiting for the control API to answer")
             try:
                 httpx.get(f"{ep['control_url']}/healthz", timeout=2)
                 return ep

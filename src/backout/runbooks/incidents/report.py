@@ -365,7 +365,7 @@ def _chart_section(view: IncidentView, image: str | None, has_chart: bool) -> li
         f"traffic on {view.bad_label} (step line, right axis); the red line marks the rollback decision."
     )
     if image is None:
-        return out + [caption, "", "(The chart is written next to the report with `-o FILE`.)", ""]
+        return out + [caption, "", "(The chart is written next to the report with `--out FILE`.)", ""]
     return out + [f"![error rate and canary weight of r{v}]({image})", "", caption, ""]
 
 

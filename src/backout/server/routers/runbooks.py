@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -42,6 +42,7 @@ class RepairBody(BaseModel):
 
 
 class DrillBody(BaseModel):
+    kind: Literal["rollback", "emergency"] = "rollback"
     fault: str = "errors=0.5"
     target_seconds: float = 60.0
     allow_prod: bool = False
@@ -89,10 +90,10 @@ def router(c: Controller) -> APIRouter:
 
     @r.post("/drills")
     def drill(body: DrillBody) -> dict[str, Any]:
-        return c.drill(body.fault, body.target_seconds, body.allow_prod, body.who)
+        return c.drill(body.fault, body.target_seconds, body.allow_prod, body.who, kind=body.kind)
 
     @r.get("/drills")
     def drills() -> list[dict[str, Any]]:
-        return [asdict(d) for d in c.store.drills(c.env)]
+        return [{**asdict(d), "kind": d.kind} for d in c.store.drills(c.env)]
 
     return r
