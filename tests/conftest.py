@@ -15,7 +15,7 @@ import pytest
 # and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "test_deploy.py",  # ≈ 170 s
-    "test_drills.py",  # ≈ 190 s
+    "test_drills.py",  # ≈ 130 s
     "test_runbooks.py",  # ≈ 190 s
     "test_emergency.py",  # ≈ 150 s
     "test_e2e.py",  # ≈ 20 s   (the second round: the longest first round gets the shortest)
@@ -24,6 +24,7 @@ SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "test_scaffold.py",  # ≈ 55 s
     "test_runbooks_data.py",  # ≈ 135 s   (then to whichever worker is free first)
     "test_platform.py",  # ≈ 130 s
+    "test_drills_failures.py",  # ≈ 90 s
     "test_deploy_control.py",  # ≈ 110 s
     "test_sqs_local.py",  # ≈ 70 s
     "test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
