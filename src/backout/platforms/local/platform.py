@@ -100,6 +100,7 @@ class LocalPlatform:
             api_name=manifest.service.name,
             stage=env,
             max_body=self.spec.max_body,
+            body_timeout=self.spec.body_timeout,
             throttle=Throttle(self.spec.throttle_rate, self.spec.throttle_burst),
         )
         self.mappings: list[EventSourceMapping] = []
