@@ -585,6 +585,12 @@ def load_manifest(path: str | Path = "backout.toml") -> Manifest:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(f"{p}: not valid TOML: {e}") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{p}: is a directory; pass the manifest file (backout.toml) itself") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{p}: not a text file (binary content); a manifest is TOML") from None
+    except OSError as e:
+        raise ManifestError(f"{p}: cannot read the manifest: {e.strerror or e}") from None
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:
