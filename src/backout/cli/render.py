@@ -14,7 +14,9 @@ err_console = Console(stderr=True)
 
 
 def emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    from backout.redact import redact_data
+
+    print(json.dumps(redact_data(json.loads(json.dumps(data, default=str))), indent=2))
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
