@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from backout.redact import REDACTOR
+
 __all__ = ["configure", "json_formatter"]
 
 FIRST_KEYS = ("timestamp", "level", "logger", "event")
@@ -93,6 +95,7 @@ def configure(
         logging.FileHandler(file, encoding="utf-8") if file is not None else logging.StreamHandler(stream or sys.stderr)
     )
     handler.setFormatter(json_formatter())
+    handler.addFilter(REDACTOR)  # every record, whichever logger wrote it: no secret reaches a log file
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)

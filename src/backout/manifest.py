@@ -404,10 +404,15 @@ class EnvironmentSpec(_Model):
     aws_port: int = Field(default=0, ge=0, le=65535, description="the SQS-compatible endpoint (127.0.0.1; 0: free)")
     state_dir: str | None = Field(default=None, description="releases, queues, data, metrics and logs, relative "
                                   "to the manifest (default: `.backout/<env>`)")
-    host: str = Field(default="127.0.0.1", description="the address both ports listen on")
+    host: str = Field(default="127.0.0.1", description="the address the gateway listens on")
+    control_host: str = Field(default="127.0.0.1", description="the address the control API listens on "
+                              "(loopback unless set: it can stop and roll back the service)")
     platform: Literal["local", "aws"] = Field(default="local", description="where the service runs")
     aws: AwsSpec | None = Field(default=None, description="`platform = \"aws\"`: region, stack or names (docs/aws.md)")
-    max_body: int = Field(default=110 * 1024 * 1024, ge=1, description="gateway body limit, bytes")
+    max_body: int = Field(default=10 * 1024 * 1024, ge=1, description="gateway body limit, bytes (API "
+                          "Gateway's payload quota); the gateway stops reading past it and answers 413")
+    body_timeout: Duration = Field(default=30.0, gt=0, description="how long the gateway waits for the next part "
+                                   "of a request body before it answers 408 and closes the connection")
     throttle_rate: float = Field(default=10000.0, ge=0, description="the API stage's requests per second")
     throttle_burst: int = Field(default=5000, ge=0, description="the API stage's burst")
     strategy: str = Field(default="Canary10Percent5Minutes", description="the default strategy of `backout deploy`")
@@ -655,6 +660,12 @@ def load_manifest(path: str | Path = "backout.toml") -> Manifest:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(f"{p}: not valid TOML: {e}") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{p}: is a directory; pass the manifest file (backout.toml) itself") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{p}: not a text file (binary content); a manifest is TOML") from None
+    except OSError as e:
+        raise ManifestError(f"{p}: cannot read the manifest: {e.strerror or e}") from None
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as e:

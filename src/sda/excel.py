@@ -1,4 +1,10 @@
-"""The Excel schedule (openpyxl): a Schedule sheet, one row per component, and a Summary sheet."""
+"""The Excel schedule (openpyxl): a Schedule sheet, one row per component, and a Summary sheet.
+
+Every string cell is written as text, never as a formula: a client name such as
+`=HYPERLINK("http://…","x")` would otherwise run when the schedule is opened. As OWASP's
+CSV-injection advice says, a text that starts with `=`, `+`, `-`, `@`, a tab or a carriage return
+is prefixed with `'`, so it stays inert even after the sheet is saved as CSV and opened again.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 SCHEDULE_COLUMNS = ("Component ID", "Type", "Location", "Page", "Attributes", "Confidence", "Evidence")
 
 
@@ -31,6 +38,21 @@ def _attributes(attrs: dict[str, Any]) -> str:
             value = " + ".join(str(v) for v in value)
         parts.append(f"{key.replace('_', ' ')}: {value}")
     return "; ".join(parts)
+
+
+def _inert(value: Any) -> Any:
+    """A cell value that no spreadsheet evaluates: text that could start a formula gets a `'`."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _append(ws: Any, values: list[Any]) -> None:
+    """One row, every string as a text cell (openpyxl takes a str starting with `=` for a formula)."""
+    ws.append([_inert(v) for v in values])
+    for cell in ws[ws.max_row]:
+        if isinstance(cell.value, str):
+            cell.data_type = "s"
 
 
 def build(
@@ -59,7 +81,8 @@ def build(
     for cell in ws[1]:
         cell.font, cell.fill = bold, fill
     for c in components:
-        ws.append(
+        _append(
+            ws,
             [
                 c["id"],
                 c["type"].replace("_", " ").title(),
@@ -105,7 +128,7 @@ def build(
     for cell in summary[1]:
         cell.font, cell.fill = bold, fill
     for label, value in rows:
-        summary.append([label, "" if value is None else value])
+        _append(summary, [label, "" if value is None else value])
     summary.column_dimensions["A"].width = 24
     summary.column_dimensions["B"].width = 48
     for row in summary.iter_rows(min_row=2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -9,6 +10,15 @@ from sda import __version__
 from sda.config import ConfigError, Settings
 from sda.jobs import iso
 from sda.storage.base import Check
+
+# an absolute file path (not the path of a URL: no word character, ':' or '/' just before it)
+_ABS_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s'\"()\[\],:;/]+/)*([^\s'\"()\[\],:;/]*)")
+
+
+def without_paths(text: str) -> str:
+    """`/srv/x/data/jobs.db (3 jobs)` → `jobs.db (3 jobs)`: an unauthenticated health check must not
+    tell a caller where the service keeps its data (the log has the full detail)."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "/", text)
 
 
 def basic(settings: Settings) -> dict[str, Any]:
@@ -43,7 +53,10 @@ def detailed(settings: Settings) -> tuple[int, dict[str, Any]]:
         **basic(settings),
         "status": "unhealthy" if failing else "healthy",
         "storage_mode": settings.storage_mode,
-        "checks": {c.name: {"ok": c.ok, "detail": c.detail, "latency_ms": round(c.latency_ms, 2)} for c in checks},
+        "checks": {
+            c.name: {"ok": c.ok, "detail": without_paths(c.detail), "latency_ms": round(c.latency_ms, 2)}
+            for c in checks
+        },
         "failing": failing,
     }
     if failing:

@@ -391,11 +391,19 @@ class Pipeline:
         return {"schedule": schedule, "components": comps}
 
     def _excel_generation(self, job: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+        from openpyxl.utils.exceptions import IllegalCharacterError
+
         from sda import excel
 
         analysis = results["drawing_analysis"]
         created = datetime.fromisoformat(job["created_at"].replace("Z", "+00:00"))
-        data = excel.build(job, analysis["schedule"], analysis["components"], created=created)
+        try:
+            data = excel.build(job, analysis["schedule"], analysis["components"], created=created)
+        except IllegalCharacterError as exc:  # a control character in the input: no retry can help
+            raise PermanentError(
+                "the schedule cannot hold a control character from the input (client or project name)",
+                "INVALID_TEXT",
+            ) from exc
         key = self.storage.put_file(job, EXCEL, data, excel.CONTENT_TYPE)
         return {"key": key, "bytes": len(data), "rows": len(analysis["components"])}
 

@@ -545,18 +545,25 @@ def run() -> None:
     try:
         app()
     except UsageError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("[red]error:[/]", str(e))
         sys.exit(2)
     except OperationFailed as e:
-        err_console.print(f"[red]failed:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("[red]failed:[/]", str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # a bug, not the operator's doing: one line here, the traceback in a file
         log = _write_crash_log()
-        err_console.print(f"[red]internal error:[/] {type(e).__name__}: {e} (traceback in {log})",
-                          highlight=False, soft_wrap=True)
+        _print_error("[red]internal error:[/]", f"{type(e).__name__}: {e} (traceback in {log})")
         sys.exit(1)
+
+
+def _print_error(label: str, text: str) -> None:
+    """Our label in colour, the message as plain text: it may quote user input (`[/x]` is an argument
+    here, not rich markup) and must never be able to break the one line that reports it."""
+    from rich.markup import escape
+
+    err_console.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _write_crash_log() -> Path:

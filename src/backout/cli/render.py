@@ -26,7 +26,9 @@ _FORMAT = {"now": "json"}  # what `emit_json` prints: the format of the command 
 def emit_json(data: Any) -> None:
     """`data` as the command's structured output: JSON, or YAML with `--output yaml`. YAML is written from the
     JSON form, so both parse to the same data (timestamps, paths and the like as JSON gives them)."""
-    text = json.dumps(data, indent=2, default=str)
+    from backout.redact import redact_data
+
+    text = json.dumps(redact_data(json.loads(json.dumps(data, default=str))), indent=2)
     if _FORMAT["now"] != "yaml":
         print(text)
         return

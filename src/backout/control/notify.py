@@ -31,6 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 
 from backout.errors import UsageError
 from backout.manifest import NotifySpec
+from backout.redact import REDACTOR
 
 log = logging.getLogger(__name__)
 
@@ -151,39 +152,7 @@ _SECRET_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.connection", "u
                    __name__)
 
 
-class _Redactor(logging.Filter):
-    """Replaces every secret a target URL took from the environment by its `${VAR}` in log records."""
-
-    def __init__(self) -> None:
-        super().__init__("secrets")
-        self.secrets: dict[str, str] = {}  # value → "${VAR}"
-        self._lock = threading.Lock()
-
-    def add(self, value: str, placeholder: str) -> None:
-        if value:
-            with self._lock:
-                self.secrets[value] = placeholder
-
-    def redact(self, text: str) -> str:
-        for value, placeholder in sorted(self.secrets.items(), key=lambda kv: -len(kv[0])):
-            text = text.replace(value, placeholder)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        message = record.getMessage()
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info:  # a traceback's text can hold the URL too: then it goes as redacted text
-            text = logging.Formatter().formatException(record.exc_info)
-            if self.redact(text) != text:
-                record.exc_text, record.exc_info = self.redact(text), None
-        return True
-
-
-_REDACTOR = _Redactor()
+_REDACTOR = REDACTOR  # the one redaction helper: logs, incidents, reports and --json use it too
 for _name in _SECRET_LOGGERS:
     logging.getLogger(_name).addFilter(_REDACTOR)
 

@@ -64,6 +64,7 @@ from backout.control.states import (  # noqa: F401 - re-exported: the store's re
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.platforms.base import Release
+from backout.statefiles import check_database
 
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
 
@@ -363,6 +364,7 @@ class Store:
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_database(self.path)  # a damaged file: one line that says how to recover, no traceback
         self._engine = create_engine(
             f"sqlite:///{self.path}",
             connect_args={"timeout": busy_timeout, "check_same_thread": False},

@@ -43,7 +43,8 @@ def quick_reference(m: Manifest, env: str, endpoints: dict[str, Any] | None = No
     ep = endpoints or {}
 
     def url(port: int, key: str) -> str:
-        return str(ep.get(key) or (f"http://{spec.host}:{port}" if port else "a free port, chosen at start"))
+        host = spec.control_host if key == "control_url" else spec.host
+        return str(ep.get(key) or (f"http://{host}:{port}" if port else "a free port, chosen at start"))
 
     return {
         "service": m.service.name,

@@ -10,7 +10,10 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
+
+from backout.errors import UsageError
 
 ENDPOINTS = "endpoints.json"
 TOKEN = "token"
@@ -18,13 +21,18 @@ LOCK = "supervisor.lock"
 
 
 def read_token(state_dir: Path) -> str:
-    """The control API's bearer token, created at first start with mode 0600."""
+    """The control API's bearer token, created at first start with mode 0600. A token that group or
+    others can read is refused (as ssh refuses such a key): anyone who read it can roll back prod."""
     p = state_dir / TOKEN
     if not p.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if mode & 0o077:
+        raise UsageError(f"{p} is readable by other users (mode {mode:04o}): anyone who read it controls this "
+                         f"environment; run `chmod 600 {p}` (or delete it to get a new token at the next start)")
     return p.read_text().strip()
 
 

@@ -34,6 +34,7 @@ import uvicorn
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.server.endpoints import ENDPOINTS, LOCK, read_endpoints, read_token
+from backout.statefiles import secure_state_dir
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
     from backout.platforms.base import Hosted
@@ -113,6 +114,7 @@ class Supervisor:
         from backout.server.app import build_app
         from backout.server.controller import Controller
 
+        secure_state_dir(self.state_dir)  # 0700, and files this process and its workers create 0600
         with supervisor_lock(self.state_dir, self.env):
             (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
             token = read_token(self.state_dir)
@@ -122,8 +124,8 @@ class Supervisor:
                 assert self.spec.gateway_port is not None  # the manifest requires it on a hosted platform
                 gw_sock = _bind(self.spec.host, self.spec.gateway_port)
                 gw_url = f"http://{self.spec.host}:{gw_sock.getsockname()[1]}"
-            ctl_sock = _bind(self.spec.host, self.spec.control_port)
-            ctl_url = f"http://{self.spec.host}:{ctl_sock.getsockname()[1]}"
+            ctl_sock = _bind(self.spec.control_host, self.spec.control_port)  # loopback unless configured
+            ctl_url = f"http://{self.spec.control_host}:{ctl_sock.getsockname()[1]}"
             served = []  # (socket, ASGI app) of the platform's own servers, the gateway first
             aws: dict[str, object] = {}
             if hosted:

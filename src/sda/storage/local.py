@@ -80,7 +80,10 @@ class LocalStorage:
         if self._ready:
             return
         try:
-            self.files_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.files_dir.mkdir(mode=0o700, exist_ok=True)
+            if not self.db_path.exists():  # created private: the jobs hold client names and files
+                os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))
             with self._connect(init=False) as conn:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
@@ -195,7 +198,7 @@ class LocalStorage:
         self._init()
         path = self._path(job, name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as fh:
@@ -230,7 +233,7 @@ class LocalStorage:
         try:
             with self._connect() as conn:
                 n = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
-            ok, detail = True, f"{self.db_path} ({n} jobs)"
+            ok, detail = True, f"{self.db_path.name} ({n} jobs)"
         except Exception as exc:  # noqa: BLE001 - a health check reports, never raises
             ok, detail = False, str(exc)
         return Check("table", ok, detail, (time.perf_counter() - t0) * 1000)
@@ -245,7 +248,7 @@ class LocalStorage:
             probe.write_bytes(b"ok")
             if probe.read_bytes() != b"ok":
                 raise StorageUnavailable(f"{probe} read back wrong bytes")
-            ok, detail = True, str(self.files_dir)
+            ok, detail = True, self.files_dir.name
         except Exception as exc:  # noqa: BLE001
             ok, detail = False, str(exc)
         finally:

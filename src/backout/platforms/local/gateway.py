@@ -15,9 +15,15 @@ Error mapping, as API Gateway does it (bodies are `{"message": ...}` JSON):
 | no resource matches the path | 404 Not Found |
 | the resource exists, not with this method | 405 Method Not Allowed (+ `Allow`) |
 | body over `max_body` (by Content-Length, or counted while streaming) | 413 Request Entity Too Large |
+| no part of the body for `body_timeout` (e.g. shorter than its Content-Length) | 408 Request Timeout |
 | stage throttle (token bucket) | 429 Too Many Requests (+ `Retry-After`: 1 s, 30 s when rate is 0) |
 | the function was throttled (reserved concurrency) | 429 Too Many Requests (+ `Retry-After: 1`) |
 | handler error, Lambda timeout, invoke failure, malformed proxy result | 502 Internal server error |
+
+The body is read chunk by chunk and counted: past `max_body` the gateway stops reading, answers 413
+and the server closes the connection, so an oversized upload costs at most `max_body` of memory
+however large it is (the default is API Gateway's own payload quota, 10 MB). A 413 or 408 answered
+before the whole body arrived closes the connection (the rest of the body is never read).
 
 A throttled function answers 429 rather than API Gateway's 502 on purpose: nothing ran, the client may
 retry, and the function's own `Throttles` metric (not the API's 5XXError) is the signal for it.
@@ -197,6 +203,9 @@ class _TokenBucket:
         self.set(throttle)
 
     def set(self, throttle: Throttle) -> None:
+        if not (math.isfinite(throttle.rate) and math.isfinite(throttle.burst)):
+            raise UsageError(f"throttle rate and burst must be finite numbers (got rate {throttle.rate}, "
+                             f"burst {throttle.burst})")
         if throttle.rate < 0 or throttle.burst < 0:
             raise UsageError(
                 f"throttle rate and burst must be >= 0 (got rate {throttle.rate}, burst {throttle.burst})"
@@ -245,11 +254,15 @@ def _not_found() -> _Response:
 
 
 def _too_large() -> _Response:
-    return _error(413, "Request Entity Too Large")
+    return _error(413, "Request Entity Too Large", (b"connection", b"close"))
 
 
 def _too_many(retry_after: int) -> _Response:
     return _error(429, "Too Many Requests", (b"retry-after", str(retry_after).encode()))
+
+
+def _timed_out() -> _Response:
+    return _error(408, "Request Timeout", (b"connection", b"close"))
 
 
 def _bad_gateway(version: str = "0") -> _Response:
@@ -260,6 +273,10 @@ def _bad_gateway(version: str = "0") -> _Response:
 
 class _Disconnected(Exception):
     """The client went away before sending its whole body."""
+
+
+class _SlowBody(Exception):
+    """The body did not arrive within the gateway's body timeout."""
 
 
 class Gateway:
@@ -275,6 +292,7 @@ class Gateway:
         max_body: int,
         throttle: Throttle,
         invoke_async: Callable[[str, dict[str, Any]], Awaitable[InvokeResult]] | None = None,
+        body_timeout: float = 30.0,
     ) -> None:
         self.routes = list(routes)
         self._router = _Router(self.routes)
@@ -284,6 +302,7 @@ class Gateway:
         self.api_name = api_name
         self.stage = stage
         self.max_body = int(max_body)
+        self.body_timeout = float(body_timeout)
         self._bucket = _TokenBucket(throttle)
         self.api_id = hashlib.sha1(api_name.encode()).hexdigest()[:10]
         # Invocations block (a worker process answers), so they run here, at most INVOKE_THREADS at once.
@@ -401,7 +420,10 @@ class Gateway:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return _too_large()
-        body = await self._read_body(receive)
+        try:
+            body = await self._read_body(receive)
+        except _SlowBody:
+            return _timed_out()
         if body is None:
             return _too_large()
 
@@ -429,21 +451,29 @@ class Gateway:
         return _Response(status, out_headers, out_body, version)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it passes max_body (the rest is never buffered)."""
+        """The whole body, or None as soon as it passes max_body (the rest is never buffered);
+        _SlowBody when no part of it arrived for body_timeout (between two reads, as nginx's
+        client_body_timeout: a slow client still gets through, a stalled one is answered)."""
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = msg.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self.max_body:
-                    return None
-                chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.body_timeout) as timer:  # a timer, no extra task per request
+                while True:
+                    msg = await receive()
+                    timer.reschedule(loop.time() + self.body_timeout)
+                    if msg["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = msg.get("body", b"")
+                    if chunk:
+                        size += len(chunk)
+                        if size > self.max_body:
+                            return None
+                        chunks.append(chunk)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _SlowBody from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _event(

@@ -50,6 +50,7 @@ from backout.platforms.local.queues import QueueStats, QueueStore
 from backout.platforms.local.releases import Releases, VersionInfo
 from backout.platforms.local.runtime import Runtime
 from backout.platforms.local.sqs import REGION, SqsEndpoint
+from backout.statefiles import check_database
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class LocalPlatform:
         for d in (self.state_dir, self.data_dir, self.snapshot_dir, self.state_dir / "logs"):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.state_dir / PLATFORM_DB
+        check_database(self.db_path, env)  # one line naming a damaged file, not a traceback later
         self.gateway_url = ""  # set by the supervisor once the port is bound
         self.metrics_store = MetricStore(self.db_path)
         self.queue_store = QueueStore(self.db_path)
@@ -100,6 +102,7 @@ class LocalPlatform:
             api_name=manifest.service.name,
             stage=env,
             max_body=self.spec.max_body,
+            body_timeout=self.spec.body_timeout,
             throttle=Throttle(self.spec.throttle_rate, self.spec.throttle_burst),
         )
         self.mappings: list[EventSourceMapping] = []

@@ -64,6 +64,14 @@ def _skipped(name: str) -> bool:
     return name in _SKIP_DIRS or name.endswith(_SKIP_SUFFIXES)
 
 
+def _inside(path: Path, root: Path, source: Path) -> None:
+    """A symlink may point within the source tree; one that leads out of it would copy files the
+    service does not own (a key, /etc/…) into a release, and is refused with one line."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root):
+        raise UsageError(f"{path} is a symlink out of the source tree ({source}) to {path.resolve()}: "
+                         f"copy the file into the tree or remove the link")
+
+
 class Releases:
     """The published versions under `state_dir/releases/`."""
 
@@ -188,15 +196,20 @@ class Releases:
         else:
             tops = [p for p in source.iterdir() if not _skipped(p.name)]
         out: list[tuple[str, Path]] = []
+        root = source.resolve()
         for top in tops:
+            _inside(top, root, source)
             if top.is_file():
                 out.append((top.name, top))
                 continue
             for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
                 dirnames[:] = [d for d in dirnames if not _skipped(d)]
+                for d in dirnames:
+                    _inside(Path(dirpath) / d, root, source)
                 for f in filenames:
                     if not _skipped(f):
                         p = Path(dirpath) / f
+                        _inside(p, root, source)
                         out.append((p.relative_to(source).as_posix(), p))
         wrapper = _wrapper_dir()
         if wrapper is not None and not any(rel.startswith(f"{wrapper.name}/") for rel, _ in out):

@@ -48,6 +48,7 @@ STOP_GRACE = 2.0  # seconds a worker gets to exit after its connection closes
 THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."}
 COLD_THREADS = 64  # threads for invoke_async's cold starts (a spawn blocks for the handler's import)
 _WORKER_MODULE = "backout.platforms.local.worker"
+OOM_EXIT = 197  # worker.OOM_EXIT (not imported: the worker module is for the child process)
 # The directory that makes `backout` importable, for workers started from a checkout.
 _IMPORT_ROOT = str(Path(__file__).resolve().parents[3])
 
@@ -738,6 +739,9 @@ def _timed_out(rid: str, timeout: float) -> Outcome:
 
 
 def _exited(rid: str, rc: int | None, start: float) -> Outcome:
+    if rc == OOM_EXIT:  # the worker's memory watchdog: Lambda's shape for a function over its memory
+        why = f"RequestId: {rid} Error: Runtime exited with error: signal: killed"
+        return _error("Runtime.OutOfMemory", why), "Unhandled", (time.perf_counter() - start) * 1000.0, []
     why = f"RequestId: {rid} Error: Runtime exited with error: {_exit_reason(rc)}"
     return _error("Runtime.ExitError", why), "Unhandled", (time.perf_counter() - start) * 1000.0, []
 

@@ -9,6 +9,13 @@ multiprocessing's Connection frames them (a 4-byte big-endian length; -1 and 8 b
     parent → worker   {"request_id", "event", "deadline"}        (deadline: epoch seconds)
     worker → parent   {"request_id", "payload" | "error": shape, "emf": [...], "duration_ms"}
 
+The function's `memory` (AWS_LAMBDA_FUNCTION_MEMORY_SIZE, MB) is enforced as Lambda enforces it: a
+watchdog thread samples the resident set every OOM_CHECK seconds and, past the limit, the worker
+exits at once with OOM_EXIT; the parent reports the invocation as Lambda does (`Runtime.OutOfMemory`,
+"Runtime exited with error: signal: killed"). An RSS watchdog rather than RLIMIT_AS: the address
+space of a Python process with threads is many times its memory use (each thread's malloc arena
+reserves 64 MB), so an address-space limit would refuse healthy handlers.
+
 The parent closing its end stops the worker. This module imports only the stdlib before the
 handler is loaded, so a warm worker of a trivial handler stays small (backout, pydantic and
 friends are never imported here).
@@ -247,6 +254,27 @@ def _init_error(error_type: str, message: str, exc: BaseException | None = None)
     return {"errorType": error_type, "errorMessage": message, "stackTrace": trace}
 
 
+# -- the memory limit -------------------------------------------------------------------------------
+
+OOM_EXIT = 197  # an exit status of its own: the parent reads it as "out of memory"
+OOM_CHECK = 0.05  # seconds between two samples of the resident set
+
+
+def _watch_memory(limit_mb: int) -> None:
+    """Exit the worker the moment its resident memory passes the function's limit."""
+    while True:
+        rss = _rss_mb()
+        if rss > limit_mb:
+            _write_all(2, f"[ERROR] Runtime exited: out of memory ({rss} MB used, {limit_mb} MB allowed)\n".encode())
+            os._exit(OOM_EXIT)
+        time.sleep(OOM_CHECK)
+
+
+def start_memory_watchdog(limit_mb: int) -> None:
+    if limit_mb > 0:
+        threading.Thread(target=_watch_memory, args=(limit_mb,), name="memory-watchdog", daemon=True).start()
+
+
 # -- the worker -------------------------------------------------------------------------------------
 
 
@@ -393,6 +421,10 @@ def main(argv: list[str]) -> None:
     tee = EmfTee(1)
     sys.stdout = tee
     worker = Worker(conn, tee)
+    try:
+        start_memory_watchdog(int(worker.memory))
+    except ValueError:
+        pass  # not a number: the parent always sets it; a hand-started worker runs unlimited
     err = worker.init()
     tee.flush()
     if err is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from backout.control.store import Event
 from backout.errors import UsageError
+from backout.redact import redact
 from backout.runbooks.incidents.chart import ROLLING_SECONDS, chart_available, render_chart
 from backout.runbooks.incidents.communication import resolved_notice, status_update
 from backout.runbooks.incidents.formatting import clock, code, fence, fmt_ms, md, num, pct, secs, table, zone
@@ -457,7 +458,7 @@ def render_markdown(
     parts += _evidence(view)
     parts += _chart_section(view, image, has_chart) + _notes(view) + _root_cause(view) + _actions(view)
     parts += _lessons(view) + _footer(view, command)
-    return "\n".join(parts)
+    return redact("\n".join(parts))  # a report is sent around: no secret from a URL or an error in it
 
 
 _CSS = """
