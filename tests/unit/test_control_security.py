@@ -58,12 +58,24 @@ def test_every_route_of_the_app_answers_401_without_the_token(client: TestClient
     endpoints = [(path, m) for path, methods in _endpoints(client.app.routes)  # type: ignore[attr-defined]
                  for m in sorted(methods - {"HEAD"}) if path != "/healthz"]
     assert len(endpoints) >= 30 and ("/openapi.json", "GET") in endpoints  # the whole API, not a sample
+    # the dashboard signs in through a form (the token never rides in a URL) and keeps a session cookie:
+    # without that session its pages send the browser to the form and its actions are refused
+    ui = [(p, m) for p, m in endpoints if p == "/ui" or p.startswith("/ui/")]
+    assert ("/ui/login", "POST") in ui and ("/ui/actions/{action}", "POST") in ui
     for path, method in endpoints:
         url = re.sub(r"\{[^}]+\}", "x", path)
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET},
                         {"Authorization": f"Bearer {SECRET} "}):
-            r = client.request(method, url, headers=headers, json={})
-            assert r.status_code == 401, f"{method} {path} with {headers}: {r.status_code} {r.text}"
+            r = client.request(method, url, headers=headers, json={}, follow_redirects=False)
+            if (path, method) == ("/ui/login", "GET"):
+                assert r.status_code == 200 and SECRET not in r.text  # the sign-in form itself
+            elif (path, method) in ui:
+                assert r.status_code in (303, 307, 401, 403), f"{method} {path} with {headers}: {r.status_code}"
+                if r.status_code in (303, 307):  # to the sign-in form (or /ui → /ui/, which sends it there)
+                    assert r.headers["location"].endswith(("/ui/login", "/ui/")), r.headers
+                assert "set-cookie" not in r.headers or method == "POST" and path == "/ui/logout"
+            else:
+                assert r.status_code == 401, f"{method} {path} with {headers}: {r.status_code} {r.text}"
     assert client.get("/healthz").status_code == 200  # liveness only, nothing to protect
 
 
