@@ -48,8 +48,10 @@ CANARIES: tuple[tuple[str, Any], ...] = (
     ("healthy", lambda p: p), ("1.5×", lambda p: 1.5 * p), ("3×", lambda p: 3.0 * p),
     ("20 %", lambda p: 0.20), ("50 %", lambda p: 0.50),
 )
-DETECTORS = ("CloudWatch 60 s", "thresholds (today)", "judge", "default (prod)")
+DETECTORS = ("CloudWatch 60 s", "thresholds (today)", "judge, closed seconds", "judge, open seconds",
+             "default (prod)")
 JUDGES, ALPHA, SETTLE = 3, 0.01, 1  # the simulated service's judges share α; seconds a second waits
+TICKS = 4  # evaluations per second on the local platform (the deployer's EVAL_INTERVAL, 0.25 s)
 CEILING, MIN_INVOCATIONS = 50.0, 20
 
 
@@ -64,7 +66,8 @@ class Row:
 
 
 def _judge(n_c: np.ndarray, c: np.ndarray, e: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """The second whose counts made the e-value reach JUDGES/ALPHA (-1: never), per run."""
+    """The interval (a second, or the part of one between two evaluations) whose counts made the
+    e-value reach JUDGES/ALPHA (-1: never), per run."""
     runs, seconds = c.shape
     sums = np.zeros((runs, ALTERNATIVES.size))
     first = np.full(runs, -1)
@@ -96,24 +99,39 @@ def _earliest(*firsts: np.ndarray) -> np.ndarray:
 
 
 def simulate_row(rng: np.random.Generator, p: float, p_c: float, runs: int) -> dict[str, np.ndarray]:
-    """Per detector, the canary requests until each run's decision (NaN: no rollback in the hold)."""
-    n = rng.poisson(RATE, size=(runs, HOLD + SETTLE))
-    n_c = rng.binomial(n, WEIGHT)
-    c = rng.binomial(n_c, p_c)
-    e = rng.binomial(n - n_c, p)
+    """Per detector, the canary requests until each run's decision (NaN: no rollback in the hold).
+
+    Traffic is drawn per evaluation interval (1/TICKS s); the per-second detectors see the sums."""
+    ticks = (HOLD + SETTLE) * TICKS
+    n_t = rng.poisson(RATE / TICKS, size=(runs, ticks))
+    nc_t = rng.binomial(n_t, WEIGHT)
+    c_t = rng.binomial(nc_t, p_c)
+    e_t = rng.binomial(n_t - nc_t, p)
+
+    def per_second(x: np.ndarray) -> np.ndarray:
+        return x.reshape(runs, HOLD + SETTLE, TICKS).sum(axis=2)
+
+    n, n_c, c, e = (per_second(x) for x in (n_t, nc_t, c_t, e_t))
     cw = _cloudwatch(c[:, :HOLD])
     rate = first_breach(n_c[:, :HOLD], c[:, :HOLD], 60, 5.0, MIN_INVOCATIONS)
     count = first_breach(n_c[:, :HOLD], c[:, :HOLD], 300, 5.0, rate=False)
     ceiling = first_breach(n_c[:, :HOLD], c[:, :HOLD], 60, CEILING, MIN_INVOCATIONS)
-    judge = _judge(n_c[:, :HOLD], c[:, :HOLD], e[:, :HOLD], n[:, :HOLD])
-    judge = np.where(judge >= 0, judge + SETTLE, -1)  # decided once the second is SETTLE s old
-    decided = {"CloudWatch 60 s": cw, "thresholds (today)": _earliest(rate, count), "judge": judge,
-               "default (prod)": _earliest(judge, ceiling)}
-    served = np.cumsum(n_c, axis=1)
+    closed = _judge(n_c[:, :HOLD], c[:, :HOLD], e[:, :HOLD], n[:, :HOLD])
+    closed = np.where(closed >= 0, closed + SETTLE, -1)  # decided once the second is SETTLE s old
+    hold = HOLD * TICKS
+    opened = _judge(nc_t[:, :hold], c_t[:, :hold], e_t[:, :hold], n_t[:, :hold])  # decided at the interval's end
+
+    def in_ticks(t: np.ndarray) -> np.ndarray:  # a per-second decision at the end of second t
+        return np.where(t >= 0, (t + 1) * TICKS - 1, -1)
+
+    decided = {"CloudWatch 60 s": in_ticks(cw), "thresholds (today)": in_ticks(_earliest(rate, count)),
+               "judge, closed seconds": in_ticks(closed), "judge, open seconds": opened,
+               "default (prod)": _earliest(opened, in_ticks(ceiling))}
+    served = np.cumsum(nc_t, axis=1)
     out = {}
     for name, t in decided.items():
-        ok = (t >= 0) & (t < HOLD + SETTLE)
-        out[name] = np.where(ok, served[np.arange(runs), np.clip(t, 0, HOLD + SETTLE - 1)], np.nan)
+        ok = (t >= 0) & (t < ticks)
+        out[name] = np.where(ok, served[np.arange(runs), np.clip(t, 0, ticks - 1)], np.nan)
     return out
 
 

@@ -253,6 +253,8 @@ class _Route:
 class FakePlatform:
     """The Platform protocols (and Capacity) in memory, for one environment of one service."""
 
+    consistent_metrics = True  # like the local platform: one lock for an invocation's samples and a read
+
     def __init__(
         self,
         manifest: Manifest,
@@ -563,9 +565,10 @@ class FakePlatform:
         values = [("Throttles", 1.0)] if throttled else [
             ("Invocations", 1.0), ("Errors", float(error)), ("Duration", duration)]
         values.append(("ConcurrentExecutions", 1.0))
-        for dims in dimsets:
-            for metric, value in values:
-                self.record(NS_LAMBDA, metric, dims, value, ts)
+        with self._lock:  # one invocation's samples together (consistent_metrics)
+            for dims in dimsets:
+                for metric, value in values:
+                    self.record(NS_LAMBDA, metric, dims, value, ts)
 
     # --- the gateway ----------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: str | None = None) -> tuple[int, Any, InvokeResult | None]:
