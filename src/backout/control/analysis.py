@@ -41,11 +41,12 @@ against the stable version's, with q the canary's share of the consumer's receiv
 trailing `alarm_window` — read as its share of the consumer's invocations: the alias picks a version
 per batch, independently of the batch's size, so the share of batches is the expected share of messages
 (the same counts at batch_size 1). The window, not the second of the arrival, because a message goes
-to the DLQ a retry delay after the receive that failed it. This q is an estimate, not a count the
-arrival is drawn from, so the guarantee is approximate here: it holds while the weights are steady,
-and as weights only grow during a deployment a window that reaches back before a step understates
-nothing (an arrival from a receive at the lower weight is judged at a share at least that high). It
-confirms the DLQ alarm, as the consumer's errors judge does.
+to the DLQ a retry delay after the receive that failed it. This q is an estimate, not the count the
+arrival is drawn from, so here the guarantee is approximate: it holds while the weights are steady;
+for up to `alarm_window` after a step up the window still holds seconds at the lower weight, and an
+arrival from a receive after the step is judged at a share a little below its own — the one place
+where this judge can lean against the canary. It confirms the DLQ alarm, as the consumer's errors
+judge does.
 
 **Data**: closed seconds — ended `settle` seconds ago, so their counts no longer change — each
 judged once, in order (a late count for a judged second is ignored). A second with events but no
