@@ -4,7 +4,8 @@ One seeded run of simulated deployments, `--runs` (1,000) per row: 50 req/s (Poi
 10 % of them on the canary, the 10-minute hold of `Canary10Percent10Minutes`; each request fails with
 probability p in the stable version and p_c in the canary (one HTTP function, so every failure is a
 Lambda error and a 502). Rows: stable p = 0, 0.5, 1, 2 %; canary healthy (p_c = p), 1.5×, 3×, 20 %,
-50 % failing. Detectors, side by side, each deciding at the end of a second from the counts so far:
+50 % failing. Detectors, side by side, each deciding from the counts so far (at the end of a second,
+or of an evaluation interval for the open-seconds judge):
 
 * **CloudWatch 60 s** — the alarm of the AWS SAM guide for CodeDeploy's safe Lambda deployments
   (`AliasErrorMetricGreaterThanZeroAlarm`): the new version's Errors Sum > 0 in 2 of 2 one-minute
@@ -13,14 +14,22 @@ Lambda error and a 502). Rows: stable p = 0, 0.5, 1, 2 %; canary healthy (p_c = 
 * **thresholds (today)** — backout's `default_rules` for the repository's `prod`: error rate > 5 %
   over a sliding 60 s with ≥ 20 invocations, API 5xx > 5 over a sliding 5 minutes (both on the
   canary only), simulated with `backout.control.preflight.first_breach`;
-* **judge** — the errors judge of `backout.control.analysis` (`log_lr` and `log_e_value` over its
-  `ALTERNATIVES`), at 1/α per judge with α = 0.01 shared by the 3 judges this service gets (errors,
-  API 5xx, latency: the 5xx judge sees no 5xx other than the errors and the latency judge no
-  durations here, so neither is simulated); it reads a second once it is 1 s old (`judge_settle`), so
-  it decides a second after the counts it decides on, and the canary requests of that second count;
-* **default (prod)** — what prod ships: `confirm_with_judge` (a threshold rolls back only with its
-  judge, so it adds nothing to the judge) and the ceilings (error rate or 5xx rate > 50 % over 60 s
-  with ≥ 20 invocations): judge ∪ ceilings.
+* **judge, closed seconds** — the errors judge of `backout.control.analysis` (`log_lr` and
+  `log_e_value` over its `ALTERNATIVES`) as it runs on AWS, at 1/α per judge with α = 0.01 shared by
+  the 3 judges this service gets (errors, API 5xx, latency: the 5xx judge sees no 5xx other than the
+  errors and the latency judge no durations here, so neither is simulated); it reads a second once it
+  is 1 s old (`judge_settle`), so it decides a second after the counts it decides on, and the canary
+  requests of that second count;
+* **judge, open seconds** — the same judge as it runs on the local platform (`open_seconds`): at
+  every evaluation (`TICKS` = 4 a second, the deployer's 0.25 s) it judges the invocations completed
+  since the last one, and decides at that evaluation;
+* **default (prod)** — what prod ships on the local platform: `confirm_with_judge` (a threshold rolls
+  back only with its judge, so it adds nothing to the judge) and the ceilings (error rate or 5xx rate
+  > 50 % over 60 s with ≥ 20 invocations): judge (open seconds) ∪ ceilings. (On AWS: the closed-second
+  judge ∪ the same ceilings.)
+
+Traffic is drawn per evaluation interval (Poisson, 50/`TICKS` per interval); the per-second detectors
+see its sums.
 
 Reported per row and detector: the share of deployments rolled back within the hold (for a healthy
 canary: false rollbacks) and the canary requests until the decision (median, p90) of those rolled back.
@@ -73,13 +82,16 @@ def _judge(n_c: np.ndarray, c: np.ndarray, e: np.ndarray, n: np.ndarray) -> np.n
     first = np.full(runs, -1)
     q = np.where(n > 0, n_c / np.maximum(n, 1), 0.0)
     bound = np.log(JUDGES / ALPHA)
+    m = c + e
     for t in range(seconds):
         live = first < 0
         if not live.any():
             break
-        sums[live] += log_lr(ALTERNATIVES, c[live, t], (c + e)[live, t], q[live, t])
-        hit = live & (log_e_value(sums) >= bound)
-        first[hit] = t
+        idx = np.nonzero(live & (m[:, t] > 0))[0]  # an interval without events leaves every LR at 1
+        if idx.size == 0:
+            continue
+        sums[idx] += log_lr(ALTERNATIVES, c[idx, t], m[idx, t], q[idx, t])
+        first[idx[log_e_value(sums[idx]) >= bound]] = t
     return first
 
 
