@@ -9,12 +9,13 @@ canary at 50 % (prod's strategy shortened to one 50 % step).
 * healthy: the new version fails 8 % too. prod's thresholds (error rate > 5 %, API 5xx > 5 per 5 min)
   fire on it — the API 5xx count within the 10 s hold with P ≈ 1 − 7e-5 — and, prod confirming with its
   judges, wait: the deployment succeeds.
-* regression: the new version fails 24 % (`--set-env BACKOUT_FAULT=errors=0.24`). Its errors judge
-  sees ≈ 8 failures a second, 3 of 4 on the canary where the share is ½, and decides in ≈ 10 s (8
-  judges, the DLQ judge among them, share α = 0.01: it rejects at e ≥ 800); the error-rate and API
-  5xx alarms are in ALARM by then and roll back with it, confirmed. The ceiling (> 50 % with at
-  least `min_invocations`, raised here to 50) cannot fire at 24 %: P(≥ 26 of 50) < 1e-4. The API's 5xx judge sees only 5xx that are not the function's
-  errors (none here), the latency judge the slowest request of each second (the fault adds none).
+* regression: the new version fails 24 % (`--set-env BACKOUT_FAULT=errors=0.24`). Its errors judge sees
+  ≈ 8 failures a second, 3 of 4 on the canary where the share is ½, and decides in ≈ 10 s (8 judges, the
+  DLQ judge among them, share α = 0.01: it rejects at e ≥ 800); the error-rate and API 5xx alarms are in
+  ALARM by then and roll back with it, confirmed. The ceiling (> 50 % with at least `min_invocations`,
+  raised here to 50) cannot fire at 24 %: P(≥ 26 of 50) < 1e-4. The API's 5xx judge sees only 5xx that
+  are not the function's errors (none here), the latency judge the slowest request of each second (the
+  fault adds none).
 """
 
 from __future__ import annotations
