@@ -4,7 +4,8 @@ One seeded run of simulated deployments, `--runs` (1,000) per row: 50 req/s (Poi
 10 % of them on the canary, the 10-minute hold of `Canary10Percent10Minutes`; each request fails with
 probability p in the stable version and p_c in the canary (one HTTP function, so every failure is a
 Lambda error and a 502). Rows: stable p = 0, 0.5, 1, 2 %; canary healthy (p_c = p), 1.5×, 3×, 20 %,
-50 % failing. Detectors, side by side, each deciding at the end of a second from the counts so far:
+50 % failing. Detectors, side by side, each deciding from the counts so far (at the end of a second,
+or of an evaluation interval for the open-seconds judge):
 
 * **CloudWatch 60 s** — the alarm of the AWS SAM guide for CodeDeploy's safe Lambda deployments
   (`AliasErrorMetricGreaterThanZeroAlarm`): the new version's Errors Sum > 0 in 2 of 2 one-minute
@@ -13,14 +14,22 @@ Lambda error and a 502). Rows: stable p = 0, 0.5, 1, 2 %; canary healthy (p_c = 
 * **thresholds (today)** — backout's `default_rules` for the repository's `prod`: error rate > 5 %
   over a sliding 60 s with ≥ 20 invocations, API 5xx > 5 over a sliding 5 minutes (both on the
   canary only), simulated with `backout.control.preflight.first_breach`;
-* **judge** — the errors judge of `backout.control.analysis` (`log_lr` and `log_e_value` over its
-  `ALTERNATIVES`), at 1/α per judge with α = 0.01 shared by the 3 judges this service gets (errors,
-  API 5xx, latency: the 5xx judge sees no 5xx other than the errors and the latency judge no
-  durations here, so neither is simulated); it reads a second once it is 1 s old (`judge_settle`), so
-  it decides a second after the counts it decides on, and the canary requests of that second count;
-* **default (prod)** — what prod ships: `confirm_with_judge` (a threshold rolls back only with its
-  judge, so it adds nothing to the judge) and the ceilings (error rate or 5xx rate > 50 % over 60 s
-  with ≥ 20 invocations): judge ∪ ceilings.
+* **judge, closed seconds** — the errors judge of `backout.control.analysis` (`log_lr` and
+  `log_e_value` over its `ALTERNATIVES`) as it runs on AWS, at 1/α per judge with α = 0.01 shared by
+  the 3 judges this service gets (errors, API 5xx, latency: the 5xx judge sees no 5xx other than the
+  errors and the latency judge no durations here, so neither is simulated); it reads a second once it
+  is 1 s old (`judge_settle`), so it decides a second after the counts it decides on, and the canary
+  requests of that second count;
+* **judge, open seconds** — the same judge as it runs on the local platform (`open_seconds`): at
+  every evaluation (`TICKS` = 4 a second, the deployer's 0.25 s) it judges the invocations completed
+  since the last one, and decides at that evaluation;
+* **default (prod)** — what prod ships on the local platform: `confirm_with_judge` (a threshold rolls
+  back only with its judge, so it adds nothing to the judge) and the ceilings (error rate or 5xx rate
+  > 50 % over 60 s with ≥ 20 invocations): judge (open seconds) ∪ ceilings. (On AWS: the closed-second
+  judge ∪ the same ceilings.)
+
+Traffic is drawn per evaluation interval (Poisson, 50/`TICKS` per interval); the per-second detectors
+see its sums.
 
 Reported per row and detector: the share of deployments rolled back within the hold (for a healthy
 canary: false rollbacks) and the canary requests until the decision (median, p90) of those rolled back.
@@ -48,8 +57,10 @@ CANARIES: tuple[tuple[str, Any], ...] = (
     ("healthy", lambda p: p), ("1.5×", lambda p: 1.5 * p), ("3×", lambda p: 3.0 * p),
     ("20 %", lambda p: 0.20), ("50 %", lambda p: 0.50),
 )
-DETECTORS = ("CloudWatch 60 s", "thresholds (today)", "judge", "default (prod)")
+DETECTORS = ("CloudWatch 60 s", "thresholds (today)", "judge, closed seconds", "judge, open seconds",
+             "default (prod)")
 JUDGES, ALPHA, SETTLE = 3, 0.01, 1  # the simulated service's judges share α; seconds a second waits
+TICKS = 4  # evaluations per second on the local platform (the deployer's EVAL_INTERVAL, 0.25 s)
 CEILING, MIN_INVOCATIONS = 50.0, 20
 
 
@@ -64,19 +75,23 @@ class Row:
 
 
 def _judge(n_c: np.ndarray, c: np.ndarray, e: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """The second whose counts made the e-value reach JUDGES/ALPHA (-1: never), per run."""
+    """The interval (a second, or the part of one between two evaluations) whose counts made the
+    e-value reach JUDGES/ALPHA (-1: never), per run."""
     runs, seconds = c.shape
     sums = np.zeros((runs, ALTERNATIVES.size))
     first = np.full(runs, -1)
     q = np.where(n > 0, n_c / np.maximum(n, 1), 0.0)
     bound = np.log(JUDGES / ALPHA)
+    m = c + e
     for t in range(seconds):
         live = first < 0
         if not live.any():
             break
-        sums[live] += log_lr(ALTERNATIVES, c[live, t], (c + e)[live, t], q[live, t])
-        hit = live & (log_e_value(sums) >= bound)
-        first[hit] = t
+        idx = np.nonzero(live & (m[:, t] > 0))[0]  # an interval without events leaves every LR at 1
+        if idx.size == 0:
+            continue
+        sums[idx] += log_lr(ALTERNATIVES, c[idx, t], m[idx, t], q[idx, t])
+        first[idx[log_e_value(sums[idx]) >= bound]] = t
     return first
 
 
@@ -96,24 +111,39 @@ def _earliest(*firsts: np.ndarray) -> np.ndarray:
 
 
 def simulate_row(rng: np.random.Generator, p: float, p_c: float, runs: int) -> dict[str, np.ndarray]:
-    """Per detector, the canary requests until each run's decision (NaN: no rollback in the hold)."""
-    n = rng.poisson(RATE, size=(runs, HOLD + SETTLE))
-    n_c = rng.binomial(n, WEIGHT)
-    c = rng.binomial(n_c, p_c)
-    e = rng.binomial(n - n_c, p)
+    """Per detector, the canary requests until each run's decision (NaN: no rollback in the hold).
+
+    Traffic is drawn per evaluation interval (1/TICKS s); the per-second detectors see the sums."""
+    ticks = (HOLD + SETTLE) * TICKS
+    n_t = rng.poisson(RATE / TICKS, size=(runs, ticks))
+    nc_t = rng.binomial(n_t, WEIGHT)
+    c_t = rng.binomial(nc_t, p_c)
+    e_t = rng.binomial(n_t - nc_t, p)
+
+    def per_second(x: np.ndarray) -> np.ndarray:
+        return x.reshape(runs, HOLD + SETTLE, TICKS).sum(axis=2)
+
+    n, n_c, c, e = (per_second(x) for x in (n_t, nc_t, c_t, e_t))
     cw = _cloudwatch(c[:, :HOLD])
     rate = first_breach(n_c[:, :HOLD], c[:, :HOLD], 60, 5.0, MIN_INVOCATIONS)
     count = first_breach(n_c[:, :HOLD], c[:, :HOLD], 300, 5.0, rate=False)
     ceiling = first_breach(n_c[:, :HOLD], c[:, :HOLD], 60, CEILING, MIN_INVOCATIONS)
-    judge = _judge(n_c[:, :HOLD], c[:, :HOLD], e[:, :HOLD], n[:, :HOLD])
-    judge = np.where(judge >= 0, judge + SETTLE, -1)  # decided once the second is SETTLE s old
-    decided = {"CloudWatch 60 s": cw, "thresholds (today)": _earliest(rate, count), "judge": judge,
-               "default (prod)": _earliest(judge, ceiling)}
-    served = np.cumsum(n_c, axis=1)
+    closed = _judge(n_c[:, :HOLD], c[:, :HOLD], e[:, :HOLD], n[:, :HOLD])
+    closed = np.where(closed >= 0, closed + SETTLE, -1)  # decided once the second is SETTLE s old
+    hold = HOLD * TICKS
+    opened = _judge(nc_t[:, :hold], c_t[:, :hold], e_t[:, :hold], n_t[:, :hold])  # decided at the interval's end
+
+    def in_ticks(t: np.ndarray) -> np.ndarray:  # a per-second decision at the end of second t
+        return np.where(t >= 0, (t + 1) * TICKS - 1, -1)
+
+    decided = {"CloudWatch 60 s": in_ticks(cw), "thresholds (today)": in_ticks(_earliest(rate, count)),
+               "judge, closed seconds": in_ticks(closed), "judge, open seconds": opened,
+               "default (prod)": _earliest(opened, in_ticks(ceiling))}
+    served = np.cumsum(nc_t, axis=1)
     out = {}
     for name, t in decided.items():
-        ok = (t >= 0) & (t < HOLD + SETTLE)
-        out[name] = np.where(ok, served[np.arange(runs), np.clip(t, 0, HOLD + SETTLE - 1)], np.nan)
+        ok = (t >= 0) & (t < ticks)
+        out[name] = np.where(ok, served[np.arange(runs), np.clip(t, 0, ticks - 1)], np.nan)
     return out
 
 

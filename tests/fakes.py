@@ -253,6 +253,11 @@ class _Route:
 class FakePlatform:
     """The Platform protocols (and Capacity) in memory, for one environment of one service."""
 
+    # The local platform's promise (one snapshot per metrics call, an invocation's samples together) holds
+    # here too, but is off by default so that the judges decide on closed seconds, as the tests expect;
+    # a test sets it to let the errors judges read the second still filling.
+    consistent_metrics = False
+
     def __init__(
         self,
         manifest: Manifest,
@@ -563,9 +568,10 @@ class FakePlatform:
         values = [("Throttles", 1.0)] if throttled else [
             ("Invocations", 1.0), ("Errors", float(error)), ("Duration", duration)]
         values.append(("ConcurrentExecutions", 1.0))
-        for dims in dimsets:
-            for metric, value in values:
-                self.record(NS_LAMBDA, metric, dims, value, ts)
+        with self._lock:  # one invocation's samples together (consistent_metrics)
+            for dims in dimsets:
+                for metric, value in values:
+                    self.record(NS_LAMBDA, metric, dims, value, ts)
 
     # --- the gateway ----------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: str | None = None) -> tuple[int, Any, InvokeResult | None]:

@@ -3,6 +3,7 @@ seconds, and the judges over the local platform's real metric store, alone and b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class Source:
         assert 0 < len(queries) <= MAX_QUERIES
         assert all(legal_period(q.period) for q in queries)
         self.calls.append(list(queries))
-        return [self.store.query(q) for q in queries]
+        return self.store.query_many(queries)
 
     def invocations(self, fn: str, version: str, ts: float, n: int, errors: int = 0, ms: float = 5.0) -> None:
         dims = {"FunctionName": fn, "ExecutedVersion": version}
@@ -60,11 +61,14 @@ def src() -> Source:
     return Source()
 
 
-def worker_judges(src: Source, **env: object) -> JudgeSet:
+def worker_judges(src: Source, kinds: tuple[str, ...] = ("errors", "latency"), open_seconds: bool = False,
+                  **env: object) -> JudgeSet:
+    """The worker's judges of `kinds` (errors, latency, dlq) in the repository's prod, sharing α = 0.01."""
     m = load_manifest(ROOT / "backout.toml")
     for k, v in env.items():
         setattr(m.environments["prod"], k, v)
-    return JudgeSet(default_judges(m, "prod", {"worker": "7"}, {"worker": "6"}, START), 0.01)
+    js = default_judges(m, "prod", {"worker": "7"}, {"worker": "6"}, START, open_seconds=open_seconds)
+    return JudgeSet([j for j in js if j.name.partition("-")[0] in kinds], 0.01)
 
 
 # --- the e-process --------------------------------------------------------------------------------------
@@ -153,6 +157,75 @@ def test_errors_judge_reads_only_closed_seconds_each_once(src: Source) -> None:
     assert judges.plan(START + 10) == [], "a decided judge asks nothing more"
 
 
+def test_errors_judge_on_open_seconds_counts_each_invocation_once_and_decides_within_the_second(
+        src: Source) -> None:
+    """`open_seconds`: the second still filling is judged by what it holds at each evaluation, the
+    rest of it later; the counts add up to the store's, whatever the evaluations' instants."""
+    judges = worker_judges(src, kinds=("errors",), open_seconds=True)
+    (j,) = judges.judges
+    for s in range(3):  # healthy, both versions
+        src.invocations("worker", "7", START + s + 0.1, 5)
+        src.invocations("worker", "6", START + s + 0.1, 45)
+        for dt in (0.3, 0.6, 0.9):
+            judges.evaluate(src, now=START + s + dt)
+            src.invocations("worker", "6", START + s + dt, 5)  # more of the same second after each read
+    ev = judges.current["errors-judge:worker"]
+    assert ev.state == OK and j.cursor == int(START) + 1, "second 0 closed (settle 1 s), 1 and 2 still open"
+    assert (ev.evidence.canary_requests, ev.evidence.stable_requests) == (15, 175), \
+        "all but the 5 recorded after the last read"
+    t = START + 3
+    src.invocations("worker", "7", t + 0.05, 2, errors=2)  # the canary starts failing everything
+    src.invocations("worker", "6", t + 0.05, 18)
+    judges.evaluate(src, now=t + 0.1)
+    assert judges.current["errors-judge:worker"].state == OK, "2 failures of 2 at a 10 % share: not yet"
+    src.invocations("worker", "7", t + 0.15, 1, errors=1)
+    src.invocations("worker", "6", t + 0.15, 9)
+    (change,) = judges.evaluate(src, now=t + 0.2)
+    ev = change.evaluation
+    assert ev.state == ALARM and ev.evidence.canary_events == 3 and ev.evidence.canary_requests == 18
+    assert ev.evidence.e_value >= 100.0 and j.cursor == int(t) + 1, "decided in the second it failed"
+
+
+def test_dlq_judge_on_the_fake_platform(tmp_path: Path) -> None:
+    """DLQ arrivals of the messages each version received last, q from the consumer's invocations: a
+    canary whose worker fails every job is judged by its DLQ arrivals; the stable's late ones are not its."""
+    from fakes import FakeClock, FakePlatform, raising, write_manifest
+
+    m = write_manifest(tmp_path)
+    clock = FakeClock()
+    fake = FakePlatform(m, "prod", clock=clock)
+    stable = fake.get_weights("worker").stable
+    canary = fake.publish(new_from(tmp_path, "worker")).versions["worker"]
+    fake.handle("worker", raising("poisoned job"), version=canary)
+    fake.set_weights("worker", stable, canary, 50.0)
+    since = clock.now()
+    judges = JudgeSet(default_judges(m, "prod", {"worker": canary}, {"worker": stable}, since,
+                                     open_seconds=True), 0.01)
+    assert [j.name for j in judges.judges] == ["errors-judge:worker", "dlq-judge:jobs-dlq"]
+    (dlq,) = [j for j in judges.judges if j.name == "dlq-judge:jobs-dlq"]
+    assert dlq.confirms == ("dlq-arrivals:jobs-dlq",) and dlq.window == 10
+    judges.judges.remove(judges.judges[0])  # the DLQ judge alone, at its share of α (e ≥ 200)
+    for i in range(40):
+        fake.send_message("jobs", json.dumps({"job": i}))
+        fake.pump(2)
+        clock.advance(0.5)
+        judges.evaluate(fake, now=clock.now())
+        if judges.current["dlq-judge:jobs-dlq"].state == ALARM:
+            break
+    ev = judges.current["dlq-judge:jobs-dlq"]
+    assert ev.state == ALARM and ev.evidence.judge == "dlq-judge:jobs-dlq"
+    assert ev.evidence.canary_events >= 2 and ev.evidence.stable_events == 0
+    assert ev.detail.startswith(f"DLQ arrivals (jobs-dlq, received last by worker) on worker v{canary} vs v{stable}: "
+                                "e-value ")
+    assert fake.messages("jobs-dlq"), "the messages are there"
+
+
+def new_from(root: Path, *changed: str) -> Path:
+    from fakes import new_source
+
+    return new_source(root, "src-2", changed)
+
+
 def test_latency_judge_compares_the_slowest_request_of_each_second(src: Source) -> None:
     judges = worker_judges(src, error_judge=False)
     (j,) = judges.judges
@@ -177,8 +250,8 @@ def test_alarms_and_judges_share_one_metrics_call(src: Source) -> None:
     judges = JudgeSet(default_judges(m, "prod", canary, stable, START), m.environments["prod"].judge_alpha)
     assert [j.name for j in judges.judges] == [
         "errors-judge:api", "errors-judge:worker", "errors-judge:dlq_processor", "5xx-judge",
-        "latency-judge:api", "latency-judge:worker", "latency-judge:dlq_processor"]
-    assert all(x.test.threshold == pytest.approx(700.0) for x in judges.judges)
+        "dlq-judge:processing-dlq", "latency-judge:api", "latency-judge:worker", "latency-judge:dlq_processor"]
+    assert all(x.test.threshold == pytest.approx(800.0) for x in judges.judges)
     for s in range(10):
         src.invocations("api", "3", START + s, 2)
         src.invocations("api", "2", START + s, 18)
@@ -209,8 +282,8 @@ def test_query_budget_of_the_sda_manifest_with_judges(src: Source) -> None:
     judges = JudgeSet(default_judges(m, "prod", canary, stable, start))
     for dt in (20, 20.25, 21):  # the judges ask only when a second has closed
         evaluate_all(src, alarms, judges, now=start + dt)
-    assert [len(c) for c in src.calls] == [33, 11, 33]
-    assert "33 queries in an evaluation after a second closed, 11 in the others" in " ".join(
+    assert [len(c) for c in src.calls] == [35, 11, 35]
+    assert "35 queries in an evaluation after a second closed, 11 in the others" in " ".join(
         alarms_module.__doc__.split())
 
 

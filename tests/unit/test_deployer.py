@@ -184,7 +184,7 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
     data, trigger = rolled_back(world, d.id)
     alarm = "error rate 95.2 % (20/21) > 10 % over 1 s on worker v12"
     # the alarm decides alone (staging: no confirmation); its judge has not judged a closed second yet
-    sentence = (f"{alarm}; errors-judge:worker: e-value 1 < 300, no events to compare yet, canary 0/0, "
+    sentence = (f"{alarm}; errors-judge:worker: e-value 1 < 400, no events to compare yet, canary 0/0, "
                 "stable 0/0 over 0 s")
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker"]
@@ -193,7 +193,7 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
     a = data["alarms"][0]
     assert (a["value"], a["threshold"], a["numerator"], a["denominator"]) == (pytest.approx(95.238, 1e-3), 10.0,
                                                                               20.0, 21.0)
-    assert a["evidence"]["judge"] == "errors-judge:worker" and a["evidence"]["threshold"] == 300.0
+    assert a["evidence"]["judge"] == "errors-judge:worker" and a["evidence"]["threshold"] == 400.0
     assert world.fake.live_versions() == world.live(r1)
     ev = world.store.alarm_evaluations(d.id, "error-rate:worker")
     assert [e.state for e in ev] == ["INSUFFICIENT_DATA", "ALARM"] and ev[-1].detail == alarm
@@ -213,7 +213,7 @@ def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None
     assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
     assert [a["alarm"] for a in data["alarms"]] == ["api-5xx"]
     # the API's 5xx are also the HTTP function's errors (502): its errors judge comes first among its judges
-    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2; errors-judge:api: e-value 1 < 300, no events "
+    assert data["evidence"] == ["API 5xx 10 > 3 over 1 s on svc v2; errors-judge:api: e-value 1 < 400, no events "
                                 "to compare yet, canary 0/0, stable 0/0 over 0 s"]
     impact = world.store.incident_for_deployment(d.id).evidence["impact"]
     assert impact["api"]["failed_requests"] == 10 and impact["api"]["requests_served"] == 10
@@ -235,7 +235,7 @@ def test_message_reaching_the_dlq_rolls_back_with_alarm_dlq_arrivals(world: Worl
     assert [a["alarm"] for a in data["alarms"]] == ["dlq-arrivals:jobs-dlq"]
     # at 100 % nothing compares the versions: the consumer's judge has counts but no evidence
     assert data["evidence"] == ["DLQ arrivals 1 > 0 over 3 s since the deployment started on jobs-dlq; "
-                                "errors-judge:worker: e-value 1 < 100, no events to compare yet, canary 2/3, "
+                                "errors-judge:worker: e-value 1 < 200, no events to compare yet, canary 2/3, "
                                 "stable 0/0 over 2 s"]
     assert world.store.incident_for_deployment(d.id).evidence["impact"]["dlq_arrivals"] == {"jobs-dlq": 1.0}
 
@@ -341,10 +341,11 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
         data, trigger = rolled_back(w, d.id, "high")
         assert data["trigger"] == "judge" and trigger["kind"] == "judge"
         assert [a["alarm"] for a in data["alarms"]] == ["latency-judge:worker"]
-        # the canary's slowest request beat the stable version's in every second judged: 9 of them
-        # (q = 0.5: each at most doubles the e-value); 2 judges (errors, latency of the worker) share α = 0.01
-        assert data["evidence"] == ["slowest request (> 1.25× and +25 ms) on worker v12 vs v11: e-value 213 ≥ 200, "
-                                    "ratio ∞ (CI 1–∞), canary 9/46, stable 0/45 over 9 s"]
+        # the canary's slowest request beat the stable version's in every second judged: 10 of them
+        # (q = 0.5: each at most doubles the e-value); 3 judges (the worker's errors, latency and its DLQ's
+        # arrivals) share α = 0.01
+        assert data["evidence"] == ["slowest request (> 1.25× and +25 ms) on worker v12 vs v11: e-value 406 ≥ 300, "
+                                    "ratio ∞ (CI 1.1–∞), canary 10/51, stable 0/50 over 10 s"]
         assert w.store.alarm_evaluations(d.id, "error-rate:worker")[-1].state == "OK"
         view = incidents.load(w.store, w.store.incident_for_deployment(d.id).id)
         assert view.automatic, "a judge's rollback is an automatic one"
@@ -416,7 +417,7 @@ def test_with_confirm_with_judge_a_regression_rolls_back_by_the_judge_with_the_a
         assert data["trigger"] == "judge" and trigger["kind"] == "judge"
         assert [a["alarm"] for a in data["alarms"]] == ["errors-judge:worker", "error-rate:worker"]
         judge, alarm = data["alarms"]
-        assert judge["value"] >= judge["threshold"] == 100.0  # one judge (the worker's errors) has all of α
+        assert judge["value"] >= judge["threshold"] == 200.0  # 2 judges (the worker's errors, its DLQ's) share α
         assert alarm["evidence"] == judge["evidence"], "the alarm carries the evidence of the judge that confirmed it"
         ev = judge["evidence"]
         assert ev["low"] >= 1.0 and ev["canary_events"] > ev["stable_events"]
@@ -491,7 +492,7 @@ def test_fewer_invocations_than_the_minimum_is_not_enough_data_not_a_rollback(wo
     data, _ = rolled_back(world, d.id)
     # the judge has the first second (10 canary failures, none of the stable version's 10 invocations) and
     # decides in the same evaluation as the alarm: both roll back, the alarm first (staging: no confirmation)
-    judged = "e-value 288 ≥ 100, ratio ∞ (CI 1.2–∞), canary 10/11, stable 0/10 over 1 s"
+    judged = "e-value 288 ≥ 200, ratio ∞ (CI 1.1–∞), canary 10/11, stable 0/10 over 1 s"
     assert data["evidence"] == [f"error rate 95.2 % (20/21) > 10 % over 2 s on worker v12; errors-judge:worker: "
                                 f"{judged}", f"errors on worker v12 vs v11: {judged}"]
     assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker", "errors-judge:worker"]
@@ -516,7 +517,8 @@ def test_every_evaluation_asks_all_alarms_in_one_metrics_call(tmp_path: Path) ->
         w.deployer._watch(w.store.get(d.id), lv, alarms, judges, deadline=w.clock.now() + 60)
         assert w.fake.metrics_calls == calls + 1
         assert set(lv.alarms) == {"error-rate:api", "error-rate:worker", "error-rate:repair", "api-5xx",
-                                  "dlq-arrivals:jobs-dlq", "errors-judge:worker", "latency-judge:worker"}
+                                  "dlq-arrivals:jobs-dlq", "errors-judge:worker", "dlq-judge:jobs-dlq",
+                                  "latency-judge:worker"}
     finally:
         w.close()
 

@@ -413,3 +413,30 @@ def test_the_platform_publishes_dlq_arrivals_per_queue_and_per_last_receiving_ve
         assert (arrivals(), arrivals(ExecutedVersion="3"), arrivals(ExecutedVersion="4")) == (2.0, 1.0, 0.0)
     finally:
         p.close(drain_timeout=1)
+
+
+def test_now_refuses_to_wait_and_applies_nothing(store: QueueStore, db: Path) -> None:
+    """`QueueStore.now` (the SQS endpoint's event-loop path): a call that would wait for another
+    writer's lock, or a long poll, raises WouldBlock with nothing applied; the same call then works."""
+    from backout.platforms.local.queues import WouldBlock
+
+    store.ensure_queue("q")
+    store.send("q", "first")
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(WouldBlock):
+            store.now(store.send, "q", "blocked")
+        with pytest.raises(WouldBlock):
+            store.now(store.receive, "q")
+        assert store.now(store.stats, "q").visible == 1, "a read needs no lock"
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    with pytest.raises(WouldBlock):
+        store.now(store.receive, "q", 1, None, 1.0)  # a long poll waits by design
+    [m] = store.now(store.receive, "q")
+    assert m.body == "first" and m.receive_count == 1, "the refused receive counted nothing"
+    assert store.now(store.delete, "q", m.receipt_handle)
+    assert store.stats("q").visible == 0 and store.stats("q").sent == 1, "the refused send sent nothing"
+    store.checkpoint()

@@ -305,3 +305,29 @@ def test_every_function_gets_the_aws_wiring_and_may_override_it(e: Env) -> None:
     assert got["JOBS_QUEUE_URL"] == e.jobs and got["JOBS_DLQ_QUEUE_URL"] == e.dlq
     assert got["OUTBOX_QUEUE_URL"] == "https://sqs.example/123/elsewhere"  # the function's own value wins
     assert "AWS_PROFILE" not in got and "AWS_SESSION_TOKEN" not in got
+
+
+def test_a_send_that_must_wait_for_another_writer_waits_in_a_thread_not_on_the_event_loop(e: Env) -> None:
+    """Store calls run on the event loop only while nothing else holds the write lock: with the lock
+    held by another connection (a worker process, a poller), a SendMessage waits in a thread and is
+    answered after the lock is released, while the endpoint keeps answering other requests."""
+    import sqlite3
+
+    other = sqlite3.connect(e.platform.queue_store.db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    sent: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: sent.update(e.sqs.send_message(QueueUrl=e.jobs, MessageBody="later")))
+    t.start()
+    try:
+        t.join(0.5)
+        assert t.is_alive() and not sent, "it waits for the lock"
+        assert e.sqs.get_queue_url(QueueName="jobs")["QueueUrl"] == e.jobs, "the loop still answers"
+        assert e.sqs.get_queue_attributes(QueueUrl=e.jobs, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"]["ApproximateNumberOfMessages"] == "0", "reads do not wait (WAL)"
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    t.join(60)
+    assert sent["MD5OfMessageBody"] == hashlib.md5(b"later").hexdigest()
+    [m] = e.sqs.receive_message(QueueUrl=e.jobs)["Messages"]
+    assert m["Body"] == "later"

@@ -34,11 +34,13 @@ p99 duration limit + 1 per configured queue-age limit; with `confirm_with_judge`
 the environment's `alarms` table plans 1 (1 per function when it is one per function). The
 judges (`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed
 function with an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency:
-Duration of both versions) and 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
-function's Errors are shared). The SDA manifest (`backout.toml`: 4 functions of which 3 have an
+Duration of both versions), 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
+function's Errors are shared) and 2 per DLQ consumer (its DLQ arrivals per version; the invocations
+are the errors judge's series). The SDA manifest (`backout.toml`: 4 functions of which 3 have an
 event source, one HTTP function, one DLQ, no limits) in prod, every function changed: 2×4 + 1 + 1 +
-1 = 11 for the alarms, + 3×4 + 4 + 3×2 = 22 for the judges: 33 queries in an evaluation after a
-second closed, 11 in the others — one call each.
+1 = 11 for the alarms, + 3×4 + 4 + 2 + 3×2 = 24 for the judges: 35 queries in an evaluation after a
+second closed, 11 in the others — one call each (with `consistent_metrics` the errors judges also
+read the second still filling, so they ask in every evaluation).
 """
 
 from __future__ import annotations

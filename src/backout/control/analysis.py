@@ -34,16 +34,45 @@ the canary's slowest exceeds g(the stable's slowest), else e = 1. It replaces th
 over the stable p99" rule: a rank comparison of the same seconds, like Kayenta's Mann-Whitney, but
 sequential.
 
-**Data**: only closed seconds — ended `settle` seconds ago, so their counts no longer change — each
+**DLQ judge** (`dlq-judge:<dlq>`, `…:<fn>` when several deployed functions consume its source
+queues): a message moved to a DLQ is counted against the version that received it last
+(`DeadLetterArrivals {QueueName, ExecutedVersion}`), so the same e-process tests the canary's arrivals
+against the stable version's, with q the canary's share of the consumer's received messages over the
+trailing `alarm_window` — read as its share of the consumer's invocations: the alias picks a version
+per batch, independently of the batch's size, so the share of batches is the expected share of messages
+(the same counts at batch_size 1). The window, not the second of the arrival, because a message goes
+to the DLQ a retry delay after the receive that failed it. This q is an estimate, not the count the
+arrival is drawn from, so here the guarantee is approximate: it holds while the weights are steady;
+for up to `alarm_window` after a step up the window still holds seconds at the lower weight, and an
+arrival from a receive after the step is judged at a share a little below its own — the one place
+where this judge can lean against the canary. It confirms the DLQ alarm, as the consumer's errors
+judge does.
+
+**Data**: closed seconds — ended `settle` seconds ago, so their counts no longer change — each
 judged once, in order (a late count for a judged second is ignored). A second with events but no
 requests on either version is skipped (nothing to attribute them to); one where a version had no
 requests carries no information (q = 0 or 1, LR = 1). A restarted deployer rebuilds the same e-value
 from the same seconds. Queries: per judge one per statistic over the seconds not yet judged, at 1 s
-(`errors`: 4, `5xx`: 4 + 2 for the HTTP function's errors, latency: 2), merged across judges and with
-the alarms into ONE batched metrics call by `evaluate_all`.
+(`errors`: 4, `5xx`: 4 + 2 for the HTTP function's errors, latency: 2, DLQ: 2 + the errors judge's
+invocations), merged across judges and with the alarms into ONE batched metrics call by `evaluate_all`.
 
-DLQ arrivals have no version dimension (SQS does not know which version failed a message), so they
-stay an alarm; the consumer's errors judge sees the failures that send messages there and confirms it.
+**Open seconds** (`open_seconds`, on a platform with `consistent_metrics`: the local one): the errors
+judges do not wait for a second to close. At each evaluation (every 0.25 s locally) they take what
+each unclosed second holds *beyond what they already judged of it* — the invocations that completed
+since the last read, with their errors — as one more observation, and judge its remainder (late
+samples included) the same way until it closes. Why this keeps the guarantee: the runtime records an
+invocation's Invocations and Errors together under the store's lock and `metrics` reads one snapshot
+under the same lock, so every increment is a set of whole invocations, each counted in exactly one
+increment; an error once counted is never taken back, and the invocations that arrive later form the
+next increment with their own errors. The increments are cut by the evaluator's clock, which does not
+look at outcomes, so each is to the argument above what a second is — a batch of requests with its
+own n_c, n_s and events — and the product over increments is the same supermartingale. What it buys:
+a decision within one evaluation of the failure that carries the e-value over, instead of after the
+whole second plus `settle` (a 50 %-failing canary at 5 requests/s: 9–11 canary requests instead of
+14–16, BENCHMARKS.md). Not for the 5xx judge (the gateway's 5XXError and the function's Errors are
+recorded at different instants, so an increment could hold one without the other), the latency judge
+(a second's maximum is not a sum of increments) or the DLQ judge (arrivals are sampled once a second),
+nor on AWS (CloudWatch ingests EMF lines late, metric by metric: no snapshot holds an invocation whole).
 """
 
 from __future__ import annotations
@@ -69,10 +98,11 @@ from backout.control.alarms import (
     MetricSource,
     MetricStat,
     StateChange,
+    dlq_scopes,
     fetch_for,
 )
 from backout.manifest import Manifest
-from backout.platforms.base import NS_API, NS_LAMBDA, Datapoint, MetricQuery
+from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, Datapoint, MetricQuery
 
 log = logging.getLogger(__name__)
 
@@ -116,21 +146,24 @@ class MixtureTest:
     def threshold(self) -> float:
         return 1.0 / self.alpha
 
-    def observe(self, c: float, n_c: float, e: float, n_s: float) -> None:
-        """One closed second: c of the canary's n_c requests and e of the stable's n_s were events."""
-        if ((c or e) and n_c + n_s <= 0) or (c and n_c <= 0) or (e and n_s <= 0):
+    def observe(self, c: float, n_c: float, e: float, n_s: float,
+                share: tuple[float, float] | None = None) -> None:
+        """One closed second: c of the canary's n_c requests and e of the stable's n_s were events.
+        `share`: the requests (canary, stable) that q is taken from, when not these (the DLQ judge's window)."""
+        w_c, w_s = (n_c, n_s) if share is None else share
+        if ((c or e) and w_c + w_s <= 0) or (c and w_c <= 0) or (e and w_s <= 0):
             self.skipped += 1
             return
         self.canary_events += c
         self.canary_requests += n_c
         self.stable_events += e
         self.stable_requests += n_s
-        if n_c <= 0 or n_s <= 0:
+        if w_c <= 0 or w_s <= 0:
             return  # one version alone: q is 0 or 1, every LR is 1
         self.informative += 1
         if not (c or e):
             return
-        q = n_c / (n_c + n_s)
+        q = w_c / (w_c + w_s)
         self._sums += log_lr(_GRID, c, c + e, q)
         self._obs.append((c, c + e, q))
         if self.log_e >= math.log(self.threshold):
@@ -183,7 +216,9 @@ class _Judge:
     alpha: float = 0.01  # this judge's share of the deployment's α (JudgeSet sets it)
     confirms: tuple[str, ...] = ()  # the alarms this judge's ALARM confirms (confirm_with_judge)
     test: MixtureTest = field(default_factory=MixtureTest)
+    open_seconds: bool = False  # also judge the seconds still filling (`consistent_metrics` platforms)
     cursor: int = field(default=0, init=False)
+    _seen: dict[int, tuple[float, ...]] = field(default_factory=dict, init=False)  # open second → counts judged
 
     def __post_init__(self) -> None:
         self.cursor = math.ceil(self.since)
@@ -202,28 +237,40 @@ class _Judge:
         raise NotImplementedError
 
     def _closed(self, now: float) -> int:
-        """The end (exclusive) of the seconds that can be judged at `now`."""
+        """The end (exclusive) of the seconds that are closed at `now` (no count of theirs changes)."""
         return min(math.floor(now - self.settle), self.cursor + _MAX_SECONDS)
 
+    def _end(self, now: float) -> int:
+        """The end (exclusive) of the seconds read at `now`: the closed ones, with `open_seconds` also
+        those still filling, up to the current one."""
+        if self.open_seconds:
+            return min(math.floor(now) + 1, self.cursor + _MAX_SECONDS)
+        return self._closed(now)
+
+    def _start(self) -> int:
+        """The first second a query covers (a judge that looks back further says so)."""
+        return self.cursor
+
     def _query(self, st: MetricStat, end: int) -> MetricQuery:
-        return st.query(float(self.cursor), float(end), 1)
+        return st.query(float(self._start()), float(end), 1)
 
     def plan(self, now: float) -> list[MetricQuery]:
-        end = self._closed(now)
+        end = self._end(now)
         if end <= self.cursor or self.test.rejected:
             return []
         return [self._query(st, end) for st in self._stats()]
 
     def decide(self, fetched: Fetched, now: float) -> Evaluation:
-        end = self._closed(now)
+        end, closed = self._end(now), self._closed(now)
         if end > self.cursor and not self.test.rejected:
             series = {st: _by_second(fetched.series(self._query(st, end))) for st in self._stats()}
             for s in range(self.cursor, end):
                 self._observe(series, s)
+                if s < closed or self.test.rejected:
+                    self.cursor = s + 1
+                    self._seen.pop(s, None)
                 if self.test.rejected:
-                    end = s + 1
                     break
-            self.cursor = end
         return self.evaluation(now)
 
     def evidence(self) -> CanaryEvidence:
@@ -285,9 +332,12 @@ class CountJudge(_Judge):
 
     def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
         assert self.canary is not None and self.stable is not None
-        c, n_c = self.canary.at(series, second)
-        e, n_s = self.stable.at(series, second)
-        self.test.observe(c, n_c, e, n_s)
+        now = (*self.canary.at(series, second), *self.stable.at(series, second))
+        before = self._seen.get(second, (0.0, 0.0, 0.0, 0.0))
+        c, n_c, e, n_s = (max(0.0, x - b) for x, b in zip(now, before, strict=True))  # what came since
+        self._seen[second] = now
+        if c or n_c or e or n_s:
+            self.test.observe(c, n_c, e, n_s)
 
     def _label(self) -> str:
         return self.label
@@ -323,17 +373,59 @@ class LatencyJudge(_Judge):
         return f"slowest request (> {1 + self.tolerance:g}× and +{self.min_delta_ms:g} ms)"
 
 
-Judge = CountJudge | LatencyJudge
+@dataclass
+class DlqJudge(_Judge):
+    """DLQ arrivals of the messages the canary received last, against the stable version's (see the
+    module docstring): events per second from `{QueueName: dlq, ExecutedVersion}`, q from the consumer's
+    invocations of each version over the trailing `window` seconds."""
+
+    queue: str = ""  # the dead-letter queue
+    function: str = ""  # the consumer of its source queue(s)
+    canary: str = ""
+    stable: str = ""
+    window: int = 60
+
+    def _arrivals(self, version: str) -> MetricStat:
+        return MetricStat.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": self.queue, "ExecutedVersion": version})
+
+    def _invocations(self, version: str) -> MetricStat:
+        return MetricStat.of(NS_LAMBDA, "Invocations", {"FunctionName": self.function, "ExecutedVersion": version})
+
+    def _stats(self) -> list[MetricStat]:
+        return [self._arrivals(self.canary), self._arrivals(self.stable),
+                self._invocations(self.canary), self._invocations(self.stable)]
+
+    def _start(self) -> int:
+        """The window before the first second not yet judged: the invocations that can have sent a
+        message there (none before the deployment started)."""
+        return max(math.ceil(self.since), self.cursor - self.window + 1)
+
+    def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
+        def total(st: MetricStat, seconds: range) -> float:
+            return sum(p.value for s in seconds if (p := series[st].get(s)) is not None)
+
+        now, window = range(second, second + 1), range(second - self.window + 1, second + 1)
+        self.test.observe(total(self._arrivals(self.canary), now), total(self._invocations(self.canary), now),
+                          total(self._arrivals(self.stable), now), total(self._invocations(self.stable), now),
+                          share=(total(self._invocations(self.canary), window),
+                                 total(self._invocations(self.stable), window)))
+
+    def _label(self) -> str:
+        return f"DLQ arrivals ({self.queue}, received last by {self.function})"
+
+
+Judge = CountJudge | LatencyJudge | DlqJudge
 
 
 def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], stable: dict[str, str],
-                   since: float) -> list[Judge]:
+                   since: float, open_seconds: bool = False) -> list[Judge]:
     """The judges of a deployment from `canary` (function → its new version) and `stable` versions.
 
     Only functions whose version changes and that have an event source (HTTP or queue) get judges:
     nothing else routes traffic to two versions during a deployment, and every judge costs the others
-    a share of α. Each judge
-    confirms the threshold alarms watching the same signal (`default_rules`' names)."""
+    a share of α. Each judge confirms the threshold alarms watching the same signal (`default_rules`'
+    names). `open_seconds` (a platform with `consistent_metrics`): the errors judges also read the
+    second still filling (see the module docstring)."""
     env = manifest.environment(env_name)
     fns = [fn for fn in canary if fn in stable and canary[fn] != stable[fn] and fn in manifest.functions
            and (manifest.functions[fn].http_events or manifest.functions[fn].queue_events)]
@@ -366,7 +458,7 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
             confirms = (f"error-rate:{fn}", *consumed(fn), *([api_alarm[fn]] if fn in api_alarm else []))
             judges.append(CountJudge(
                 f"errors-judge:{fn}", f"{fn} v{c} vs v{s}", since, settle, confirms=confirms,
-                canary=Signal(*lam(fn, c)), stable=Signal(*lam(fn, s)), label="errors",
+                open_seconds=open_seconds, canary=Signal(*lam(fn, c)), stable=Signal(*lam(fn, s)), label="errors",
             ))
         service = manifest.service.name
         for name, alarm, members in groups:
@@ -379,6 +471,18 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
 
             judges.append(CountJudge(name, f"{service} v{c} vs v{s}", since, settle, confirms=(alarm,),
                                      canary=api(c), stable=api(s), label="5xx other than its errors"))
+        for dlq in sorted({q.dead_letter_queue for q in manifest.queues.values() if q.dead_letter_queue}):
+            sources = {n for n, q in manifest.queues.items() if q.dead_letter_queue == dlq}
+            consumers = [fn for fn in fns if any(e.queue in sources for e in manifest.functions[fn].queue_events)]
+            alarms = [name for name, _ in dlq_scopes(manifest, dlq, canary)]
+            for fn in consumers:
+                c, s = canary[fn], stable[fn]
+                confirms = tuple(a for a in alarms if a in (f"dlq-arrivals:{dlq}", f"dlq-arrivals:{dlq}:{fn}"))
+                judges.append(DlqJudge(
+                    f"dlq-judge:{dlq}" + (f":{fn}" if len(consumers) > 1 else ""), f"{fn} v{c} vs v{s}", since,
+                    settle, confirms=confirms, queue=dlq, function=fn, canary=c, stable=s,
+                    window=max(1, math.ceil(float(env.alarm_window))),
+                ))
     if env.latency_judge:
         for fn in fns:
             judges.append(LatencyJudge(

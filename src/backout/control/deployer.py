@@ -37,6 +37,7 @@ from backout.platforms.base import (
     MetricQuery,
     Platform,
     Release,
+    consistent_metrics,
     evaluation_interval,
 )
 
@@ -624,7 +625,8 @@ class Deployer:
         if d.stable_release is not None:
             fns = self.platform.functions()
             judges = JudgeSet(default_judges(self.manifest, self.env, {fn: d.target_versions[fn] for fn in fns},
-                                             dict(d.stable_versions), self._started_at(d)), self.spec.judge_alpha)
+                                             dict(d.stable_versions), self._started_at(d),
+                                             open_seconds=consistent_metrics(self.platform)), self.spec.judge_alpha)
         start_index = d.current_step if d.current_step is not None else 0
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]

@@ -514,6 +514,15 @@ def evaluation_interval(platform: object, default: float) -> float:
     return float(getattr(platform, "evaluation_interval", default))
 
 
+def consistent_metrics(platform: object) -> bool:
+    """Whether one `metrics` call answers from one snapshot in which the samples of one invocation
+    (Invocations, Errors, Duration) appear together or not at all, the current second included. A
+    platform that declares it lets the errors judges read the second still filling (local: one
+    in-memory store under one lock); CloudWatch makes no such promise (EMF lines are ingested late and
+    metric by metric), so there the judges wait for closed seconds."""
+    return bool(getattr(platform, "consistent_metrics", False))
+
+
 @runtime_checkable
 class Platform(Releases, Routing, Invoke, Metrics, Ingress, Processing, Queues, Data, Protocol):
     """Where the service runs: the union of the concerns above."""

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,22 +193,36 @@ class MetricStore:
     # --- reads --------------------------------------------------------------------------
     def query(self, q: MetricQuery) -> list[Datapoint]:
         """GetMetricStatistics over [q.start, q.end): one datapoint per aligned period with samples."""
-        stat, pct = _statistic(q.statistic)
-        if q.period <= 0:
-            raise UsageError(f"metric period must be a positive number of seconds, not {q.period}")
-        key = (q.namespace, q.metric, tuple(sorted((k, str(v)) for k, v in q.dimensions)))
-        lo, hi = math.ceil(q.start), math.ceil(q.end)  # seconds s with start <= s < end
-        periods: dict[int, list[_Packed | list[float]]] = {}
+        return self.query_many([q])[0]
+
+    def query_many(self, queries: Sequence[MetricQuery]) -> list[list[Datapoint]]:
+        """Several queries answered from ONE snapshot (one hold of the lock that `record_many` takes):
+        samples recorded together — an invocation's Invocations, Errors and Duration — are in every
+        answer together or in none, even for the second still filling. The canary judges rely on it to
+        read the current second (`consistent_metrics` of the local platform)."""
+        asks = []
+        for q in queries:
+            stat, pct = _statistic(q.statistic)
+            if q.period <= 0:
+                raise UsageError(f"metric period must be a positive number of seconds, not {q.period}")
+            key = (q.namespace, q.metric, tuple(sorted((k, str(v)) for k, v in q.dimensions)))
+            asks.append((q, key, stat, pct, math.ceil(q.start), math.ceil(q.end)))  # start <= s < end
+        found: list[dict[int, list[_Packed | list[float]]]] = []
         with self._lock:
-            s = self._series.get(key)
-            if s is None or hi <= lo:
-                return []
-            for sec, part in _in_window(s.cold, lo, hi):
-                periods.setdefault(sec - sec % q.period, []).append(part)
-            for sec, part in _in_window(s.hot, lo, hi):
-                periods.setdefault(sec - sec % q.period, []).append(list(part))
-        out = [_datapoint(ts, parts, stat, pct) for ts, parts in periods.items()]
-        out.sort(key=lambda d: d.timestamp)
+            for q, key, _stat, _pct, lo, hi in asks:
+                periods: dict[int, list[_Packed | list[float]]] = {}
+                s = self._series.get(key)
+                if s is not None and hi > lo:
+                    for sec, part in _in_window(s.cold, lo, hi):
+                        periods.setdefault(sec - sec % q.period, []).append(part)
+                    for sec, part in _in_window(s.hot, lo, hi):
+                        periods.setdefault(sec - sec % q.period, []).append(list(part))
+                found.append(periods)
+        out = []
+        for (_q, _key, stat, pct, _lo, _hi), periods in zip(asks, found, strict=True):
+            points = [_datapoint(ts, parts, stat, pct) for ts, parts in periods.items()]
+            points.sort(key=lambda d: d.timestamp)
+            out.append(points)
         return out
 
     def list_metrics(self, namespace: str | None = None) -> list[tuple[str, str, dict[str, str]]]:

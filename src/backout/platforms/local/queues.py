@@ -159,6 +159,10 @@ def _signal_for(db_path: Path) -> _Signal:
         return _signals.setdefault(key, _Signal())
 
 
+class WouldBlock(Exception):
+    """A call made through `QueueStore.now` would have had to wait (nothing of it was applied)."""
+
+
 def _is_busy(e: sqlite3.OperationalError) -> bool:
     msg = str(e).lower()
     return "locked" in msg or "busy" in msg
@@ -171,7 +175,7 @@ class QueueStore:
         self.db_path = Path(db_path).resolve()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._conns: dict[int, tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
+        self._conns: dict[tuple[int, bool], tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = {}
         self._conns_lock = threading.Lock()
         self._signal = _signal_for(self.db_path)
         self._retry(self._init_db)
@@ -184,15 +188,19 @@ class QueueStore:
         self._write(_add_receiver_column)
 
     def _conn(self) -> sqlite3.Connection:
-        c: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        nowait = getattr(self._local, "nowait", False)
+        c: sqlite3.Connection | None = getattr(self._local, "fast" if nowait else "conn", None)
         if c is not None:
             return c
         c = sqlite3.connect(
-            self.db_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            self.db_path, timeout=0 if nowait else BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False
         )
-        c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        c.execute(f"PRAGMA busy_timeout={0 if nowait else BUSY_TIMEOUT_MS}")
         c.execute("PRAGMA synchronous=NORMAL")
-        self._local.conn = c
+        if nowait:  # its commits never run a checkpoint (an fsync) where the caller cannot wait: `checkpoint`
+            c.execute("PRAGMA wal_autocheckpoint=0")
+        setattr(self._local, "fast" if nowait else "conn", c)
         me = threading.current_thread()
         with self._conns_lock:
             # Close connections of threads that have ended (sqlite3 connections cannot be weakly held).
@@ -201,7 +209,7 @@ class QueueStore:
                 if t is None or not t.is_alive():
                     old.close()
                     del self._conns[ident]
-            self._conns[id(me)] = (weakref.ref(me), c)
+            self._conns[(id(me), nowait)] = (weakref.ref(me), c)
         return c
 
     def close(self) -> None:
@@ -218,15 +226,33 @@ class QueueStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def _retry(fn: Callable[[], T]) -> T:
-        """Run `fn`, retrying while another process holds the lock past busy_timeout."""
+    def now(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` (a method of this store) if it needs no wait: a write whose lock another
+        connection holds, or a long poll, raises `WouldBlock` at once, its transaction rolled back, so
+        the caller can run the same call where waiting is fine (a thread). For an event loop: an
+        uncontended call costs less than the hop to a thread. Its connection never checkpoints the WAL
+        on commit; the caller runs `checkpoint` where it may wait."""
+        self._local.nowait = True
+        try:
+            return fn(*args)
+        finally:
+            self._local.nowait = False
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file as far as readers allow (PASSIVE): for writers that
+        skip the automatic checkpoint (`now`)."""
+        self._retry(lambda: self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run `fn`, retrying while another process holds the lock past busy_timeout (in `now`: not at all)."""
         delay = 0.005
         deadline = time.monotonic() + 120
         while True:
             try:
                 return fn()
             except sqlite3.OperationalError as e:
+                if _is_busy(e) and getattr(self._local, "nowait", False):
+                    raise WouldBlock(str(e)) from e
                 if not _is_busy(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
@@ -404,6 +430,8 @@ class QueueStore:
             raise UsageError(f"max_messages must be >= 1 (got {max_messages})")
         if visibility_timeout is not None and visibility_timeout < 0:
             raise UsageError(f"visibility_timeout must be >= 0 (got {visibility_timeout})")
+        if wait > 0 and getattr(self._local, "nowait", False):
+            raise WouldBlock("a long poll waits")
         self.attributes(queue)  # unknown queue → UsageError before any waiting
         deadline = time.monotonic() + max(0.0, wait)
         sig = self._signal
