@@ -64,9 +64,9 @@ def test_a_rollback_leads_with_its_alarm_and_every_sentence_is_whole_in_80_colum
     assert body[row].split()[1:3] == ["ALARM", "95.24"]
     assert body[row + 1] == f"    {alarm}" and whole(judge, body[row + 2:])
     (at,) = [i for i, x in enumerate(body) if "had no data" in x]
-    assert body[at].startswith("5 alarms had no data") and whole(
+    assert body[at].startswith("6 alarms had no data") and whole(
         "(their functions' new version took no traffic, or too little to decide): ", body[at:])
-    for name in ("error-rate:api", "error-rate:repair", "errors-judge:worker"):
+    for name in ("error-rate:api", "error-rate:repair", "errors-judge:worker", "dlq-judge:jobs-dlq"):
         assert whole(name, body[at:]) and not [x for x in body if x.startswith(f"{name} ")]
     assert "INSUFFICIENT_DATA" not in "\n".join(body)
 
