@@ -110,20 +110,20 @@ def _roll_back(table: Any, lam: Any, item: dict[str, Any], d: dict[str, Any], ho
     # 1 + 2: take the lease and record the decision in one conditional transaction (fence unchanged since read)
     table.meta.client.transact_write_items(TransactItems=[
         {"Update": {
-            "TableName": table.name, "Key": t.serialize(t.deployment_key(did)),
+            "TableName": table.name, "Key": (t.deployment_key(did)),
             "UpdateExpression": "SET #s = :rb, holder = :me, fence = :next, expires = :never, reason = :why, "
                                 "rollback_decided_at = :now, finished_at = :now",
             "ConditionExpression": "fence = :fence AND expires = :expires AND #s IN (" + ", ".join(
                 f":a{i}" for i in range(len(t.ACTIVE_STATUSES))) + ")",
             "ExpressionAttributeNames": {"#s": "status"},
-            "ExpressionAttributeValues": t.serialize({
+            "ExpressionAttributeValues": ({
                 ":rb": t.ROLLED_BACK, ":me": holder, ":next": fence + 1, ":never": 0, ":why": reason,
                 ":now": t.encode({"x": decided})["x"], ":fence": fence, ":expires": item["expires"],
                 **{f":a{i}": s for i, s in enumerate(t.ACTIVE_STATUSES)}}),
         }},
-        {"Delete": {"TableName": table.name, "Key": t.serialize(t.lock_key(env)),
+        {"Delete": {"TableName": table.name, "Key": (t.lock_key(env)),
                     "ConditionExpression": "deployment_id = :d",
-                    "ExpressionAttributeValues": t.serialize({":d": did})}},
+                    "ExpressionAttributeValues": ({":d": did})}},
     ])
     # 3: every alias to stable, no routing configuration
     functions: dict[str, str] = d.get("functions") or {}

@@ -18,8 +18,9 @@ One table, string keys `pk` / `sk`, two sparse global secondary indexes:
 
 Index `by_kind` (`record` S, `seq` N) lists deployments, incidents, drills and snapshots newest first;
 index `by_incident` (`incident_id` S, `eid` N) finds an incident's events that sit under its
-deployment. Values: numbers as Decimal (boto3's resource layer), nested data (steps, evidence, event
-data …) as JSON text, so any float (even an infinite e-value) round-trips.
+deployment. Values: numbers as Decimal (boto3's resource layer types them, also in transactions sent
+through the table's `meta.client`), nested data (steps, evidence, event data …) as JSON text, so any
+float (even an infinite e-value) round-trips.
 
 The lease: `holder` (host:pid:uuid of the process driving the deployment), `expires` (epoch seconds
 on the holder's clock) and `fence` (raised by one at every takeover). Every write of the holder is
@@ -43,6 +44,27 @@ CONDITION_FAILED = "ConditionalCheckFailedException"
 # nested values, stored as JSON text
 JSON_FIELDS = frozenset({"steps", "stable_versions", "target_versions", "action_items", "notes", "lessons",
                          "trigger", "evidence", "data", "detail", "value", "requests", "functions"})
+
+
+def _index(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
+    return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
+            "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": range_key, "KeyType": "RANGE"}]}
+
+
+# the table's definition: infrastructure/template.yaml's StateTable says the same (a unit test compares them)
+SCHEMA: dict[str, Any] = {
+    "KeySchema": [{"AttributeName": PK, "KeyType": "HASH"}, {"AttributeName": SK, "KeyType": "RANGE"}],
+    "AttributeDefinitions": [{"AttributeName": a, "AttributeType": k} for a, k in (
+        (PK, "S"), (SK, "S"), ("record", "S"), ("seq", "N"), ("incident_id", "S"), ("eid", "N"))],
+    "GlobalSecondaryIndexes": [_index(KIND_INDEX, "record", "seq"), _index(INCIDENT_INDEX, "incident_id", "eid")],
+}
+
+
+def create_table(client: Any, name: str) -> None:
+    """Create the table (on demand) and wait until it is active: for a stack without the template's
+    StateTable, for tests and benchmarks against an emulator."""
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **SCHEMA)
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
 
 
 def deployment_key(deployment_id: str) -> dict[str, str]:
@@ -128,20 +150,12 @@ def put_incident(table: Any, record: Mapping[str, Any]) -> None:
     item = {**incident_key(record["id"]), **encode(record), "record": "incident"}
     if record.get("deployment_id"):
         table.meta.client.transact_write_items(TransactItems=[
-            {"Put": {"TableName": table.name, "Item": serialize(item)}},
-            {"Put": {"TableName": table.name, "Item": serialize(
+            {"Put": {"TableName": table.name, "Item": (item)}},
+            {"Put": {"TableName": table.name, "Item": (
                 {PK: f"DEP#{record['deployment_id']}", SK: f"INC#{record['id']}", "incident": record["id"]})}},
         ])
     else:
         table.put_item(Item=item)
-
-
-def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An item in the low-level client's typed form (for transactions)."""
-    from boto3.dynamodb.types import TypeSerializer
-
-    s = TypeSerializer()
-    return {k: s.serialize(v) for k, v in item.items()}
 
 
 def condition_failed(e: Exception) -> bool:

@@ -98,9 +98,8 @@ def test_the_guard_and_the_shared_state_table() -> None:
         "rate(1 minute)"]
     assert guard["Environment"]["Variables"]["BACKOUT_STATE_TABLE"] == {"Ref": "StateTable"}
     table = template()["Resources"]["StateTable"]["Properties"]
-    assert [k["AttributeName"] for k in table["KeySchema"]] == [state_table.PK, state_table.SK]
-    assert {g["IndexName"] for g in table["GlobalSecondaryIndexes"]} == {state_table.KIND_INDEX,
-                                                                           state_table.INCIDENT_INDEX}
+    assert {k: table[k] for k in state_table.SCHEMA} == state_table.SCHEMA  # what backout and the guard read
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     statements = template()["Resources"]["GuardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     aliases = next(s for s in statements if isinstance(s, dict) and s.get("Sid") == "Aliases")
     assert aliases["Resource"] == [{"Fn::GetAtt": [f"{camel(fn)}Function", "Arn"]} for fn in manifest().functions]

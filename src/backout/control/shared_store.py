@@ -156,9 +156,9 @@ class SharedStore:
     def _fence_check(self, did: str) -> dict[str, Any]:
         """A transaction item: this process still holds `did` with the fence it took."""
         return {"ConditionCheck": {
-            "TableName": self.table.name, "Key": t.serialize(t.deployment_key(did)),
+            "TableName": self.table.name, "Key": (t.deployment_key(did)),
             "ConditionExpression": "holder = :me AND fence = :f",
-            "ExpressionAttributeValues": t.serialize({":me": self.holder, ":f": self._fences[did]})}}
+            "ExpressionAttributeValues": ({":me": self.holder, ":f": self._fences[did]})}}
 
     def _put(self, item: dict[str, Any], did: str | None) -> None:
         """Put `item`; fenced when it is about a deployment this process holds."""
@@ -167,7 +167,7 @@ class SharedStore:
             return
         try:
             self._client().transact_write_items(TransactItems=[
-                self._fence_check(did), {"Put": {"TableName": self.table.name, "Item": t.serialize(item)}}])
+                self._fence_check(did), {"Put": {"TableName": self.table.name, "Item": (item)}}])
         except Exception as e:
             if t.condition_failed(e):
                 raise self._lost(did) from None
@@ -214,10 +214,10 @@ class SharedStore:
         }
         try:
             self._client().transact_write_items(TransactItems=[
-                {"Put": {"TableName": self.table.name, "Item": t.serialize({**t.lock_key(env), "deployment_id": did}),
+                {"Put": {"TableName": self.table.name, "Item": ({**t.lock_key(env), "deployment_id": did}),
                          "ConditionExpression": "attribute_not_exists(pk)"}},
                 {"Put": {"TableName": self.table.name,
-                         "Item": t.serialize({**t.deployment_key(did), **t.encode(record)}),
+                         "Item": ({**t.deployment_key(did), **t.encode(record)}),
                          "ConditionExpression": "attribute_not_exists(pk)"}},
             ])
         except Exception as e:
@@ -304,14 +304,14 @@ class SharedStore:
             lease = self._lease(cur)
             raise LeaseLost(f"deployment {did} is {lease.describe(self.clock())}: take it over "
                             f"(backout deployment follow {did}) or ask its holder to stop it")
-        update = {"TableName": self.table.name, "Key": t.serialize(t.deployment_key(did)),
+        update = {"TableName": self.table.name, "Key": (t.deployment_key(did)),
                   "UpdateExpression": expr.strip(), "ConditionExpression": cond,
-                  "ExpressionAttributeNames": names, "ExpressionAttributeValues": t.serialize(attr_values)}
+                  "ExpressionAttributeNames": names, "ExpressionAttributeValues": (attr_values)}
         items: list[dict[str, Any]] = [{"Update": update}]
         if lock_env is not None:
-            items.append({"Delete": {"TableName": self.table.name, "Key": t.serialize(t.lock_key(lock_env)),
+            items.append({"Delete": {"TableName": self.table.name, "Key": (t.lock_key(lock_env)),
                                      "ConditionExpression": "deployment_id = :d",
-                                     "ExpressionAttributeValues": t.serialize({":d": did})}})
+                                     "ExpressionAttributeValues": ({":d": did})}})
         try:
             self._client().transact_write_items(TransactItems=items)
         except Exception as e:

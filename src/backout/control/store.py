@@ -306,12 +306,12 @@ class SnapshotRecord:
 
 
 def already_active(d: _DeploymentRow | Deployment, driver: str = "") -> AlreadyActive:
-    """`driver`: who drives it, on a shared store (`deployment d-0007 … driven by host:pid:…`)."""
+    """`driver`: who drives it, on a shared store (`… (InProgress, r6 → r7), held by host:pid:uuid …`)."""
     return AlreadyActive(
         f"deployment {d.id} is already active in {d.env} ({d.status}, "
         f"{release_label(d.stable_release, d.stable_versions or {})} → "
         f"{release_label(d.target_release, d.target_versions or {})})"
-        + (f", driven by {driver}" if driver else "")
+        + (f", {driver}" if driver else "")
         + f"; wait for it to finish or stop it (backout deployment show {d.id})"
     )
 
