@@ -48,7 +48,8 @@ JSON_FIELDS = frozenset({"steps", "stable_versions", "target_versions", "action_
 
 def _index(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
     return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
-            "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": range_key, "KeyType": "RANGE"}]}
+            "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
+                          {"AttributeName": range_key, "KeyType": "RANGE"}]}
 
 
 # the table's definition: infrastructure/template.yaml's StateTable says the same (a unit test compares them)
