@@ -196,3 +196,42 @@ def test_the_guard_rolls_back_an_orphaned_split_and_opens_an_incident(
 
     # a second run finds nothing left to do
     assert guard.handler({}, Context()) == {"rolled_back": [], "left": [other.id]}
+
+
+def test_a_stop_from_another_machine_and_a_takeover_that_cannot_trust_the_step(table: Any, tmp_path: Path) -> None:
+    """Two control planes over one cloud (a FakePlatform) and one state table: machine B's stop is
+    carried out by A, which drives the deployment; after A is gone, B's takeover finds an alias no step
+    explains (moved by hand) and rolls back instead of going on."""
+    from backout.control.deployer import Deployer
+    from fakes import RecordingNotifier, World
+
+    w = World(tmp_path, store=lambda _: SharedStore(table, holder="machine-a", renew=0.2, expiry=1.0))
+    b = Deployer(w.manifest, w.env, w.fake, SharedStore(table, holder="machine-b", renew=0.2, expiry=1.0),
+                 RecordingNotifier(), clock=w.clock.now)
+    try:
+        r1, r2 = w.fake.releases()[-1], w.release()
+        d = w.deploy(r2, (50, 600), (100, 0))
+        w.wait_step(d.id, 0)
+        stopped = b.stop(d.id, rollback=True, reason="canary looks wrong", who="ops")
+        assert stopped.status == st.ROLLED_BACK and "canary looks wrong" in stopped.reason
+        assert w.store.lease(d.id).holder == "machine-a"  # A rolled it back itself, B only asked
+        assert {fn: w.fake.get_weights(fn).versions for fn in r1.versions} == w.live(r1)
+        assert "stop_requested" in w.kinds(d.id) and "taken_over" not in w.kinds(d.id)
+
+        r3 = w.release()
+        d3 = w.deploy(r3, (50, 600), (100, 0))
+        w.wait_step(d3.id, 0)
+        w.deployer.close()  # machine A goes away mid-canary (its lease released: no wait for the expiry)
+        w.fake.set_weights("api", r1.version("api"), r3.version("api"), 80.0)  # and someone edits an alias
+        b.follow(d3.id)
+        done = w.wait(lambda: (x := b.store.get(d3.id)).terminal and b.store.incident_for_deployment(d3.id) and x,
+                      timeout=60, what="the takeover's rollback")
+        assert done.status == st.ROLLED_BACK
+        assert "cannot be trusted: api sends 80 % to r3" in done.reason
+        assert {fn: w.fake.get_weights(fn).versions for fn in r1.versions} == w.live(r1)
+        assert b.store.lease(d3.id).holder == "machine-b" and b.store.lease(d3.id).fence == 2
+        inc = b.store.incident_for_deployment(d3.id)
+        assert inc is not None and inc.trigger["kind"] == "takeover"
+    finally:
+        b.close()
+        w.close()
