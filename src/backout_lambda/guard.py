@@ -19,7 +19,7 @@ alone. Configuration, from the function's environment:
 | variable | meaning |
 |---|---|
 | `BACKOUT_STATE_TABLE` | the table (the stack's `StateTable`) |
-| `BACKOUT_GUARD_GRACE` | seconds after a lease's expiry before the guard acts (default 60) |
+| `BACKOUT_GUARD_GRACE` | seconds after a lease's expiry before the guard acts (default 0) |
 | `BACKOUT_NOTIFY_TOPIC` | optional SNS topic ARN: one message per rollback |
 | `BACKOUT_NOTIFY_URL` | optional URL: the same notification POSTed as JSON (standard library) |
 
@@ -44,7 +44,7 @@ from typing import Any
 from backout_lambda import state_table as t
 
 log = logging.getLogger(__name__)
-DEFAULT_GRACE = 60.0
+DEFAULT_GRACE = 0.0  # act at the first run after the expiry: split at most lease expiry + one period
 LIVE_ALIAS = "live"
 
 
