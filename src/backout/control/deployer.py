@@ -35,7 +35,7 @@ from backout.control.notify import Notification, Notifier
 from backout.control.store import ControlStore, Deployment, Incident
 from backout.control.strategies import Step, Strategy, progress_deadline, resolve
 from backout.control.traffic import Traffic
-from backout.errors import UsageError
+from backout.errors import OperationFailed, UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import (
     NS_LAMBDA,
@@ -408,6 +408,7 @@ class Deployer:
         self.leases.request(d.id, "stop", {"rollback": rollback, "reason": reason, "who": who})
         self.store.add_event("stop_requested", f"{who or 'an operator'} asked {d.id}'s driver to stop it: {reason}",
                              deployment_id=d.id, severity="warning", ts=self.clock())
+        give_up = time.monotonic() + 2 * self.leases.expiry_seconds + 30.0
         while True:
             cur = self.store.get(d.id)
             if not cur.active:
@@ -415,6 +416,10 @@ class Deployer:
             lease = self.leases.lease(d.id)
             if lease.expired() and self._take_over(cur, "stop"):
                 return self.store.get(d.id)
+            if time.monotonic() > give_up:  # alive (it renews) but busy: a hook, an approval wait
+                raise OperationFailed(
+                    f"asked {d.id}'s driver to stop it; it is {lease.describe()} and has not acted yet — it will "
+                    f"at its next evaluation (follow it: backout deployment follow {d.id})")
             time.sleep(min(0.2, max(0.01, lease.expires - time.time())))
 
     def _keep_lease(self, deployment_id: str, runner: threading.Thread) -> None:
