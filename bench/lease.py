@@ -161,13 +161,18 @@ def one_run(s: Setup, how: str, period: float) -> dict[str, float]:
     lease = s.table.get_item(Key={"pk": f"DEP#{did}", "sk": "DEP"}, ConsistentRead=True)["Item"]
     left = float(lease["expires"]) - killed
     stop = threading.Event()
+    acted: list[tuple[float, float]] = []  # (tick − expiry, the sweep's seconds) of the sweep that rolled back
+    expires = killed + left
     if how == "guard":
         def schedule() -> None:  # EventBridge's rate(): ticks at a fixed period, whatever the phase of the death
             n = 0
             while not stop.wait(period - (time.time() % period)):
                 n += 1
+                tick = time.time()
                 with contextlib.redirect_stdout(io.StringIO()):  # its EMF line (CloudWatch Logs on Lambda)
-                    guard.sweep(s.table, s.lam, grace=0.0, holder=f"guard:bench-{n}", notify=lambda _: None)
+                    out = guard.sweep(s.table, s.lam, grace=0.0, holder=f"guard:bench-{n}", notify=lambda _: None)
+                if out["rolled_back"]:
+                    acted.append((tick - expires, time.time() - tick))
 
         threading.Thread(target=schedule, daemon=True).start()
     else:
@@ -180,7 +185,10 @@ def one_run(s: Setup, how: str, period: float) -> dict[str, float]:
         time.sleep(0.05)
     took = time.time() - killed
     stop.set()
-    return {"seconds": took, "lease_left": left, "after_expiry": took - left}
+    out = {"seconds": took, "lease_left": left, "after_expiry": took - left}
+    if acted:
+        out.update(tick_after_expiry=acted[0][0], sweep=acted[0][1])
+    return out
 
 
 def measure(functions: int, runs: int, scale: float) -> dict[str, Any]:
