@@ -30,7 +30,7 @@ from backout.control import states as st
 from backout.control.alarms import ALARM, INSUFFICIENT_DATA, AlarmSet, Evaluation, default_rules
 from backout.control.analysis import JudgeSet, default_judges, evaluate_all, verdict, with_judge
 from backout.control.hooks import HookContext, HookResult, run_hooks
-from backout.control.lease import LeaseHeld, LeaseLost, Leases
+from backout.control.lease import LeaseLost, Leases
 from backout.control.notify import Notification, Notifier
 from backout.control.store import ControlStore, Deployment, Incident
 from backout.control.strategies import Step, Strategy, progress_deadline, resolve
@@ -371,18 +371,23 @@ class Deployer:
     def _adopt(self, deployment_id: str) -> None:
         assert self.leases is not None
         while not self._closing.is_set():
-            d = self.store.get(deployment_id)
-            if not d.active:
-                return
-            lease = self.leases.lease(d.id)
-            now = time.time()
-            if lease.expired(now) and self._take_over(d, "follow"):
-                if d.strategy == MANUAL:
-                    self._finish_manual(self.store.get(d.id))
-                else:
-                    self._spawn(self.store.get(d.id), taken_over=True)
-                return
-            self._closing.wait(min(self.leases.renew_seconds, max(0.05, lease.expires - now + 0.05)))
+            wait = self.leases.renew_seconds
+            try:
+                d = self.store.get(deployment_id)
+                if not d.active:
+                    return
+                lease = self.leases.lease(d.id)
+                now = time.time()
+                if lease.expired(now) and self._take_over(d, "follow"):
+                    if d.strategy == MANUAL:
+                        self._finish_manual(self.store.get(d.id))
+                    else:
+                        self._spawn(self.store.get(d.id), taken_over=True)
+                    return
+                wait = min(wait, max(0.05, lease.expires - now + 0.05))
+            except Exception:  # noqa: BLE001 - a failed read is tried again; the guard stays the backstop
+                log.exception("following %s: trying again in %.0f s", deployment_id, wait)
+            self._closing.wait(wait)
 
     def _take_over(self, d: Deployment, why: str) -> bool:
         """Take `d`'s expired lease (True), or leave it to its live holder (False)."""
@@ -391,7 +396,7 @@ class Deployer:
         if not self.leases.holds(d.id):
             try:
                 self.leases.take_over(d.id)
-            except LeaseHeld as e:
+            except UsageError as e:  # LeaseHeld (its holder renews it, or another process won), or over
                 log.info("%s: not taken over (%s)", d.id, e)
                 return False
         self._event(d, "taken_over",
