@@ -11,7 +11,9 @@ import shutil
 import threading
 from pathlib import Path
 
-from aws.conftest import Stack, client
+import pytest
+
+from aws.conftest import Stack, cli, client
 from backout.manifest import load_manifest
 from backout.platforms import open_platform
 from backout_lambda import state_table
@@ -54,7 +56,10 @@ def aliases(stack: Stack) -> dict[str, tuple[str, dict[str, float]]]:
     return out
 
 
-def test_a_driver_killed_mid_canary_is_taken_over_by_follow_on_another_machine(stack: Stack) -> None:
+def test_a_driver_killed_mid_canary_is_taken_over_by_follow_on_another_machine(
+        stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI commands of machine B run in this process (its entry point, exit codes and output):
+    they talk to B's supervisor as from a shell there."""
     path_a, path_b, r2 = machines(stack)
     envs: dict[str, RunningEnv] = {}
     errors: list[BaseException] = []
@@ -81,14 +86,16 @@ def test_a_driver_killed_mid_canary_is_taken_over_by_follow_on_another_machine(s
 
         a.kill9()  # mid-canary: its lease is no longer renewed, traffic stays split
         assert aliases(stack) == split
-        refused = b.cli("deploy", "--release", str(r2), "--no-wait")
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert f"{d['id']} is already active in staging" in refused.stderr
-        assert f":{a.pid}:" in refused.stderr  # the holder: host:pid:uuid of machine A's supervisor
+        code, out, err = cli(capsys, monkeypatch, path_b, "deploy", "--env", "staging", "--release", str(r2),
+                             "--no-wait")
+        assert code == 2, out + err
+        assert f"{d['id']} is already active in staging" in err
+        assert f":{a.pid}:" in err  # the holder: host:pid:uuid of machine A's supervisor
 
-        followed = b.cli("deployment", "follow", d["id"], "--json", timeout=120)
-        assert followed.returncode == 0, followed.stdout + followed.stderr
-        view = json.loads(followed.stdout)
+        code, out, err = cli(capsys, monkeypatch, path_b, "deployment", "follow", d["id"], "--env", "staging",
+                             "--json")
+        assert code == 0, out + err
+        view = json.loads(out)
         assert view["deployment"]["status"] == "Succeeded"
         assert aliases(stack) == {fn: ("2", {}) for fn in stack.functions}
         taken = [e for e in view["events"] if e["kind"] == "taken_over"]
