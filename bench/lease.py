@@ -197,7 +197,10 @@ def measure(functions: int, runs: int, scale: float) -> dict[str, Any]:
     out: dict[str, Any] = {"renew": renew, "expiry": expiry, "period": period, "functions": functions}
     try:
         for how, bound in (("takeover", expiry), ("guard", expiry + period)):
-            results = [one_run(s, how, period) for _ in range(runs)]
+            results = []
+            for _ in range(runs):
+                results.append(one_run(s, how, period))
+                print(f"  {how}: {json.dumps({k: round(v, 2) for k, v in results[-1].items()})}", flush=True)
             times = [r["seconds"] for r in results]
             out[how] = {"median": statistics.median(times), "max": max(times), "bound": bound,
                         "after_expiry": statistics.median(r["after_expiry"] for r in results),
