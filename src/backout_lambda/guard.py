@@ -60,7 +60,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def sweep(table: Any, lam: Any, *, grace: float, holder: str, notify: Callable[[dict[str, Any]], None],
-          now: Callable[[], float] = time.time) -> dict[str, Any]:
+          now: Callable[[], float] = time.time, emit: Callable[[str], None] = print) -> dict[str, Any]:
     """One pass: every active deployment whose lease expired more than `grace` seconds ago is rolled back."""
     rolled, skipped = [], []
     for item in _active(table):
@@ -70,7 +70,7 @@ def sweep(table: Any, lam: Any, *, grace: float, holder: str, notify: Callable[[
             skipped.append(d["id"])
             continue
         try:
-            rolled.append(_roll_back(table, lam, item, d, holder, expired_for, notify, now))
+            rolled.append(_roll_back(table, lam, item, d, holder, expired_for, notify, now, emit))
         except Exception as e:  # noqa: BLE001 - one deployment's failure must not spare the others
             if t.condition_failed(e):
                 skipped.append(d["id"])  # taken over (by `follow` or another guard) between read and write
@@ -101,7 +101,8 @@ def _active(table: Any) -> list[dict[str, Any]]:
 
 
 def _roll_back(table: Any, lam: Any, item: dict[str, Any], d: dict[str, Any], holder: str, expired_for: float,
-               notify: Callable[[dict[str, Any]], None], now: Callable[[], float]) -> dict[str, Any]:
+               notify: Callable[[dict[str, Any]], None], now: Callable[[], float],
+               emit: Callable[[str], None]) -> dict[str, Any]:
     did, env = d["id"], d["env"]
     old_holder, fence = d.get("holder", "?"), int(d.get("fence", 0))
     reason = (f"guard: the lease of {old_holder} expired {expired_for:.0f} s ago and nobody took {did} over; "
@@ -156,7 +157,7 @@ def _roll_back(table: Any, lam: Any, item: dict[str, Any], d: dict[str, Any], ho
     t.put_incident(table, inc)
     t.put_event(table, "incident_opened", f"incident {inc['id']} opened for {did} by the guard",
                 deployment_id=did, incident_id=inc["id"], severity="critical", ts=now())
-    print(json.dumps({"_aws": {"Timestamp": int(done * 1000), "CloudWatchMetrics": [{
+    emit(json.dumps({"_aws": {"Timestamp": int(done * 1000), "CloudWatchMetrics": [{
         "Namespace": "Backout", "Dimensions": [["Environment"]],
         "Metrics": [{"Name": "GuardRollbacks", "Unit": "Count", "StorageResolution": 60}]}]},
         "Environment": env, "GuardRollbacks": 1}))
