@@ -1,6 +1,6 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
-Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection`,
+Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection,lease`,
 `--quick` (shorter runs, for a smoke check), `--json PATH` (also write the figures and the machine as JSON).
 BENCHMARKS.md explains each figure and records a run.
 """
@@ -17,6 +17,12 @@ from bench import deploy, detection, platform, sda, sda_accuracy, sqs_endpoint, 
 
 # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
 MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection)
+NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
+
+# issue 9: driver death → every alias back on stable (shared state, lease, guard)
+from bench import lease  # noqa: E402
+
+MODULES = (*MODULES, lease)
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 

@@ -101,6 +101,13 @@ class RunningEnv:
                 break
             time.sleep(0.05)
 
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def restart(self) -> None:
         r = self.cli("up", "--detach", timeout=120)
         assert r.returncode == 0, r.stderr + r.stdout

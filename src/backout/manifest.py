@@ -320,14 +320,23 @@ class AwsSpec(_Model):
     provisioned_concurrency: bool = Field(
         default=False, description="pre-warm new versions with provisioned concurrency (minutes; costs money)"
     )
+    # shared control state (docs/aws.md): a DynamoDB table every machine reads, and the driver's lease
+    state_table: str | None = Field(default=None, description="DynamoDB table of the shared control state "
+                                    "(default: the stack's BackoutStateTable output; none: local SQLite)")
+    lease_renew: Duration = Field(default=10.0, gt=0, description="seconds between the driver's lease renewals")
+    lease_expiry: Duration = Field(default=60.0, gt=0, description="seconds after the last renewal when "
+                                   "another machine may take the deployment over")
 
-    @field_validator("evaluation_interval", mode="before")
+    @field_validator("evaluation_interval", "lease_renew", "lease_expiry", mode="before")
     @classmethod
     def _dur(cls, v: object) -> object:
         return parse_duration(v)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _where(self) -> AwsSpec:
+        if self.lease_renew * 2 > self.lease_expiry:
+            raise ValueError(f"lease_renew ({self.lease_renew:g} s) must be at most half of lease_expiry "
+                             f"({self.lease_expiry:g} s): one missed renewal must not lose the lease")
         explicit = [k for k in ("functions", "api_id", "stage", "queues", "tables", "buckets") if getattr(self, k)]
         if self.stack is not None and explicit:
             raise ValueError(f"give either stack or explicit names, not both (also set: {', '.join(explicit)})")

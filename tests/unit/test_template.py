@@ -68,7 +68,7 @@ def test_cfn_lint_is_clean_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_manifest_function_is_a_function_of_the_template() -> None:
     m = manifest()
     by_backout_name = {p["Properties"]["Environment"]["Variables"]["BACKOUT_FUNCTION"]: logical
-                       for logical, p in resources("AWS::Serverless::Function").items()}
+                       for logical, p in resources("AWS::Serverless::Function").items() if logical != GUARD}
     assert by_backout_name == {fn: f"{camel(fn)}Function" for fn in m.functions}
     for fn, spec in m.functions.items():
         props = function(fn)
@@ -82,6 +82,27 @@ def test_every_manifest_function_is_a_function_of_the_template() -> None:
         name = props["FunctionName"]["Fn::Sub"]
         log_group = template()["Resources"][props["LoggingConfig"]["LogGroup"]["Ref"]]
         assert log_group["Properties"]["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/{name}"}
+
+
+GUARD = "GuardFunction"  # backout's own function in the stack, not one of the service's
+
+
+def test_the_guard_and_the_shared_state_table() -> None:
+    """The guard runs every minute on the state table backout's shared store and the guard itself share;
+    it can move the service's aliases and nothing else."""
+    from backout_lambda import state_table
+
+    guard = template()["Resources"][GUARD]["Properties"]
+    assert guard["Handler"] == "backout_lambda.guard.handler"
+    assert [e["Properties"]["Schedule"] for e in guard["Events"].values() if e["Type"] == "Schedule"] == [
+        "rate(1 minute)"]
+    assert guard["Environment"]["Variables"]["BACKOUT_STATE_TABLE"] == {"Ref": "StateTable"}
+    table = template()["Resources"]["StateTable"]["Properties"]
+    assert {k: table[k] for k in state_table.SCHEMA} == state_table.SCHEMA  # what backout and the guard read
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    statements = template()["Resources"]["GuardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    aliases = next(s for s in statements if isinstance(s, dict) and s.get("Sid") == "Aliases")
+    assert aliases["Resource"] == [{"Fn::GetAtt": [f"{camel(fn)}Function", "Arn"]} for fn in manifest().functions]
 
 
 def test_every_route_of_the_manifest_and_no_other() -> None:
@@ -189,10 +210,12 @@ def test_the_jobs_table_and_the_files_bucket() -> None:
 
 def test_least_privilege() -> None:
     roles = resources("AWS::IAM::Role")
-    assert set(roles) == {f"{camel(fn)}Role" for fn in manifest().functions}
+    assert set(roles) == {f"{camel(fn)}Role" for fn in manifest().functions} | {"GuardRole"}
     for logical, role in roles.items():
         for policy in role["Properties"]["Policies"]:
             for statement in policy["PolicyDocument"]["Statement"]:
+                if "Fn::If" in statement:  # an optional statement (the guard's SNS topic): check its "then"
+                    statement = statement["Fn::If"][1]
                 assert statement["Effect"] == "Allow"
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 assert all(":" in a and "*" not in a for a in actions), (logical, actions)
@@ -216,6 +239,7 @@ def test_the_outputs_contract() -> None:
         "BackoutTableJobs": {"Ref": "JobsTable"},
         "BackoutBucketFiles": {"Ref": "FilesBucket"},
         "BackoutEnvironment": {"Ref": "Stage"},
+        "BackoutStateTable": {"Ref": "StateTable"},
         **{f"BackoutFunction{camel(fn)}": {"Ref": f"{camel(fn)}Function"} for fn in m.functions},
         **{f"BackoutQueue{camel(q)}": {"Ref": f"{camel(q)}Queue"} for q in m.queues},  # Ref of a queue: its URL
     }

@@ -86,8 +86,11 @@ def deploy(
 
 @deployment_app.command("follow")
 def follow(deployment_id: str, env: EnvOpt = None, as_json: JsonOpt = False) -> None:
-    """Re-attach to a deployment and follow it until it ends (exit 0 Succeeded, 1 otherwise)."""
-    _follow(Client(env), deployment_id, as_json)
+    """Re-attach to a deployment and follow it until it ends (exit 0 Succeeded, 1 otherwise). On AWS with
+    shared state, a deployment whose driver died is taken over here once its lease expires."""
+    c = Client(env)
+    c.call("POST", f"/deployments/{deployment_id}/follow")
+    _follow(c, deployment_id, as_json)
 
 
 @deployment_app.command("show")

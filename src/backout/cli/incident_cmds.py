@@ -22,7 +22,7 @@ from backout.errors import UsageError
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from backout.control.store import Store
+    from backout.control.store import ControlStore
     from backout.runbooks.incidents import IncidentView
 
 
@@ -49,13 +49,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(incident_app, name="incident")
 
 
-def _view(store: Store, incident_id: str, env: str) -> IncidentView:
+def _view(store: ControlStore, incident_id: str, env: str) -> IncidentView:
     """The incident with what the manifest adds to it: the service's name and the environment's contacts."""
     m = SETTINGS.manifest
     return _ir().load(store, incident_id, env, service=m.service.name, contacts=m.contact_lines(env))
 
 
-def _announce_resolution(store: Store, view: IncidentView) -> None:
+def _announce_resolution(store: ControlStore, view: IncidentView) -> None:
     """Send the `incident_closed` notification (with the resolved notice) to the environment's targets from
     here — the supervisor may be down — waiting briefly; a delivery that fails is said, and kept as an event."""
     from backout.control.notify import DeliveryResult, Notifier
@@ -80,10 +80,17 @@ def _announce_resolution(store: Store, view: IncidentView) -> None:
         err_console.print(f"[yellow]warning:[/] resolution {msg}", highlight=False, soft_wrap=True)
 
 
-def _open(env: str | None, must_exist: bool = True) -> tuple[str, Store | None]:
+def _open(env: str | None, must_exist: bool = True) -> tuple[str, ControlStore | None]:
     """The environment's control store; None when it has never been started (nothing to list) —
     reading must not create an environment's state as a side effect."""
     name = env_name(env)
+    if SETTINGS.manifest.environment(name).platform == "aws":  # shared by every machine when it has a table
+        from backout.control.shared_store import open_shared
+        from backout.platforms import open_platform
+
+        shared = open_shared(open_platform(SETTINGS.manifest, name))
+        if shared is not None:
+            return name, shared
     path = SETTINGS.manifest.state_dir(name) / "control.db"
     if not path.exists():
         if must_exist:

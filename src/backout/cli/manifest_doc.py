@@ -42,7 +42,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
 INTERNAL = {(m.Manifest, "path"), (m.HttpEvent, "method"), (m.HttpEvent, "path")}  # set by backout, not written
 _DURATION_FIELDS = {"timeout", "retry_after", "visibility_timeout", "retention", "delay", "hold", "api_5xx_period",
                     "rollback_window", "deadline_margin", "alarm_window", "judge_settle", "latency_min_delta",
-                    "preflight_window", "period"}
+                    "preflight_window", "period", "lease_renew", "lease_expiry"}
 
 HEADER = f"""# The manifest: `backout.toml`
 

@@ -6,6 +6,12 @@ Every transition is committed to the store *before* it is applied to the platfor
 supervisor killed at any instant resumes (or finishes rolling back) into a state that the store
 and the platform agree on: `resume()` re-applies the stored step's weights, re-evaluates the
 alarms at once and goes on; `reconcile()` repairs aliases left half-way by a kill.
+
+On a shared store (`lease.Leases`: AWS with a state table) the process that drives a deployment
+holds its lease and renews it; another process asks it to stop or approve (`request`), and
+`follow()` takes a deployment over once its driver's lease has expired (see `_untrusted` for when
+the recorded step is trusted and when the takeover rolls back instead). A driver whose write is
+refused by the fence (`LeaseLost`) stops driving at once and touches no alias.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from backout.control import states as st
 from backout.control.alarms import ALARM, INSUFFICIENT_DATA, AlarmSet, Evaluation, default_rules
 from backout.control.analysis import JudgeSet, default_judges, evaluate_all, verdict, with_judge
 from backout.control.hooks import HookContext, HookResult, run_hooks
+from backout.control.lease import LeaseLost, Leases
 from backout.control.notify import Notification, Notifier
-from backout.control.store import Deployment, Incident, Store
+from backout.control.store import ControlStore, Deployment, Incident
 from backout.control.strategies import Step, Strategy, progress_deadline, resolve
 from backout.control.traffic import Traffic
-from backout.errors import UsageError
+from backout.errors import OperationFailed, UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import (
     NS_LAMBDA,
@@ -59,6 +66,7 @@ class Live:
     stop_rollback: bool = True
     approved: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
+    lease_lost: str | None = None  # why this process no longer drives it (shared store)
 
 
 class RollbackNeeded(Exception):
@@ -78,7 +86,7 @@ class Deployer:
         manifest: Manifest,
         env: str,
         platform: Platform,
-        store: Store,
+        store: ControlStore,
         notifier: Notifier,
         traffic: Traffic | None = None,
         after_rollback: Callable[[Deployment, str | None], None] | None = None,
@@ -98,6 +106,9 @@ class Deployer:
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._switch = self.traffic.lock
+        # a shared store's leases (None on one machine: the supervisor's flock makes it the only driver)
+        self.leases: Leases | None = store if isinstance(store, Leases) else None
+        self._followers: dict[str, threading.Thread] = {}
 
     # --- commands ------------------------------------------------------------------------------
     def create(
@@ -183,6 +194,8 @@ class Deployer:
         d = self.store.get(deployment_id)
         if d.status != st.AWAITING_APPROVAL:
             raise UsageError(f"deployment {d.id} is {d.status}, not waiting for approval")
+        if self.leases is not None and not self.leases.holds(d.id):  # its driver runs elsewhere: ask it
+            self.leases.request(d.id, "approve", {"who": who})
         self._event(d, "approved", f"approved by {who or 'an operator'}")
         self._live(d.id).approved.set()
         self._live(d.id).wake.set()
@@ -199,6 +212,10 @@ class Deployer:
         d = self.store.get(deployment_id)
         if not d.active:
             raise UsageError(f"deployment {d.id} is already {d.status}")
+        if self.leases is not None and not self.leases.holds(d.id):
+            d = self._stop_elsewhere(d, rollback, reason or f"stopped by {who or 'an operator'}", who)
+            if not d.active:
+                return d
         lv = self._live(d.id)
         lv.stop_rollback = rollback
         lv.stop_requested = reason or f"stopped by {who or 'an operator'}"
@@ -322,16 +339,160 @@ class Deployer:
         """After a (re)start: finish half-done rollbacks, repair aliases, continue active deployments."""
         self.reconcile()
         for d in self.store.active_deployments():
-            if d.env == self.env and d.strategy == MANUAL:
+            if d.env != self.env or (self.leases is not None and not self._take_over(d, "restart")):
+                continue
+            if d.strategy == MANUAL:
                 self._finish_manual(d)
-            elif d.env == self.env:
+            else:
                 self._event(
                     d,
                     "resumed",
                     f"supervisor restarted: resuming {d.id} from {d.status}"
                     + (f" step {d.current_step + 1}" if d.current_step is not None else ""),
                 )
-                self._spawn(d)
+                self._spawn(d, taken_over=self.leases is not None)
+
+    # --- a deployment driven by another process (shared store) -------------------------------------
+    def follow(self, deployment_id: str) -> Deployment:
+        """Follow a deployment from this process. On a shared store, one driven elsewhere is taken over
+        once its driver's lease has expired (at once when it already has; a conditional write, so of two
+        followers one wins) and driven on from its recorded step. Returns at once."""
+        d = self.store.get(deployment_id)
+        if self.leases is None or not d.active:
+            return d
+        with self._lock:
+            for th in (self._threads.get(d.id), self._followers.get(d.id)):
+                if th is not None and th.is_alive():
+                    return d
+            th = threading.Thread(target=self._adopt, args=(d.id,), name=f"follow-{d.id}", daemon=True)
+            self._followers[d.id] = th
+            th.start()
+        return d
+
+    def _adopt(self, deployment_id: str) -> None:
+        assert self.leases is not None
+        while not self._closing.is_set():
+            wait = self.leases.renew_seconds
+            try:
+                d = self.store.get(deployment_id)
+                if not d.active:
+                    return
+                lease = self.leases.lease(d.id)
+                now = time.time()
+                if lease.expired(now) and self._take_over(d, "follow"):
+                    if d.strategy == MANUAL:
+                        self._finish_manual(self.store.get(d.id))
+                    else:
+                        self._spawn(self.store.get(d.id), taken_over=True)
+                    return
+                wait = min(wait, max(0.05, lease.expires - now + 0.05))
+            except Exception:  # noqa: BLE001 - a failed read is tried again; the guard stays the backstop
+                log.exception("following %s: trying again in %.0f s", deployment_id, wait)
+            self._closing.wait(wait)
+
+    def _take_over(self, d: Deployment, why: str) -> bool:
+        """Take `d`'s expired lease (True), or leave it to its live holder (False)."""
+        assert self.leases is not None
+        before = self.leases.lease(d.id)
+        if not self.leases.holds(d.id):
+            try:
+                self.leases.take_over(d.id)
+            except UsageError as e:  # LeaseHeld (its holder renews it, or another process won), or over
+                log.info("%s: not taken over (%s)", d.id, e)
+                return False
+        self._event(d, "taken_over",
+                    f"{self.leases.holder} took {d.id} over ({why}) from {before.holder}, whose lease expired "
+                    f"{max(0.0, time.time() - before.expires):.1f} s ago; going on from {d.status}"
+                    + (f" step {d.current_step + 1}" if d.current_step is not None else ""),
+                    severity="warning", data={"from": before.holder, "fence": before.fence + 1, "why": why})
+        return True
+
+    def _stop_elsewhere(self, d: Deployment, rollback: bool, reason: str, who: str) -> Deployment:
+        """`d` is driven by another process: ask it to stop (it acts within an evaluation interval). If it
+        does not before its lease expires — it is dead — take over and return `d` for stopping here."""
+        assert self.leases is not None
+        self.leases.request(d.id, "stop", {"rollback": rollback, "reason": reason, "who": who})
+        self.store.add_event("stop_requested", f"{who or 'an operator'} asked {d.id}'s driver to stop it: {reason}",
+                             deployment_id=d.id, severity="warning", ts=self.clock())
+        give_up = time.monotonic() + self.leases.expiry_seconds + 30.0  # within the CLI's 120 s
+        while True:
+            cur = self.store.get(d.id)
+            if not cur.active:
+                return cur
+            lease = self.leases.lease(d.id)
+            if lease.expired() and self._take_over(cur, "stop"):
+                return self.store.get(d.id)
+            if time.monotonic() > give_up:  # alive (it renews) but busy: a hook, an approval wait
+                raise OperationFailed(
+                    f"asked {d.id}'s driver to stop it; it is {lease.describe()} and has not acted yet — it will "
+                    f"at its next evaluation (follow it: backout deployment follow {d.id})")
+            time.sleep(min(0.2, max(0.01, lease.expires - time.time())))
+
+    def _keep_lease(self, deployment_id: str, runner: threading.Thread) -> None:
+        """Renew the lease while this process drives the deployment; on LeaseLost tell the runner to stop."""
+        assert self.leases is not None
+        lv = self._live(deployment_id)
+        while runner.is_alive() and not self._closing.wait(self.leases.renew_seconds):
+            if not runner.is_alive():
+                return
+            try:
+                self.leases.renew(deployment_id)
+            except LeaseLost as e:
+                lv.lease_lost = str(e)
+                lv.wake.set()
+                log.error("%s", e)
+                return
+            except Exception as e:  # noqa: BLE001 - a throttled or failed call: the next renewal tries again
+                log.warning("renewing the lease of %s failed (trying again in %.0f s): %s", deployment_id,
+                            self.leases.renew_seconds, e)
+
+    def _requests(self, d: Deployment, lv: Live) -> None:
+        """What other processes asked of the deployment this one drives (shared store): stop, approve."""
+        if self.leases is None:
+            return
+        if lv.lease_lost is not None:
+            raise LeaseLost(lv.lease_lost)
+        asked = self.leases.requests(d.id)
+        stop = asked.get("stop")
+        if stop is not None and lv.stop_requested is None:
+            lv.stop_rollback = bool(stop.get("rollback", True))
+            lv.stop_requested = str(stop.get("reason") or f"stopped by {stop.get('who') or 'an operator'}")
+        if "approve" in asked:
+            lv.approved.set()
+
+    def _untrusted(self, d: Deployment) -> str | None:
+        """Why the recorded step cannot be trusted after a takeover (→ rollback), or None (→ go on).
+
+        Trusted: the aliases route only to the stable and the new release's versions, with the weight
+        the record says or the one before it — what a driver killed between its write and its alias
+        update leaves: 0 % before traffic (Created … PreTraffic: the pre-traffic phase runs again),
+        step i's weight or step i-1's (InProgress), 100 % or the last step's (PostTraffic). Anything
+        else — a version of neither release, a weight no step gives (an alias moved by hand), aliases
+        that cannot be read — is not: the takeover rolls back instead of guessing."""
+        weights = [s.weight for s in d.steps]
+        if d.status == st.IN_PROGRESS and d.current_step is not None:
+            allowed = {weights[d.current_step], weights[d.current_step - 1] if d.current_step else 0.0}
+        elif d.status == st.POST_TRAFFIC:
+            allowed = {100.0, weights[-1] if weights else 100.0}
+        else:
+            allowed = {0.0}
+        try:
+            for fn in self.platform.functions():
+                stable, target = d.stable_versions.get(fn), d.target_versions.get(fn)
+                if stable == target or target is None:
+                    continue
+                w = self.platform.get_weights(fn)
+                if not set(w.versions) <= {stable, target}:
+                    return (f"{fn} routes to v{', v'.join(sorted(w.versions))}, not only to {d.stable} and "
+                            f"{d.target}'s versions")
+                on_target = w.versions.get(str(target), 0.0)
+                if not any(abs(on_target - a) < 0.01 for a in allowed):
+                    return (f"{fn} sends {on_target:g} % to {d.target}; the record ({d.status}"
+                            + (f" step {d.current_step + 1}" if d.current_step is not None else "")
+                            + f") allows {' or '.join(f'{a:g} %' for a in sorted(allowed))}")
+        except Exception as e:  # noqa: BLE001 - aliases that cannot be read cannot be trusted
+            return f"the live aliases cannot be read: {type(e).__name__}: {e}"
+        return None
 
     def _finish_manual(self, d: Deployment) -> None:
         """A manual rollback killed between its record and its switch: the operator's decision stands,
@@ -458,27 +619,47 @@ class Deployer:
         self._closing.set()
         for lv in self.live.values():
             lv.wake.set()
-        for t in list(self._threads.values()):
+        for t in list(self._threads.values()) + list(self._followers.values()):
             t.join(timeout=5)
+        if self.leases is not None:  # another process may take over at once (or the guard, after its grace)
+            for d in self.store.active_deployments():
+                if self.leases.holds(d.id):
+                    try:
+                        self.leases.release(d.id)
+                    except Exception:  # noqa: BLE001 - it then expires by itself
+                        log.exception("releasing the lease of %s failed", d.id)
 
     # --- the runner ---------------------------------------------------------------------------------
-    def _spawn(self, d: Deployment) -> None:
+    def _spawn(self, d: Deployment, taken_over: bool = False) -> None:
         with self._lock:
             t = self._threads.get(d.id)
             if t is not None and t.is_alive():
                 return
-            t = threading.Thread(target=self._run, args=(d.id,), name=f"deploy-{d.id}", daemon=True)
+            t = threading.Thread(target=self._run, args=(d.id, taken_over), name=f"deploy-{d.id}", daemon=True)
             self._threads[d.id] = t
             t.start()
+            if self.leases is not None:
+                threading.Thread(target=self._keep_lease, args=(d.id, t), name=f"lease-{d.id}", daemon=True).start()
 
     def _live(self, deployment_id: str) -> Live:
         with self._lock:
             return self.live.setdefault(deployment_id, Live())
 
-    def _run(self, deployment_id: str) -> None:
+    def _run(self, deployment_id: str, taken_over: bool = False) -> None:
+        try:
+            self._drive(deployment_id, taken_over)
+        except LeaseLost as e:  # another process drives it now: stop here, touch nothing
+            log.error("%s", e)
+
+    def _drive(self, deployment_id: str, taken_over: bool) -> None:
         d = self.store.get(deployment_id)
         lv = self._live(d.id)
         try:
+            if taken_over:
+                why = self._untrusted(d)
+                if why is not None:
+                    raise RollbackNeeded("takeover", f"taken over, and the recorded step cannot be trusted: {why}",
+                                         [why])
             if d.status == st.CREATED:
                 d = self._leave_created(d)
             if d.status == st.AWAITING_APPROVAL:
@@ -505,6 +686,8 @@ class Deployer:
             self._finish_stop(self.store.get(d.id), lv)
         except _Closing:
             return
+        except LeaseLost:
+            raise
         except Exception as e:  # noqa: BLE001 - a crash of the runner must still restore stable traffic
             cur = self.store.get(d.id)
             if not cur.active and self._live(d.id).stop_requested is not None:
@@ -721,6 +904,7 @@ class Deployer:
     def _check_stop(self, d: Deployment, lv: Live) -> None:
         if self._closing.is_set():
             raise _Closing()
+        self._requests(d, lv)
         if lv.stop_requested is not None:
             if lv.stop_rollback:
                 raise RollbackNeeded("manual", lv.stop_requested, [lv.stop_requested])
@@ -862,7 +1046,7 @@ def incident_severity(impact: dict[str, Any]) -> str:
 
 
 def measure_impact(
-    manifest: Manifest, env: str, platform: Platform, store: Store, d: Deployment, until: float
+    manifest: Manifest, env: str, platform: Platform, store: ControlStore, d: Deployment, until: float
 ) -> dict[str, Any]:
     """What the bad release did, kept with the incident so its report needs no running platform:
     per-second invocations/errors of each function's new version, API 5xx it served, DLQ arrivals,

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -215,11 +215,11 @@ class Deployment:
     @property
     def stable(self) -> str:
         """`r6`, or `r6 (worker v12)` where a function's version number differs from the release id."""
-        return _release_label(self.stable_release, self.stable_versions)
+        return release_label(self.stable_release, self.stable_versions)
 
     @property
     def target(self) -> str:
-        return _release_label(self.target_release, self.target_versions)
+        return release_label(self.target_release, self.target_versions)
 
     @property
     def active(self) -> bool:
@@ -311,16 +311,18 @@ class SnapshotRecord:
     platform_snapshot_id: str
 
 
-def already_active(d: _DeploymentRow | Deployment) -> AlreadyActive:
+def already_active(d: _DeploymentRow | Deployment, driver: str = "") -> AlreadyActive:
+    """`driver`: who drives it, on a shared store (`… (InProgress, r6 → r7), held by host:pid:uuid …`)."""
     return AlreadyActive(
         f"deployment {d.id} is already active in {d.env} ({d.status}, "
-        f"{_release_label(d.stable_release, d.stable_versions or {})} → "
-        f"{_release_label(d.target_release, d.target_versions or {})}); "
-        f"wait for it to finish or stop it (backout deployment show {d.id})"
+        f"{release_label(d.stable_release, d.stable_versions or {})} → "
+        f"{release_label(d.target_release, d.target_versions or {})})"
+        + (f", {driver}" if driver else "")
+        + f"; wait for it to finish or stop it (backout deployment show {d.id})"
     )
 
 
-def _release_label(release: int | None, versions: dict[str, str]) -> str:
+def release_label(release: int | None, versions: dict[str, str]) -> str:
     if release is None:
         return "none"
     differ = {f: v for f, v in versions.items() if v != str(release)}
@@ -348,13 +350,63 @@ _DEPLOYMENT_FIELDS = {f.name for f in fields(Deployment)} - {
     "id", "env", "created_at", "status", "steps", "stable_versions", "target_versions"}
 
 
-def _canonical_id(prefix: str, raw: str) -> str:
+def canonical_id(prefix: str, raw: str) -> str:
     """`7`, `d-7`, `D-0007` → `d-0007`; lets an operator type the short form."""
     s = str(raw).strip()
     if s.isdigit():
         return f"{prefix}{int(s):04d}"
     m = re.fullmatch(re.escape(prefix) + r"(\d+)", s, flags=re.IGNORECASE)
     return f"{prefix}{int(m.group(1)):04d}" if m else s
+
+
+class ControlStore(Protocol):
+    """What the control plane (deployer, runbooks, server) calls on its store. Two implementations:
+    `Store` here (SQLite, one machine) and `shared_store.SharedStore` (DynamoDB, every machine of an AWS
+    environment); `shared_store.open_store` picks one. Records are the frozen dataclasses above."""
+
+    def create_deployment(self, env: str, stable: Release | None, target: Release, strategy: Strategy, *,
+                          description: str = "", created_by: str = "", now: float | None = None) -> Deployment: ...
+    def refuse_if_active(self, env: str) -> None: ...
+    def get(self, deployment_id: str) -> Deployment: ...
+    def find(self, deployment_id: str) -> Deployment | None: ...
+    def active_deployment(self, env: str) -> Deployment | None: ...
+    def active_deployments(self) -> list[Deployment]: ...
+    def deployments(self, env: str | None = None, limit: int | None = 50) -> list[Deployment]: ...
+    def transition(self, deployment_id: str, status: str, *, expect: str | Iterable[str] | None = None,
+                   **fields_: Any) -> Deployment: ...
+    def update(self, deployment_id: str, **fields_: Any) -> Deployment: ...
+    def add_event(self, kind: str, message: str, *, deployment_id: str | None = None,
+                  incident_id: str | None = None, severity: str = "info", data: Any = None,
+                  ts: float | None = None) -> Event: ...
+    def events(self, *, deployment_id: str | None = None, incident_id: str | None = None,
+               after_id: int | None = None, limit: int | None = None) -> list[Event]: ...
+    def record_alarm_evaluation(self, deployment_id: str, alarm: str, state: str, value: float | None,
+                                threshold: float, comparison: str, window_seconds: float, detail: str = "",
+                                ts: float | None = None) -> AlarmEvaluation: ...
+    def alarm_evaluations(self, deployment_id: str, alarm: str | None = None) -> list[AlarmEvaluation]: ...
+    def open_incident(self, env: str, title: str, *, severity: str = "critical", deployment_id: str | None = None,
+                      trigger: Any = None, evidence: Any = None, opened_at: float | None = None) -> Incident: ...
+    def get_incident(self, incident_id: str) -> Incident: ...
+    def incidents(self, env: str | None = None, status: str | None = None,
+                  limit: int | None = None) -> list[Incident]: ...
+    def incident_for_deployment(self, deployment_id: str) -> Incident | None: ...
+    def add_incident_note(self, incident_id: str, text: str, author: str = "") -> Incident: ...
+    def add_incident_action(self, incident_id: str, text: str, owner: str = "") -> Incident: ...
+    def add_incident_lesson(self, incident_id: str, text: str) -> Incident: ...
+    def complete_incident_action(self, incident_id: str, index: int) -> Incident: ...
+    def set_root_cause(self, incident_id: str, root_cause: str) -> Incident: ...
+    def close_incident(self, incident_id: str, root_cause: str | None = None,
+                       now: float | None = None) -> Incident: ...
+    def record_drill(self, env: str, fault: str, target_seconds: float, started_at: float,
+                     finished_at: float | None, passed: bool, detection_seconds: float | None = None,
+                     rollback_seconds: float | None = None, detail: Any = None) -> Drill: ...
+    def drills(self, env: str | None = None, limit: int | None = None) -> list[Drill]: ...
+    def set_switch(self, env: str, key: str, value: Any, who: str = "", reason: str = "") -> None: ...
+    def switches(self, env: str) -> dict[str, Any]: ...
+    def record_snapshot(self, env: str, platform_snapshot_id: str, label: str = "",
+                        deployment_id: str | None = None, created_at: float | None = None) -> SnapshotRecord: ...
+    def snapshots(self, env: str | None = None, deployment_id: str | None = None) -> list[SnapshotRecord]: ...
+    def close(self) -> None: ...
 
 
 class Store:
@@ -467,7 +519,7 @@ class Store:
         return s.scalars(q).first()
 
     def _row(self, s: Session, deployment_id: str) -> _DeploymentRow:
-        did = _canonical_id("d-", deployment_id)
+        did = canonical_id("d-", deployment_id)
         row = s.scalars(select(_DeploymentRow).where(_DeploymentRow.id == did)).first()
         if row is None:
             raise UsageError(f"no deployment {deployment_id!r} (list them with: backout deployments)")
@@ -570,8 +622,8 @@ class Store:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
         with self._write() as s:
             row = _EventRow(
-                deployment_id=None if deployment_id is None else _canonical_id("d-", deployment_id),
-                incident_id=None if incident_id is None else _canonical_id("INC-", incident_id),
+                deployment_id=None if deployment_id is None else canonical_id("d-", deployment_id),
+                incident_id=None if incident_id is None else canonical_id("INC-", incident_id),
                 ts=time.time() if ts is None else ts, kind=kind, severity=severity, message=message,
                 data=data,
             )
@@ -593,9 +645,9 @@ class Store:
             q = select(_EventRow).order_by(_EventRow.ts, _EventRow.id)
             conds = []
             if deployment_id is not None:
-                conds.append(_EventRow.deployment_id == _canonical_id("d-", deployment_id))
+                conds.append(_EventRow.deployment_id == canonical_id("d-", deployment_id))
             if incident_id is not None:
-                conds.append(_EventRow.incident_id == _canonical_id("INC-", incident_id))
+                conds.append(_EventRow.incident_id == canonical_id("INC-", incident_id))
             if len(conds) == 1:
                 q = q.where(conds[0])
             elif conds:
@@ -623,7 +675,7 @@ class Store:
             raise ValueError(f"alarm state must be one of {ALARM_STATES}, not {state!r}")
         with self._write() as s:
             row = _AlarmEvaluationRow(
-                deployment_id=_canonical_id("d-", deployment_id), alarm=alarm, state=state, value=value,
+                deployment_id=canonical_id("d-", deployment_id), alarm=alarm, state=state, value=value,
                 threshold=threshold, comparison=comparison, window_seconds=window_seconds, detail=detail,
                 ts=time.time() if ts is None else ts,
             )
@@ -634,7 +686,7 @@ class Store:
     def alarm_evaluations(self, deployment_id: str, alarm: str | None = None) -> list[AlarmEvaluation]:
         with self._read() as s:
             q = (select(_AlarmEvaluationRow)
-                 .where(_AlarmEvaluationRow.deployment_id == _canonical_id("d-", deployment_id))
+                 .where(_AlarmEvaluationRow.deployment_id == canonical_id("d-", deployment_id))
                  .order_by(_AlarmEvaluationRow.ts, _AlarmEvaluationRow.id))
             if alarm is not None:
                 q = q.where(_AlarmEvaluationRow.alarm == alarm)
@@ -658,7 +710,7 @@ class Store:
             seq = self._next_seq(s, _IncidentRow)
             row = _IncidentRow(
                 seq=seq, id=f"INC-{seq:04d}", env=env,
-                deployment_id=None if deployment_id is None else _canonical_id("d-", deployment_id),
+                deployment_id=None if deployment_id is None else canonical_id("d-", deployment_id),
                 severity=severity, status="open", title=title,
                 opened_at=time.time() if opened_at is None else opened_at, closed_at=None, root_cause="",
                 action_items=[], notes=[], lessons=[], trigger=trigger, evidence=evidence,
@@ -668,7 +720,7 @@ class Store:
             return _incident(row)
 
     def _incident_row(self, s: Session, incident_id: str) -> _IncidentRow:
-        iid = _canonical_id("INC-", incident_id)
+        iid = canonical_id("INC-", incident_id)
         row = s.scalars(select(_IncidentRow).where(_IncidentRow.id == iid)).first()
         if row is None:
             raise UsageError(f"no incident {incident_id!r} (list them with: backout incidents)")
@@ -694,7 +746,7 @@ class Store:
     def incident_for_deployment(self, deployment_id: str) -> Incident | None:
         with self._read() as s:
             row = s.scalars(select(_IncidentRow)
-                            .where(_IncidentRow.deployment_id == _canonical_id("d-", deployment_id))
+                            .where(_IncidentRow.deployment_id == canonical_id("d-", deployment_id))
                             .order_by(_IncidentRow.seq.desc())).first()
             return None if row is None else _incident(row)
 
@@ -807,7 +859,7 @@ class Store:
             seq = self._next_seq(s, _SnapshotRow)
             row = _SnapshotRow(
                 seq=seq, id=f"snap-{seq:04d}", env=env,
-                deployment_id=None if deployment_id is None else _canonical_id("d-", deployment_id),
+                deployment_id=None if deployment_id is None else canonical_id("d-", deployment_id),
                 created_at=time.time() if created_at is None else created_at, label=label,
                 platform_snapshot_id=platform_snapshot_id,
             )
@@ -822,5 +874,5 @@ class Store:
             if env is not None:
                 q = q.where(_SnapshotRow.env == env)
             if deployment_id is not None:
-                q = q.where(_SnapshotRow.deployment_id == _canonical_id("d-", deployment_id))
+                q = q.where(_SnapshotRow.deployment_id == canonical_id("d-", deployment_id))
             return [_record(SnapshotRecord, r) for r in s.scalars(q)]

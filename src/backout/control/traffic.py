@@ -16,13 +16,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from backout.control.store import Store
+from backout.control.store import ControlStore
 from backout.errors import UsageError
 from backout.platforms.base import AliasWeights, Capacity, ParallelRouting, Platform, Release, Throttle
 
 
 class Traffic:
-    def __init__(self, platform: Platform, store: Store, env: str) -> None:
+    def __init__(self, platform: Platform, store: ControlStore, env: str) -> None:
         self.platform = platform
         self.store = store
         self.env = env

@@ -428,6 +428,25 @@ class Capacity(Protocol):
         """Let `version`'s idle instances go (after the rollback window); in-flight work finishes."""
 
 
+@dataclass(frozen=True)
+class StateTable:
+    """Where an environment's control state is shared between machines (aws: a DynamoDB table)."""
+
+    name: str
+    table: Any  # boto3's DynamoDB Table resource
+    functions: dict[str, str]  # backout function → the cloud's function name (what the guard moves)
+    lease_renew: float  # seconds between the driver's lease renewals
+    lease_expiry: float  # seconds after the last renewal when another process may take over
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    """Optional: a platform that can keep the control state where every machine sees it (aws, when
+    the manifest or the stack names a state table); None → the state stays in the local state dir."""
+
+    def state_table(self) -> StateTable | None: ...
+
+
 @runtime_checkable
 class ReleaseFiles(Protocol):
     """Optional: the files a release's code holds, for `backout releases --diff` (local: the release's

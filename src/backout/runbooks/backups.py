@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from backout.control.store import Store
+from backout.control.store import ControlStore
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.platforms.base import Platform
@@ -35,7 +35,7 @@ def list_backups(ctx: RunbookContext) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["created_at"])
 
 
-def resolve(store: Store, env: str, backup_id: str) -> str:
+def resolve(store: ControlStore, env: str, backup_id: str) -> str:
     """A backup id (`snap-0003`) or a platform snapshot id → the platform snapshot id."""
     for rec in store.snapshots(env):
         if backup_id in (rec.id, rec.platform_snapshot_id):

@@ -8,7 +8,7 @@ from typing import Any
 
 from backout.control.deployer import Deployer
 from backout.control.notify import Notifier
-from backout.control.store import Store
+from backout.control.store import ControlStore
 from backout.control.traffic import Traffic
 from backout.manifest import EnvironmentSpec, Manifest
 from backout.platforms.base import Platform
@@ -19,7 +19,7 @@ class RunbookContext:
     manifest: Manifest
     env: str
     platform: Platform
-    store: Store
+    store: ControlStore
     deployer: Deployer
     notifier: Notifier
     # the running deployment's latest alarm evaluations (verify uses them instead of evaluating anew)

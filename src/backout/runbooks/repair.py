@@ -23,12 +23,12 @@ from typing import Any
 
 from backout.control import states as st
 from backout.control.deployer import MANUAL
-from backout.control.store import Deployment, Store
+from backout.control.store import ControlStore, Deployment
 from backout.errors import OperationFailed, UsageError
 from backout.runbooks.context import RunbookContext
 
 
-def bad_release_and_snapshot(store: Store, env: str, d: Deployment) -> tuple[int, dict[str, str], str]:
+def bad_release_and_snapshot(store: ControlStore, env: str, d: Deployment) -> tuple[int, dict[str, str], str]:
     """Which release did the damage (its id and each function's version), and the backup taken
     before it took traffic."""
     if d.strategy == MANUAL:

@@ -24,7 +24,7 @@ from backout.control import states as st
 from backout.control.alarms import ALARM, AlarmSet, default_rules
 from backout.control.hooks import probe_check
 from backout.control.probes import probe_for
-from backout.control.store import Store
+from backout.control.store import ControlStore
 from backout.control.traffic import Traffic
 from backout.manifest import Manifest
 from backout.platforms.base import NS_SQS, MetricQuery, Platform
@@ -70,7 +70,7 @@ class VerifyReport:
         return "verify FAILED: " + "; ".join(f"{c.name}: {c.detail}" for c in self.failures)
 
 
-def expected_versions(store: Store, env: str) -> tuple[str, dict[str, str]] | None:
+def expected_versions(store: ControlStore, env: str) -> tuple[str, dict[str, str]] | None:
     """The release every live alias should serve (its label and each function's version), from the
     last finished deployment; None while one runs or before any."""
     if store.active_deployment(env) is not None:
@@ -208,7 +208,7 @@ def queue_ages(platform: Platform, queues: list[str], now: float | None = None) 
 
 
 def _alarms(
-    manifest: Manifest, env: str, platform: Platform, store: Store, live_alarms: dict[str, Any] | None
+    manifest: Manifest, env: str, platform: Platform, store: ControlStore, live_alarms: dict[str, Any] | None
 ) -> list[Check]:
     active = store.active_deployment(env)
     if active is not None and live_alarms:
@@ -245,7 +245,7 @@ def settle_seconds(manifest: Manifest) -> float:
     return max(delays, default=0.0) + 3.0 if delays else 0.0
 
 
-def _aliases(traffic: Traffic, store: Store, env: str) -> list[Check]:
+def _aliases(traffic: Traffic, store: ControlStore, env: str) -> list[Check]:
     active = store.active_deployment(env)
     expected = expected_versions(store, env)
     platform = traffic.platform

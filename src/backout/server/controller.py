@@ -14,7 +14,8 @@ from typing import Any
 
 from backout.control.deployer import Deployer
 from backout.control.notify import Notifier
-from backout.control.store import Deployment, Store
+from backout.control.shared_store import open_store
+from backout.control.store import Deployment
 from backout.manifest import Manifest
 from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, Capacity, MetricQuery, Platform, period_at_least
 from backout.runbooks import backups, drill, emergency, emergency_drill, repair, rollback, smoke, status, verify
@@ -31,7 +32,7 @@ class Controller:
         self.state_dir = state_dir
         self.started_at = time.time()
         self.on_shutdown: Callable[[], None] = lambda: None
-        self.store = Store.for_env(state_dir)
+        self.store = open_store(manifest, env, platform, state_dir)
         self.notifier = Notifier(manifest.environment(env).notify, on_result=self._delivery,
                                  contacts=manifest.contact_lines(env))
         self.deployer = Deployer(manifest, env, platform, self.store, self.notifier,

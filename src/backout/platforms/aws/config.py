@@ -11,6 +11,7 @@ Stack outputs (CamelName = the backout name split on `_` and `-`, each part capi
   BackoutTable<CamelName>, BackoutBucket<CamelName> DynamoDB tables and S3 buckets (backed up, probed);
                                                     backout calls them by the snake_case of CamelName
   BackoutEnvironment                                the environment the functions were deployed for
+  BackoutStateTable                                 the shared control-state table (optional; `state_table`)
 
 Every AWS error a user can cause (a missing stack, function, queue or credentials) becomes one
 `UsageError` line through `aws_errors`.
@@ -36,6 +37,7 @@ OUT_FUNCTION = "BackoutFunction"
 OUT_QUEUE = "BackoutQueue"
 OUT_TABLE = "BackoutTable"
 OUT_BUCKET = "BackoutBucket"
+OUT_STATE_TABLE = "BackoutStateTable"
 INVOKE_TIMEOUT = 900.0  # seconds: the longest a Lambda function may run
 
 # error codes that mean "that resource does not exist / that name is wrong": the user's to fix
@@ -131,6 +133,17 @@ class Clients:
     def __call__(self, service: str) -> Any:
         return self._client(service, service, read_timeout=60, attempts=3)
 
+    def resource(self, service: str) -> Any:
+        """boto3's resource layer over this platform's session (the shared control state's table)."""
+        with self._lock:
+            from botocore.config import Config
+
+            if self._session is None:
+                self._session = _session(self.spec.region)
+            cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64,
+                         connect_timeout=5, read_timeout=60)
+            return self._session.resource(service, endpoint_url=self.spec.endpoint_url, config=cfg)
+
     def invoker(self) -> Any:
         """The Lambda client for synchronous invocations: it waits as long as a function may run and
         never retries, since an invocation is not idempotent (a repair cut off by a read timeout and
@@ -165,6 +178,7 @@ class Resources:
     api_url: str = ""
     environment: str = ""
     stack: str | None = None
+    state_table: str | None = None  # the shared control state (DynamoDB), when there is one
 
 
 def resolve(manifest: Manifest, env: str, spec: AwsSpec, clients: Clients) -> Resources:
@@ -176,7 +190,7 @@ def resolve(manifest: Manifest, env: str, spec: AwsSpec, clients: Clients) -> Re
         queues = {q: _queue_url(clients, v, f"{where}.queues.{q}") for q, v in spec.queues.items()}
         api_url = spec.api_url or (_api_url(spec, spec.api_id, spec.stage) if spec.api_id and spec.stage else "")
         return Resources(dict(spec.functions), queues, dict(spec.tables), dict(spec.buckets),
-                         spec.api_id, spec.stage, api_url, env, None)
+                         spec.api_id, spec.stage, api_url, env, None, spec.state_table)
     with aws_errors(f"{where}.stack: CloudFormation stack {spec.stack!r} in {spec.region}"):
         stack = clients("cloudformation").describe_stacks(StackName=spec.stack)["Stacks"][0]
     out = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
@@ -188,7 +202,8 @@ def resolve(manifest: Manifest, env: str, spec: AwsSpec, clients: Clients) -> Re
     if missing:
         raise UsageError(f"{where}.stack: stack {spec.stack!r} ({stack.get('StackStatus')}) has no output "
                          f"{', '.join(missing)} (see docs/aws.md for the outputs backout reads)")
-    tables = {snake_name(k[len(OUT_TABLE):]): v for k, v in out.items() if k.startswith(OUT_TABLE) and k != OUT_TABLE}
+    tables = {snake_name(k[len(OUT_TABLE):]): v for k, v in out.items()
+              if k.startswith(OUT_TABLE) and k != OUT_TABLE}
     buckets = {snake_name(k[len(OUT_BUCKET):]): v for k, v in out.items()
                if k.startswith(OUT_BUCKET) and k != OUT_BUCKET}
     api_id, stage = out.get(OUT_API_ID), out.get(OUT_API_STAGE)
@@ -198,6 +213,7 @@ def resolve(manifest: Manifest, env: str, spec: AwsSpec, clients: Clients) -> Re
         queues={q: out[OUT_QUEUE + camel_name(q)] for q in manifest.queues},
         tables=tables, buckets=buckets, api_id=api_id, stage=stage, api_url=api_url.rstrip("/"),
         environment=out.get(OUT_ENVIRONMENT, env), stack=spec.stack,
+        state_table=spec.state_table or out.get(OUT_STATE_TABLE),
     )
 
 

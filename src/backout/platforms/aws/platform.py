@@ -45,6 +45,7 @@ from backout.platforms.base import (
     RedriveTask,
     Release,
     StackStatus,
+    StateTable,
     Throttle,
 )
 
@@ -86,6 +87,17 @@ class AwsPlatform:
             self.reader.check_alarms(self.aws.alarms, f"environments.{self.env}.aws")
         for fn in self.functions():
             self.get_weights(fn)
+
+    def state_table(self) -> StateTable | None:
+        """The shared control-state table (`state_table`, or the stack's BackoutStateTable), checked to
+        exist; None when neither names one (the control state then stays in the local state dir)."""
+        res = self.resources()
+        if not res.state_table:
+            return None
+        with aws_errors(f"environments.{self.env}.aws.state_table: DynamoDB table {res.state_table!r}"):
+            table = self.clients.resource("dynamodb").Table(res.state_table)
+            table.load()  # describe_table: a wrong name stops here, with one line
+        return StateTable(res.state_table, table, dict(res.functions), self.aws.lease_renew, self.aws.lease_expiry)
 
     # --- releases ------------------------------------------------------------------------------
     def functions(self) -> list[str]:

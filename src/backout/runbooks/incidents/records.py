@@ -4,11 +4,11 @@ and when without a second source."""
 
 from __future__ import annotations
 
-from backout.control.store import Incident, Store
+from backout.control.store import ControlStore, Incident
 from backout.errors import UsageError
 
 
-def get_incident(store: Store, incident_id: str, env: str | None = None) -> Incident:
+def get_incident(store: ControlStore, incident_id: str, env: str | None = None) -> Incident:
     """The store's lookup, with an error that names the environment and the command that lists them."""
     try:
         return store.get_incident(incident_id)
@@ -18,13 +18,13 @@ def get_incident(store: Store, incident_id: str, env: str | None = None) -> Inci
         raise UsageError(f"no incident {incident_id!r}{where} (list them with: {hint})") from None
 
 
-def add_note(store: Store, incident_id: str, text: str, author: str = "") -> Incident:
+def add_note(store: ControlStore, incident_id: str, text: str, author: str = "") -> Incident:
     inc = store.add_incident_note(_id(store, incident_id), _text(text, "note"), author)
     _event(store, inc, "note_added", f"note by {author or 'an operator'}: {text.strip()}")
     return inc
 
 
-def add_action(store: Store, incident_id: str, text: str, owner: str = "") -> Incident:
+def add_action(store: ControlStore, incident_id: str, text: str, owner: str = "") -> Incident:
     inc = store.add_incident_action(_id(store, incident_id), _text(text, "action item"), owner)
     _event(
         store,
@@ -35,20 +35,20 @@ def add_action(store: Store, incident_id: str, text: str, owner: str = "") -> In
     return inc
 
 
-def complete_action(store: Store, incident_id: str, number: int) -> Incident:
+def complete_action(store: ControlStore, incident_id: str, number: int) -> Incident:
     """Mark action item `number` (1-based, as listed) done."""
     inc = store.complete_incident_action(_id(store, incident_id), number - 1)
     _event(store, inc, "action_done", f"action item {number} done: {inc.action_items[number - 1]['text']}")
     return inc
 
 
-def add_lesson(store: Store, incident_id: str, text: str) -> Incident:
+def add_lesson(store: ControlStore, incident_id: str, text: str) -> Incident:
     inc = store.add_incident_lesson(_id(store, incident_id), _text(text, "lesson"))
     _event(store, inc, "lesson_added", f"lesson learned: {text.strip()}")
     return inc
 
 
-def close(store: Store, incident_id: str, root_cause: str, who: str = "") -> Incident:
+def close(store: ControlStore, incident_id: str, root_cause: str, who: str = "") -> Incident:
     inc = store.close_incident(_id(store, incident_id), _text(root_cause, "root cause"))
     _event(
         store,
@@ -59,7 +59,7 @@ def close(store: Store, incident_id: str, root_cause: str, who: str = "") -> Inc
     return inc
 
 
-def _id(store: Store, incident_id: str) -> str:
+def _id(store: ControlStore, incident_id: str) -> str:
     return get_incident(store, incident_id).id
 
 
@@ -69,5 +69,5 @@ def _text(text: str, what: str) -> str:
     return text.strip()
 
 
-def _event(store: Store, inc: Incident, kind: str, message: str) -> None:
+def _event(store: ControlStore, inc: Incident, kind: str, message: str) -> None:
     store.add_event(kind, message, incident_id=inc.id)

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from backout.control.store import AlarmEvaluation, Deployment, Event, Incident, Store
+from backout.control.store import AlarmEvaluation, ControlStore, Deployment, Event, Incident
 from backout.runbooks.incidents.records import get_incident
 
 LESSON_GROUPS = ("Process improvements", "Monitoring enhancements", "Prevention strategies")
@@ -134,7 +134,7 @@ def _first(*values: Any) -> Any:
     return None
 
 
-def load(store: Store, incident_id: str, env: str | None = None, service: str = "",
+def load(store: ControlStore, incident_id: str, env: str | None = None, service: str = "",
          contacts: tuple[str, ...] | list[str] = ()) -> IncidentView:
     """The incident `incident_id` (`3`, `INC-3`, `INC-0003`) and all its report needs; a UsageError naming
     the list command when there is no such incident. `service` and `contacts` come from the manifest."""

@@ -1,4 +1,5 @@
-"""Deployment routes: create, list, show (with live alarms and events), approve, stop."""
+"""Deployment routes: create, list, show (with live alarms, events and, on a shared store, the lease),
+follow (take over once the driver's lease expired), approve, stop."""
 
 from __future__ import annotations
 
@@ -37,8 +38,10 @@ def router(c: Controller) -> APIRouter:
     def view(d: Any, after_event: int | None = None) -> dict[str, Any]:
         lv = deployer.live.get(d.id)
         inc = store.incident_for_deployment(d.id)
+        lease = deployer.leases.lease(d.id) if deployer.leases is not None else None
         return {
             "deployment": {**asdict(d), "stable": d.stable, "target": d.target},
+            "lease": None if lease is None else {**asdict(lease), "here": lease.holder == deployer.leases.holder},
             "alarms": {k: e.as_dict() for k, e in (lv.alarms.items() if lv else [])},
             "events": [asdict(e) for e in store.events(deployment_id=d.id, after_id=after_event)],
             "incident": asdict(inc) if inc else None,
@@ -65,6 +68,11 @@ def router(c: Controller) -> APIRouter:
     @r.get("/deployments/{deployment_id}")
     def deployment(deployment_id: str, after_event: int | None = None) -> dict[str, Any]:
         return view(store.get(deployment_id), after_event)
+
+    @r.post("/deployments/{deployment_id}/follow")
+    def follow(deployment_id: str) -> dict[str, Any]:
+        """Follow from this process: on a shared store it takes the deployment over once the lease expired."""
+        return view(deployer.follow(deployment_id))
 
     @r.post("/deployments/{deployment_id}/approve")
     def approve(deployment_id: str, body: StopBody) -> dict[str, Any]:
