@@ -14,29 +14,30 @@ import pytest
 # workers free up: so the four longest come first, each followed (in the second round) by a short one,
 # and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (  # seconds of one run with the other modules beside it
-    "test_deploy.py",  # ≈ 170 s
-    "test_drills.py",  # ≈ 130 s
-    "test_runbooks.py",  # ≈ 190 s
-    "test_emergency.py",  # ≈ 150 s
-    "test_e2e.py",  # ≈ 20 s   (the second round: the longest first round gets the shortest)
-    "test_emergency_after_success.py",  # ≈ 30 s
-    "test_analysis_live.py",  # ≈ 50 s
-    "test_scaffold.py",  # ≈ 55 s
-    "test_runbooks_data.py",  # ≈ 135 s   (then to whichever worker is free first)
-    "test_platform.py",  # ≈ 130 s
-    "test_drills_failures.py",  # ≈ 90 s
-    "test_deploy_control.py",  # ≈ 110 s
-    "test_takeover.py",  # ≈ 55 s (tests/aws: two supervisors on one state table)
-    "test_sqs_local.py",  # ≈ 70 s
-    "test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
-    "test_ci_example.py",  # ≈ 40 s (the example workflow's steps, one supervisor at a time)
+    "integration/test_deploy.py",  # ≈ 170 s
+    "integration/test_drills.py",  # ≈ 130 s
+    "integration/test_runbooks.py",  # ≈ 190 s
+    "integration/test_emergency.py",  # ≈ 150 s
+    "integration/test_e2e.py",  # ≈ 20 s   (the second round: the longest first round gets the shortest)
+    "integration/test_emergency_after_success.py",  # ≈ 30 s
+    "integration/test_analysis_live.py",  # ≈ 50 s
+    "integration/test_scaffold.py",  # ≈ 55 s
+    "integration/test_runbooks_data.py",  # ≈ 135 s   (then to whichever worker is free first)
+    "integration/test_platform.py",  # ≈ 130 s
+    "integration/test_drills_failures.py",  # ≈ 90 s
+    "integration/test_deploy_control.py",  # ≈ 110 s
+    "aws/test_takeover.py",  # ≈ 55 s (tests/aws: two supervisors on one state table)
+    "integration/test_sqs_local.py",  # ≈ 70 s
+    "integration/test_dashboard_browser.py",  # ≈ 40 s (a supervisor and Chromium)
+    "integration/test_ci_example.py",  # ≈ 40 s (the example workflow's steps, one supervisor at a time)
 )
 
 
 def _rank(item: pytest.Item) -> int:
     name = item.path.name
-    if name in SLOW_MODULES:  # end-to-end modules, wherever they live (tests/aws has one)
-        return SLOW_MODULES.index(name)
+    where = f"{item.path.parent.name}/{name}"
+    if where in SLOW_MODULES:  # end-to-end modules, wherever they live (tests/aws has one)
+        return SLOW_MODULES.index(where)
     if "integration" in item.path.parts:
         return len(SLOW_MODULES)
     return len(SLOW_MODULES) + (1 if "aws" in item.path.parts else 2)
