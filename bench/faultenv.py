@@ -89,7 +89,7 @@ class FaultEnv:
             r = self.cli("up", "--detach", check=False, timeout=600)
             if r.returncode == 0:
                 break
-            if "did not start within" not in r.stderr or attempt == 2:
+            if "did not start within" not in r.stdout + r.stderr or attempt == 2:
                 raise RuntimeError(f"backout up --detach → {r.returncode}: {r.stdout}{r.stderr}")
             self.slow_starts += 1
         ep = json.loads((self.state / "endpoints.json").read_text())

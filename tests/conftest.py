@@ -14,6 +14,9 @@ import pytest
 # workers free up: so the four longest come first, each followed (in the second round) by a short one,
 # and the middle-sized ones go to whichever worker finishes first. Sizes measured with --durations.
 SLOW_MODULES = (
+    "test_soak.py",  # ≈ 120 s (issue 12: the shortened soak)
+    "test_crash_deployments.py",  # ≈ 90 s (three supervisor kills and restarts)
+    "test_crash_jobs.py",  # ≈ 60 s
     "test_deploy.py",  # ≈ 250 s
     "test_runbooks.py",  # ≈ 200 s
     "test_drills.py",  # ≈ 145 s
