@@ -19,6 +19,7 @@ def test_a_short_soak_stays_correct_and_bounded(tmp_path: Path) -> None:
         f = run_soak(env, minutes=1.5, rate=20.0, every=40.0, sample=5.0)
     finally:
         env.close()
+    assert f["requests"] > 0 and f["status_counts"].get("200", 0) > 0, f["status_counts"]
     assert f["5xx_outside_faulty_canaries"] == 0, f["status_counts"]
     assert len(f["deployments"]) >= 2
     for d in f["deployments"]:
