@@ -1,6 +1,7 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
-Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection,lease`,
+Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection,lease,
+crash_deployments,crash_jobs,soak` (the last three: issue 12, figures in RELIABILITY.md),
 `--quick` (shorter runs, for a smoke check), `--json PATH` (also write the figures and the machine as JSON).
 BENCHMARKS.md explains each figure and records a run.
 """
@@ -13,10 +14,21 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench import deploy, detection, platform, sda, sda_accuracy, sqs_endpoint, wrapper
+from bench import (
+    crash_deployments,
+    crash_jobs,
+    deploy,
+    detection,
+    platform,
+    sda,
+    sda_accuracy,
+    soak,
+    sqs_endpoint,
+    wrapper,
+)
 
 # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
-MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection)
+MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection, crash_deployments, crash_jobs, soak)
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 # issue 9: driver death → every alias back on stable (shared state, lease, guard)

@@ -7,6 +7,7 @@ message is one line naming the file, the key path and the problem.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -26,6 +27,7 @@ from backout.errors import UsageError
 
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "ANY"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_LONGEST = 3650 * 86400.0  # ten years: longer than any hold, timeout or retention means a mistake
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
@@ -38,11 +40,19 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 250ms)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int of 400 digits
+            seconds = math.inf
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 250ms)")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    # TOML has nan and inf, and 400 digits overflow a float: an endless hold or timeout is a typo
+    if not math.isfinite(seconds) or seconds > _LONGEST:
+        raise ValueError(f"{value!r} is not a finite duration (at most {_LONGEST / 86400:.0f} days)")
+    return seconds
 
 
 def _milliseconds_or_duration(value: str | int | float) -> float:
