@@ -56,8 +56,10 @@ def _chromium() -> str:
     return ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium through Playwright's sync API for this module only: that API runs an event loop in the
+    main thread while it is open, and later tests on the same worker call asyncio.run()."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
