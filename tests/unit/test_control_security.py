@@ -135,3 +135,12 @@ def test_the_control_api_listens_on_loopback_unless_configured() -> None:
     spec = EnvironmentSpec(gateway_port=0, control_port=0, host="0.0.0.0")
     assert spec.control_host == "127.0.0.1"  # a public gateway does not open the control plane
     assert EnvironmentSpec(gateway_port=0, control_port=0, control_host="10.0.0.5").control_host == "10.0.0.5"
+
+
+def test_a_malformed_body_without_the_token_is_401_not_its_validation_error(client: TestClient) -> None:
+    for path in ("/deployments", "/throttle", "/resume", "/rollback"):
+        r = client.post(path, content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 401, (path, r.status_code, r.text)
+        r = client.post(path, content=b"{not json", headers={"content-type": "application/json",
+                                                            "Authorization": f"Bearer {SECRET}"})
+        assert r.status_code == 422, (path, r.status_code, r.text)  # with the token: what was wrong with it

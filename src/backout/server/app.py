@@ -18,6 +18,8 @@ import threading
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from backout.errors import OperationFailed, UsageError
@@ -71,9 +73,26 @@ def build_app(controller: Controller, token: str) -> FastAPI:
         if not hmac.compare_digest(got, expected):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token (see the env's state dir)")
 
+    def unauthorized(request: Request) -> JSONResponse | None:
+        """FastAPI reads and validates a body before the route's dependencies run: a request without the
+        token gets 401 for whatever was wrong with its body too, so nothing about the API answers to it."""
+        got = request.headers.get("authorization", "").encode()
+        if request.url.path.startswith(dashboard.ROOT) or hmac.compare_digest(got, expected):
+            return None
+        return JSONResponse({"detail": "missing or wrong bearer token (see the env's state dir)"}, status_code=401)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return unauthorized(request) or await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Any:
+        bad_body = exc.status_code in (400, 422)  # a body FastAPI could not parse, before any dependency
+        return (unauthorized(request) if bad_body else None) or await http_exception_handler(request, exc)
+
     @app.exception_handler(UsageError)
-    async def _usage(_: Request, exc: UsageError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+    async def _usage(request: Request, exc: UsageError) -> JSONResponse:
+        return unauthorized(request) or JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(OperationFailed)
     async def _failed(_: Request, exc: OperationFailed) -> JSONResponse:
