@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean constraints
+.PHONY: install demo test test-long bench lint clean constraints
 
 # constraints.txt pins every package to the version the tests last passed with (regenerate after a
 # dependency change: `make constraints`), so a fresh machine installs what was tested.
@@ -25,7 +25,11 @@ demo: install
 WORKERS ?= 4
 
 test: install
-	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder -q
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder -q -m "not long"
+
+# The crash schedules in their short form (the full ones are bench/crash_*.py, figures in RELIABILITY.md).
+test-long: install
+	$(PY) -m pytest -n $(WORKERS) --dist loadfile -q -m long
 
 bench: install
 	$(PY) -m bench

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bench.crash_deployments import build_env, run_schedule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_three_deployments_with_a_supervisor_kill_each_end_consistent(tmp_path: Path) -> None:

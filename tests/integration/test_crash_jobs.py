@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bench.crash_jobs import build_env, drawings, run_schedule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def test_thirty_jobs_under_kill_9_none_lost_none_stuck_none_twice(tmp_path: Path) -> None:

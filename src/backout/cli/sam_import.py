@@ -67,6 +67,12 @@ _AWS_ONLY_QUEUE = {"QueueName", "SqsManagedSseEnabled", "KmsMasterKeyId", "KmsDa
                    "RedriveAllowPolicy", "Tags", "MaximumMessageSize", "ReceiveMessageWaitTimeSeconds"}
 
 
+
+def _backout_own(resource: dict[str, Any]) -> bool:
+    """backout's own function in a stack it made (the guard: `backout_lambda.*`): not the service's to deploy."""
+    props = resource.get("Properties") if isinstance(resource.get("Properties"), dict) else {}
+    return resource.get("Type") == FUNCTION and str(props.get("Handler", "")).startswith("backout_lambda.")
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader that reads CloudFormation's short forms as the long ones (`!Ref X` →
     `{"Ref": "X"}`), as CloudFormation itself does."""
@@ -211,7 +217,7 @@ class _Translator:
         self.out = out.resolve()
         self.name = name
         self.resources: dict[str, dict[str, Any]] = {
-            k: v for k, v in template["Resources"].items() if isinstance(v, dict)
+            k: v for k, v in template["Resources"].items() if isinstance(v, dict) and not _backout_own(v)
         }
         self.r = _Resolver(template.get("Parameters") or {})
         g = (template.get("Globals") or {}).get("Function") or {}
