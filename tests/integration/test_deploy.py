@@ -283,7 +283,7 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     # no job lost: every drawing acknowledged during the deployment completes
     jobs = [a.job_id for a in load.answers if a.job_id and a.sent >= started]
     assert len(jobs) >= 5, len(jobs)
-    wait_for(lambda: all(env.job_status(j) == "completed" for j in jobs), timeout=60, interval=0.5,
+    wait_for(lambda: all(env.job_status(j) == "completed" for j in jobs), timeout=180, interval=0.5,
              what="every acknowledged job to complete")
     incident = view["incident"]
     assert incident is not None and incident["deployment_id"] == d["id"]

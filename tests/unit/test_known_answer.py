@@ -92,3 +92,16 @@ def test_a_wrong_schedule_still_fails(serve: Any) -> None:
 def test_a_throttle_that_outlasts_the_timeout_is_the_failure(serve: Any) -> None:
     s = serve(json.loads(TRUTH.read_text()), throttle=10_000)
     assert check(s.url, DRAWING, TRUTH, timeout=0.5) == ['upload → 429: {"message": "Too Many Requests"}']
+
+
+def test_an_http_smoke_test_asks_again_while_throttled(serve: Any, tmp_path: Path) -> None:
+    """The `http` smoke check (the `smoke` hook after 100 %) on a busy service: 429s, then the answer."""
+    from backout.control.smoke import _run_one
+    from backout.manifest import SmokeSpec
+
+    s = serve({}, throttle=2)
+    r = _run_one(SmokeSpec(http="GET /status/j-1"), tmp_path, "staging", s.url, timeout=30)
+    assert r.ok and r.detail == "GET /status/j-1 → 200" and s.seen["status"] == 3
+    busy = serve({}, throttle=10_000)
+    r = _run_one(SmokeSpec(http="GET /status/j-1"), tmp_path, "staging", busy.url, timeout=0.5)
+    assert not r.ok and r.detail.startswith("GET /status/j-1 → 429 (expected 200)")

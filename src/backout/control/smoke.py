@@ -26,6 +26,9 @@ class SmokeResult:
     seconds: float
 
 
+THROTTLED = {429, 503}
+
+
 def run_smoke(manifest: Manifest, env: str, api_base_url: str, timeout: float = 120.0) -> list[SmokeResult]:
     """Run every smoke test of the manifest against `api_base_url`; never raises for a failing test."""
     return [_run_one(s, manifest.root, env, api_base_url, timeout) for s in manifest.smoke]
@@ -37,7 +40,15 @@ def _run_one(spec: SmokeSpec, root: Path, env: str, base: str, timeout: float) -
         method, _, path = spec.http.partition(" ")
         url = path if path.startswith("http") else f"{base.rstrip('/')}{path}"
         try:
+            deadline, delay = t0 + min(timeout, 30.0), 0.1
             r = httpx.request(method, url, timeout=timeout)
+            # throttled (the function's concurrency is in use): ask again, as the AWS SDKs do — a busy
+            # service is not a failed smoke test, unless it stays busy past the deadline
+            while (r.status_code in THROTTLED and r.status_code != spec.expect_status
+                   and time.monotonic() + delay < deadline):
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                r = httpx.request(method, url, timeout=timeout)
             ok = r.status_code == spec.expect_status
             detail = f"{spec.http} → {r.status_code}" + (
                 "" if ok else f" (expected {spec.expect_status}): {r.text[:200]}"

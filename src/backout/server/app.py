@@ -18,8 +18,6 @@ import threading
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from backout.errors import OperationFailed, UsageError
@@ -62,6 +60,27 @@ async def finite_numbers(request: Request) -> None:
             pass  # not JSON at all: the route's own validation answers that (422)
 
 
+class TokenFirst:
+    """The token before anything else (a plain ASGI middleware, so streams pass untouched): FastAPI reads
+    and validates a body before a route's dependencies run, so without this a malformed body would get
+    its 400/422 — and show that the route exists — from someone without the token. `/healthz` is
+    liveness only; the dashboard (`/ui`) signs in with a form and a session cookie of its own."""
+
+    def __init__(self, app: Any, expected: bytes) -> None:
+        self.app, self.expected = app, expected
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path != "/healthz" and not path.startswith(dashboard.ROOT):
+            got = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):
+                answer = JSONResponse({"detail": "missing or wrong bearer token (see the env's state dir)"},
+                                      status_code=401)
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(controller: Controller, token: str) -> FastAPI:
     """The app; `app.state.stopping` (a threading.Event) ends the dashboard's open streams when set."""
     app = FastAPI(title="backout control API", version="1", docs_url=None, redoc_url=None, openapi_url=None)
@@ -73,26 +92,11 @@ def build_app(controller: Controller, token: str) -> FastAPI:
         if not hmac.compare_digest(got, expected):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token (see the env's state dir)")
 
-    def unauthorized(request: Request) -> JSONResponse | None:
-        """FastAPI reads and validates a body before the route's dependencies run: a request without the
-        token gets 401 for whatever was wrong with its body too, so nothing about the API answers to it."""
-        got = request.headers.get("authorization", "").encode()
-        if request.url.path.startswith(dashboard.ROOT) or hmac.compare_digest(got, expected):
-            return None
-        return JSONResponse({"detail": "missing or wrong bearer token (see the env's state dir)"}, status_code=401)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return unauthorized(request) or await request_validation_exception_handler(request, exc)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Any:
-        bad_body = exc.status_code in (400, 422)  # a body FastAPI could not parse, before any dependency
-        return (unauthorized(request) if bad_body else None) or await http_exception_handler(request, exc)
+    app.add_middleware(TokenFirst, expected=expected)
 
     @app.exception_handler(UsageError)
-    async def _usage(request: Request, exc: UsageError) -> JSONResponse:
-        return unauthorized(request) or JSONResponse({"error": str(exc)}, status_code=400)
+    async def _usage(_: Request, exc: UsageError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.exception_handler(OperationFailed)
     async def _failed(_: Request, exc: OperationFailed) -> JSONResponse:
