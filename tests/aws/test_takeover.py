@@ -101,6 +101,12 @@ def test_a_driver_killed_mid_canary_is_taken_over_by_follow_on_another_machine(
         taken = [e for e in view["events"] if e["kind"] == "taken_over"]
         assert len(taken) == 1 and taken[0]["data"]["from"] == seen["lease"]["holder"]
         assert taken[0]["data"]["fence"] == 2 and view["lease"]["holder"].split(":")[1] == str(b.pid)
+        # the shared store writes the status before the event that tells it: the event may land a moment later
+        def with_succeeded() -> dict | None:
+            v = b.api("GET", f"/deployments/{d['id']}")
+            return v if "succeeded" in [e["kind"] for e in v["events"]] else None
+
+        view = wait_for(with_succeeded, timeout=30, what="the succeeded event")
         kinds = [e["kind"] for e in view["events"]]
         assert kinds.index("taken_over") < kinds.index("succeeded")
         assert kinds.count("step_reached") == 2  # 25 % by A; 100 % by B, which resumed 25 % without repeating it
