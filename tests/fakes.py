@@ -1051,6 +1051,7 @@ events = [{{ http = "GET /health" }}, {{ http = "GET /items/{{id}}" }}, {{ http 
 
 [functions.worker]
 handler = "worker.handler"
+timeout = "5s"
 events = [{{ queue = "jobs", batch_size = 1, retry_after = "1s" }}]
 
 [functions.repair]

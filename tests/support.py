@@ -20,6 +20,21 @@ SHARED_DRAWINGS = ROOT.parent / "shared" / "drawings"
 SDA_SOURCE = ROOT / "src"
 
 
+def cli_in_process(manifest: Path, *args: str, monkeypatch: Any, capsys: Any) -> tuple[int, str, str]:
+    """`backout --manifest MANIFEST ARGS` run in this process (no interpreter start, no import cost per
+    call): its exit code, stdout and stderr. Takes pytest's monkeypatch and capsys fixtures."""
+    from backout.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
+    try:
+        run()
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return (0 if code is None else int(code)), out.out, out.err
+
+
 def sda_manifest(state_dir: Path, extra: str = "", env_extra: str = "", functions_env: str = "") -> str:
     """The SDA's real manifest, with free ports, a private state dir and absolute paths."""
     text = (ROOT / "backout.toml").read_text()

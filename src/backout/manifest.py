@@ -567,6 +567,12 @@ class Manifest(_Model):
             for e in f.queue_events:
                 if e.queue not in self.queues:
                     raise ValueError(f"functions.{fname}.events: no queue named {e.queue!r}")
+                if f.timeout > self.queues[e.queue].visibility_timeout:  # AWS refuses this mapping too
+                    raise ValueError(
+                        f"functions.{fname}.timeout: {f.timeout:g} s is longer than queues.{e.queue}."
+                        f"visibility_timeout ({self.queues[e.queue].visibility_timeout:g} s): a message would "
+                        "be received again while it is still being processed"
+                    )
             for h in f.http_events:
                 key = (h.method, re.sub(r"\{[^}]+\}", "{}", h.path))
                 if key in routes:

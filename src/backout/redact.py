@@ -90,8 +90,9 @@ def redact_data(data: Any, _key: str = "") -> Any:
     if isinstance(data, dict):
         return {k: (MASK if isinstance(k, str) and secret_name(k) and isinstance(v, str) and v
                     else redact_data(v, str(k))) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [redact_data(v) for v in data]
+    if isinstance(data, list | tuple):  # under a secret-named field (a diff's (A, B) pair): each value masked
+        return [MASK if _key and secret_name(_key) and isinstance(v, str) and v else redact_data(v)
+                for v in data]
     if isinstance(data, str):
         return redact(data)
     return data

@@ -129,6 +129,7 @@ events = [{{ http = "GET /hold" }}]
 
 [functions.worker]
 handler = "app.work"
+timeout = "3s"  # not longer than the queue's visibility timeout (AWS refuses that too)
 environment = {{ OUT_FILE = "{out}" }}
 events = [{{ queue = "jobs", batch_size = 5, retry_after = "0.3s" }}]
 

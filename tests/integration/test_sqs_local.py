@@ -49,7 +49,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("notes")
     text = (EXAMPLE / "backout.toml").read_text()
     text = text.replace('source = "notes"', f'source = "{EXAMPLE / "notes"}"')
-    text = text.replace('visibility_timeout = "60s"', 'visibility_timeout = "3s"')  # in-flight work returns soon
+    # in-flight work returns soon after a kill; long enough that a loaded machine's cold worker finishes
+    # a batch before its messages are received again (those receives would dead-letter it)
+    text = text.replace('visibility_timeout = "60s"', 'visibility_timeout = "10s"')
+    text = text.replace('timeout = "30s"', 'timeout = "10s"')  # the worker's: not above the visibility timeout
     text = text.replace(
         'gateway_port = 8600\ncontrol_port = 8601\nstrategy = "Canary10Percent5Minutes"',
         f'gateway_port = 0\ncontrol_port = 0\nstate_dir = "{tmp / "state"}"\nstrategy = "Quick"\n'
@@ -103,7 +106,7 @@ def test_nothing_is_lost_across_a_kill_9_of_the_supervisor(env: Env) -> None:
     # the table's earlier writes came back from the emulator's journal; queued and in-flight notes
     # are processed after the restart (in-flight ones once their visibility timeout has passed)
     assert env.stored(before) == before
-    wait_for(lambda: env.stored(everything) == everything, timeout=40, interval=0.5, what="all 30 notes stored")
+    wait_for(lambda: env.stored(everything) == everything, timeout=60, interval=0.5, what="all 30 notes stored")
     assert env.queue("notes-dlq")["visible"] == 0
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 import fcntl
 import json
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backout.cli import context
-from backout.cli.main import run
+from support import cli_in_process
 
 MANIFEST = """
 [service]
@@ -48,14 +47,7 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     context.SETTINGS._manifest = None
 
 
-def cli(manifest: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-        ) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
-    with pytest.raises(SystemExit) as exc:
-        run()
-    out = capsys.readouterr()
-    code = exc.value.code
-    return (0 if code is None else int(code)), out.out, out.err
+cli = cli_in_process
 
 
 def test_version(manifest: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

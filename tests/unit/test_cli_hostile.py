@@ -5,17 +5,16 @@ exit code 2, never a traceback."""
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backout.cli import context
-from backout.cli.main import run
 from backout.control.store import Store
 from backout.errors import UsageError
 from backout.statefiles import check_database
+from support import cli_in_process
 
 MANIFEST = """
 [service]
@@ -45,11 +44,8 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def cli(manifest: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
         ) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
-    with pytest.raises(SystemExit) as exc:
-        run()
-    code = exc.value.code
-    return (0 if code is None else int(code)), capsys.readouterr().err
+    code, _, err = cli_in_process(manifest, *args, monkeypatch=monkeypatch, capsys=capsys)
+    return code, err
 
 
 def one_line(err: str) -> str:

@@ -4,7 +4,6 @@ the same data; a bad format or a contradiction is one line, exit 2. In-process t
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ import typer
 import yaml
 
 from backout.cli import context
-from backout.cli.main import app, run
+from backout.cli.main import app
+from support import cli_in_process
 
 MANIFEST = """
 [service]
@@ -46,13 +46,7 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     context.SETTINGS._manifest = None
 
 
-def cli(manifest: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-        ) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
-    with pytest.raises(SystemExit) as exc:
-        run()
-    out = capsys.readouterr()
-    return int(exc.value.code or 0), out.out, out.err
+cli = cli_in_process
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

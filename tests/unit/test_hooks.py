@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backout.control.hooks import HookContext, run_hook, run_hooks
+from backout.control.hooks import HookContext, HookResult, run_hook, run_hooks
 from backout.control.probes import is_probe
 from backout.manifest import HookSpec, load_manifest
 from backout.platforms.base import Release
@@ -265,7 +265,7 @@ def test_smoke_hook_runs_the_manifests_smoke_tests_through_the_gateway(fake: Fak
     r = run_hook("post_traffic", HookSpec(builtin="smoke"), ctx)
     assert r.ok and r.output == "ok GET /health: GET /health → 200"
     fake.set_throttle(0, 0)
-    r = run_hook("post_traffic", HookSpec(builtin="smoke"), ctx)
+    r = run_hook("post_traffic", HookSpec(builtin="smoke", timeout=2), ctx)  # asks again until its timeout
     assert not r.ok and "→ 429 (expected 200)" in r.output
 
 
@@ -274,3 +274,17 @@ def test_hooks_stop_at_the_first_failure(fake: FakePlatform, tmp_path: Path) -> 
     hooks = [HookSpec(builtin="checks"), HookSpec(function="checker"), HookSpec(http="GET /health")]
     results = run_hooks("pre_traffic", hooks, ctx_for(fake, release2(fake, tmp_path)))
     assert [(r.name, r.ok) for r in results] == [("builtin:checks", True), ("function:checker", False)]
+
+
+def test_each_result_is_heard_as_it_comes_and_a_no_ends_the_phase(fake: FakePlatform, tmp_path: Path) -> None:
+    """The deployer records each hook as it returns, and a deployment rolled back meanwhile stops its phase."""
+    heard: list[str] = []
+
+    def on_result(r: HookResult) -> bool:
+        heard.append(r.name)
+        return len(heard) < 2
+
+    hooks = [HookSpec(builtin="checks"), HookSpec(http="GET /health"), HookSpec(builtin="smoke")]
+    results = run_hooks("pre_traffic", hooks, ctx_for(fake, release2(fake, tmp_path)), on_result=on_result)
+    assert [(r.name, r.ok) for r in results] == [("builtin:checks", True), ("http:GET /health", True)]
+    assert heard == ["builtin:checks", "http:GET /health"]

@@ -21,6 +21,7 @@ handler = "app.handler"
 events = [{ http = "GET /items/{id}" }]
 [functions.worker]
 handler = "app.work"
+timeout = "5s"
 events = [{ queue = "jobs", batch_size = 5 }]
 [queues.jobs]
 visibility_timeout = "5s"
@@ -69,6 +70,8 @@ def test_good_manifest_and_durations(tmp_path: Path) -> None:
         (('queue = "jobs"', 'queue = "missing"'), "no queue named 'missing'"),
         (("gateway_port = 0", "gateway_port = 70000"), "environments.staging.gateway_port"),
         (('visibility_timeout = "5s"', 'visibility_timeout = "soon"'), "not a duration"),
+        (('visibility_timeout = "5s"', 'visibility_timeout = "4s"'),
+         "functions.worker.timeout: 5 s is longer than queues.jobs.visibility_timeout (4 s)"),
         (
             ("[queues.dlq]", "[queues.dlq]\ncolour = 'red'"),
             "queues.dlq.colour: Extra inputs are not permitted",

@@ -19,6 +19,7 @@ from backout.manifest import load_manifest
 from backout.platforms.base import FunctionConfig
 from backout.platforms.local.platform import LocalPlatform
 from backout.platforms.local.releases import Releases
+from backout.redact import redact_data
 from backout.runbooks.release_diff import diff_releases
 
 
@@ -268,3 +269,20 @@ def test_release_diff_names_changed_files_and_configuration_keys(platform: Local
     assert diff_releases(p, r2.id, 1).removed == ["app/util.py"] and diff_releases(p, 1, 1).same
     with pytest.raises(UsageError, match="unknown release 9"):
         diff_releases(p, 1, 9)
+
+
+def test_release_diff_shows_a_secret_changed_never_its_value(platform: LocalPlatform) -> None:
+    p = platform
+    secrets = {"API_TOKEN": "tok-3f9a1c77e2", "DB_PASSWORD": "hunter2-long", "HOOK": "https://u:pw-x91@h.example"}
+    r2 = p.publish(p.manifest.source_dir, configuration={
+        "worker": FunctionConfig("app.h.handler", 30.0, 256, {"MODE": "good", "TIER": "test", **secrets})})
+    r3 = p.publish(p.manifest.source_dir, configuration={"worker": FunctionConfig(
+        "app.h.handler", 30.0, 256, {"MODE": "good", "TIER": "test", "API_TOKEN": "tok-88b0d4e1aa"})})
+    d = diff_releases(p, r2.id, r3.id).as_dict()
+    assert d["configuration"]["worker"] == {"environment.API_TOKEN": ("***", "***"),
+                                            "environment.DB_PASSWORD": ("***", None),
+                                            "environment.HOOK": ("https://u:***@h.example", None)}
+    text = json.dumps(redact_data(d))
+    assert not any(v in text for v in ("tok-3f9a1c77e2", "tok-88b0d4e1aa", "hunter2-long", "pw-x91"))
+    # --json masks a secret-named field's pair of values too, wherever they come from
+    assert redact_data({"API_TOKEN": ["a-secret-value", None]}) == {"API_TOKEN": ["***", None]}

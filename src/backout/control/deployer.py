@@ -744,8 +744,8 @@ class Deployer:
             since,
             d.target_release,
         )
-        results = run_hooks(phase, getattr(self.manifest.hooks, phase), ctx)
-        for r in results:
+
+        def record(r: HookResult) -> bool:
             self._event(
                 d,
                 "hook_passed" if r.ok else "hook_failed",
@@ -754,6 +754,10 @@ class Deployer:
                 severity="info" if r.ok else "critical",
                 data={"phase": phase, "hook": r.name, "ok": r.ok, "output": r.output, "checks": r.checks},
             )
+            return self.store.get(d.id).active  # an operator's rollback during a hook ends the phase
+
+        results = run_hooks(phase, getattr(self.manifest.hooks, phase), ctx, on_result=record)
+        for r in results:
             if not r.ok:
                 self._notify(
                     "hook_failed",

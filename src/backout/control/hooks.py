@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +49,18 @@ class HookResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_hooks(phase: str, hooks: list[HookSpec], ctx: HookContext) -> list[HookResult]:
-    """Run hooks in order, stopping at the first failure (its evidence is what matters)."""
+def run_hooks(
+    phase: str, hooks: list[HookSpec], ctx: HookContext, on_result: Callable[[HookResult], bool] | None = None
+) -> list[HookResult]:
+    """Run hooks in order, stopping at the first failure (its evidence is what matters). `on_result` hears
+    of each result as it comes (an operator sees a hook pass while the next one runs) and answers whether
+    to go on: a deployment rolled back meanwhile has no use for its remaining hooks."""
     results = []
     for h in hooks:
         r = run_hook(phase, h, ctx)
         results.append(r)
-        if not r.ok:
+        go_on = on_result(r) if on_result is not None else True
+        if not r.ok or not go_on:
             break
     return results
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from backout.errors import UsageError
 from backout.platforms.base import FunctionConfig, Platform, Release, ReleaseFiles
+from backout.redact import MASK, redact, secret_name
 
 Change = tuple[Any, Any]  # (in A, in B); None where the key is absent
 
@@ -81,4 +82,11 @@ def _flat(c: FunctionConfig | None) -> dict[str, Any]:
 
 
 def _changes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Change]:
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    """What differs; a secret-named variable shows that it changed (or appeared, or went), never its value."""
+    return {k: (_shown(k, a.get(k)), _shown(k, b.get(k))) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _shown(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return MASK if value and secret_name(key.removeprefix("environment.")) else redact(value)
+    return value
