@@ -617,6 +617,9 @@ class FakePlatform:
         self._maybe_fail("metrics")
         if len(queries) > MAX_QUERIES:
             raise UsageError(f"{len(queries)} metric queries in one call: GetMetricData takes at most {MAX_QUERIES}")
+        for q in queries:  # CloudWatch's ValidationError: a dimension value is 1 to 1024 characters
+            if any(not v for _, v in q.dimensions):
+                raise ValueError(f"{q.metric}: an empty dimension value in {dict(q.dimensions)}")
         with self._lock:
             self.metrics_calls += 1
             self.metric_queries += len(queries)

@@ -66,7 +66,7 @@ def cli(tmp_path: Path, fast_evaluations: None, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_publish_and_deploy_carry_the_edited_configuration_and_diff_shows_it(cli: Cli) -> None:
-    cli.edit('handler = "worker.handler"', 'handler = "worker.handler"\ntimeout = "1s"')
+    cli.edit('timeout = "5s"', 'timeout = "1s"')
     code, out, err = cli("publish", "--json")
     assert code == 0, err
     r2 = json.loads(out)
@@ -77,11 +77,11 @@ def test_publish_and_deploy_carry_the_edited_configuration_and_diff_shows_it(cli
     assert code == 0, err
     assert "r1 → r2: 1 configuration key(s) of worker" in out
     assert [[c.strip() for c in line.split("│")[1:5]] for line in out.splitlines() if "timeout" in line] == [
-        ["worker", "timeout", "30", "1"]]
+        ["worker", "timeout", "5", "1"]]
     assert "does not list a release's files" in out
     code, out, _ = cli("releases", "--diff", "1", "2", "--json")
     d = json.loads(out)
-    assert d["configuration"] == {"worker": {"timeout": [30.0, 1.0]}} and d["same"] is False
+    assert d["configuration"] == {"worker": {"timeout": [5.0, 1.0]}} and d["same"] is False
     assert (d["changed"], d["added"], d["removed"], d["files_listed"]) == ([], [], [], False)
     code, _, err = cli("releases", "--diff", "1", "9")
     assert code == 2 and "unknown release 9 (published: 1, 2)" in err

@@ -201,6 +201,21 @@ def test_canary_error_rate_rolls_back_with_alarm_error_rate_worker(world: World)
     assert impact["functions"]["worker"]["version"] == "12" and impact["functions"]["worker"]["errors"] == 20
 
 
+def test_the_impact_of_a_service_without_an_http_function_has_no_api_figures(world: World) -> None:
+    """No HTTP function, no API queries (CloudWatch refuses the empty version dimension they would carry)."""
+    r2 = world.release("worker")
+    world.fake.handle("worker", raising(), version="12")
+    d = world.deploy(r2)
+    world.wait_step(d.id, 0)
+    world.fake.traffic("worker", 10)
+    no_http = world.manifest.model_copy(deep=True)
+    no_http.functions["api"].events = []
+    impact = deployer_mod.measure_impact(no_http, "staging", world.fake, world.store, d, until=world.clock.now())
+    assert impact["api"] == {"requests_served": 0, "failed_requests": 0, "per_second_5xx": []}
+    assert impact["functions"]["worker"]["errors"] == 5 and impact["dlq_arrivals"] == {"jobs-dlq": 0}
+    world.deployer.stop(d.id, rollback=True, reason="test over", who="test")
+
+
 def test_canary_5xx_responses_roll_back_with_alarm_api_5xx(world: World) -> None:
     r2 = world.release("api", "worker")
     world.fake.handle("api", status(500, probes=False), version="2")  # healthy to the pre-traffic probe

@@ -25,6 +25,7 @@ timeout = "2m"
 events = [{ queue = "jobs", retry_after = "1500ms" }]
 duration_p99_limit = 900
 [queues.jobs]
+visibility_timeout = "2m"
 [environments.staging]
 gateway_port = 0
 control_port = 0

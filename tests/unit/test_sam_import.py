@@ -128,6 +128,7 @@ Resources:
   EmailsQueue:
     Type: AWS::SQS::Queue
     Properties:
+      VisibilityTimeout: 360  # not below its consumer's timeout: AWS refuses that mapping
       RedrivePolicy:
         deadLetterTargetArn: !ImportValue shared-dead-letters-arn
         maxReceiveCount: 2

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -171,12 +175,34 @@ def stop(
 
 
 # --- rendering ----------------------------------------------------------------------------------
+class _Interrupted(Exception):
+    """Ctrl-C while following, raised where the loop waits (never inside a lock, as a KeyboardInterrupt
+    can be: one that lands just after the live display takes its lock leaves it held, and the exit hangs)."""
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[threading.Event]:
+    """An event Ctrl-C sets, instead of a KeyboardInterrupt anywhere (main thread only: elsewhere the
+    event is never set, and Ctrl-C goes to whoever runs the main thread)."""
+    pressed = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: pressed.set())
+    except ValueError:  # not the main thread
+        yield pressed
+        return
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
     """Follow until the deployment settles. Ctrl-C stops following, never the deployment: the supervisor
     drives it, so say that and how to re-attach or stop it."""
     try:
-        _follow_until_settled(c, deployment_id, as_json)
-    except KeyboardInterrupt:
+        with _ctrl_c() as pressed:
+            _follow_until_settled(c, deployment_id, as_json, pressed)
+    except (KeyboardInterrupt, _Interrupted):
         err_console.print(
             f"\nstopped following; deployment {deployment_id} goes on in the {c.env} supervisor.\n"
             f"  re-attach: backout deployment follow {deployment_id} --env {c.env}\n"
@@ -185,7 +211,11 @@ def _follow(c: Client, deployment_id: str, as_json: bool) -> None:
         raise SystemExit(130) from None
 
 
-def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
+def _follow_until_settled(c: Client, deployment_id: str, as_json: bool, pressed: threading.Event) -> None:
+    def pause() -> None:
+        if pressed.wait(0.3):
+            raise _Interrupted
+
     after: int | None = None
     view: dict[str, Any] = {}
     printed: list[dict[str, Any]] = []
@@ -195,7 +225,7 @@ def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
             view = c.call("GET", f"/deployments/{deployment_id}")
             if _settled(view, since):
                 break
-            time.sleep(0.3)
+            pause()
         emit_json(view)
     else:
         # the live panel goes at the end: the outcome below replaces it, decision first
@@ -213,7 +243,7 @@ def _follow_until_settled(c: Client, deployment_id: str, as_json: bool) -> None:
                 live.update(_panel(d, view))
                 if _settled(view, since):
                     break
-                time.sleep(0.3)
+                pause()
         console.print()
         console.print(outcome(view, console.width))
         d = view["deployment"]

@@ -1070,12 +1070,15 @@ def measure_impact(
         dims = {"FunctionName": fn, "ExecutedVersion": d.target_versions[fn]}
         queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
                     MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum")]
-    api_dims = {"ApiName": manifest.service.name, "Stage": env,
-                "ExecutedVersion": d.target_versions[http_fn] if http_fn else ""}
-    queries += [MetricQuery.of(NS_API, "5XXError", api_dims, start, end, 1, "Sum"),
-                MetricQuery.of(NS_API, "Count", api_dims, start, end, 1, "Sum")]
+    if http_fn is not None:  # a service with no HTTP function has no API figures (and CloudWatch refuses an
+        api_dims = {"ApiName": manifest.service.name, "Stage": env,  # empty dimension value)
+                    "ExecutedVersion": d.target_versions[http_fn]}
+        queries += [MetricQuery.of(NS_API, "5XXError", api_dims, start, end, 1, "Sum"),
+                    MetricQuery.of(NS_API, "Count", api_dims, start, end, 1, "Sum")]
     queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, start, end, 1, "Sum") for q in dlqs]
     got = [{int(p.timestamp): p.value for p in pts} for pts in platform.metrics(queries)]
+    if http_fn is None:
+        got[2 * len(fns):2 * len(fns)] = [{}, {}]
 
     seconds = list(range(start, end))
     functions: dict[str, Any] = {}
