@@ -14,7 +14,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# --no-compile: pip's byte-compiling of every installed file is half the install time; the modules a
+	# run imports are compiled then, once (this Makefile unexports PYTHONDONTWRITEBYTECODE)
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -83,7 +83,7 @@ class Load:
 
     base_url: str
     rate: float = 20.0
-    post_every: int = 8
+    post_every: int = 20
     answers: list[Answer] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)  # acknowledged with 202
 
@@ -258,7 +258,7 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     env = world.env
     stable = env.latest()
     before = env.weights()
-    with Load(env.gateway_url, rate=20, post_every=4) as load:
+    with Load(env.gateway_url, rate=20, post_every=20) as load:
         time.sleep(1.0)
         started = time.time()
         r = env.cli("deploy", "--strategy", "Canary20", "--set-env", "BACKOUT_FAULT=errors=0.5")
@@ -292,12 +292,13 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
 def test_worker_crashing_on_every_message_rolls_back(world: World) -> None:
     env = world.env
     before = env.weights()
-    with Load(env.gateway_url, rate=8, post_every=2) as load:
+    with Load(env.gateway_url, rate=8, post_every=4) as load:
         r = env.cli("deploy", "--strategy", "Half", "--set-env", "SDA_FAULTS=worker_crash", timeout=90)
     assert r.returncode == 1, r.stdout + r.stderr
     view = env.deployment(env.latest()["id"])
     d = view["deployment"]
-    assert d["status"] == "RolledBack" and d["current_step"] == 0
+    hooks_failed = [e["message"] for e in view["events"] if e["kind"] == "hook_failed"]
+    assert d["status"] == "RolledBack" and d["current_step"] == 0, (d["reason"], hooks_failed)
     assert d["reason"].startswith("alarm error-rate:worker in ALARM: error rate "), d["reason"]
     ev = rolled_back_event(view)
     evidence = " ".join(ev["data"]["evidence"])
@@ -325,7 +326,8 @@ def test_failing_pre_traffic_hook_rolls_back_before_any_traffic(world: World) ->
     view = env.deployment(env.latest()["id"])
     d = view["deployment"]
     assert d["status"] == "RolledBack" and d["current_step"] is None
-    assert "pre-traffic hook gate failed" in d["reason"]
+    assert "pre-traffic hook gate failed" in d["reason"], [e["message"] for e in view["events"]
+                                                           if e["kind"] == "hook_failed"]
     kinds = [e["kind"] for e in view["events"]]
     assert "step_reached" not in kinds and "hook_failed" in kinds
     failed = next(e for e in view["events"] if e["kind"] == "hook_failed")

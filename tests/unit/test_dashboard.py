@@ -326,6 +326,8 @@ def test_the_dashboard_chart_draws_steps_and_measured_dots_only() -> None:
               Event(2, d.id, None, 1050.1, "rolled_back", "critical", "", {})]
     steps = weight_steps(d, events)
     assert steps == [(1000.0, 0.0), (1010.0, 40.0), (1050.1, 0.0)]
+    # the record says RolledBack before the deployer has written its event: the chart is at 0 % already
+    assert weight_steps(d, events[:1]) == [(1000.0, 0.0), (1010.0, 40.0), (1050.1, 0.0)]
     errors = [(1012.0, 0.0), (1013.0, 0.0), (1045.0, 50.0)]  # traffic in 1011, 1012 and 1044 only
     out = svg(ChartData(1000.0, 1060.0, steps, errors, threshold=5.0), "d-0001 <r2>")
     assert 'data-weight="0"' in out and 'data-weights="0 40 0"' in out and 'data-error-points="3"' in out

@@ -121,9 +121,16 @@ def log_lr(r: np.ndarray, c: np.ndarray | float, m: np.ndarray | float, q: np.nd
 
 def log_e_value(log_lr_sums: np.ndarray) -> np.ndarray:
     """log of the mixture e-value from the summed log LRs of `ALTERNATIVES` (last axis)."""
-    from scipy.special import logsumexp  # scipy on first use: a supervisor that never judges starts ≈ 0.6 s sooner
+    return _logsumexp(log_lr_sums + LOG_PRIOR)
 
-    return logsumexp(log_lr_sums + LOG_PRIOR, axis=-1)
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    """log Σ exp(a) over the last axis, shifted by the maximum so nothing overflows. Judges call it four
+    times a second each: numpy alone is several times quicker than scipy.special.logsumexp's checks."""
+    m = np.max(a, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):  # all -inf: log 0 = -inf, as scipy's
+        return (m + np.log(np.sum(np.exp(a - m), axis=-1, keepdims=True)))[..., 0]
 
 
 @dataclass
@@ -182,10 +189,8 @@ class MixtureTest:
         (None, None) before any event."""
         if not self._obs:
             return None, None
-        from scipy.special import logsumexp
-
         s = self._sums[ALTERNATIVES.size:]
-        inside = np.nonzero(s > logsumexp(s) - math.log(s.size) - math.log(self.threshold))[0]
+        inside = np.nonzero(s > _logsumexp(s) - math.log(s.size) - math.log(self.threshold))[0]
         lo, hi = int(inside[0]), int(inside[-1])
         return (0.0 if lo == 0 else float(CANDIDATES[lo])), (None if hi == s.size - 1 else float(CANDIDATES[hi]))
 
@@ -195,7 +200,7 @@ class MixtureTest:
             return None
         if sum(c for c, _, _ in self._obs) == 0:
             return 0.0
-        from scipy.optimize import minimize_scalar
+        from scipy.optimize import minimize_scalar  # on first use: a supervisor that never judges starts ≈ 0.6 s sooner
 
         c, m, q = (np.array(x) for x in zip(*self._obs, strict=True))
 

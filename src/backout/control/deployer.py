@@ -818,6 +818,7 @@ class Deployer:
         for i in range(start_index, len(d.steps)):
             step = d.steps[i]
             resuming = i == d.current_step and d.step_started_at is not None
+            warm_from = self.clock()
             self._prewarm(d, step.weight)
             started = d.step_started_at if resuming else self.clock()
             with self._switch:
@@ -831,7 +832,9 @@ class Deployer:
                     "step_reached",
                     f"step {i + 1}/{len(d.steps)}: {step.weight:g} % on {d.target}"
                     + (f", hold {step.hold:g} s" if step.hold else ""),
-                    data={"step": i, "weight": step.weight, "hold": step.hold},
+                    # how long warming its instances delayed the step (a late step is explained, not a mystery)
+                    data={"step": i, "weight": step.weight, "hold": step.hold,
+                          "warm_seconds": round(started - warm_from, 3)},
                 )
                 self._notify("step_reached", d, weight=step.weight)
             end = started + step.hold

@@ -44,6 +44,9 @@ def weight_steps(d: Deployment, events: list[Event]) -> list[tuple[float, float]
             out.append((e.ts, 0.0))
         elif e.kind == "succeeded":
             out.append((e.ts, 100.0))
+    if d.rollback_completed_at is not None and not any(e.kind == "rolled_back" for e in events):
+        # the deployer writes the record before its event: a page updated in between already shows the rollback
+        out.append((d.rollback_completed_at, 0.0))
     return out
 
 
