@@ -129,12 +129,11 @@ events = [{{ http = "GET /hold" }}]
 
 [functions.worker]
 handler = "app.work"
-timeout = "10s"  # not longer than the queue's visibility timeout (AWS refuses that too)
 environment = {{ OUT_FILE = "{out}" }}
 events = [{{ queue = "jobs", batch_size = 5, retry_after = "0.3s" }}]
 
 [queues.jobs]
-visibility_timeout = "10s"
+visibility_timeout = "30s"
 max_receive_count = 2
 dead_letter_queue = "dlq"
 

@@ -166,8 +166,10 @@ class Supervisor:
                 )
                 for _, a in served
             ]
+            # kept-alive connections outlive a client's idle expiry (httpx: 5 s): the client lets go first, so
+            # it never reuses a connection the server is closing (uvicorn's default is 5 s too: a race)
             self._servers.append(_Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                                        loop="uvloop")))
+                                                        loop="uvloop", timeout_keep_alive=30)))
             socks = [sock for sock, _ in served] + [ctl_sock]
             endpoints = {
                 "pid": os.getpid(),
