@@ -167,7 +167,8 @@ class QueueSpec(_Model):
     """`[queues.NAME]`: an SQS standard queue."""
 
     visibility_timeout: Duration = Field(default=30.0, description="a received message is hidden this long; "
-                                         "not deleted by then, it is received again")
+                                         "not deleted by then, it is received again. Not shorter than the "
+                                         "timeout of a function it feeds (AWS refuses that mapping too)")
     max_receive_count: int | None = Field(default=None, ge=1, description="receives before a message moves to "
                                           "`dead_letter_queue` (required with one)")
     dead_letter_queue: str | None = Field(default=None, description="the queue failed messages move to")
