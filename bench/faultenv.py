@@ -9,6 +9,7 @@ files in read-only mode, never through a second writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -195,5 +196,11 @@ class FaultEnv:
             con.close()
 
     def wal_bytes(self) -> dict[str, int]:
-        """Size of every SQLite write-ahead log under the state dir."""
-        return {str(p.relative_to(self.state)): p.stat().st_size for p in self.state.rglob("*-wal") if p.exists()}
+        """Size of every SQLite write-ahead log: the state dir's own and its data dir's (not the releases,
+        whose temporary directories come and go while a release is published: a walk could meet one gone)."""
+        out: dict[str, int] = {}
+        for d in (self.state, self.state / "data"):
+            for p in d.glob("*-wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    out[str(p.relative_to(self.state))] = p.stat().st_size
+        return out

@@ -38,12 +38,9 @@ def read_token(state_dir: Path) -> str:
 
 def read_endpoints(state_dir: Path) -> dict[str, object] | None:
     """Where a running supervisor listens, or None when none runs for this state dir."""
-    p = state_dir / ENDPOINTS
-    if not p.exists():
-        return None
     try:
-        ep = json.loads(p.read_text())
-    except json.JSONDecodeError:
+        ep = json.loads((state_dir / ENDPOINTS).read_text())
+    except (OSError, json.JSONDecodeError):  # none, or a starting supervisor is replacing a killed one's
         return None
     if not _lock_held(state_dir):
         return None
