@@ -20,19 +20,11 @@ SHARED_DRAWINGS = ROOT.parent / "shared" / "drawings"
 SDA_SOURCE = ROOT / "src"
 
 
-def cli_in_process(manifest: Path, *args: str, monkeypatch: Any, capsys: Any) -> tuple[int, str, str]:
-    """`backout --manifest MANIFEST ARGS` run in this process (no interpreter start, no import cost per
-    call): its exit code, stdout and stderr. Takes pytest's monkeypatch and capsys fixtures."""
-    from backout.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["backout", "--manifest", str(manifest), *args])
-    try:
-        run()
-        code: Any = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return (0 if code is None else int(code)), out.out, out.err
+def cli_in_process(manifest: Path, *args: str) -> tuple[int, str, str]:
+    """`backout --manifest MANIFEST ARGS` in this process, in the current environment and directory
+    (`run_cli`): its exit code, stdout and stderr."""
+    r = run_cli(["--manifest", str(manifest), *args], dict(os.environ), Path.cwd())
+    return r.returncode, r.stdout, r.stderr
 
 
 _CLI_LOCK = threading.Lock()
@@ -41,20 +33,22 @@ _CLI_LOCK = threading.Lock()
 def run_cli(args: list[str], environ: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`backout ARGS` in this process, as `python -m backout.cli.main ARGS` would run in `environ` and
     `cwd`: its exit code, stdout and stderr. The same code as the console script, without a Python start
-    (≈ 0.8 s of CPU a call, hundreds of calls a suite). The process-wide state a command reads — the
-    environment, argv, the working directory, the consoles' width — is set for the call and put back; one
-    call at a time."""
+    (≈ 0.8 s of CPU a call, hundreds of calls a suite). The process-wide state a command reads or sets —
+    the environment, argv, the working directory, the consoles' width, the CLI's global options — is set
+    for the call and put back; one call at a time."""
     import contextlib
     import io
     import traceback
 
     from backout.cli import render
+    from backout.cli.context import SETTINGS
     from backout.cli.main import run
 
     out, err = io.StringIO(), io.StringIO()
     with _CLI_LOCK:
         saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
         widths = [(c, c._width) for c in (render.console, render.err_console)]  # noqa: SLF001
+        settings = (SETTINGS.manifest_path, SETTINGS.env, SETTINGS._manifest)  # noqa: SLF001 - the global options
         try:
             for k in set(os.environ) - set(environ):
                 del os.environ[k]
@@ -76,6 +70,7 @@ def run_cli(args: list[str], environ: dict[str, str], cwd: Path) -> subprocess.C
                     err.write(traceback.format_exc())
                     code = 1
         finally:
+            SETTINGS.manifest_path, SETTINGS.env, SETTINGS._manifest = settings  # noqa: SLF001
             for c, w in widths:
                 c.width = w  # type: ignore[assignment]
             os.chdir(saved_cwd)

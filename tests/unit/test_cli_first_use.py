@@ -43,26 +43,22 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     p.write_text(MANIFEST.replace("{state}", str(tmp_path / "state")))
     monkeypatch.delenv("BACKOUT_ENV", raising=False)
     yield p
-    context.SETTINGS.env = None
-    context.SETTINGS._manifest = None
 
 
 cli = cli_in_process
 
 
-def test_version(manifest: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = cli(manifest, "--version", monkeypatch=monkeypatch, capsys=capsys)
+def test_version(manifest: Path) -> None:
+    code, out, _ = cli(manifest, "--version")
     assert code == 0 and out.startswith("backout ") and out.split()[1][0].isdigit()
 
 
-def test_env_before_the_subcommand_applies_and_the_subcommands_own_wins(
-    manifest: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, _, err = cli(manifest, "--env", "prod", "status", monkeypatch=monkeypatch, capsys=capsys)
+def test_env_before_the_subcommand_applies_and_the_subcommands_own_wins(manifest: Path) -> None:
+    code, _, err = cli(manifest, "--env", "prod", "status")
     assert code == 2 and "environment 'prod' is not running" in err
-    code, _, err = cli(manifest, "--env", "prod", "status", "--env", "staging", monkeypatch=monkeypatch, capsys=capsys)
+    code, _, err = cli(manifest, "--env", "prod", "status", "--env", "staging")
     assert code == 2 and "environment 'staging' is not running" in err
-    code, _, err = cli(manifest, "--env", "nope", "status", monkeypatch=monkeypatch, capsys=capsys)
+    code, _, err = cli(manifest, "--env", "nope", "status")
     assert code == 2 and "nope" in err and len(err.strip().splitlines()) == 1
 
 
@@ -73,17 +69,12 @@ def test_env_before_the_subcommand_applies_and_the_subcommands_own_wins(
         (("deploy", "--set-env", "FOO"), "--set-env 'FOO': expected KEY=VALUE"),
     ],
 )
-def test_checks_that_need_no_supervisor_come_first(
-    manifest: Path, args: tuple[str, ...], expected: str, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    code, _, err = cli(manifest, *args, monkeypatch=monkeypatch, capsys=capsys)
+def test_checks_that_need_no_supervisor_come_first(manifest: Path, args: tuple[str, ...], expected: str) -> None:
+    code, _, err = cli(manifest, *args)
     assert code == 2 and expected in err and "not running" not in err
 
 
-def test_a_supervisor_that_does_not_answer_is_exit_1(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_supervisor_that_does_not_answer_is_exit_1(manifest: Path, tmp_path: Path) -> None:
     state = tmp_path / "state" / "staging"
     state.mkdir(parents=True)
     with socket.socket() as s:  # a port nobody listens on
@@ -94,18 +85,18 @@ def test_a_supervisor_that_does_not_answer_is_exit_1(
     ))
     with (state / "supervisor.lock").open("a") as lock:  # as a live supervisor holds it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        code, _, err = cli(manifest, "status", monkeypatch=monkeypatch, capsys=capsys)
+        code, _, err = cli(manifest, "status")
     assert code == 1 and "cannot reach the staging supervisor" in err
 
 
 def test_a_bug_is_one_line_exit_1_and_a_traceback_in_the_state_dir(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(self: object, env: str | None) -> None:
         raise RuntimeError("an unexpected state")
 
     monkeypatch.setattr(context.Client, "__init__", broken)
-    code, out, err = cli(manifest, "status", monkeypatch=monkeypatch, capsys=capsys)
+    code, out, err = cli(manifest, "status")
     log = tmp_path / "state" / "staging" / "cli-error.log"
     assert code == 1 and "Traceback" not in out + err
     assert "internal error: RuntimeError: an unexpected state" in err and str(log) in err.replace("\n", "")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from backout.cli import context
 from backout.control.store import Store
 from backout.errors import UsageError
 from backout.statefiles import check_database
@@ -38,13 +37,10 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     p.write_text(MANIFEST.replace("{state}", str(tmp_path / "state")))
     monkeypatch.delenv("BACKOUT_ENV", raising=False)
     yield p
-    context.SETTINGS.env = None
-    context.SETTINGS._manifest = None
 
 
-def cli(manifest: Path, *args: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-        ) -> tuple[int, str]:
-    code, _, err = cli_in_process(manifest, *args, monkeypatch=monkeypatch, capsys=capsys)
+def cli(manifest: Path, *args: str) -> tuple[int, str]:
+    code, _, err = cli_in_process(manifest, *args)
     return code, err
 
 
@@ -55,22 +51,18 @@ def one_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("hostile", ["[/x]", "[bold red]x[/]", "[link=http://evil.example]y", "\\[/x]"])
-def test_an_argument_that_looks_like_markup_is_printed_as_text(
-    manifest: Path, hostile: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, err = cli(manifest, "--env", hostile, "status", monkeypatch=monkeypatch, capsys=capsys)
+def test_an_argument_that_looks_like_markup_is_printed_as_text(manifest: Path, hostile: str) -> None:
+    code, err = cli(manifest, "--env", hostile, "status")
     assert code == 2
     assert hostile in one_line(err)  # verbatim: not interpreted, not swallowed
 
 
-def test_a_manifest_that_is_a_directory_or_binary_is_one_line(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code, err = cli(tmp_path, "status", monkeypatch=monkeypatch, capsys=capsys)
+def test_a_manifest_that_is_a_directory_or_binary_is_one_line(manifest: Path, tmp_path: Path) -> None:
+    code, err = cli(tmp_path, "status")
     assert code == 2 and "is a directory" in one_line(err)
     binary = tmp_path / "binary.toml"
     binary.write_bytes(bytes(range(256)) * 4)
-    code, err = cli(binary, "status", monkeypatch=monkeypatch, capsys=capsys)
+    code, err = cli(binary, "status")
     assert code == 2 and "not a text file" in one_line(err)
 
 
@@ -103,14 +95,12 @@ def test_a_truncated_database_is_named_with_a_pointer_to_backup_restore(tmp_path
         Store(garbage)
 
 
-def test_a_damaged_control_db_is_one_line_and_exit_2_in_the_cli(
-    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_damaged_control_db_is_one_line_and_exit_2_in_the_cli(manifest: Path, tmp_path: Path) -> None:
     state = tmp_path / "state" / "staging"
     state.mkdir(parents=True)
     Store(state / "control.db").close()  # a real control.db, as a supervisor leaves it
     _damage(state / "control.db")
     (state / "control.db").write_bytes((state / "control.db").read_bytes()[:100] + b"\0" * 4000)
-    code, err = cli(manifest, "incident", "list", monkeypatch=monkeypatch, capsys=capsys)
+    code, err = cli(manifest, "incident", "list")
     line = one_line(err)
     assert code == 2 and "control.db is damaged" in line and "backout backup restore" in line

@@ -12,7 +12,6 @@ import pytest
 import typer
 import yaml
 
-from backout.cli import context
 from backout.cli.main import app
 from support import cli_in_process
 
@@ -42,8 +41,6 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     p.write_text(MANIFEST.replace("{state}", str(tmp_path / "state")))
     monkeypatch.delenv("BACKOUT_ENV", raising=False)
     yield p
-    context.SETTINGS.env = None
-    context.SETTINGS._manifest = None
 
 
 cli = cli_in_process
@@ -72,21 +69,20 @@ def test_every_command_with_json_also_takes_output() -> None:
 
 
 @pytest.mark.parametrize("command", [("runbook",), ("incident", "list")])
-def test_json_and_yaml_are_the_same_data(command: tuple[str, ...], manifest: Path,
-                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_and_yaml_are_the_same_data(command: tuple[str, ...], manifest: Path) -> None:
     from backout.control.store import Store
 
     with Store(manifest.parent / "state" / "staging" / "control.db") as store:  # an incident to list
         store.open_incident("staging", "emergency stop: wrong totals", trigger={"kind": "emergency"},
                             evidence={"alarms": ["operator: wrong totals"]}, opened_at=1_700_000_000.25)
-    code, as_json, _ = cli(manifest, *command, "--json", monkeypatch=monkeypatch, capsys=capsys)
+    code, as_json, _ = cli(manifest, *command, "--json")
     assert code == 0
-    code, dash_o, _ = cli(manifest, *command, "-o", "json", monkeypatch=monkeypatch, capsys=capsys)
+    code, dash_o, _ = cli(manifest, *command, "-o", "json")
     assert code == 0 and dash_o == as_json
-    code, as_yaml, _ = cli(manifest, *command, "--output", "yaml", monkeypatch=monkeypatch, capsys=capsys)
+    code, as_yaml, _ = cli(manifest, *command, "--output", "yaml")
     assert code == 0 and not as_yaml.lstrip().startswith(("{", "["))
     assert yaml.safe_load(as_yaml) == json.loads(as_json)
-    code, text, _ = cli(manifest, *command, "-o", "table", monkeypatch=monkeypatch, capsys=capsys)
+    code, text, _ = cli(manifest, *command, "-o", "table")
     assert code == 0 and text != as_json
 
 
@@ -94,10 +90,8 @@ def test_json_and_yaml_are_the_same_data(command: tuple[str, ...], manifest: Pat
     (("runbook", "-o", "xml"), "--output 'xml': choose json, yaml or table"),
     (("runbook", "--json", "-o", "yaml"), "--json and --output yaml disagree"),
 ])
-def test_a_bad_output_is_one_line_and_exit_2(args: tuple[str, ...], expected: str, manifest: Path,
-                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-                                             ) -> None:
-    code, out, err = cli(manifest, *args, monkeypatch=monkeypatch, capsys=capsys)
+def test_a_bad_output_is_one_line_and_exit_2(args: tuple[str, ...], expected: str, manifest: Path) -> None:
+    code, out, err = cli(manifest, *args)
     assert code == 2 and out == "" and expected in err and len(err.strip().splitlines()) == 1
 
 
