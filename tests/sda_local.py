@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from backout.platforms.local.queues import QueueStore
 from backout.platforms.local.sqs import REGION, SqsEndpoint
@@ -58,3 +60,38 @@ def prepare_local(base: Path, *, version: str = "1", visibility_timeout: float =
         "AWS_LAMBDA_FUNCTION_VERSION": version,
         "BACKOUT_ENV": "test",
     }
+
+
+def local_sda(base: Path, monkeypatch: Any, function_name: str | None = None) -> Iterator[dict[str, str]]:
+    """A fixture's body: the environment of `prepare_local` set through pytest's monkeypatch (with the
+    function's name when the code under test reads it), none of the caller's AWS profile, session or
+    fault settings, and the SDA's cached storage and queue clients dropped before and after."""
+    from sda import queue, storage
+
+    values = prepare_local(base, version="7")
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    if function_name is not None:
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", function_name)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
+        monkeypatch.delenv(key, raising=False)
+    storage.reset_cache()
+    queue.reset_cache()
+    yield values
+    storage.reset_cache()
+    queue.reset_cache()
+
+
+def call_api(event: dict[str, Any]) -> dict[str, Any]:
+    """The SDA's API handler, invoked as Lambda would."""
+    from sda import api
+    from sda.events import LambdaContext
+
+    return api.handler(event, LambdaContext(function_name="sda-api"))
+
+
+def sda_store() -> Any:
+    """The storage the SDA's settings name."""
+    from sda import config, storage
+
+    return storage.get_storage(config.load())

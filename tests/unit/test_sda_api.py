@@ -25,7 +25,8 @@ from sda.events import (
     upload_event,
 )
 from sda.jobs import is_job_id
-from sda_local import prepare_local
+from sda_local import call_api as call
+from sda_local import local_sda
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
@@ -34,20 +35,7 @@ SHARED = REPO.parent / "shared" / "drawings"
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    values = prepare_local(tmp_path / "env", version="7")
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
-        monkeypatch.delenv(key, raising=False)
-    storage.reset_cache()
-    queue.reset_cache()
-    yield values
-    storage.reset_cache()
-    queue.reset_cache()
-
-
-def call(event: dict[str, Any]) -> dict[str, Any]:
-    return api.handler(event, LambdaContext(function_name="sda-api"))
+    yield from local_sda(tmp_path / "env", monkeypatch)
 
 
 def drawing() -> bytes:

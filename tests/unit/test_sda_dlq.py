@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from sda import api, config, dlq, queue, storage, worker
+from sda import api, dlq, worker
 from sda.events import LambdaContext, response_json, sqs_event, upload_event
 from sda.jobs import new_job, new_job_id
-from sda_local import prepare_local
+from sda_local import local_sda
+from sda_local import sda_store as store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
@@ -24,20 +25,7 @@ SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    values = prepare_local(tmp_path / "env", version="7")
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS"):
-        monkeypatch.delenv(key, raising=False)
-    storage.reset_cache()
-    queue.reset_cache()
-    yield values
-    storage.reset_cache()
-    queue.reset_cache()
-
-
-def store() -> Any:
-    return storage.get_storage(config.load())
+    yield from local_sda(tmp_path / "env", monkeypatch)
 
 
 def submit() -> tuple[str, str]:

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from openpyxl import load_workbook
 
-from sda import api, config, queue, storage, worker
+from sda import config, queue, worker
 from sda.events import LambdaContext, api_event, response_body, response_json, sqs_event, upload_event
 from sda.jobs import new_job, new_job_id
-from sda_local import prepare_local
+from sda_local import call_api as call
+from sda_local import local_sda
+from sda_local import sda_store as store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
@@ -26,25 +28,7 @@ SAMPLE = REPO / "examples" / "drawings" / "sample_01.pdf"
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    values = prepare_local(tmp_path / "env", version="7")
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "security-assistant-worker-test")
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
-        monkeypatch.delenv(key, raising=False)
-    storage.reset_cache()
-    queue.reset_cache()
-    yield values
-    storage.reset_cache()
-    queue.reset_cache()
-
-
-def call(event: dict[str, Any]) -> dict[str, Any]:
-    return api.handler(event, LambdaContext(function_name="sda-api"))
-
-
-def store() -> Any:
-    return storage.get_storage(config.load())
+    yield from local_sda(tmp_path / "env", monkeypatch, function_name="security-assistant-worker-test")
 
 
 def raw_upload(disposition: bytes, **fields: str) -> dict[str, Any]:

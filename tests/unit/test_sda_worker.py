@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from backout.platforms.local.mappings import batch_item_failures
-from sda import api, config, queue, storage, worker
+from sda import api, config, worker
 from sda.errors import StorageUnavailable
 from sda.events import LambdaContext, api_event, response_json, sqs_event, upload_event
 from sda.jobs import new_job, new_job_id, queue_message, reset_for_reprocessing
-from sda_local import prepare_local
+from sda_local import local_sda
+from sda_local import sda_store as store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "examples" / "drawings"
@@ -28,21 +29,7 @@ ALL_STAGES = ["pdf_processing", "drawing_analysis", "excel_generation", "evaluat
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    values = prepare_local(tmp_path / "env", version="7")
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "security-assistant-worker-test")
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "SDA_FAULTS", "SDA_MAX_UPLOAD_MB"):
-        monkeypatch.delenv(key, raising=False)
-    storage.reset_cache()
-    queue.reset_cache()
-    yield values
-    storage.reset_cache()
-    queue.reset_cache()
-
-
-def store() -> Any:
-    return storage.get_storage(config.load())
+    yield from local_sda(tmp_path / "env", monkeypatch, function_name="security-assistant-worker-test")
 
 
 def submit(data: bytes, **kwargs: Any) -> tuple[str, str]:
