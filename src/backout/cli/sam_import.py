@@ -33,6 +33,7 @@ import re
 import sys
 import tomllib
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,13 +440,7 @@ class _Translator:
         if "Layers" in p:
             layers = ", ".join(shorthand(x) for x in p["Layers"]) if isinstance(p["Layers"], list) else "?"
             notes.append(f"{NOT}Layers {layers}: put the layer's packages under source or in requirements.txt")
-        if "Condition" in self.resources[lid]:
-            notes.append(f"{NOT}Condition {self.resources[lid]['Condition']}: the function is always deployed")
-        aws_only = sorted(k for k in p if k in _AWS_ONLY_FUNCTION)
-        if aws_only:
-            notes.append(f"on AWS only (the stack keeps them): {', '.join(aws_only)}")
-        for n in notes:
-            t.add(tomlkit.comment(n))
+        self._last_notes(t, lid, p, notes, "the function is always deployed", _AWS_ONLY_FUNCTION)
         if env or env_notes:
             variables = tomlkit.table()
             variables.update(env)
@@ -564,14 +559,20 @@ class _Translator:
             notes.append(f"{NOT}RedrivePolicy {shorthand(redrive)}")
         if self.r.value(p.get("FifoQueue")) is True:
             notes.append(f"{NOT}FifoQueue: backout's queues are standard queues (no ordering, no deduplication)")
+        self._last_notes(t, lid, p, notes, "the queue is always created", _AWS_ONLY_QUEUE)
+        return t
+
+    def _last_notes(self, t: Table, lid: str, props: dict[str, Any], notes: list[str], always: str,
+                    aws_only: Collection[str]) -> None:
+        """What every translated resource ends with — its Condition (ignored: `always`), the properties
+        only the AWS stack keeps — and then all of its notes, written into its table as comments."""
         if "Condition" in self.resources[lid]:
-            notes.append(f"{NOT}Condition {self.resources[lid]['Condition']}: the queue is always created")
-        aws_only = sorted(k for k in p if k in _AWS_ONLY_QUEUE)
-        if aws_only:
-            notes.append(f"on AWS only (the stack keeps them): {', '.join(aws_only)}")
+            notes.append(f"{NOT}Condition {self.resources[lid]['Condition']}: {always}")
+        kept = sorted(k for k in props if k in aws_only)
+        if kept:
+            notes.append(f"on AWS only (the stack keeps them): {', '.join(kept)}")
         for n in notes:
             t.add(tomlkit.comment(n))
-        return t
 
     def _hooks(self, preferences: dict[str, Any]) -> Table | None:
         phases: dict[str, list[str]] = {"PreTraffic": [], "PostTraffic": []}
