@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = 60.0  # seconds a worker may take to import its handler
 STOP_GRACE = 2.0  # seconds a worker gets to exit after its connection closes
+_PROC_FS = os.path.isdir("/proc/self")  # Linux: a worker's state is readable there
 THROTTLED = {"errorType": "TooManyRequestsException", "errorMessage": "Rate Exceeded."}
 COLD_THREADS = 64  # threads for invoke_async's cold starts (a spawn blocks for the handler's import)
 _WORKER_MODULE = "backout.platforms.local.worker"
@@ -87,6 +88,21 @@ class _Worker:
     def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, pool: _Pool) -> None:
         sock.setblocking(False)
         self.proc, self.sock, self.fd, self.pool = proc, sock, sock.fileno(), pool
+
+    def alive(self) -> bool:
+        """Not exited and not being torn down. `poll()` alone is not enough: a SIGKILLed worker with
+        threads is a zombie that `waitpid` cannot reap until every thread has gone, and an
+        invocation handed to it in that window would fail with "signal: killed"."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2][1:2]
+        except FileNotFoundError:
+            return not _PROC_FS  # no /proc (not Linux): poll() is all there is
+        except OSError:
+            return True
+        return state not in (b"Z", b"X")
 
     def signal_kill(self) -> None:
         """SIGKILL the worker and anything it started (it leads its own session); does not wait."""
@@ -233,7 +249,7 @@ class Runtime:
                 return None, -concurrent
             while pool.idle:
                 w = pool.idle.pop()
-                if w.proc.poll() is None:
+                if w.alive():
                     worker = w
                     break
                 pool.live.discard(w)  # died while idle (e.g. OOM-killed): skip it
