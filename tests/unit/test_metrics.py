@@ -244,3 +244,35 @@ def test_prometheus_names() -> None:
     assert prometheus_name("AWS/Lambda", "Invocations") == "backout_aws_lambda_invocations"
     assert prometheus_name("AWS/ApiGateway", "5XXError") == "backout_aws_api_gateway_5xx_error"
     assert prometheus_name("Backout", "DeadLetterArrivals") == "backout_backout_dead_letter_arrivals"
+
+
+def test_memory_holds_a_window_and_older_seconds_are_read_from_the_db(tmp_path) -> None:
+    """Bounded memory: seconds older than `memory` leave it once on disk, and every query answers the
+    same as a store that keeps everything in memory, across the boundary and after a reload."""
+    rnd = random.Random(3)
+    now = int(time.time())
+    t0 = now - 600
+    full = MetricStore()  # no db: everything in memory
+    bounded = MetricStore(tmp_path / "m.db", memory=120)
+    for i in range(4000):
+        ts = t0 + rnd.random() * 599
+        v = rnd.lognormvariate(3, 0.8)
+        for store in (full, bounded):
+            store.record(NS, "Duration", DIMS, v, "Milliseconds", ts=ts)
+            store.record(NS, "Errors", DIMS, float(i % 7 == 0), "Count", ts=ts)
+        if i % 500 == 0:
+            bounded.flush(now=ts + 1)
+    bounded.flush(now=now)
+    in_memory = {sec for s in bounded._series.values() for sec in [*s.cold, *s.hot]}
+    assert in_memory and min(in_memory) >= now - 120  # the rest is on disk only
+    for period, stat in ((60, "p99"), (60, "SampleCount"), (10, "Sum"), (1, "Maximum"), (300, "Average")):
+        q = MetricQuery.of(NS, "Duration" if stat != "Sum" else "Errors", DIMS, t0 - 60, now + 1, period, stat)
+        want, got = full.query(q), bounded.query(q)
+        assert [(d.timestamp, d.sample_count) for d in got] == [(d.timestamp, d.sample_count) for d in want]
+        assert [d.value for d in got] == pytest.approx([d.value for d in want], rel=1e-12), (period, stat)
+    reloaded = MetricStore(tmp_path / "m.db", memory=120)
+    q = MetricQuery.of(NS, "Duration", DIMS, t0, now, 60, "p50")
+    assert [d.value for d in reloaded.query(q)] == pytest.approx([d.value for d in full.query(q)])
+    assert ("AWS/Lambda", "Duration", DIMS) in bounded.list_metrics(NS)
+    bounded.close()
+    reloaded.close()

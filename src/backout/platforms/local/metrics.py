@@ -8,7 +8,11 @@ compare distributions, and a second's worth of samples is small. Why this layout
 * `flush` (the supervisor calls it every second, and once more on close) appends every sample not
   yet on disk to `m_datapoints` in the platform db, and turns seconds that can no longer change
   into compact sorted arrays (*cold*), run-length encoded when values repeat (counts of 0/1).
-* A new store on the same db loads the last `retention` seconds, so alarms and canary judges see
+* Memory holds only the last `memory` seconds (15 minutes: every default alarm window, and the
+  canary judges read each second once, as it closes); older seconds are read from the db, kept for
+  `retention`. Memory is then bounded by the traffic of `memory` seconds, not of six hours (a soak
+  at 50 req/s grew the supervisor by 155.8 MB/h while everything stayed in memory).
+* A new store on the same db loads the last `memory` seconds, so alarms and canary judges see
   the same history across a supervisor restart.
 
 Query semantics follow GetMetricStatistics: one metric, exact dimension match, samples whose second
@@ -67,6 +71,7 @@ CREATE TABLE IF NOT EXISTS m_datapoints (
     counts     BLOB               -- int64 array: occurrences of each of vals (run-length), or NULL
 );
 CREATE INDEX IF NOT EXISTS m_datapoints_ts ON m_datapoints (ts);
+CREATE INDEX IF NOT EXISTS m_datapoints_series ON m_datapoints (namespace, metric, dimensions, ts);
 """
 
 
@@ -126,7 +131,8 @@ class _Series:
     unit: str
     hot: dict[int, list[float]] = field(default_factory=dict)  # seconds that may still grow
     saved: dict[int, int] = field(default_factory=dict)  # hot second → samples already on disk
-    cold: dict[int, _Packed] = field(default_factory=dict)  # sealed seconds, in time order
+    cold: dict[int, _Packed] = field(default_factory=dict)  # sealed seconds, in time order unless `unordered`
+    unordered: bool = False
     total: float = 0.0  # running sum and count since this store loaded (Prometheus counters)
     count: int = 0
     last: float = 0.0
@@ -136,12 +142,18 @@ class _Series:
 class MetricStore:
     """Per-second metrics in memory, persisted to `m_datapoints` by `flush()`."""
 
-    def __init__(self, db_path: Path | None = None, retention: float = 6 * 3600) -> None:
+    def __init__(self, db_path: Path | None = None, retention: float = 6 * 3600, memory: float = 900) -> None:
+        """Without a db everything stays in memory for `retention`; with one, `memory` seconds do."""
         self.retention = float(retention)
+        self.memory = min(float(memory), self.retention) if db_path is not None else self.retention
         self._series: dict[SeriesKey, _Series] = {}
-        self._lock = threading.Lock()  # guards _series and every series' dicts
+        self._lock = threading.Lock()  # guards _series, _mem_from and every series' dicts
         self._flush_lock = threading.Lock()  # one flush at a time; never held by record()
+        self._read_lock = threading.Lock()  # the read connection: one query at a time
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        # Every second from here on is in memory; earlier ones are in the db only.
+        self._mem_from = int(time.time() - self.memory)
         if db_path is not None:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -149,6 +161,9 @@ class MetricStore:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            self._reader = sqlite3.connect(
+                str(db_path), timeout=30, check_same_thread=False, isolation_level=None
+            )
             self._load()
 
     # --- the sink -----------------------------------------------------------------------
@@ -209,15 +224,22 @@ class MetricStore:
             asks.append((q, key, stat, pct, math.ceil(q.start), math.ceil(q.end)))  # start <= s < end
         found: list[dict[int, list[_Packed | list[float]]]] = []
         with self._lock:
+            mem_from = self._mem_from
             for q, key, _stat, _pct, lo, hi in asks:
                 periods: dict[int, list[_Packed | list[float]]] = {}
                 s = self._series.get(key)
+                if self._reader is not None:  # before mem_from: the db's (a late sample's second is in both)
+                    lo = max(lo, mem_from)
                 if s is not None and hi > lo:
                     for sec, part in _in_window(s.cold, lo, hi):
                         periods.setdefault(sec - sec % q.period, []).append(part)
                     for sec, part in _in_window(s.hot, lo, hi):
                         periods.setdefault(sec - sec % q.period, []).append(list(part))
                 found.append(periods)
+        for (q, key, _stat, _pct, lo, hi), periods in zip(asks, found, strict=True):
+            if lo < mem_from and self._reader is not None:  # settled seconds, only on disk now
+                for sec, part in self._read(key, lo, min(hi, mem_from)):
+                    periods.setdefault(sec - sec % q.period, []).append(part)
         out = []
         for (_q, _key, stat, pct, _lo, _hi), periods in zip(asks, found, strict=True):
             points = [_datapoint(ts, parts, stat, pct) for ts, parts in periods.items()]
@@ -226,9 +248,9 @@ class MetricStore:
         return out
 
     def list_metrics(self, namespace: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
-        """Every series with samples in memory (ListMetrics), sorted."""
+        """Every series with samples in memory or recorded since this store loaded (ListMetrics), sorted."""
         with self._lock:
-            keys = [k for k, s in self._series.items() if s.hot or s.cold]
+            keys = list(self._series)
         return [(ns, m, dict(d)) for ns, m, d in sorted(keys) if namespace is None or ns == namespace]
 
     def prometheus(self, now: float | None = None) -> str:
@@ -246,6 +268,7 @@ class MetricStore:
         now = time.time() if now is None else now
         seal_before = int(now) - SEAL_AFTER + 1  # seconds < this are settled
         cutoff = int(now - self.retention)
+        mem_cutoff = max(cutoff, int(now - self.memory))
         with self._flush_lock:
             rows: list[tuple[SeriesKey, str, int, list[float]]] = []
             sealing: list[tuple[SeriesKey, _Series, int, list[float], int]] = []
@@ -270,10 +293,16 @@ class MetricStore:
                         del s.hot[sec]
                         del s.saved[sec]
                     old = s.cold.get(sec)
-                    s.cold[sec] = old.merge(p) if old is not None else p
-                self._prune(cutoff)
+                    if old is not None:
+                        s.cold[sec] = old.merge(p)
+                    else:
+                        if s.cold and sec < next(reversed(s.cold)):
+                            s.unordered = True  # a late second: _prune puts cold back in order
+                        s.cold[sec] = p
             if self._db is not None:
                 self._write(rows, cutoff)
+            with self._lock:  # after the write: a second leaves memory only once it is on disk
+                self._prune(mem_cutoff, cutoff)
         return sum(len(r[3]) for r in rows)
 
     def close(self) -> None:
@@ -282,23 +311,55 @@ class MetricStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
-    def _prune(self, cutoff: int) -> None:
-        """Drop seconds before `cutoff` (caller holds the lock). Cold is in time order, so stop early."""
+    def _prune(self, mem_cutoff: int, cutoff: int) -> None:
+        """Drop seconds before `mem_cutoff` from memory (they are on disk: `flush` writes a second
+        before it is ever this old), and series with nothing since `cutoff` (caller holds the lock).
+        Cold is in time order, so stop early."""
+        if mem_cutoff > self._mem_from:
+            self._mem_from = mem_cutoff
         empty: list[SeriesKey] = []
         for key, s in self._series.items():
+            if s.unordered:
+                s.cold = dict(sorted(s.cold.items()))
+                s.unordered = False
             while s.cold:
                 first = next(iter(s.cold))
-                if first >= cutoff:
+                if first >= mem_cutoff:
                     break
                 del s.cold[first]
-            for sec in [sec for sec in s.hot if sec < cutoff]:
+            on_disk = [sec for sec, b in s.hot.items() if sec < mem_cutoff and s.saved.get(sec) == len(b)]
+            for sec in {sec for sec in s.hot if sec < cutoff}.union(on_disk):
                 del s.hot[sec]
                 s.saved.pop(sec, None)
-            if not s.cold and not s.hot:
+            if not s.cold and not s.hot and s.last_ts < cutoff:
                 empty.append(key)
         for key in empty:
             del self._series[key]
+
+    def _read(self, key: SeriesKey, lo: int, hi: int) -> list[tuple[int, _Packed]]:
+        """The samples of `key` with lo <= second < hi from the db, one part per second."""
+        if hi <= lo:
+            return []
+        ns, metric, dims = key
+        by_sec: dict[int, _Packed] = {}
+        with self._read_lock:
+            if self._reader is None:
+                return []
+            rows = self._reader.execute(
+                "SELECT ts, n, vals, counts FROM m_datapoints WHERE namespace = ? AND metric = ?"
+                " AND dimensions = ? AND ts >= ? AND ts < ? ORDER BY ts, rowid",
+                (ns, metric, _dims_json(dims), lo, hi),
+            ).fetchall()
+        for sec, n, vals, counts in rows:
+            p = _Packed.from_blobs(n, vals, counts)
+            old = by_sec.get(sec)
+            by_sec[sec] = old.merge(p) if old is not None else p
+        return list(by_sec.items())
 
     def _write(self, rows: list[tuple[SeriesKey, str, int, list[float]]], cutoff: int) -> None:
         assert self._db is not None
@@ -320,7 +381,7 @@ class MetricStore:
 
     def _load(self) -> None:
         assert self._db is not None
-        cutoff = int(time.time() - self.retention)
+        cutoff = self._mem_from
         merged: dict[tuple[SeriesKey, int], _Packed] = {}
         units: dict[SeriesKey, str] = {}
         cur = self._db.execute(
