@@ -42,6 +42,7 @@ from bench.platform import Figure
 BENCHMARKS = ("soak",)
 FAULT = "BACKOUT_FAULT=errors=1.0"
 MB = 1024 * 1024
+METRIC_MEMORY = 600  # seconds of metrics the supervisor keeps in memory (MetricStore's `memory`)
 
 
 @dataclass
@@ -102,6 +103,14 @@ def slope_mb_per_h(series: list[tuple[float, int]], skip: float) -> float | None
         return None
     t, r = np.array([p[0] for p in pts]), np.array([p[1] for p in pts], dtype=float)
     return float(np.polyfit(t / 3600.0, r / MB, 1)[0])
+
+
+def per_minute(series: list[tuple[float, int]]) -> list[float]:
+    """The first RSS sample of each minute, in MB: the shape of the curve in a line."""
+    out: dict[int, float] = {}
+    for t, r in series:
+        out.setdefault(int(t // 60), round(r / MB, 1))
+    return [out[m] for m in sorted(out)]
 
 
 @dataclass
@@ -178,6 +187,8 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
                 slopes[key] = round(v, 1)
     sup = s.rss.get("supervisor", [(0.0, 0)])
     after = [r for t, r in sup if t >= skip] or [sup[0][1]]
+    # the metric store fills its in-memory window (METRIC_MEMORY) first: the slope once it is full
+    late = slope_mb_per_h(sup, max(skip, METRIC_MEMORY + 60)) if duration > 2 * METRIC_MEMORY else None
     answers = load.answers
     bad = [a for a in answers if a.status >= 500 and a.version not in faulty_targets]
     return {
@@ -191,6 +202,8 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
         "deployments_as_expected": sum(
             (d.status == ("RolledBack" if d.faulty else "Succeeded")) and d.aliases_agree for d in deployed),
         "rss_slope_mb_per_h": slopes,
+        "supervisor_rss_slope_after_metric_window_mb_per_h": None if late is None else round(late, 1),
+        "supervisor_rss_mb_each_minute": per_minute(sup),
         "supervisor_rss_mb": {"first": round(sup[0][1] / MB, 1), "after_warmup": round(after[0] / MB, 1),
                               "last": round(sup[-1][1] / MB, 1), "max": round(max(r for _, r in sup) / MB, 1)},
         "supervisor_fds": {"first": s.supervisor_fds[0] if s.supervisor_fds else 0,

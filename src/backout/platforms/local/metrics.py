@@ -8,7 +8,7 @@ compare distributions, and a second's worth of samples is small. Why this layout
 * `flush` (the supervisor calls it every second, and once more on close) appends every sample not
   yet on disk to `m_datapoints` in the platform db, and turns seconds that can no longer change
   into compact sorted arrays (*cold*), run-length encoded when values repeat (counts of 0/1).
-* Memory holds only the last `memory` seconds (15 minutes: every default alarm window, and the
+* Memory holds only the last `memory` seconds (10 minutes: every default alarm window, and the
   canary judges read each second once, as it closes); older seconds are read from the db, kept for
   `retention`. Memory is then bounded by the traffic of `memory` seconds, not of six hours (a soak
   at 50 req/s grew the supervisor by 155.8 MB/h while everything stayed in memory).
@@ -142,7 +142,7 @@ class _Series:
 class MetricStore:
     """Per-second metrics in memory, persisted to `m_datapoints` by `flush()`."""
 
-    def __init__(self, db_path: Path | None = None, retention: float = 6 * 3600, memory: float = 900) -> None:
+    def __init__(self, db_path: Path | None = None, retention: float = 6 * 3600, memory: float = 600) -> None:
         """Without a db everything stays in memory for `retention`; with one, `memory` seconds do."""
         self.retention = float(retention)
         self.memory = min(float(memory), self.retention) if db_path is not None else self.retention
