@@ -145,3 +145,22 @@ def test_a_malformed_body_without_the_token_is_401_not_its_validation_error(clie
         r = client.post(path, content=b"{not json", headers={"content-type": "application/json",
                                                             "Authorization": f"Bearer {SECRET}"})
         assert r.status_code == 422, (path, r.status_code, r.text)  # with the token: what was wrong with it
+
+
+def test_a_non_ascii_session_cookie_or_csrf_token_is_refused_not_a_500(controller: Controller) -> None:
+    """`hmac.compare_digest` raises TypeError on a str with non-ASCII characters: a hostile cookie or form
+    value must read as a wrong one (sign-in form, 403), never as a server error."""
+    cookie = "backout_session_staging"
+    with TestClient(build_app(controller, SECRET), follow_redirects=False) as c:
+        assert c.post("/ui/login", data={"who": "dana", "token": "tökén"}).status_code == 401
+        for value in ("é.x.y", "a.b.\u00e9" * 2, "nonce.ZGFuYQ." + "é" * 64):
+            r = c.get("/ui/", headers={"Cookie": f"{cookie}={value}".encode("latin-1")})  # type: ignore[dict-item]
+            assert (r.status_code, r.headers.get("location")) == (303, "/ui/login"), value
+            assert c.get("/ui/stream", headers={"Cookie": f"{cookie}={value}".encode("latin-1")}  # type: ignore[dict-item]
+                         ).status_code == 401
+        assert c.post("/ui/login", data={"who": "dana", "token": SECRET}).status_code == 303
+        for csrf in ("é", "\u00e9" * 64, "０" * 64):
+            r = c.post("/ui/actions/emergency-stop", data={"csrf": csrf, "reason": "x", "confirmed": "1"})
+            assert r.status_code == 403 and "CSRF token missing or wrong" in r.text, (csrf, r.status_code)
+            assert c.post("/ui/logout", data={"csrf": csrf}).status_code == 403
+    assert controller.platform.get_throttle().rate != 0, "nothing was stopped"

@@ -52,10 +52,10 @@ class Sessions:
 
     def read(self, cookie: str | None) -> Session | None:
         """The session a cookie value stands for, or None when it is missing, forged or from another token."""
-        if not cookie or cookie.count(".") != 2:
+        if not cookie or not cookie.isascii() or cookie.count(".") != 2:  # every cookie this issues is ASCII
             return None
         nonce, name, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac("session", nonce, name)):
+        if not _same(mac, self._mac("session", nonce, name)):
             return None
         try:
             who = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
@@ -65,4 +65,10 @@ class Sessions:
 
     @staticmethod
     def csrf_ok(session: Session, given: str | None) -> bool:
-        return bool(given) and hmac.compare_digest(session.csrf, given or "")
+        return bool(given) and _same(given or "", session.csrf)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of what a browser sent and an ASCII MAC. `compare_digest` raises TypeError on
+    a str with non-ASCII characters (a 500), so anything non-ASCII is simply not equal."""
+    return given.isascii() and hmac.compare_digest(given.encode(), expected.encode())
