@@ -35,6 +35,7 @@ steps = [{ weight = 20, hold = "20s" }, { weight = 100 }]
 # one alarm decides (the API's error rate), as in test_deploy.py: the judges and API 5xx are left to other tests
 ENV_EXTRA = "min_invocations = 5\napi_5xx_threshold = 100000\nlatency_judge = false\nerror_judge = false"
 WAIT = 90_000  # ms: generous, the machine may be busy
+PHONE = {"width": 412, "height": 915}  # a phone's screen
 
 
 def _chromium() -> str:
@@ -129,8 +130,15 @@ def sign_in(page: Any, env: RunningEnv, who: str) -> None:
     page.wait_for_selector("#live[data-state=on]", timeout=WAIT)
 
 
+def assert_no_sideways_scroll(page: Any, what: str) -> None:
+    """At a phone's width the page itself never scrolls sideways: a wide table or chart scrolls inside
+    its card (or shrinks), so the actions and the sentences stay on the screen."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{what}: {width} px wide at {PHONE['width']} px"
+
+
 def test_a_faulty_deployment_rolls_back_in_the_page(browser: Any, env: RunningEnv, tmp_path: Path) -> None:
-    ctx = browser.new_context(viewport={"width": 412, "height": 915})  # a phone's screen
+    ctx = browser.new_context(viewport=PHONE)
     ctx.set_default_timeout(WAIT)
     page = ctx.new_page()
     try:
@@ -154,6 +162,7 @@ def test_a_faulty_deployment_rolls_back_in_the_page(browser: Any, env: RunningEn
                 "() => document.getElementById('deployment-status')?.textContent === 'RolledBack'", timeout=WAIT)
         assert load.codes.get(200), load.codes
         page.screenshot(path=str(tmp_path / "rolled-back.png"), full_page=True, timeout=WAIT)
+        assert_no_sideways_scroll(page, "the dashboard after the rollback")
         assert page.evaluate("window.__marker") == "same page", "the page was reloaded"
         seen = page.evaluate("window.__seen")
         assert seen[-1] == "RolledBack" and {"PreTraffic", "InProgress"} & set(seen), seen
@@ -223,3 +232,28 @@ def test_emergency_stop_and_resume_from_the_page(browser: Any, env: RunningEnv, 
     finally:
         ctx.close()
 
+
+
+def test_at_a_phones_width_nothing_scrolls_sideways_and_an_ended_session_says_so(browser: Any,
+                                                                                  env: RunningEnv) -> None:
+    ctx = browser.new_context(viewport=PHONE)
+    ctx.set_default_timeout(WAIT)
+    page = ctx.new_page()
+    try:
+        sign_in(page, env, "frank")
+        assert_no_sideways_scroll(page, "the dashboard")
+        page.fill("form[action$='/actions/rollback'] input[name=reason]",
+                  "a long reason that an operator typed in a hurry, with no spaces_in_this_part_of_it_at_all_x")
+        page.click("form[action$='/actions/rollback'] button[type=submit]")
+        assert "Confirm: Roll back" in page.inner_text("h1")
+        assert_no_sideways_scroll(page, "the rollback's confirm page")
+        page.click("text=Cancel")
+        page.wait_for_selector("#live[data-state=on]", timeout=WAIT)
+        # the server ends the stream for good (401: the session is no longer valid), not a network blip
+        page.route("**/ui/stream*", lambda route: route.fulfill(status=401, body="sign in first",
+                                                                 content_type="text/plain"))
+        page.reload()
+        page.wait_for_selector("#live[data-state=closed]", timeout=WAIT)
+        assert page.inner_text("#live-state") == "signed out — reload to sign in"
+    finally:
+        ctx.close()

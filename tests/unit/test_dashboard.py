@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backout.control.store import Deployment, Event
+from backout.control.alarms import CanaryEvidence, Evaluation
+from backout.control.lease import Lease
+from backout.control.store import AlarmEvaluation, Deployment, Event
 from backout.platforms.base import Throttle
 from backout.platforms.local.gateway import Gateway
 from backout.platforms.local.metrics import MetricStore
@@ -27,6 +30,8 @@ from backout.runbooks.incidents.chart import gapped, rate_points
 from backout.server.app import build_app
 from backout.server.controller import Controller
 from backout.server.dashboard.charts import ChartData, svg, weight_steps
+from backout.server.dashboard.state import alarms as alarm_rows
+from backout.server.metrics import ControlPlaneCollector, lease_age, with_env
 from fakes import FakeClock, FakePlatform, new_source, write_manifest
 from support import wait_for
 
@@ -161,6 +166,9 @@ def test_rollback_to_a_release_approve_and_stop_from_the_page(ui: Ui) -> None:
     assert "no deployment is active" in ui.act("approve", 400, csrf=csrf)
     assert "no deployment is active" in ui.act("stop", 400, csrf=csrf, rollback="1")
     assert "--to must be a release number" in ui.act("rollback", 400, csrf=csrf, to="latest")
+    for hostile in ("²", "r٣", "9" * 5000):  # isdigit() takes them, int() does not (it was a 500)
+        line = ui.act("rollback", 400, csrf=csrf, to=hostile)
+        assert "--to must be a release number" in line and "9" * 100 not in line, hostile
     confirm = ui.act("rollback", csrf=csrf, to="2", reason="r1 writes bad schedules")
     assert "moves to release r2 at once" in confirm
     assert ui.fake.get_weights("worker").versions == {"11": 100.0}
@@ -283,11 +291,20 @@ def test_grafana_dashboard_and_alert_rules_query_only_exported_metrics(ui: Ui, t
     assert "backout_gateway_request_duration_seconds_bucket" in exported
 
     dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    # the environment picker lists environments before their first deployment too
+    (picker,) = [v for v in dashboard["templating"]["list"] if v["name"] == "env"]
+    family = re.fullmatch(r"label_values\((\w+), env\)", picker["definition"]).group(1)  # type: ignore[union-attr]
+    assert not ui.controller.store.deployments("staging") and _value(ui.metrics(), family, env="staging") >= 0
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queries += [a["expr"] for a in dashboard["annotations"]["list"]]
     queries += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
     rules = yaml.safe_load((DOCS / "alerts.yml").read_text())["groups"][0]["rules"]
     queries += [r["expr"] for r in rules]
+    # the gateway's histogram carries env on /metrics (`with_env`): no panel or alert mixes environments
+    for q in queries:
+        if "backout_gateway_" in q:
+            assert all('env="$env"' in sel for sel in re.findall(r"backout_gateway_\w+(\{[^}]*\})?", q)) \
+                or "by (env, le)" in q, q
     assert len(dashboard["panels"]) >= 10 and len(rules) >= 8
     used: set[str] = set()
     for q in queries:
@@ -300,6 +317,87 @@ def test_grafana_dashboard_and_alert_rules_query_only_exported_metrics(ui: Ui, t
             "backout_rollback_decision_to_stable_seconds_bucket", "backout_drill_rollback_seconds_bucket",
             "backout_gateway_request_duration_seconds_bucket"} <= used
     assert all({"alert", "expr", "labels", "annotations"} <= set(r) for r in rules)
+
+
+def test_the_platforms_families_get_the_env_label_the_control_plane_families_have(tmp_path: Path) -> None:
+    gw = Gateway([], lambda fn, ev: None, MetricStore(tmp_path / "m.db"), "svc", "staging", 1024,  # type: ignore[arg-type]
+                 Throttle(10.0, 10))
+    gw._record(200, "3", 12.0)
+    gw._record(503, "4", 40.0)
+    before = {f.name: f for f in text_string_to_metric_families(generate_latest(gw.registry).decode())}
+    text = with_env(generate_latest(gw.registry).decode() + '# TYPE x gauge\nx{env="prod"} 1.0\n', "staging")
+    after = {f.name: f for f in text_string_to_metric_families(text)}
+    latency = after["backout_gateway_request_duration_seconds"]
+    assert latency.type == "histogram" and {s.labels["env"] for s in latency.samples} == {"staging"}
+    strip = [(s.name, {k: v for k, v in s.labels.items() if k != "env"}, s.value) for s in latency.samples]
+    assert strip == [(s.name, s.labels, s.value) for s in before["backout_gateway_request_duration_seconds"].samples]
+    assert after["x"].samples[0].labels == {"env": "prod"}, "a label the platform set is kept"
+
+
+def _stub_controller(active: Deployment | None, leases: Any = None, live: Any = None, **store: Any) -> Any:
+    """What `lease_age` and the alarm readers use of a Controller: the store, the deployer's lease and
+    live alarms (a shared store's driver may be another process, which no test can start here)."""
+    return SimpleNamespace(
+        env="staging", live_alarms=lambda: live or {},
+        store=SimpleNamespace(active_deployment=lambda env: active, **store),
+        deployer=SimpleNamespace(leases=leases, live={}))
+
+
+def test_lease_age_is_the_time_since_the_lease_was_renewed_whoever_holds_it() -> None:
+    d = _deployment(status="InProgress", created_at=300.0, step_started_at=400.0, finished_at=None)
+    leases = SimpleNamespace(expiry_seconds=60.0, lease=lambda did: Lease(did, "other-host:7:ab12cd34", 1055.0, 3))
+    # another process renewed it 5 s ago: this one never evaluated an alarm of it (the step began 600 s ago)
+    assert lease_age(_stub_controller(d, leases), 1000.0) == 5.0
+    released = SimpleNamespace(expiry_seconds=60.0, lease=lambda did: Lease(did, "other-host:7:ab12cd34", 1000.0, 3))
+    assert lease_age(_stub_controller(d, released), 1000.0) == 60.0, "released: as old as an expired one"
+    assert lease_age(_stub_controller(d), 1000.0) == 600.0, "one machine, no lease: since the step began"
+    assert lease_age(_stub_controller(None, leases), 1000.0) is None
+
+
+def test_alarm_families_come_from_the_stored_states_when_another_process_drives() -> None:
+    d = _deployment(status="InProgress", finished_at=None)
+    stored = [AlarmEvaluation(1, d.id, "error-rate:api", 10.0, "OK", 0.0, 10.0, "GreaterThanThreshold", 60.0, ""),
+              AlarmEvaluation(2, d.id, "latency-p99:api", 11.0, "INSUFFICIENT_DATA", None, 1.5,
+                              "GreaterThanThreshold", 60.0, ""),
+              AlarmEvaluation(3, d.id, "error-rate:api", 20.0, "ALARM", 40.0, 10.0, "GreaterThanThreshold", 60.0,
+                              "")]
+    c = _stub_controller(d, alarm_evaluations=lambda did: stored)
+    state, value, threshold = ControlPlaneCollector(c)._alarms("staging")
+    on = {(s.labels["alarm"], s.labels["state"]) for s in state.samples if s.value == 1.0}
+    assert on == {("error-rate:api", "ALARM"), ("latency-p99:api", "INSUFFICIENT_DATA")}
+    assert {s.labels["alarm"]: s.value for s in threshold.samples} == {"error-rate:api": 10.0,
+                                                                       "latency-p99:api": 1.5}
+    assert not value.samples, "a stored value is that of the last state change: not served as the newest"
+
+
+def _fired(alarm: str, detail: str, judge: str | None) -> dict[str, Any]:
+    ev = None if judge is None else CanaryEvidence(judge, 900.0, 700.0, 3.1, 1.9, 5.3, 41, 802, 120, 7210, 160)
+    e = Evaluation(alarm, "ALARM", 40.0, 10.0, "GreaterThanThreshold", 60.0, detail, 20.0, evidence=ev)
+    return e.as_dict()
+
+
+def test_after_a_rollback_each_alarm_row_shows_its_own_evidence() -> None:
+    d = _deployment()
+    details = {"error-rate:api": "error rate 40 % (8/20) > 10 %", "latency-p99:api": "p99 2.4 s > 1.5 s",
+               "error-rate:worker": "error rate 30 % (3/10) > 10 %"}
+    stored = [AlarmEvaluation(i, d.id, name, 20.0, "ALARM", 40.0, 10.0, "GreaterThanThreshold", 60.0, detail)
+              for i, (name, detail) in enumerate(details.items())]
+    firing = [_fired("error-rate:api", details["error-rate:api"], "errors-judge:api"),
+              _fired("latency-p99:api", details["latency-p99:api"], "latency-judge:api"),
+              _fired("error-rate:worker", details["error-rate:worker"], None)]
+    inc = SimpleNamespace(trigger={"kind": "alarm", "alarms": firing},
+                          evidence={"alarms": [f["detail"] for f in firing]})
+    c = _stub_controller(None, alarm_evaluations=lambda did: stored, incident_for_deployment=lambda did: inc)
+    rows = {r["alarm"]: r for r in alarm_rows(c, d)}
+    assert rows["error-rate:api"]["evidence"].startswith("errors-judge:api: e-value 900 ≥ 700, ratio 3.1")
+    assert rows["latency-p99:api"]["evidence"].startswith("latency-judge:api: e-value")
+    assert rows["error-rate:worker"]["evidence"] is None, "no judge, and it fired with the detail shown above"
+    # before the incident is written, the `rolled_back` event holds the same firing data
+    ev = Event(9, d.id, None, 1050.1, "rolled_back", "critical", "", {"trigger": "alarm", "alarms": firing})
+    c = _stub_controller(None, alarm_evaluations=lambda did: stored, incident_for_deployment=lambda did: None,
+                         events=lambda deployment_id: [ev])
+    rows = {r["alarm"]: r for r in alarm_rows(c, d)}
+    assert rows["latency-p99:api"]["evidence"].startswith("latency-judge:api")
 
 
 # --- charts ---

@@ -13,7 +13,8 @@ reason, decision-to-stable and drill histograms, lease age, switches, queues) ar
 docs/dashboard.md.
 
 The gateway's request latency histogram (`backout_gateway_request_duration_seconds`) belongs to the
-platform that runs the gateway (local); `/metrics` serves it next to these.
+platform that runs the gateway (local); `/metrics` serves it next to these, with the `env` label added
+(`with_env`) as on every family here.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from backout.control.states import ALARM_STATES, ROLLED_BACK, STATUSES
 from backout.platforms.base import PrometheusExport
 
 if TYPE_CHECKING:
-    from backout.control.store import Deployment
+    from backout.control.store import AlarmEvaluation, Deployment
     from backout.server.controller import Controller
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,31 @@ def exposition(controller: Controller, reg: CollectorRegistry) -> str:
     text = generate_latest(reg).decode()
     p = controller.platform
     if isinstance(p, PrometheusExport):
-        text += p.prometheus()
+        text += with_env(p.prometheus(), controller.env)
     return text
+
+
+def with_env(text: str, env: str) -> str:
+    """The platform's exposition with an `env` label on every sample that has none. The platform serves one
+    environment, but its own figures (the gateway's latency histogram) do not name it: without the label
+    a dashboard or an alert over several environments' /metrics would mix them."""
+    families = list(text_string_to_metric_families(text))
+    for fam in families:
+        fam.samples = [s if "env" in s.labels else s._replace(labels={"env": env, **s.labels})
+                       for s in fam.samples]
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(families))
+    return generate_latest(reg).decode()
+
+
+class _Fixed:
+    """A collector of families read already."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def histogram(name: str, doc: str, labels: dict[str, str], values: Sequence[float], buckets: Sequence[float],
@@ -98,11 +123,20 @@ def _restore_seconds(trigger: object) -> float | None:
 
 
 def lease_age(controller: Controller, now: float) -> float | None:
-    """Seconds since the driver of the active deployment last evaluated its alarms (or, before the first
-    evaluation, started its step); None when nothing is active. Grows without bound when the driver died."""
+    """Seconds since the driver of the active deployment last showed it is alive; None when nothing is
+    active. Grows without bound when the driver died.
+
+    A shared store has a lease, renewed by whichever process drives the deployment (maybe another
+    machine): its age is the time since the last renewal (a released lease reads as a full expiry old).
+    On one machine there is none, and this process is the driver: the time since it last evaluated the
+    alarms (or, before the first evaluation, started its step)."""
     active = controller.store.active_deployment(controller.env)
     if active is None:
         return None
+    leases = controller.deployer.leases
+    if leases is not None:
+        lease = leases.lease(active.id)
+        return max(0.0, now - (lease.expires - leases.expiry_seconds))
     lv = controller.deployer.live.get(active.id)
     seen = [e.ts for e in (lv.alarms.values() if lv else [])]
     seen += [t for t in (active.step_started_at, active.created_at) if t is not None]
@@ -202,13 +236,28 @@ class ControlPlaneCollector:
         value = GaugeMetricFamily("backout_alarm_value", "Alarm value: the newest period with data",
                                   labels=["env", "alarm"])
         threshold = GaugeMetricFamily("backout_alarm_threshold", "Alarm threshold", labels=["env", "alarm"])
-        for name, e in sorted(self.c.live_alarms().items()):
+        live = self.c.live_alarms()
+        for name, e in sorted(live.items()):
             for s in ALARM_STATES:
                 state.add_metric([env, name, s], 1.0 if s == e.state else 0.0)
             if e.value is not None:
                 value.add_metric([env, name], float(e.value))
             threshold.add_metric([env, name], float(e.threshold))
+        if not live:
+            for name, a in sorted(self._stored_alarms().items()):
+                for s in ALARM_STATES:
+                    state.add_metric([env, name, s], 1.0 if s == a.state else 0.0)
+                threshold.add_metric([env, name], float(a.threshold))
         yield from (state, value, threshold)
+
+    def _stored_alarms(self) -> dict[str, AlarmEvaluation]:
+        """The active deployment's alarms as its driver last stored them, when that driver is another
+        process (a shared store): the store keeps every state change, so the newest row of each alarm is
+        its state now. Its value is left out: it is that of the change, maybe minutes old."""
+        active = self.c.store.active_deployment(self.c.env)
+        if active is None:
+            return {}
+        return {a.alarm: a for a in self.c.store.alarm_evaluations(active.id)}  # oldest first: the newest wins
 
     def _drills(self, env: str) -> Iterator[Metric]:
         drills = self.c.store.drills(env)

@@ -40,6 +40,7 @@ HERE = Path(__file__).parent
 SECTIONS = ("environments", "warnings", "deployment", "alarms", "functions", "queues", "incidents", "drills")
 STREAM_SECONDS = 55.0  # one stream's life; EventSource reconnects by itself (and a stopping server ends it)
 STREAM_INTERVAL = 1.0  # seconds between two reads of the state
+MAX_RELEASE_DIGITS = 9  # `to` of a rollback: more digits is no release (and int() refuses over 4300)
 ACTIONS = {  # action → (title, danger)
     "approve": ("Approve the deployment", False),
     "stop": ("Stop the deployment", True),
@@ -202,8 +203,9 @@ def _release(form: dict[str, str]) -> int | None:
     raw = form.get("to", "").strip().lstrip("r")
     if not raw:
         return None
-    if not raw.isdigit():
-        raise UsageError(f"--to must be a release number (e.g. 3), not {form['to']!r}")
+    # isdigit() alone takes "²" or "٣", which int() refuses (a 500); a release number is short ASCII digits
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_RELEASE_DIGITS:
+        raise UsageError(f"--to must be a release number (e.g. 3), not {form['to'][:40]!r}")
     return int(raw)
 
 

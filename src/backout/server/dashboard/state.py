@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from backout.control.alarms import CanaryEvidence
 from backout.platforms.base import LIVE_ALIAS, NS_LAMBDA, MetricQuery
 from backout.runbooks.incidents.chart import rate_points
 from backout.server.dashboard.charts import ChartData, svg, weight_steps
@@ -51,19 +52,35 @@ def alarms(c: Controller, d: Deployment | None) -> list[dict[str, Any]]:
         for a in c.store.alarm_evaluations(d.id):  # oldest first: the last one of each alarm wins
             rows[a.alarm] = {"alarm": a.alarm, "state": a.state, "value": a.value, "threshold": a.threshold,
                              "comparison": a.comparison, "detail": a.detail, "ts": a.ts, "evidence": None}
-        ev = _rollback_evidence(c, d)
+        fired = _fired(c, d)
         for row in rows.values():
-            if row["state"] == "ALARM" and ev:
-                row["evidence"] = next((s for s in ev if s != row["detail"]), None)
+            if row["state"] == "ALARM" and row["alarm"] in fired:
+                row["evidence"] = _evidence(fired[row["alarm"]], row["detail"])
     return sorted(rows.values(), key=lambda r: (r["state"] != "ALARM", r["alarm"]))
 
 
-def _rollback_evidence(c: Controller, d: Deployment) -> list[str]:
+def _fired(c: Controller, d: Deployment) -> dict[str, dict[str, Any]]:
+    """The evaluations the rollback was decided on, by alarm name: the incident's trigger keeps them (the
+    `rolled_back` event too, before the incident is written). Its evidence list is only sentences, in the
+    firing order, which says nothing about which alarm each belongs to."""
     inc = c.store.incident_for_deployment(d.id)
-    ev = inc.evidence if inc is not None else None
+    data = inc.trigger if inc is not None else next(
+        (e.data for e in reversed(c.store.events(deployment_id=d.id)) if e.kind == "rolled_back"), None)
+    alarms = data.get("alarms") if isinstance(data, dict) else None
+    return {str(a["alarm"]): a for a in alarms or [] if isinstance(a, dict) and "alarm" in a}
+
+
+def _evidence(fired: dict[str, Any], detail: str) -> str | None:
+    """The line under an alarm that fired: its judge's comparison (as the live rows show it), else the
+    detail it fired with when that says more than its last stored evaluation."""
+    ev = fired.get("evidence")
     if isinstance(ev, dict):
-        return [str(s) for s in (ev.get("alarms") or [])]
-    return []
+        try:
+            return CanaryEvidence(**ev).sentence()
+        except (TypeError, ValueError):  # written by another version: fall back to the detail
+            pass
+    said = str(fired.get("detail") or "")
+    return said if said and said != detail else None
 
 
 def chart(c: Controller, d: Deployment, rows: list[dict[str, Any]], now: float) -> str:

@@ -8,7 +8,15 @@ const shown = new Map(); // section → the HTML last put in it
 function connect() {
   const source = new EventSource(live.dataset.stream);
   source.addEventListener("open", () => { label.textContent = "on"; live.dataset.state = "on"; });
-  source.addEventListener("error", () => { label.textContent = "reconnecting"; live.dataset.state = "off"; });
+  source.addEventListener("error", () => {
+    // CONNECTING: the browser retries by itself (server restarting, network). CLOSED: it gave up for good,
+    // which an answer other than an event stream does (401 once the session is no longer valid).
+    if (source.readyState === EventSource.CLOSED) {
+      label.textContent = "signed out — reload to sign in"; live.dataset.state = "closed";
+    } else {
+      label.textContent = "reconnecting"; live.dataset.state = "off";
+    }
+  });
   source.addEventListener("sections", (ev) => {
     const sections = JSON.parse(ev.data);
     for (const [name, html] of Object.entries(sections)) {
