@@ -79,10 +79,14 @@ def test_the_lock_names_its_holder_a_takeover_waits_for_expiry_and_a_stale_holde
     assert [e.message for e in later.events(deployment_id=d.id)] == ["25 % on r2"]
     assert later.events(deployment_id=d.id)[0].data == {"weight": 25.0, "e": float("inf")}
 
-    # the new holder finishes it; the lock goes with it, and the next deployment may start anywhere
+    # the new holder rolls it back; the lock stays until every alias is back (the rollback completes),
+    # then goes with it, and the next deployment may start anywhere
     done = later.transition(d.id, st.ROLLED_BACK, reason="bad canary")
     assert done.finished_at is not None and done.rollback_decided_at is not None
     assert a.active_deployment("prod") is None
+    with pytest.raises(st.AlreadyActive, match=r"d-0001 is rolling back in prod: .* held by laptop:202:bbbb"):
+        a.create_deployment("prod", release(1), release(3), CANARY)
+    later.update(d.id, rollback_completed_at=time.time())
     nxt = a.create_deployment("prod", release(1), release(3), CANARY)
     assert (nxt.id, a.lease(nxt.id).holder) == ("d-0002", "ci-runner:101:aaaa")
     assert [x.id for x in b.deployments("prod")] == ["d-0002", "d-0001"]
@@ -195,7 +199,106 @@ def test_the_guard_rolls_back_an_orphaned_split_and_opens_an_incident(
     assert inc.id in json.loads(json.loads(message)["Message"])["incident_id"]
 
     # a second run finds nothing left to do
-    assert guard.handler({}, Context()) == {"rolled_back": [], "left": [other.id]}
+    assert guard.handler({}, Context()) == {"rolled_back": [], "left": [other.id], "failed": []}
+
+
+def test_a_guard_run_that_cannot_move_an_alias_keeps_the_lock_and_the_next_run_finishes_the_rollback(
+        split: tuple[Stack, dict[str, str]], table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lambda refuses one `update_alias` of the guard's first run: the deployment stays RolledBack
+    without completion and keeps its lock (no new deployment meanwhile); the next run moves the alias
+    left, completes the rollback and opens the one incident. The locks are read with a Query."""
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    from backout_lambda import guard
+
+    stack, stable = split
+    dead = SharedStore(table, holder="ci-runner:101:dead", expiry=60, functions=stack.functions,
+                       clock=lambda: time.time() - 180)
+    d = dead.create_deployment("prod", Release(1, stable, "a", 0),
+                               Release(2, {fn: "2" for fn in stack.functions}, "b", 0), CANARY)
+    dead.transition(d.id, st.IN_PROGRESS, current_step=0, current_weight=25.0)
+    stubborn = next(iter(stack.functions.values()))
+    calls: list[str] = []
+    refused: list[str] = []
+    real_call = BaseClient._make_api_call
+
+    def flaky(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        calls.append(operation)
+        if operation == "UpdateAlias" and params["FunctionName"] == stubborn and not refused:
+            refused.append(stubborn)
+            raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Rate exceeded"}},
+                              operation)
+        return real_call(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", flaky)
+    receiver = Receiver()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack.url)
+    monkeypatch.setenv("BACKOUT_STATE_TABLE", table.name)
+    monkeypatch.setenv("BACKOUT_NOTIFY_URL", f"http://127.0.0.1:{receiver.port}/hook")
+
+    class Run:
+        def __init__(self, n: int) -> None:
+            self.aws_request_id = f"req-{n}"
+
+    with pytest.raises(guard.Incomplete, match=f"rollback of {d.id} did not complete"):
+        guard.handler({}, Run(1))
+    reader = SharedStore(table)
+    half = reader.get(d.id)
+    assert half.status == st.ROLLED_BACK and half.rollback_completed_at is None
+    assert live(stack)[stack.api] == ("1", {"2": 0.25}) and live(stack)[stack.worker] == ("1", {})
+    assert reader.incident_for_deployment(d.id) is None and receiver.received == []
+    assert reader.lease(d.id).expired()  # given back: the next run need not wait for it
+    with pytest.raises(st.AlreadyActive, match=f"{d.id} is rolling back in prod"):
+        reader.create_deployment("prod", release(1), release(3), CANARY)
+
+    out = guard.handler({}, Run(2))
+    assert [r["deployment"] for r in out["rolled_back"]] == [d.id] and out["failed"] == []
+    assert live(stack) == {fn: ("1", {}) for fn in stack.functions}
+    done = reader.get(d.id)
+    assert done.rollback_completed_at is not None and "lease of ci-runner:101:dead expired" in done.reason
+    assert reader.lease(d.id).holder == "guard:req-2"
+    inc = reader.incident_for_deployment(d.id)
+    assert inc is not None and [i.id for i in reader.incidents("prod")] == [inc.id]
+    assert [(e.kind, e.incident_id) for e in reader.events(deployment_id=d.id)] == [
+        ("rolled_back", None), ("incident_opened", inc.id)]
+    assert [m["incident_id"] for m in receiver.received] == [inc.id]
+    assert guard.handler({}, Run(3)) == {"rolled_back": [], "left": [], "failed": []}
+    assert "Scan" not in calls and "Query" in calls
+    assert reader.create_deployment("prod", release(1), release(3), CANARY).id == "d-0002"
+
+
+def test_the_guard_finishes_a_rollback_its_driver_recorded_but_did_not_complete(
+        split: tuple[Stack, dict[str, str]], table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backout's deployer records RolledBack before it moves an alias: a driver that dies in between
+    leaves the lock, and the guard finishes the rollback once the driver's lease expired."""
+    from backout_lambda import guard
+
+    stack, stable = split
+    dead = SharedStore(table, holder="ci-runner:101:dead", expiry=60, functions=stack.functions,
+                       clock=lambda: time.time() - 180)
+    d = dead.create_deployment("prod", Release(1, stable, "a", 0),
+                               Release(2, {fn: "2" for fn in stack.functions}, "b", 0), CANARY)
+    dead.transition(d.id, st.IN_PROGRESS, current_step=0, current_weight=25.0)
+    dead.transition(d.id, st.ROLLED_BACK, reason="errors:api 31 % > 5 %")  # … and the driver dies here
+    assert dead.active_deployment("prod") is None
+    with pytest.raises(st.AlreadyActive, match="is rolling back"):
+        dead.refuse_if_active("prod")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack.url)
+    monkeypatch.setenv("BACKOUT_STATE_TABLE", table.name)
+
+    class Context:
+        aws_request_id = "req-1"
+
+    out = guard.handler({}, Context())
+    assert [r["deployment"] for r in out["rolled_back"]] == [d.id]
+    assert live(stack) == {fn: ("1", {}) for fn in stack.functions}
+    reader = SharedStore(table)
+    after = reader.get(d.id)
+    assert after.reason == "errors:api 31 % > 5 %" and after.rollback_completed_at is not None
+    inc = reader.incident_for_deployment(d.id)
+    assert inc is not None and "completed by the guard" in inc.title and inc.trigger["kind"] == "guard"
+    reader.refuse_if_active("prod")  # the lock went with the completion
 
 
 def test_a_stop_from_another_machine_and_a_takeover_that_cannot_trust_the_step(table: Any, tmp_path: Path) -> None:

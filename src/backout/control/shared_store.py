@@ -8,7 +8,11 @@ Why it looks the way it does:
   resource layer does the typing (numbers as Decimal); nested values are JSON text.
 - The one-deployment-per-environment lock is an item (`LOCK#<env>`) put with
   `attribute_not_exists` in the same transaction as the deployment, and deleted in the transaction
-  that makes it terminal: two machines deploying at once, exactly one wins.
+  that makes it terminal: two machines deploying at once, exactly one wins. A rollback keeps it until
+  the rollback completes (`rollback_completed_at`): a driver that dies between recording RolledBack
+  and the last alias leaves the lock, through which the guard finds the rollback and finishes it. The
+  lock carries `record = "lock"` and `seq`, so the guard lists the locks from the `by_kind` index
+  instead of scanning the table.
 - Every write about a deployment this process holds the lease of is conditioned on its fence
   (a transaction with a ConditionCheck for events, alarm evaluations and snapshots); a refused one
   raises `LeaseLost`. A process that does not hold the lease may write a deployment only once it
@@ -39,6 +43,7 @@ from backout.control.states import (
     SEVERITIES,
     STATUSES,
     TERMINAL_STATUSES,
+    AlreadyActive,
     InvalidTransition,
     can_transition,
 )
@@ -58,6 +63,7 @@ from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.platforms.base import Release, SharedState
 from backout_lambda import state_table as t
+from backout_lambda.guard import LOCK_RECORD
 
 if TYPE_CHECKING:
     from backout.manifest import Manifest
@@ -214,7 +220,9 @@ class SharedStore:
         }
         try:
             self._client().transact_write_items(TransactItems=[
-                {"Put": {"TableName": self.table.name, "Item": ({**t.lock_key(env), "deployment_id": did}),
+                {"Put": {"TableName": self.table.name,
+                         "Item": ({**t.lock_key(env), "deployment_id": did, "record": LOCK_RECORD, "seq": seq,
+                                   "env": env}),
                          "ConditionExpression": "attribute_not_exists(pk)"}},
                 {"Put": {"TableName": self.table.name,
                          "Item": ({**t.deployment_key(did), **t.encode(record)}),
@@ -231,6 +239,19 @@ class SharedStore:
         active = self.active_deployment(env)
         if active is not None:
             raise already_active(active, self.lease(active.id).describe(self.clock()))
+        rolling = self._rolling_back(env)
+        if rolling is not None:
+            raise AlreadyActive(
+                f"deployment {rolling.id} is rolling back in {env}: it is RolledBack, but its rollback has not "
+                f"completed (not every alias is back on {rolling.stable} yet; "
+                f"{self.lease(rolling.id).describe(self.clock())}); wait for it — if its driver died, the "
+                f"guard finishes it within a minute of the lease's expiry (backout deployment show {rolling.id})")
+
+    def _rolling_back(self, env: str) -> Deployment | None:
+        """The deployment the lock of `env` still names though it is over: a rollback not completed."""
+        lock = self._item(t.lock_key(env))
+        d = None if lock is None else self.find(lock["deployment_id"])
+        return d if d is not None and d.status == ROLLED_BACK and d.rollback_completed_at is None else None
 
     def get(self, deployment_id: str) -> Deployment:
         return self._deployment(t.decode(self._raw(deployment_id)))
@@ -275,13 +296,20 @@ class SharedStore:
             values["finished_at"] = now
         if status == ROLLED_BACK and cur.get("rollback_decided_at") is None and "rollback_decided_at" not in fields_:
             values["rollback_decided_at"] = now
-        self._write(cur, values, lock_env=cur["env"] if status in TERMINAL_STATUSES else None)
+        # a rollback keeps the lock until it completes (the guard finishes one whose driver died)
+        completed = values.get("rollback_completed_at", cur.get("rollback_completed_at"))
+        unfinished = status == ROLLED_BACK and completed is None
+        self._write(cur, values, lock_env=cur["env"] if status in TERMINAL_STATUSES and not unfinished else None)
         return self.get(did)
 
     def update(self, deployment_id: str, **fields_: Any) -> Deployment:
         self._check_fields(fields_)
         cur = t.decode(self._raw(deployment_id))
-        self._write(cur, dict(fields_), lock_env=None)
+        lock_env = None
+        if cur["status"] == ROLLED_BACK and fields_.get("rollback_completed_at") is not None:
+            lock = self._item(t.lock_key(cur["env"]))  # the rollback completes: its lock goes with it
+            lock_env = cur["env"] if lock is not None and lock.get("deployment_id") == cur["id"] else None
+        self._write(cur, dict(fields_), lock_env=lock_env)
         return self.get(cur["id"])
 
     def _write(self, cur: dict[str, Any], values: dict[str, Any], lock_env: str | None) -> None:
