@@ -42,6 +42,10 @@ Globals:
       Type: Linear10PercentEvery1Minute
       Alarms:
         - !Ref OrdersErrorsAlarm
+        - !Ref WebLatencyAlarm
+        - !Ref OrdersBacklogAlarm
+        - !Ref ErrorRateMathAlarm
+        - !Ref OrdersTableFailuresAlarm
         - !Ref SomeoneElsesAlarm
       Hooks:
         PreTraffic: !Ref PreTrafficCheckFunction
@@ -151,6 +155,52 @@ Resources:
       EvaluationPeriods: 2
       Threshold: 1
       ComparisonOperator: GreaterThanOrEqualToThreshold
+  WebLatencyAlarm:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      AlarmName: !Sub "shop-web-latency-${Env}"
+      Namespace: AWS/Lambda
+      MetricName: Duration
+      Dimensions:
+        - { Name: Resource, Value: !Sub "${WebFunction}:live" }
+        - { Name: FunctionName, Value: !Ref WebFunction }
+        - { Name: ExecutedVersion, Value: !GetAtt WebFunction.Version.Version }
+      ExtendedStatistic: p99
+      Period: 60
+      EvaluationPeriods: 3
+      DatapointsToAlarm: 2
+      TreatMissingData: notBreaching
+      Threshold: 800
+      ComparisonOperator: GreaterThanThreshold
+  OrdersBacklogAlarm:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Namespace: AWS/SQS
+      MetricName: ApproximateAgeOfOldestMessage
+      Dimensions: [{ Name: QueueName, Value: !GetAtt OrdersQueue.QueueName }]
+      Statistic: Maximum
+      Period: 300
+      EvaluationPeriods: 1
+      Threshold: 600
+      ComparisonOperator: GreaterThanThreshold
+  ErrorRateMathAlarm:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Metrics:
+        - { Id: rate, Expression: "errors / invocations * 100" }
+      EvaluationPeriods: 1
+      Threshold: 5
+      ComparisonOperator: GreaterThanThreshold
+  OrdersTableFailuresAlarm:
+    Type: AWS::CloudWatch::Alarm
+    Properties:
+      Namespace: Shop
+      MetricName: WriteFailures
+      Dimensions: [{ Name: TableName, Value: !ImportValue orders-table-name }]
+      Statistic: Sum
+      Period: 60
+      Threshold: 0
+      ComparisonOperator: GreaterThanThreshold
   SeedOrders:
     Type: Custom::Seed
     Properties:
@@ -207,6 +257,9 @@ def test_the_repositorys_own_template_becomes_the_manifest_it_deploys(tmp_path: 
     assert "# not translated: SDA_JOBS_TABLE = !Ref JobsTable" in api
     assert "# PROCESSING_QUEUE_URL (!Ref ProcessingQueue): backout sets it to the URL of queue processing" in api
     assert "JobsTable (AWS::DynamoDB::Table)" in text.split("[service]")[0]
+    # no DeploymentPreference: backout's own alarms alone (its CloudWatch alarms are the stack's, not a deployment's)
+    assert all(e.alarms == {} for e in m.environments.values()) and "DeploymentPreference.Alarms" not in text
+    assert "alarms." not in text
 
 
 def test_a_template_of_another_shape_loads_with_every_gap_commented(shop: tuple[Path, Path]) -> None:
@@ -253,9 +306,32 @@ def test_a_template_of_another_shape_loads_with_every_gap_commented(shop: tuple[
     assert "# not translated: custom resource SeedOrders (Custom::Seed)" in head
     assert "# not translated: Conditions (IsProd)" in head and "# not translated: Globals of HttpApi" in head
     assert "Env = 'staging'" in head
+    # the template's deployment alarms are every environment's, their functions and queues by backout's names
+    for env in m.environments.values():
+        assert {n: a.model_dump(exclude_defaults=True) for n, a in env.alarms.items()} == {
+            "orders-errors": {"namespace": "AWS/Lambda", "metric": "Errors", "function": "orders_consumer",
+                              "dimensions": {"Resource": "{function}:{alias}", "FunctionName": "{function}"},
+                              "threshold": 1.0, "comparison": "GreaterThanOrEqualToThreshold",
+                              "evaluation_periods": 2},
+            "web-latency": {"namespace": "AWS/Lambda", "metric": "Duration", "function": "web",
+                            "dimensions": {"Resource": "{function}:{alias}", "FunctionName": "{function}",
+                                           "ExecutedVersion": "{version}"},
+                            "statistic": "p99", "threshold": 800.0, "evaluation_periods": 3,
+                            "datapoints_to_alarm": 2, "treat_missing_data": "notBreaching"},
+            "orders-backlog": {"namespace": "AWS/SQS", "metric": "ApproximateAgeOfOldestMessage",
+                               "dimensions": {"QueueName": "orders"}, "statistic": "Maximum", "threshold": 600.0,
+                               "period": 300.0}}
+    prod_alarms = text.split("\n[environments.prod.alarms.orders-errors]")[1]
+    assert "# DeploymentPreference.Alarms: WebLatencyAlarm (!Sub 'shop-web-latency-${Env}')" in prod_alarms
+    assert "it watches every version of the function, as the template's alarm did" in prod_alarms
+    # the others stay comments saying what they watched and why they are not translated
     alarms = text.split("DeploymentPreference.Alarms")[1].split("\n[environments")[0]
-    assert "OrdersErrorsAlarm: Sum of AWS/Lambda Errors [Resource=orders_consumer:live, " \
-           "FunctionName=orders_consumer] >= 1 for 2 × 60 s" in alarms
+    assert "OrdersErrorsAlarm → [environments.*.alarms.orders-errors]" in alarms
+    alarms = " ".join(line.strip("# ") for line in alarms.splitlines())  # long notes are wrapped
+    assert "not translated: alarm ErrorRateMathAlarm: metric math (errors / invocations * 100) > 5 " \
+           "(EvaluationPeriods 1) — metric math (Metrics)" in alarms
+    assert "not translated: alarm OrdersTableFailuresAlarm: Sum of Shop WriteFailures [TableName=!ImportValue " \
+           "\"orders-table-name\"] > 0 for ? × 60 s — its dimension TableName cannot be resolved" in alarms
     assert "SomeoneElsesAlarm (not defined in this template)" in alarms
     assert tomllib.loads(text) == tomllib.loads(from_sam(template, out))  # the same translation every time
 

@@ -11,8 +11,14 @@ comment where it was found, so the operator sees every gap:
   `{ queue = "<name>", batch_size = … }`;
 - `AWS::SQS::Queue` with a `RedrivePolicy` → `[queues.<name>]` with `dead_letter_queue`, `max_receive_count`;
 - `DeploymentPreference.Type` → every environment's `strategy` (SAM's names are backout's built-ins);
-  its `Hooks` → `[hooks]` `{ function = "<hook>" }` (the hook function gets `deploy = false`); its
-  `Alarms` → comments saying what each alarm watched (the manifest has no table of alarms of its own);
+  its `Hooks` → `[hooks]` `{ function = "<hook>" }` (the hook function gets `deploy = false`);
+- its `Alarms`, each an `AWS::CloudWatch::Alarm` of the template → `[environments.<env>.alarms.<name>]`
+  in every environment (namespace, metric, dimensions, statistic, period, evaluation periods,
+  datapoints, missing data, threshold, comparison): a dimension `!Ref <function>` becomes `{function}`
+  (with `function = "<name>"`), `!GetAtt <function>.Version.Version` `{version}`, `!Sub
+  "${<function>}:live"` `{function}:{alias}`, `!GetAtt <queue>.QueueName` the queue's name (backout
+  maps its names to the stack's on AWS). An alarm defined elsewhere (a name, `!ImportValue`), metric
+  math, an anomaly band or an intrinsic that cannot be resolved → a comment saying what it watched;
 - `!Ref` of a parameter with a Default, `!Sub`/`!Join` of such → the default (named at the top); a
   Globals variable that depends on a parameter whose default is an environment's name (`Stage:
   staging`) → each environment's own `environment`, with that environment's name;
@@ -44,7 +50,7 @@ from pydantic import ValidationError
 from tomlkit.items import Array, InlineTable, Table
 
 from backout.errors import UsageError
-from backout.manifest import Manifest
+from backout.manifest import ALARM_COMPARISONS, RESERVED_ALARM_NAMES, Manifest
 
 FUNCTION = "AWS::Serverless::Function"
 QUEUE = "AWS::SQS::Queue"
@@ -227,6 +233,7 @@ class _Translator:
         self.queues = self._names(QUEUE, ("Queue",), "-")
         self.hook_functions: set[str] = set()
         self.per_environment: dict[str, Any] = {}  # Globals variable → as the template writes it
+        self.alarm_specs: dict[str, tuple[str, dict[str, Any]]] = {}  # alarm name → (logical id, its keys)
 
     def _names(self, kind: str, suffixes: tuple[str, ...], sep: str) -> dict[str, str]:
         """logical id → backout name, unique (a clash keeps the whole logical id)."""
@@ -638,22 +645,141 @@ class _Translator:
         return chosen, notes
 
     def _alarms(self, preferences: dict[str, Any]) -> list[str]:
-        """DeploymentPreference.Alarms as comments saying what each one watched."""
+        """DeploymentPreference.Alarms: each alarm of this template becomes an alarm of every environment
+        (`self.alarm_specs`, written by `_environments`); the notes say where each one went, and what the
+        others watched."""
         seen: set[str] = set()
         lines: list[str] = []
+        names: set[str] = set()
         for pref in preferences.values():
             for a in (pref.get("Alarms") or []) if isinstance(pref, dict) else []:
-                if shorthand(a) not in seen:
-                    seen.add(shorthand(a))
-                    lines.append(f"  {NOT}alarm {self._alarm_line(a)}")
+                if shorthand(a) in seen:
+                    continue
+                seen.add(shorthand(a))
+                lid = self.target(a)
+                spec, why = self._alarm_spec(lid) if lid in self.resources else (None, None)
+                if spec is None:
+                    wrapped = _wrap(f"{NOT}alarm {self._alarm_line(a)}" + (f" — {why}" if why else ""), 108)
+                    lines += [f"  {wrapped[0]}", *(f"    {w}" for w in wrapped[1:])]
+                    continue
+                name = self._alarm_name(str(lid), names)
+                self.alarm_specs[name] = (str(lid), spec)
+                lines.append(f"  {lid} → [environments.*.alarms.{name}]")
         if not lines:
             return []
-        return ["DeploymentPreference.Alarms: CodeDeploy rolled back when one of these was in ALARM. backout's own "
-                "alarms",
-                "(error_rate_threshold, api_5xx_threshold, duration_p99_limits, queue_age_limits of each "
-                "environment) and judges",
-                "watch the new version; on AWS, name existing CloudWatch alarms in [environments.NAME.aws] "
-                "alarms = [...]:", *lines]
+        return ["DeploymentPreference.Alarms: CodeDeploy rolled back when one of these was in ALARM; backout "
+                "evaluates those", "of this template itself, beside its own alarms and judges (an alarm of "
+                "another stack: on AWS, name it", "in [environments.NAME.aws] alarms = [...]):", *lines]
+
+    def _alarm_name(self, lid: str, taken: set[str]) -> str:
+        """The manifest's name of an alarm: its logical id without `Alarm`, in kebab-case, unique."""
+        name = "-".join(_words(lid, ("Alarm",)))
+        if name in taken or name in RESERVED_ALARM_NAMES:
+            name = "-".join(_words(lid, ()))
+        if not name[:1].isalpha():
+            name = f"alarm-{name}"
+        while name in taken:
+            name += "-2"
+        taken.add(name)
+        return name
+
+    def _alarm_spec(self, lid: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The `[environments.NAME.alarms.…]` keys of the template's alarm `lid`, or None and why not."""
+        res = self.resources[lid]
+        if res.get("Type") != ALARM:
+            return None, f"a {res.get('Type')}, not an {ALARM}"
+        p = self.props(lid)
+        if "Metrics" in p:
+            return None, "metric math (Metrics): an alarm here watches one metric"
+        if "ThresholdMetricId" in p:
+            return None, "an anomaly detection band (ThresholdMetricId)"
+        out: dict[str, Any] = {}
+        for key, to in (("Namespace", "namespace"), ("MetricName", "metric")):
+            v = self.r.value(p.get(key))
+            if not isinstance(v, str) or not v:
+                return None, f"{key} {shorthand(p.get(key))}"
+            out[to] = v
+        dims: list[tuple[str, str, str | None]] = []  # name, value (with placeholders), the function it names
+        for d in p.get("Dimensions") or []:
+            got = self._alarm_dimension(d.get("Value")) if isinstance(d, dict) else None
+            if got is None or not isinstance(d.get("Name"), str):
+                what = d.get("Name") if isinstance(d, dict) else shorthand(d)
+                return None, f"its dimension {what} cannot be resolved from the template"
+            dims.append((d["Name"], *got))
+        fns = {fn for _, _, fn in dims if fn is not None}
+        if len(fns) > 1 and any("{version}" in v for _, v, _ in dims):
+            return None, "the versions of several functions"
+        if len(fns) > 1:  # one function per alarm has the placeholders: the others by name
+            out["dimensions"] = {k: v.replace("{function}", self.functions[fn]) if fn else v for k, v, fn in dims}
+        else:
+            out["dimensions"] = {k: v for k, v, _ in dims}
+        if len(fns) == 1:
+            out["function"] = self.functions[fns.pop()]
+        stat = self.r.value(p.get("Statistic")) if "Statistic" in p else self.r.value(p.get("ExtendedStatistic"))
+        if not isinstance(stat, str) or not re.fullmatch(r"Sum|Average|Maximum|Minimum|SampleCount|"
+                                                         r"p\d{1,2}(\.\d+)?", stat):
+            return None, f"statistic {shorthand(p.get('Statistic', p.get('ExtendedStatistic')))}"
+        out["statistic"] = stat
+        threshold = self.r.value(p.get("Threshold"))
+        comparison = self.r.value(p.get("ComparisonOperator"))
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool):
+            return None, f"Threshold {shorthand(p.get('Threshold'))}"
+        if comparison not in ALARM_COMPARISONS:
+            return None, f"ComparisonOperator {shorthand(p.get('ComparisonOperator'))}"
+        out["threshold"], out["comparison"] = threshold, comparison
+        period = self.r.value(p.get("Period", 60))
+        if not isinstance(period, int) or isinstance(period, bool) or not (
+                period in (1, 5, 10, 30) or (period >= 60 and period % 60 == 0)):
+            return None, f"Period {shorthand(p.get('Period'))}"
+        out["period"] = duration(period)
+        for key, to in (("EvaluationPeriods", "evaluation_periods"), ("DatapointsToAlarm", "datapoints_to_alarm")):
+            if key in p:
+                v = self.r.value(p[key])
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    return None, f"{key} {shorthand(p[key])}"
+                out[to] = v
+        if "TreatMissingData" in p:
+            v = self.r.value(p["TreatMissingData"])
+            if v not in ("missing", "ignore", "breaching", "notBreaching"):
+                return None, f"TreatMissingData {shorthand(p['TreatMissingData'])}"
+            out["treat_missing_data"] = v
+        return out, None
+
+    def _alarm_dimension(self, v: Any) -> tuple[str, str | None] | None:
+        """A dimension's value in the manifest's terms, and the function it names (None: no function;
+        the whole None: it cannot be known from the template)."""
+        if isinstance(v, dict) and len(v) == 1:
+            (k, arg), = v.items()
+            if k == "Ref" and arg in self.functions:
+                return "{function}", str(arg)
+            if k == "Fn::GetAtt" and isinstance(arg, list) and len(arg) == 2:
+                if arg[0] in self.functions and arg[1] == "Version.Version":
+                    return "{version}", str(arg[0])
+                if arg[0] in self.queues and arg[1] == "QueueName":
+                    return self.queues[str(arg[0])], None
+                return None
+            if k == "Fn::Sub" and isinstance(arg, str):
+                fns: set[str] = set()
+
+                def one(m: re.Match[str]) -> str:
+                    if m.group(1) in self.functions:
+                        fns.add(m.group(1))
+                        return "{function}"
+                    got = self.r.value({"Ref": m.group(1)})
+                    return "\0" if got is None else str(got)  # \0: unresolved
+
+                text = re.sub(r"\$\{([A-Za-z0-9:.]+)\}", one, arg)
+                if "\0" in text or len(fns) > 1 or "{" in text.replace("{function}", ""):
+                    return None
+                fn = fns.pop() if fns else None
+                aliases = {ALIAS} | ({str(self.r.value(self.function_props(fn).get("AutoPublishAlias")))}
+                                     if fn else set())
+                base, sep, qualifier = text.rpartition(":")
+                if fn and sep and base.endswith("{function}") and qualifier in aliases:
+                    text = f"{base}:{{alias}}"
+                return text, fn
+        got = self.r.value(v)
+        return None if got is None or isinstance(got, bool) else (str(got), None)
 
     def _alarm_line(self, ref: Any) -> str:
         lid = self.target(ref)
@@ -661,15 +787,28 @@ class _Translator:
         if res is None or res.get("Type") != ALARM:
             return f"{shorthand(ref)} (not defined in this template)"
         p = res.get("Properties") or {}
+        if "Metrics" in p:
+            exprs = [str(m["Expression"]) for m in p["Metrics"] if isinstance(m, dict) and "Expression" in m]
+            return (f"{lid}: metric math ({'; '.join(exprs) or '?'}) {self._op(p)} {p.get('Threshold')} "
+                    f"(EvaluationPeriods {p.get('EvaluationPeriods', '?')})")
         dims = {d.get("Name"): d.get("Value") for d in (p.get("Dimensions") or []) if isinstance(d, dict)}
         about = ", ".join(f"{k}={self._dimension(v)}" for k, v in dims.items())
-        op = {"GreaterThanThreshold": ">", "GreaterThanOrEqualToThreshold": ">=", "LessThanThreshold": "<",
-              "LessThanOrEqualToThreshold": "<="}.get(str(p.get("ComparisonOperator")), p.get("ComparisonOperator"))
-        stat = p.get("Statistic") or p.get("ExtendedStatistic") or ("metric math" if "Metrics" in p else "?")
-        name = self.r.value(p.get("AlarmName"))
-        return (f"{lid}{f' ({name})' if isinstance(name, str) else ''}: {stat} of {p.get('Namespace', '?')} "
-                f"{p.get('MetricName', '?')}{f' [{about}]' if about else ''} {op} {p.get('Threshold')} for "
+        stat = p.get("Statistic") or p.get("ExtendedStatistic") or "?"
+        name = self._alarm_title(str(lid))
+        return (f"{lid}{f' ({name})' if name else ''}: {stat} of {p.get('Namespace', '?')} "
+                f"{p.get('MetricName', '?')}{f' [{about}]' if about else ''} {self._op(p)} {p.get('Threshold')} for "
                 f"{p.get('EvaluationPeriods', '?')} × {p.get('Period', '?')} s")
+
+    @staticmethod
+    def _op(props: dict[str, Any]) -> str:
+        op = props.get("ComparisonOperator")
+        return {"GreaterThanThreshold": ">", "GreaterThanOrEqualToThreshold": ">=", "LessThanThreshold": "<",
+                "LessThanOrEqualToThreshold": "<="}.get(str(op), str(op))
+
+    def _alarm_title(self, lid: str) -> str | None:
+        """The alarm's AlarmName as the template writes it (a parameter's default is one environment's)."""
+        name = self.props(lid).get("AlarmName")
+        return None if name is None else name if isinstance(name, str) else shorthand(name)
 
     def _dimension(self, v: Any) -> str:
         """A dimension's value with the template's functions and queues by their backout names
@@ -705,8 +844,26 @@ class _Translator:
                                       "region = \"…\", stack = \"<the stack's name>\""))
             if self.per_environment:
                 e.add("environment", self._variables_of(name))
+            if self.alarm_specs:
+                e.add("alarms", self._alarm_tables())
             envs.add(name, e)
         return envs
+
+    def _alarm_tables(self) -> Table:
+        """`[environments.NAME.alarms.*]`: one environment's copy of the template's deployment alarms."""
+        alarms = tomlkit.table(is_super_table=True)
+        for name, (lid, spec) in self.alarm_specs.items():
+            t = tomlkit.table()
+            title = self._alarm_title(lid)
+            t.add(tomlkit.comment(f"DeploymentPreference.Alarms: {lid}" + (f" ({title})" if title else "")))
+            for k, v in spec.items():
+                t.add(k, _inline(**v) if k == "dimensions" else v)
+            values = " ".join(spec["dimensions"].values())
+            if spec["namespace"] == "AWS/Lambda" and "{function}" in values and "{version}" not in values:
+                t.add(tomlkit.comment("it watches every version of the function, as the template's alarm did; "
+                                      "ExecutedVersion = \"{version}\" watches only the new one"))
+            alarms.add(name, t)
+        return alarms
 
     def _variables_of(self, env: str) -> Table:
         """The Globals variables that depend on parameters, for one environment: a parameter whose default
