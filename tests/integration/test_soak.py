@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_a_short_soak_stays_correct_and_bounded(tmp_path: Path) -> None:
     env = build_env(tmp_path, hold_s=8)
     try:
-        f = run_soak(env, minutes=1.5, rate=10.0, every=40.0, sample=5.0)
+        f = run_soak(env, minutes=2.0, rate=10.0, every=40.0, sample=5.0)
     finally:
         env.close()
     assert f["requests"] > 0 and f["status_counts"].get("200", 0) > 0, f["status_counts"]
