@@ -18,7 +18,9 @@ compare distributions, and a second's worth of samples is small. Why this layout
 Query semantics follow GetMetricStatistics: one metric, exact dimension match, samples whose second
 lies in [start, end), grouped into periods aligned to epoch multiples of `period`; one datapoint per
 period that has samples, stamped with the period's aligned start (the first one may start before
-`start` and then only covers the part of it inside the window).
+`start` and then only covers the part of it inside the window). Statistics: SampleCount, Sum,
+Average, Minimum, Maximum, percentiles (`p99`) and CloudWatch's trimmed count between absolute values
+(`TC(250:)`: the samples above 250; the slow-requests judge counts slow invocations with it).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ GAUGE_METRICS = frozenset(
 )
 SEAL_AFTER = 2  # a second is packed once it ended this many seconds ago (late samples still merge)
 _PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
+_NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
+_TRIMMED_COUNT = re.compile(rf"^TC\(({_NUMBER})?:({_NUMBER})?\)$", re.IGNORECASE)  # absolute bounds only
 _SIMPLE = ("SampleCount", "Sum", "Average", "Minimum", "Maximum")
 
 _SCHEMA = """
@@ -437,19 +441,42 @@ def _in_window(d: dict[int, Any], lo: int, hi: int) -> Iterator[tuple[int, Any]]
                 yield sec, part
 
 
-def _statistic(name: str) -> tuple[str, float | None]:
+Bounds = tuple[float, float]  # a trimmed count's (lower, upper): lower < sample <= upper
+
+
+def _statistic(name: str) -> tuple[str, float | Bounds | None]:
+    """(kind, argument): a simple statistic, `pct` with its percentile, or `tc` with its bounds.
+    `TC(X:Y)` is CloudWatch's trimmed count with absolute bounds: the samples with X < value <= Y,
+    either bound left out for none (`TC(250:)`: the samples above 250, as the slow-requests judge
+    asks of Duration)."""
     if name in _SIMPLE:
         return name, None
     m = _PERCENTILE.match(name)
     if m and 0 <= float(m.group(1)) <= 100:
         return "pct", float(m.group(1))
+    m = _TRIMMED_COUNT.match(name)
+    if m and (m.group(1) is not None or m.group(2) is not None):
+        lo = -math.inf if m.group(1) is None else float(m.group(1))
+        hi = math.inf if m.group(2) is None else float(m.group(2))
+        if lo < hi:
+            return "tc", (lo, hi)
     raise UsageError(
-        f"unknown statistic {name!r}: use SampleCount, Sum, Average, Minimum, Maximum"
-        " or a percentile like p99"
+        f"unknown statistic {name!r}: use SampleCount, Sum, Average, Minimum, Maximum, a percentile"
+        " like p99 or a trimmed count between absolute values like TC(250:)"
     )
 
 
-def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: float | None) -> Datapoint:
+def _trimmed_count(parts: list[_Packed | list[float]], bounds: Bounds) -> float:
+    """The samples of `parts` with lower < value <= upper."""
+    lo, hi = bounds
+    n = 0
+    for p in parts:
+        v = p.as_numpy() if isinstance(p, _Packed) else np.asarray(p, dtype=np.float64)
+        n += int(np.count_nonzero((v > lo) & (v <= hi)))
+    return float(n)
+
+
+def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: float | Bounds | None) -> Datapoint:
     n = 0
     total = 0.0
     lo, hi = math.inf, -math.inf
@@ -472,7 +499,11 @@ def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: floa
         value = lo
     elif stat == "Maximum":
         value = hi
+    elif stat == "tc":
+        assert isinstance(pct, tuple)
+        value = _trimmed_count(parts, pct)
     else:
+        assert isinstance(pct, float)
         arrays = [p.as_numpy() if isinstance(p, _Packed) else np.asarray(p, dtype=np.float64) for p in parts]
         value = float(np.percentile(np.concatenate(arrays), pct))
     return Datapoint(timestamp=float(ts), value=value, sample_count=float(n))
