@@ -12,15 +12,19 @@ One table, string keys `pk` / `sk`, two sparse global secondary indexes:
 | incident → deployment | `DEP#d-0007` | `INC#INC-0003` | what `incident_for_deployment` reads |
 | incident | `INC#INC-0003` | `INC` | |
 | drill, snapshot | `DRILL#drill-0002`, `SNAP#snap-0004` | `DRILL`, `SNAP` | |
-| environment lock | `LOCK#prod` | `LOCK` | `deployment_id` of the active one: one per environment |
+| environment lock | `LOCK#prod` | `LOCK` | `deployment_id` of the active one: one per environment (see below) |
 | switch | `SWITCH#prod` | the switch's key | |
 | id counter | `SEQ` | `deployment`, `incident`, `event`, … | atomic `ADD` |
 
-Index `by_kind` (`record` S, `seq` N) lists deployments, incidents, drills and snapshots newest first;
+Index `by_kind` (`record` S, `seq` N) lists deployments, incidents, drills, snapshots and locks newest first;
 index `by_incident` (`incident_id` S, `eid` N) finds an incident's events that sit under its
 deployment. Values: numbers as Decimal (boto3's resource layer types them, also in transactions sent
 through the table's `meta.client`), nested data (steps, evidence, event data …) as JSON text, so any
 float (even an infinite e-value) round-trips.
+
+A lock carries `record="lock"` and `seq`, so the guard finds every lock with one Query of `by_kind`;
+a rolled-back deployment keeps its lock until `rollback_completed_at` is set, so an unfinished
+rollback is found and finished by the next guard run.
 
 The lease: `holder` (host:pid:uuid of the process driving the deployment), `expires` (epoch seconds
 on the holder's clock) and `fence` (raised by one at every takeover). Every write of the holder is

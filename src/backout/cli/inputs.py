@@ -6,6 +6,7 @@ or each other."""
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -31,7 +32,11 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def who() -> str:
-    """The operator's login name for the audit trail; "unknown" where the system has none (containers)."""
+    """The operator's name for the audit trail: `BACKOUT_USER` when set (a CI job names the person who
+    approved, not the runner's login), else the login name; "unknown" where the system has none."""
+    name = os.environ.get("BACKOUT_USER", "").strip()
+    if name:
+        return name
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -278,14 +278,12 @@ def alias(
     as_json: JsonOpt = False,
 ) -> None:
     """Show or set a function's live alias weights (refused while a deployment runs: it owns them)."""
-    import getpass
-
     c = Client(env)
     if stable is None and canary is not None:
         raise UsageError("--canary needs --stable")
     if stable is not None:
         r = c.call("PUT", f"/aliases/{function}",
-                   {"stable": stable, "canary": canary, "weight": weight, "who": getpass.getuser()})
+                   {"stable": stable, "canary": canary, "weight": weight, "who": who()})
     else:
         r = c.call("GET", f"/aliases/{function}")
     if as_json:
