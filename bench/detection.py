@@ -17,14 +17,16 @@ or of an evaluation interval for the open-seconds judge):
 * **judge, closed seconds** — the errors judge of `backout.control.analysis` (`log_lr` and
   `log_e_value` over its `ALTERNATIVES`) as it runs on AWS, at 1/α per judge with α = 0.01 shared by
   the 3 judges this service gets (errors, API 5xx, latency: the 5xx judge sees no 5xx other than the
-  errors and the latency judge no durations here, so neither is simulated); it reads a second once it
+  errors and the latency judge no durations here, so neither is simulated; with no duration limit the
+  service has no slow-requests judge); it reads a second once it
   is 1 s old (`judge_settle`), so it decides a second after the counts it decides on, and the canary
   requests of that second count;
 * **judge, open seconds** — the same judge as it runs on the local platform (`open_seconds`): at
   every evaluation (`TICKS` = 4 a second, the deployer's 0.25 s) it judges the invocations completed
   since the last one, and decides at that evaluation;
 * **default (prod)** — what prod ships on the local platform: `confirm_with_judge` (a threshold rolls
-  back only with its judge, so it adds nothing to the judge) and the ceilings (error rate or 5xx rate
+  back only with its judge while the traffic is split, as throughout the hold simulated here, so it adds
+  nothing to the judge; at 100 % it would act alone) and the ceilings (error rate or 5xx rate
   > 50 % over 60 s with ≥ 20 invocations): judge (open seconds) ∪ ceilings. (On AWS: the closed-second
   judge ∪ the same ceilings.)
 

@@ -595,6 +595,22 @@ def test_percentile_periods_are_aligned_not_sliding(src: Source) -> None:
         float(np.percentile(np.arange(31.0, 45.0), 99)))
 
 
+def test_a_trimmed_count_between_absolute_values_slides_like_a_sum(src: Source) -> None:
+    """`TC(250:)` counts samples: the count of a window is the sum of its seconds', so it slides (exact
+    at 1 s) where a percentile needs aligned periods; bounds in percent are ranks and would not add up."""
+    assert not MetricStat.of("Test", "Lat", {}, "TC(250:)").percentile
+    assert MetricStat.of("Test", "Lat", {}, "TC(10%:90%)").percentile
+    rule = AlarmRule("slow", 4.0, metric=MetricStat.of("Test", "Lat", {}, "TC(250:)"), period=45.0)
+    assert rule.bucket is None
+    for s in range(60):
+        src.store.record("Test", "Lat", {}, 300.0 if s % 5 == 0 else 100.0, "Milliseconds", T0 + s)
+    src.queries.clear()
+    ev = evaluate(rule, src, now=T0 + 60)
+    assert [q.period for q in src.queries] == [1]
+    assert ev.state == ALARM and ev.value == 9 and ev.window_seconds == 45  # seconds 15, 20, … 55
+    assert ev.detail == "slow 9 > 4 over 45 s"
+
+
 def test_sliding_error_rate_counts_are_exact_from_one_second_data(src: Source, manifest: Manifest) -> None:
     rule = rule_by_name(default_rules(manifest, "prod", {"worker": "7"}, T0), "error-rate:worker")
     rng = np.random.default_rng(3)

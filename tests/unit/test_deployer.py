@@ -19,7 +19,7 @@ from backout.control.probes import is_probe
 from backout.errors import UsageError
 from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
-from fakes import CrashingStore, FunctionError, Killed, World, hook_answer, raising, slow, status
+from fakes import CrashingStore, FunctionError, Killed, Reply, World, hook_answer, raising, slow, status
 
 pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
@@ -360,7 +360,8 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
         # (q = 0.5: each at most doubles the e-value); 3 judges (the worker's errors, latency and its DLQ's
         # arrivals) share α = 0.01
         assert data["evidence"] == ["slowest request (> 1.25× and +25 ms) on worker v12 vs v11: e-value 406 ≥ 300, "
-                                    "ratio ∞ (CI 1.1–∞), canary 10/51, stable 0/50 over 10 s"]
+                                    "ratio ∞ (CI 1–∞), the canary's slowest beyond the stable's in 10 of 10 s "
+                                    "compared, requests canary 51, stable 50 over 10 s"]
         assert w.store.alarm_evaluations(d.id, "error-rate:worker")[-1].state == "OK"
         view = incidents.load(w.store, w.store.incident_for_deployment(d.id).id)
         assert view.automatic, "a judge's rollback is an automatic one"
@@ -435,13 +436,100 @@ def test_with_confirm_with_judge_a_regression_rolls_back_by_the_judge_with_the_a
         assert judge["value"] >= judge["threshold"] == 200.0  # 2 judges (the worker's errors, its DLQ's) share α
         assert alarm["evidence"] == judge["evidence"], "the alarm carries the evidence of the judge that confirmed it"
         ev = judge["evidence"]
-        assert ev["low"] >= 1.0 and ev["canary_events"] > ev["stable_events"]
+        assert ev["ratio"] > 1.0 and ev["canary_events"] > ev["stable_events"]
         assert data["reason"].startswith("alarm errors-judge:worker in ALARM: errors on worker v12 vs v11: e-value ")
         inc = w.store.incident_for_deployment(d.id)
         assert inc.evidence["alarms"][0] == data["evidence"][0] and "ratio" in data["evidence"][0]
         assert "ratio" in w.notifier.sent[-1].evidence[0]
         report = incidents.render_markdown(incidents.load(w.store, inc.id), has_chart=False)
         assert "| `errors-judge:worker` | `errors-judge:worker` | " in report and "Canary against stable" in report
+    finally:
+        w.close()
+
+
+def test_with_confirm_with_judge_a_release_held_at_100_percent_is_rolled_back_by_its_alarm_alone(
+        tmp_path: Path) -> None:
+    """At 100 % no second has requests on both versions: no judge can confirm the threshold, so waiting for
+    one would ship a 30 %-failing release (under the 50 % ceiling). The alarm acts alone."""
+    w = World(tmp_path, staging=CONFIRM)
+    try:
+        w.fake.handle("worker", failing(0.3), version="12")
+        d = w.deploy(w.release("worker"), (100, 30))  # AllAtOnce, held
+        w.wait_step(d.id, 0)
+        run_seconds(w, d.id, 10, 30)
+        data, trigger = rolled_back(w, d.id)
+        assert data["trigger"] == "alarm" and trigger["kind"] == "alarm"
+        assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker"]
+        assert data["evidence"][0].startswith("error rate 28.6 % (6/21) > 10 % over 2 s on worker v12; ")
+        assert data["evidence"][0].endswith("; no stable traffic to compare with (the canary had all of it over the "
+                                            "window): it acts alone")
+        fired = [e for e in w.store.events(deployment_id=d.id) if e.kind == "alarm_state"
+                 and e.data["alarm"] == "error-rate:worker" and e.data["state"] == "ALARM"]
+        assert fired[0].severity == "critical" and "waits for" not in fired[0].message
+        assert "insufficient_data" not in w.kinds(d.id), "judges with nothing to compare lack no data"
+    finally:
+        w.close()
+
+
+def test_with_confirm_with_judge_all_at_once_is_held_to_the_threshold_by_the_post_traffic_checks(
+        tmp_path: Path) -> None:
+    """AllAtOnce holds 0 s: the post-traffic `checks` hook is what sees the release at work. Nothing was
+    compared, so it holds the error rate to the threshold, not to the ceiling."""
+    w = World(tmp_path, staging=CONFIRM, post='{ function = "checker" }, { builtin = "checks" }')
+    try:
+        def traffic_then_succeed(c: Any) -> Any:  # the release at work while the hooks run
+            c.platform.traffic("worker", 40)
+            return Reply({"status": "Succeeded"})
+
+        w.fake.handle("checker", traffic_then_succeed)
+        w.fake.handle("worker", failing(0.3), version="12")
+        d = w.deploy(w.release("worker"), (100, 0))
+        data, trigger = rolled_back(w, d.id, "critical")
+        assert data["trigger"] == "post_traffic" and data["reason"] == "post-traffic hook builtin:checks failed"
+        check = next(c for c in data["checks"] if c["name"] == "worker error rate")
+        assert check == {"name": "worker error rate", "ok": False,
+                         "detail": "29.3 % (12/41) vs 10 % (no stable traffic to compare with: no step split "
+                                   "the traffic)"}
+    finally:
+        w.close()
+
+
+def slow_share(p: float, ms: float) -> Any:
+    """A worker handler taking `ms` on exactly a fraction `p` of its invocations, evenly, 5 ms on the rest."""
+    acc = [0.0]
+
+    def handler(c: Any) -> Any:
+        acc[0] += p
+        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
+            acc[0] -= 1.0
+            return Reply(c.default(), ms)
+        return Reply(c.default(), 5.0)
+
+    return handler
+
+
+def test_a_canary_slow_beyond_the_duration_limit_more_often_than_stable_rolls_back_by_the_slow_judge(
+        tmp_path: Path) -> None:
+    """A 500 ms limit; both versions have slow requests (800 ms), the canary 3× the stable's share: the p99
+    alarm fires on both, waits for its judges, and the slow-requests judge decides."""
+    w = World(tmp_path, judge=True, staging=f'{CONFIRM}\nduration_p99_limits = {{ worker = 500 }}')
+    try:
+        w.fake.handle("worker", slow_share(0.05, 800.0), version="11")
+        w.fake.handle("worker", slow_share(0.15, 800.0), version="12")
+        d = w.deploy(w.release("worker"), (50, 300), (100, 0))
+        w.wait_step(d.id, 0)
+        run_seconds(w, d.id, 10, 300)
+        data, trigger = rolled_back(w, d.id, "high")
+        assert data["trigger"] == "judge" and trigger["kind"] == "judge"
+        assert [a["alarm"] for a in data["alarms"]] == ["slow-judge:worker", "duration-p99:worker"]
+        judge, alarm = data["alarms"]
+        assert judge["value"] >= judge["threshold"] == 400.0  # 4 judges: the worker's errors, DLQ, slow, latency
+        ev = judge["evidence"]
+        assert alarm["evidence"] == ev and ev["ratio"] > 1.5
+        assert ev["canary_events"] / ev["canary_requests"] > 2 * ev["stable_events"] / ev["stable_requests"]
+        assert data["reason"].startswith("alarm slow-judge:worker in ALARM: requests slower than 500 ms on worker "
+                                         "v12 vs v11: e-value ")
+        assert w.deployer.live[d.id].alarms["latency-judge:worker"].state != "ALARM"
     finally:
         w.close()
 
@@ -507,7 +595,7 @@ def test_fewer_invocations_than_the_minimum_is_not_enough_data_not_a_rollback(wo
     data, _ = rolled_back(world, d.id)
     # the judge has the first second (10 canary failures, none of the stable version's 10 invocations) and
     # decides in the same evaluation as the alarm: both roll back, the alarm first (staging: no confirmation)
-    judged = "e-value 288 ≥ 200, ratio ∞ (CI 1.1–∞), canary 10/11, stable 0/10 over 1 s"
+    judged = "e-value 288 ≥ 200, ratio ∞ (CI 1–∞), canary 10/11, stable 0/10 over 1 s"
     assert data["evidence"] == [f"error rate 95.2 % (20/21) > 10 % over 2 s on worker v12; errors-judge:worker: "
                                 f"{judged}", f"errors on worker v12 vs v11: {judged}"]
     assert [a["alarm"] for a in data["alarms"]] == ["error-rate:worker", "errors-judge:worker"]

@@ -28,10 +28,34 @@ def fake(tmp_path: Path) -> Iterator[FakePlatform]:
     f.close()
 
 
-def ctx_for(fake: FakePlatform, target: Release, since: float | None = None) -> HookContext:
+@pytest.fixture
+def confirming(tmp_path: Path) -> Iterator[FakePlatform]:
+    """A staging whose alarms wait for their judges (confirm_with_judge), as prod's do."""
+    f = FakePlatform(write_manifest(tmp_path, staging="confirm_with_judge = true"),
+                     clock=FakeClock(int(time.time()) - 30))
+    yield f
+    f.close()
+
+
+def ctx_for(fake: FakePlatform, target: Release, since: float | None = None,
+            alone_since: float | None = None) -> HookContext:
     stable = fake.releases()[0]
     return HookContext(fake.manifest, "staging", fake, "d-0007", dict(stable.versions), dict(target.versions),
-                       fake.clock.now() if since is None else since, target.id)
+                       fake.clock.now() if since is None else since, target.id, alone_since=alone_since)
+
+
+def failing(p: float) -> Any:
+    """A handler failing exactly a fraction `p` of its invocations, evenly."""
+    acc = [0.0]
+
+    def handler(c: Call) -> Any:
+        acc[0] += p
+        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
+            acc[0] -= 1.0
+            raise RuntimeError("failure")
+        return c.default()
+
+    return handler
 
 
 def release2(fake: FakePlatform, root: Path) -> Release:
@@ -204,6 +228,66 @@ def test_post_traffic_checks_fail_on_dlq_arrivals_the_new_version_received_last(
     r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since=since))
     check = next(c for c in r.checks if c["name"] == "DLQ jobs-dlq")
     assert check == {"name": "DLQ jobs-dlq", "ok": False, "detail": "1 arrival(s) since r2 took traffic"}
+
+
+def test_under_confirmation_what_no_judge_compared_is_held_to_the_threshold(
+    confirming: FakePlatform, tmp_path: Path
+) -> None:
+    """confirm_with_judge: the judges compared the split traffic, so that part answers to the ceiling (50 %);
+    the new version alone (AllAtOnce, or after it took all the traffic) answers to the threshold (10 %),
+    from `min_invocations` (20) on, as its alarm acting alone would."""
+    fake = confirming
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", failing(0.3), version="12")
+    since = fake.clock.now()
+    for i in range(40):  # AllAtOnce: 40 on the new version, 12 failing
+        fake.invoke("worker", "12", {"n": i})
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since, alone_since=float("-inf")))
+    check = next(c for c in r.checks if c["name"] == "worker error rate")
+    assert not r.ok and check == {"name": "worker error rate", "ok": False, "detail": (
+        "30.0 % (12/40) vs 10 % (no stable traffic to compare with: no step split the traffic)")}
+
+    fake.clock.advance(1)
+    for i in range(40):  # then a canary step: the stable version serves too
+        fake.invoke("worker", "11", {"n": i})
+    fake.clock.advance(1)
+    switch = fake.clock.now()
+    for i in range(10):  # 100 %: 3 of 10 fail, fewer invocations than the threshold needs
+        fake.invoke("worker", "12", {"n": i})
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since, alone_since=switch))
+    check = next(c for c in r.checks if c["name"] == "worker error rate")
+    assert r.ok and check["detail"] == (
+        "30.0 % (15/50) vs 50 % (the ceiling: confirm_with_judge); since the new version took all the traffic: "
+        "at 100 %, no stable traffic to compare with: 10 invocations, fewer than 20 to hold to 10 %")
+    for i in range(20):
+        fake.invoke("worker", "12", {"n": i})
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since, alone_since=switch))
+    check = next(c for c in r.checks if c["name"] == "worker error rate")
+    assert not r.ok and check["detail"].endswith("since the new version took all the traffic: 30.0 % (9/30) vs 10 % "
+                                                 "(at 100 %, no stable traffic to compare with)")
+
+
+def test_under_confirmation_dlq_arrivals_fail_the_check_only_when_nothing_was_compared(
+    confirming: FakePlatform, tmp_path: Path
+) -> None:
+    fake = confirming
+    r2 = release2(fake, tmp_path)
+    fake.handle("worker", raising(), version="12")
+    since = fake.clock.now()
+    fake.set_weights("worker", "12")
+    fake.send_message("jobs", json.dumps({"job": "new's"}))
+    for _ in range(3):  # received twice by the new version, failing each time, then moved to the DLQ
+        fake.pump()
+        fake.clock.advance(1)
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since, alone_since=float("-inf")))
+    check = next(c for c in r.checks if c["name"] == "DLQ jobs-dlq")
+    assert check == {"name": "DLQ jobs-dlq", "ok": False, "detail": "1 arrival(s) since r2 took traffic (no stable "
+                     "traffic to compare with: no step split the traffic)"}
+    fake.invoke("worker", "11", {"n": 1})  # a canary step where the stable version served: the judges' to decide
+    r = run_hook("post_traffic", HookSpec(builtin="checks"), ctx_for(fake, r2, since, alone_since=fake.clock.now()))
+    check = next(c for c in r.checks if c["name"] == "DLQ jobs-dlq")
+    assert check == {"name": "DLQ jobs-dlq", "ok": True, "detail": "1 arrival(s) since r2 took traffic "
+                     "(confirm_with_judge: left to the judges)"}
 
 
 def test_function_hook_passes_on_succeeded_and_gets_the_deployment(fake: FakePlatform, tmp_path: Path) -> None:

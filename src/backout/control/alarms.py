@@ -2,11 +2,12 @@
 
 A rule watches one metric statistic, or the ratio of two (metric math `100 * errors / invocations`),
 over `evaluation_periods` periods of `period` seconds, and is in ALARM when `datapoints_to_alarm` of
-them breach `threshold` under `comparison`; `treat_missing_data` says what a period without data
-means. Unlike CloudWatch, periods of a summable statistic (Sum, SampleCount, Minimum, Maximum,
-Average) *slide*: they end at the evaluation instant rather than on a period boundary, built
-client-side from 1 s datapoints, so a rule evaluated every second sees a failure within a second
-or two of it reaching the metric store, not after a 60 s period closes, and the sums are exact.
+them breach `threshold` under `comparison`; `treat_missing_data` says what a period without data means.
+Unlike CloudWatch, periods of a summable statistic (Sum, SampleCount, Minimum, Maximum, Average, a
+trimmed count between absolute values such as `TC(250:)`) *slide*: they end at the evaluation instant
+rather than on a period boundary, built client-side from 1 s datapoints, so a rule evaluated every
+second sees a failure within a second or two of it reaching the metric store, not after a 60 s period
+closes, and the sums are exact.
 
 Percentiles (p50, p90, p99 …) of per-second datapoints cannot be merged into the percentile of a
 window, so a percentile rule keeps CloudWatch's own semantics: *tumbling* periods of
@@ -27,20 +28,21 @@ rule *decides* from the fetched series (`decide_rule`). `AlarmSet.evaluate` is p
 decide; `backout.control.analysis.evaluate_all` does the same for alarms and judges together.
 
 Query budget per evaluation (GetMetricData takes 500 queries per call and charges per metric):
-`default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for
-`api-5xx` (1 per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured
-p99 duration limit + 1 per configured queue-age limit; with `confirm_with_judge` the ceilings add 1
-(the API's Count; their Errors/Invocations/5XXError are the same series as the thresholds'). Each alarm of
-the environment's `alarms` table plans 1 (1 per function when it is one per function). The
-judges (`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed
-function with an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency:
-Duration of both versions), 4 for the API's 5xx (5XXError and Count of both versions; the HTTP
-function's Errors are shared) and 2 per DLQ consumer (its DLQ arrivals per version; the invocations
-are the errors judge's series). The SDA manifest (`backout.toml`: 4 functions of which 3 have an
-event source, one HTTP function, one DLQ, no limits) in prod, every function changed: 2×4 + 1 + 1 +
-1 = 11 for the alarms, + 3×4 + 4 + 2 + 3×2 = 24 for the judges: 35 queries in an evaluation after a
-second closed, 11 in the others — one call each (with `consistent_metrics` the errors judges also
-read the second still filling, so they ask in every evaluation).
+`default_rules` plans 2 per function (Errors and Invocations of its canary version) + 1 for `api-5xx` (1
+per HTTP function when their canary versions differ) + 1 per DLQ + 1 per configured p99 duration limit +
+1 per configured queue-age limit; with `confirm_with_judge` the ceilings add 1 (the API's Count; their
+Errors/Invocations/5XXError are the same series as the thresholds'). Each alarm of the environment's
+`alarms` table plans 1 (1 per function when it is one per function). The judges
+(`backout.control.analysis`) ask, in an evaluation after a second has closed, per changed function with
+an event source 4 (errors: Errors and Invocations of both versions) + 2 (latency: Duration of both
+versions), 4 for the API's 5xx (5XXError and Count of both versions; the HTTP function's Errors are
+shared), 2 per DLQ consumer (its DLQ arrivals per version; the invocations are the errors judge's
+series) and 2 per function with a p99 duration limit (the slow-requests judge: Duration's `TC(limit:)`
+of both versions; the invocations are the errors judge's). The SDA manifest (`backout.toml`: 4 functions
+of which 3 have an event source, one HTTP function, one DLQ, no limits) in prod, every function changed:
+2×4 + 1 + 1 + 1 = 11 for the alarms, + 3×4 + 4 + 2 + 3×2 = 24 for the judges: 35 queries in an
+evaluation after a second closed, 11 in the others — one call each (with `consistent_metrics` the errors
+judges also read the second still filling, so they ask in every evaluation).
 """
 
 from __future__ import annotations
@@ -113,10 +115,21 @@ class MetricStat:
     @property
     def percentile(self) -> bool:
         """Percentiles of parts do not give the percentile of the whole: they need aligned periods."""
-        return self.statistic not in SUMMABLE
+        return not summable(self.statistic)
 
     def query(self, start: float, end: float, period: int) -> MetricQuery:
         return MetricQuery(self.namespace, self.metric, self.dimensions, start, end, period, self.statistic)
+
+
+def trimmed_count(statistic: str) -> bool:
+    """CloudWatch's trimmed count between absolute values, `TC(250:)` (samples > 250) or `TC(100:900)`:
+    a count, so it adds up over periods like a Sum (bounds in percent, `TC(10%:90%)`, do not)."""
+    return statistic[:3].upper() == "TC(" and statistic.endswith(")") and "%" not in statistic
+
+
+def summable(statistic: str) -> bool:
+    """Whether the statistic of a union of periods follows from the parts' (sliding windows need it)."""
+    return statistic in SUMMABLE or trimmed_count(statistic)
 
 
 def _floor(t: float, period: int) -> float:
@@ -267,7 +280,10 @@ class CanaryEvidence:
     no worse" (rejected at `threshold` = 1/α of the judge), the estimated rate ratio canary ÷ stable
     (None: no event compared yet, or ∞ when `low` is set: every event compared was the canary's) with
     its anytime-valid confidence interval (`high` None: unbounded), and the counts it rests on.
-    An alarm's decision carries the evidence of the judge that watches the same signal."""
+    An alarm's decision carries the evidence of the judge that watches the same signal. `kind`
+    says what the counts are: `count` — events of requests; `latency` — seconds in which the slowest
+    request was the canary's beyond the stable's (canary events) or not (stable events), beside each
+    version's requests."""
 
     judge: str
     e_value: float
@@ -280,19 +296,27 @@ class CanaryEvidence:
     stable_events: float
     stable_requests: float
     seconds: float
+    kind: str = "count"
 
     def sentence(self, named: bool = True) -> str:
         """`errors-judge:api: e-value 1.2e+03 ≥ 700, ratio 3.1 (CI 1.9–5.3), canary 41/802, stable
-        120/7210 over 160 s` (without the judge's name when not `named`)."""
+        120/7210 over 160 s` (without the judge's name when not `named`); a latency judge's counts say
+        `the canary's slowest beyond the stable's in 10 of 12 s compared, requests canary 51, stable 50`."""
         op = "≥" if self.e_value >= self.threshold else "<"
         if self.low is None:  # no event yet in a second both versions served
             ratio = "no events to compare yet"
         else:  # no estimate but an interval: every event compared was the canary's
             ratio = f"ratio {fmt_ratio(self.ratio, '∞')} (CI {fmt_ratio(self.low, '0')}–{fmt_ratio(self.high, '∞')})"
         name = f"{self.judge}: " if named else ""
-        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, {ratio}, canary "
-                f"{self.canary_events:.0f}/{self.canary_requests:.0f}, stable "
-                f"{self.stable_events:.0f}/{self.stable_requests:.0f} over {self.seconds:.0f} s")
+        if self.kind == "latency":
+            counts = (f"the canary's slowest beyond the stable's in {self.canary_events:.0f} of "
+                      f"{self.canary_events + self.stable_events:.0f} s compared, requests canary "
+                      f"{self.canary_requests:.0f}, stable {self.stable_requests:.0f}")
+        else:
+            counts = (f"canary {self.canary_events:.0f}/{self.canary_requests:.0f}, stable "
+                      f"{self.stable_events:.0f}/{self.stable_requests:.0f}")
+        return (f"{name}e-value {fmt_e(self.e_value)} {op} {fmt_e(self.threshold)}, {ratio}, {counts} "
+                f"over {self.seconds:.0f} s")
 
 
 def fmt_e(v: float) -> str:
@@ -353,7 +377,7 @@ def _combine(points: Sequence[Datapoint], statistic: str) -> tuple[float, float]
     n = sum(p.sample_count for p in points)
     if len(points) == 1:
         return points[0].value, n
-    if statistic in ("Sum", "SampleCount"):
+    if statistic in ("Sum", "SampleCount") or trimmed_count(statistic):
         return sum(p.value for p in points), n
     if statistic == "Minimum":
         return min(p.value for p in points), n

@@ -1,11 +1,12 @@
 """Canary-vs-stable judges: sequential, anytime-valid tests of "the new version is no worse".
 
-**Count judges** (`errors-judge:<fn>`: Lambda Errors ÷ Invocations of each version; `5xx-judge`:
-the API's 5xx responses other than the HTTP function's own errors ÷ Count). In each second s the
-platform knows every version's requests (n_c, n_s) and events (c, e). Under H0 — the canary's rate is
-at most the stable version's — each event comes from the canary with probability at most
-q = n_c / (n_c + n_s); if its rate is r times the stable's, with p_r = r q / (r q + 1 − q). One
-second's likelihood ratio is
+**Count judges** (`errors-judge:<fn>`: Lambda Errors ÷ Invocations of each version; `5xx-judge`: the
+API's 5xx responses other than the HTTP function's own errors ÷ Count; `slow-judge:<fn>`, for a function
+with a p99 duration limit: its invocations slower than the limit — CloudWatch's trimmed count
+`TC(limit:)` of Duration, the samples above it — ÷ Invocations). In each second s the platform knows
+every version's requests (n_c, n_s) and events (c, e). Under H0 — the canary's rate is at most the
+stable version's — each event comes from the canary with probability at most q = n_c / (n_c + n_s); if
+its rate is r times the stable's, with p_r = r q / (r q + 1 − q). One second's likelihood ratio is
 
     LR_s(r) = (p_r / q)^c ((1 − p_r) / (1 − q))^e = r^c / (1 + q (r − 1))^(c + e)
 
@@ -22,8 +23,9 @@ deployment's false rollbacks by any judge.
 **Interval** for the ratio: a confidence sequence from the same mixture. For a candidate ratio r0,
 M_t(r0) = Σ_j v_j Π_s LR_s(r_j) / LR_s(r0) (v uniform over `CANDIDATES`, 0.01 … 1000 by ×1.1) is a
 martingale when r0 is the true ratio, so {r0 : M_t(r0) < k/α} holds the true ratio at every t with
-probability ≥ 1 − α/k; its hull is shown (0 or ∞ where it reaches the grid's ends). The estimate is the
-maximum-likelihood ratio (∞ while every event is the canary's).
+probability ≥ 1 − α/k; its hull is shown, one grid step wider on each side (the set is computed on the
+grid: a ratio between the last candidate inside and the first outside may belong to it), 0 or ∞ where it
+reaches the grid's ends. The estimate is the maximum-likelihood ratio (∞ while every event is the canary's).
 
 **Latency judge** (`latency-judge:<fn>`): each second with requests on both versions gives one event,
 the slowest request of that second (the `Maximum` of Duration, with its sample count). If the canary's
@@ -32,7 +34,8 @@ request is the canary's *and* beyond g of the stable's slowest with probability 
 exchangeable samples is equally likely to be any of them), so the same e-process tests it: c = 1 when
 the canary's slowest exceeds g(the stable's slowest), else e = 1. It replaces the fixed "3× and +1 s
 over the stable p99" rule: a rank comparison of the same seconds, like Kayenta's Mann-Whitney, but
-sequential.
+sequential. Its evidence counts seconds (the canary's slowest beyond, or not) beside each version's
+requests; a second with one version alone counts that version's requests and compares nothing.
 
 **DLQ judge** (`dlq-judge:<dlq>`, `…:<fn>` when several deployed functions consume its source
 queues): a message moved to a DLQ is counted against the version that received it last
@@ -53,26 +56,38 @@ judged once, in order (a late count for a judged second is ignored). A second wi
 requests on either version is skipped (nothing to attribute them to); one where a version had no
 requests carries no information (q = 0 or 1, LR = 1). A restarted deployer rebuilds the same e-value
 from the same seconds. Queries: per judge one per statistic over the seconds not yet judged, at 1 s
-(`errors`: 4, `5xx`: 4 + 2 for the HTTP function's errors, latency: 2, DLQ: 2 + the errors judge's
-invocations), merged across judges and with the alarms into ONE batched metrics call by `evaluate_all`.
+(`errors`: 4, `5xx`: 4 + 2 for the HTTP function's errors, latency: 2, slow: 2 + the errors judge's
+invocations, DLQ: 2 + the errors judge's invocations), merged across judges and with the alarms into
+ONE batched metrics call by `evaluate_all`.
+
+**Where no judge can judge** (`unjudged`, `verdict`): every judge compares the versions in the same
+seconds, so none can say anything about seconds in which the canary served alone — at 100 % (AllAtOnce,
+or the last step held), or while the stable version gets no request at all (its judges are then
+`starved`). With `confirm_with_judge` an alarm would wait there for a confirmation that cannot come, and
+a release failing 30 % of its requests (under the 50 % ceiling) would ship: so an alarm acts on its own
+once its window lies wholly at 100 % (from the first 100 % step; from the start when no step split the
+traffic) or when every judge that confirms it is starved. At 100 % only the thresholds and the hooks
+watch, as `docs/canary-analysis.md` says.
 
 **Open seconds** (`open_seconds`, on a platform with `consistent_metrics`: the local one): the errors
-judges do not wait for a second to close. At each evaluation (every 0.25 s locally) they take what
-each unclosed second holds *beyond what they already judged of it* — the invocations that completed
-since the last read, with their errors — as one more observation, and judge its remainder (late
-samples included) the same way until it closes. Why this keeps the guarantee: the runtime records an
-invocation's Invocations and Errors together under the store's lock and `metrics` reads one snapshot
+and slow-requests judges do not wait for a second to close. At each evaluation (every 0.25 s locally)
+they take what each unclosed second holds *beyond what they already judged of it* — the invocations that
+completed since the last read, with their errors — as one more observation, and judge its remainder
+(late samples included) the same way until it closes. Why this keeps the guarantee: the runtime records
+an invocation's Invocations and Errors together under the store's lock and `metrics` reads one snapshot
 under the same lock, so every increment is a set of whole invocations, each counted in exactly one
 increment; an error once counted is never taken back, and the invocations that arrive later form the
-next increment with their own errors. The increments are cut by the evaluator's clock, which does not
-look at outcomes, so each is to the argument above what a second is — a batch of requests with its
-own n_c, n_s and events — and the product over increments is the same supermartingale. What it buys:
-a decision within one evaluation of the failure that carries the e-value over, instead of after the
-whole second plus `settle` (a 50 %-failing canary at 5 requests/s: 9–11 canary requests instead of
-14–16, BENCHMARKS.md). Not for the 5xx judge (the gateway's 5XXError and the function's Errors are
-recorded at different instants, so an increment could hold one without the other), the latency judge
-(a second's maximum is not a sum of increments) or the DLQ judge (arrivals are sampled once a second),
-nor on AWS (CloudWatch ingests EMF lines late, metric by metric: no snapshot holds an invocation whole).
+next increment with their own errors. (An invocation's Duration is recorded in the same snapshot, so a
+trimmed count of it — the slow-requests judge's events — is a sum of whole invocations too.) The
+increments are cut by the evaluator's clock, which does not look at outcomes, so each is to the argument
+above what a second is — a batch of requests with its own n_c, n_s and events — and the product over
+increments is the same supermartingale. What it buys: a decision within one evaluation of the failure
+that carries the e-value over, instead of after the whole second plus `settle` (a 50 %-failing canary at
+5 requests/s: 9–11 canary requests instead of 14–16, BENCHMARKS.md). Not for the 5xx judge (the
+gateway's 5XXError and the function's Errors are recorded at different instants, so an increment could
+hold one without the other), the latency judge (a second's maximum is not a sum of increments) or the
+DLQ judge (arrivals are sampled once a second), nor on AWS (CloudWatch ingests EMF lines late, metric by
+metric: no snapshot holds an invocation whole).
 """
 
 from __future__ import annotations
@@ -82,6 +97,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -185,14 +201,17 @@ class MixtureTest:
         return min(math.exp(min(self.log_e, 700.0)), _E_CAP)
 
     def interval(self) -> tuple[float | None, float | None]:
-        """Hull of the confidence sequence {r0 : M_t(r0) < 1/alpha}: (low, high), high None when open;
-        (None, None) before any event."""
+        """Hull of the confidence sequence {r0 : M_t(r0) < 1/alpha}, widened by one grid step on each
+        side: the set is computed on `CANDIDATES` only, and a ratio between the last candidate inside and
+        the first outside may still belong to it. (low, high), high None when open; (None, None) before
+        any event."""
         if not self._obs:
             return None, None
         s = self._sums[ALTERNATIVES.size:]
         inside = np.nonzero(s > _logsumexp(s) - math.log(s.size) - math.log(self.threshold))[0]
         lo, hi = int(inside[0]), int(inside[-1])
-        return (0.0 if lo == 0 else float(CANDIDATES[lo])), (None if hi == s.size - 1 else float(CANDIDATES[hi]))
+        return ((0.0 if lo == 0 else float(CANDIDATES[lo - 1])),
+                (None if hi == s.size - 1 else float(CANDIDATES[hi + 1])))
 
     def estimate(self) -> float | None:
         """Maximum-likelihood ratio; None before any event or while every event is the canary's (∞)."""
@@ -208,6 +227,12 @@ class MixtureTest:
             return float(-(c * log_r - m * np.log1p(q * (math.exp(log_r) - 1.0))).sum())
 
         return float(math.exp(minimize_scalar(nll, bounds=(-12.0, 12.0), method="bounded").x))
+
+
+def slower_than(ms: float) -> str:
+    """The statistic that counts a second's invocations slower than `ms`: CloudWatch's trimmed count
+    `TC(ms:)` (the samples > ms), written without an exponent (CloudWatch takes up to 10 decimals)."""
+    return f"TC({f'{ms:.10f}'.rstrip('0').rstrip('.')}:)"
 
 
 def _by_second(points: Sequence[Datapoint]) -> dict[int, Datapoint]:
@@ -228,6 +253,7 @@ class _Judge:
     open_seconds: bool = False  # also judge the seconds still filling (`consistent_metrics` platforms)
     cursor: int = field(default=0, init=False)
     _seen: dict[int, tuple[float, ...]] = field(default_factory=dict, init=False)  # open second → counts judged
+    kind: ClassVar[str] = "count"  # what its evidence's counts are (CanaryEvidence.kind)
 
     def __post_init__(self) -> None:
         self.cursor = math.ceil(self.since)
@@ -287,7 +313,14 @@ class _Judge:
         low, high = t.interval()
         return CanaryEvidence(self.name, t.e_value, t.threshold, t.estimate(), low, high, t.canary_events,
                               t.canary_requests, t.stable_events, t.stable_requests,
-                              max(0.0, self.cursor - math.ceil(self.since)))
+                              max(0.0, self.cursor - math.ceil(self.since)), self.kind)
+
+    @property
+    def starved(self) -> bool:
+        """It cannot judge: the canary served requests and the stable version none, so nothing was
+        compared (and nothing will be while the stable version gets no traffic)."""
+        t = self.test
+        return not t.rejected and t.informative == 0 and t.canary_requests > 0 and t.stable_requests == 0
 
     def evaluation(self, now: float) -> Evaluation:
         t = self.test
@@ -362,6 +395,7 @@ class LatencyJudge(_Judge):
     stable: str = ""
     tolerance: float = 0.25
     min_delta_ms: float = 25.0
+    kind: ClassVar[str] = "latency"
 
     def _stat(self, version: str) -> MetricStat:
         return MetricStat.of(NS_LAMBDA, "Duration", {"FunctionName": self.function, "ExecutedVersion": version},
@@ -373,8 +407,12 @@ class LatencyJudge(_Judge):
     def _observe(self, series: dict[MetricStat, dict[int, Datapoint]], second: int) -> None:
         c = series[self._stat(self.canary)].get(second)
         s = series[self._stat(self.stable)].get(second)
-        if c is None or s is None or c.sample_count <= 0 or s.sample_count <= 0:
-            return  # one version alone: nothing to compare
+        n_c = 0.0 if c is None else c.sample_count
+        n_s = 0.0 if s is None else s.sample_count
+        if c is None or s is None or n_c <= 0 or n_s <= 0:
+            if n_c > 0 or n_s > 0:  # one version alone: its requests counted, nothing compared
+                self.test.observe(0.0, n_c, 0.0, n_s)
+            return
         slower = c.value > max(s.value * (1.0 + self.tolerance), s.value + self.min_delta_ms)
         self.test.observe(float(slower), c.sample_count, float(not slower), s.sample_count)
 
@@ -433,8 +471,10 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
     Only functions whose version changes and that have an event source (HTTP or queue) get judges:
     nothing else routes traffic to two versions during a deployment, and every judge costs the others
     a share of α. Each judge confirms the threshold alarms watching the same signal (`default_rules`'
-    names). `open_seconds` (a platform with `consistent_metrics`): the errors judges also read the
-    second still filling (see the module docstring)."""
+    names); a function with a p99 duration limit also gets a slow-requests judge (with the latency
+    judges), which confirms its `duration-p99` alarm. `open_seconds` (a platform with
+    `consistent_metrics`): the errors and slow-requests judges also read the second still filling (see
+    the module docstring)."""
     env = manifest.environment(env_name)
     fns = [fn for fn in canary if fn in stable and canary[fn] != stable[fn] and fn in manifest.functions
            and (manifest.functions[fn].http_events or manifest.functions[fn].queue_events)]
@@ -493,6 +533,20 @@ def default_judges(manifest: Manifest, env_name: str, canary: dict[str, str], st
                     window=max(1, math.ceil(float(env.alarm_window))),
                 ))
     if env.latency_judge:
+        limits = manifest.duration_p99_limits(env_name)  # seconds; Duration is in ms
+        for fn in (fn for fn in fns if fn in limits):
+            ms = limits[fn] * 1000.0
+
+            def slow(v: str, fn: str = fn, ms: float = ms) -> Signal:
+                dims = {"FunctionName": fn, "ExecutedVersion": v}
+                return Signal(MetricStat.of(NS_LAMBDA, "Duration", dims, slower_than(ms)),
+                              MetricStat.of(NS_LAMBDA, "Invocations", dims))
+
+            judges.append(CountJudge(
+                f"slow-judge:{fn}", f"{fn} v{canary[fn]} vs v{stable[fn]}", since, settle,
+                confirms=(f"duration-p99:{fn}", *consumed(fn)), open_seconds=open_seconds,
+                canary=slow(canary[fn]), stable=slow(stable[fn]), label=f"requests slower than {ms:g} ms",
+            ))
         for fn in fns:
             judges.append(LatencyJudge(
                 f"latency-judge:{fn}", f"{fn} v{canary[fn]} vs v{stable[fn]}", since, settle,
@@ -562,6 +616,12 @@ class JudgeSet:
         """The judges whose verdict confirms `alarm` (none: the alarm stands on its own)."""
         return [j for j in self.judges if alarm in j.confirms]
 
+    def cannot_judge(self, alarm: str) -> bool:
+        """Every judge that confirms `alarm` is starved: the canary served requests, the stable version
+        none, so no judge has anything to compare (`_Judge.starved`)."""
+        js = self.confirming(alarm)
+        return bool(js) and all(j.starved for j in js)
+
 
 def evaluate_all(
     source: MetricSource, alarms: AlarmSet, judges: JudgeSet, now: float | None = None
@@ -597,12 +657,27 @@ def with_judge(e: Evaluation, judges: JudgeSet) -> Evaluation:
     return replace(e, detail=f"{e.detail}; {ev.sentence()}", evidence=ev)
 
 
-def verdict(alarms: AlarmSet, judges: JudgeSet, confirm_with_judge: bool) -> Verdict:
+def unjudged(e: Evaluation, judges: JudgeSet, alone_since: float | None) -> str | None:
+    """Why an alarm that a judge watches cannot wait for it (None: it can). A judge compares the canary
+    with the stable version in the same seconds, so it cannot judge what the alarm saw when the canary
+    had all the traffic throughout the alarm's window (`alone_since`: the instant from which no traffic
+    was split, -inf when none ever was; None while it is), nor while the stable version serves no
+    request at all (every confirming judge starved). Waiting then would wait forever."""
+    if alone_since is not None and e.ts - e.window_seconds >= alone_since - 1e-6:
+        return "no stable traffic to compare with (the canary had all of it over the window): it acts alone"
+    if judges.cannot_judge(e.alarm):
+        return "no stable traffic to compare with (the stable version served no request): it acts alone"
+    return None
+
+
+def verdict(alarms: AlarmSet, judges: JudgeSet, confirm_with_judge: bool,
+            alone_since: float | None = None) -> Verdict:
     """Which of the alarms and judges in ALARM roll back now.
 
     Without confirmation (the procedure's default): every alarm and judge in ALARM, alarms first.
     With `confirm_with_judge`: an alarm that has a judge rolls back only together with it — the judge
-    decides, the alarm is shown as confirmed; ceilings and alarms no judge watches roll back on their own."""
+    decides, the alarm is shown as confirmed; ceilings, alarms no judge watches and alarms whose judges
+    cannot judge what they saw (`unjudged`: at 100 %, or no stable traffic) roll back on their own."""
     alarming = [with_judge(e, judges) for e in alarms.alarming()]
     judged = judges.alarming()
     if not confirm_with_judge:
@@ -610,8 +685,15 @@ def verdict(alarms: AlarmSet, judges: JudgeSet, confirm_with_judge: bool) -> Ver
         trigger = None if not firing else ("alarm" if alarming else "judge")
         return Verdict(trigger, firing, [])
     rules = {r.name: r for r in alarms.rules}
-    alone = [e for e in alarming if rules[e.alarm].kind == "ceiling" or not judges.confirming(e.alarm)]
-    confirmable = [e for e in alarming if e not in alone]
+    alone: list[Evaluation] = []
+    confirmable: list[Evaluation] = []
+    for e in alarming:
+        if rules[e.alarm].kind == "ceiling" or not judges.confirming(e.alarm):
+            alone.append(e)
+        elif (why := unjudged(e, judges, alone_since)) is not None:
+            alone.append(replace(e, detail=f"{e.detail}; {why}"))
+        else:
+            confirmable.append(e)
     confirmed = [e for e in confirmable if any(j.test.rejected for j in judges.confirming(e.alarm))]
     waiting = [e for e in confirmable if e not in confirmed]
     if alone:

@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from backout.control import preflight
 from backout.control import states as st
 from backout.control.alarms import ALARM, INSUFFICIENT_DATA, AlarmSet, Evaluation, default_rules
-from backout.control.analysis import JudgeSet, default_judges, evaluate_all, verdict, with_judge
+from backout.control.analysis import JudgeSet, default_judges, evaluate_all, unjudged, verdict, with_judge
 from backout.control.hooks import HookContext, HookResult, run_hooks
 from backout.control.lease import LeaseLost, Leases
 from backout.control.notify import Notification, Notifier
@@ -160,7 +160,8 @@ class Deployer:
         event, a warning when a threshold would fire on a canary as healthy as the stable version."""
         try:
             findings = preflight.check(self.manifest, self.env, self.platform, dict(d.stable_versions),
-                                       [(s.weight, s.hold) for s in strat.steps], self.clock())
+                                       [(s.weight, s.hold) for s in strat.steps], self.clock(),
+                                       target=dict(d.target_versions))
         except Exception as e:  # noqa: BLE001 - a prediction is no reason to refuse a deployment
             log.warning("deployment %s: pre-flight check unavailable: %s", d.id, e)
             self._event(d, "preflight", f"pre-flight check unavailable: {type(e).__name__}: {e}")
@@ -743,6 +744,7 @@ class Deployer:
             dict(d.target_versions),
             since,
             d.target_release,
+            alone_since=self._alone_since(d) if phase == "post_traffic" else None,
         )
 
         def record(r: HookResult) -> bool:
@@ -837,22 +839,37 @@ class Deployer:
                           "warm_seconds": round(started - warm_from, 3)},
                 )
                 self._notify("step_reached", d, weight=step.weight)
+            alone_since = self._alone_since(d) if step.weight >= 100.0 else None
             end = started + step.hold
             while True:
-                self._watch(d, lv, alarms, judges, deadline)
+                self._watch(d, lv, alarms, judges, deadline, alone_since)
                 if self.clock() >= end:
                     break
                 lv.wake.wait(min(evaluation_interval(self.platform, EVAL_INTERVAL), max(0.0, end - self.clock())))
                 lv.wake.clear()
-        self._enough_data(d, lv)
+        self._enough_data(d, lv, {j.name for j in judges.judges if j.starved})
         return self.store.transition(d.id, st.POST_TRAFFIC, expect=st.IN_PROGRESS)
 
-    def _enough_data(self, d: Deployment, lv: Live) -> None:
+    def _alone_since(self, d: Deployment) -> float | None:
+        """When the new version took all the traffic for good (its first step at 100 %): from then on no
+        judge can compare it with the stable version. -inf when no step ever split the traffic (AllAtOnce:
+        nothing was compared at all); None before 100 %."""
+        reached = [e for e in self.store.events(deployment_id=d.id) if e.kind == "step_reached"]
+        full = [e.ts for e in reached if float(e.data.get("weight", 0.0)) >= 100.0]
+        if not full:
+            return None
+        split = any(0.0 < float(e.data.get("weight", 0.0)) < 100.0 for e in reached)
+        return min(full) if split else -math.inf
+
+    def _enough_data(self, d: Deployment, lv: Live, uncomparable: Collection[str] = ()) -> None:
         """A deployment whose alarms never had the data to decide must not pass as judged: say so, and with
-        `require_traffic = true` roll it back."""
+        `require_traffic = true` roll it back. A judge that had no stable traffic to compare with
+        (`uncomparable`: at 100 % from the start, say) lacks no data of the new version: the thresholds
+        watched in its place."""
         unchanged = {fn for fn, v in d.target_versions.items() if d.stable_versions.get(fn) == v}
         starved = sorted(k for k, e in lv.alarms.items()
-                         if e.state == INSUFFICIENT_DATA and k.partition(":")[2] not in unchanged)
+                         if e.state == INSUFFICIENT_DATA and k.partition(":")[2] not in unchanged
+                         and k not in uncomparable)
         if not starved:
             return
         msg = (f"not enough data to judge {d.target}: {', '.join(starved)} still INSUFFICIENT_DATA "
@@ -862,9 +879,11 @@ class Deployer:
         self._event(d, "insufficient_data", f"{msg}: it goes on unjudged (require_traffic = true rolls it back)",
                     severity="warning", data={"alarms": starved})
 
-    def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float) -> None:
+    def _watch(self, d: Deployment, lv: Live, alarms: AlarmSet, judges: JudgeSet, deadline: float,
+               alone_since: float | None = None) -> None:
         """One evaluation — every alarm and judge from one batched metrics call: store every state
-        change; an ALARM that needs no confirmation, or a judge's → rollback; stop; deadline."""
+        change; an ALARM that needs no confirmation (or whose judges cannot judge: `alone_since`, see
+        `analysis.unjudged`), or a judge's → rollback; stop; deadline."""
         self._check_stop(d, lv)
         confirm = bool(self.spec.confirm_with_judge)
         # one batched metrics call; when it fails every alarm keeps its state (see `errors`), next time tries again
@@ -874,7 +893,10 @@ class Deployer:
             message = f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail}"
             if e.state == ALARM and e.evidence is None and confirm and judges.confirming(e.alarm):
                 e = with_judge(e, judges)
-                if e.evidence is not None and e.evidence.e_value < e.evidence.threshold:
+                why = unjudged(e, judges, alone_since)
+                if why is not None:
+                    message = f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail} — {why}"
+                elif e.evidence is not None and e.evidence.e_value < e.evidence.threshold:
                     severity = "warning"
                     message = (f"{e.alarm}: {ch.previous or 'new'} → {e.state}: {e.detail} — waits for "
                                f"{e.evidence.judge} to confirm (confirm_with_judge)")
@@ -891,7 +913,7 @@ class Deployer:
             )
             self._event(d, "alarm_state", message, severity=severity, data=e.as_dict())
         lv.alarms = {**alarms.current, **judges.current}
-        v = verdict(alarms, judges, confirm)
+        v = verdict(alarms, judges, confirm, alone_since)
         if v.trigger is not None:
             first = v.firing[0]
             raise RollbackNeeded(

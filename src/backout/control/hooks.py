@@ -6,6 +6,7 @@ as evidence in the deployment's events.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from backout.control.alarms import dlq_scopes
+from backout.control.analysis import default_judges
 from backout.control.probes import Probe, probe_for
 from backout.control.smoke import run_smoke
 from backout.manifest import HookSpec, Manifest
@@ -33,6 +35,9 @@ class HookContext:
     target: dict[str, str]  # function → its new version
     since: float  # when the new version started taking traffic (post) or the deployment began (pre)
     release: int = 0  # the new release's id
+    # post-traffic: when the new version took all the traffic for good, so that no judge compared what came
+    # after (-inf: no step ever split the traffic, nothing was compared); None: unknown, or not at 100 %
+    alone_since: float | None = None
 
     @property
     def gateway_url(self) -> str:
@@ -117,46 +122,89 @@ def _pre_checks(ctx: HookContext, timeout: float) -> list[dict[str, Any]]:
 def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
     """After 100 %: the new versions' error rate and average duration, and no DLQ arrivals the new
     versions received last (as the DLQ alarm counts them) — every figure since the new release took
-    traffic, from one batched metrics call of 1 s periods. With `confirm_with_judge` the judges have
-    already compared the new version with the stable one, so a background error rate fails this check
-    only above `error_rate_ceiling`, and DLQ arrivals are shown without failing it (as their alarm, they
-    wait for a judge)."""
+    traffic, from one batched metrics call of 1 s periods.
+
+    With `confirm_with_judge` the rule is the alarms' (`analysis.verdict`): what the judges compared is
+    theirs, so a background error rate fails this check only above `error_rate_ceiling` and DLQ arrivals
+    are shown without failing it; what no judge could compare is held to the thresholds, as the alarm
+    acting alone would be — the error rate since the new version took all the traffic (`alone_since`)
+    with at least `min_invocations`, and everything (DLQ arrivals too) when no judge watches the
+    function, the stable version served none of its requests, or no step ever split the traffic."""
     spec = ctx.manifest.environment(ctx.env)
     limits = ctx.manifest.duration_p99_limits(ctx.env)  # seconds
     confirm = bool(spec.confirm_with_judge)
-    limit_pct = spec.error_rate_ceiling if confirm else spec.error_rate_threshold
+    threshold = float(spec.error_rate_threshold)
     now = time.time()
     start, end = int(ctx.since), int(now) + 1
     fns = ctx.platform.functions()
     dlqs = sorted({q.dead_letter_queue for q in ctx.manifest.queues.values() if q.dead_letter_queue is not None})
-    scopes = [(q, dims) for q in dlqs for _, dims in dlq_scopes(ctx.manifest, q, ctx.target)]
-    queries: list[MetricQuery] = []
+    scopes = [(q, name, dims) for q in dlqs for name, dims in dlq_scopes(ctx.manifest, q, ctx.target)]
+    judges = default_judges(ctx.manifest, ctx.env, ctx.target, ctx.stable, ctx.since) if confirm else []
+    queries: dict[tuple[str, ...], MetricQuery] = {}
     for fn in fns:
         dims = {"FunctionName": fn, "ExecutedVersion": ctx.target[fn]}
-        queries += [MetricQuery.of(NS_LAMBDA, "Invocations", dims, start, end, 1, "Sum"),
-                    MetricQuery.of(NS_LAMBDA, "Errors", dims, start, end, 1, "Sum"),
-                    MetricQuery.of(NS_LAMBDA, "Duration", dims, start, end, 1, "Average")]
-    queries += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, dims, start, end, 1, "Sum") for _, dims in scopes]
-    series = ctx.platform.metrics(queries)
+        for metric, stat in (("Invocations", "Sum"), ("Errors", "Sum"), ("Duration", "Average")):
+            queries[(fn, metric)] = MetricQuery.of(NS_LAMBDA, metric, dims, start, end, 1, stat)
+        if confirm:
+            stable = {"FunctionName": fn, "ExecutedVersion": ctx.stable.get(fn, ctx.target[fn])}
+            queries[(fn, "stable")] = MetricQuery.of(NS_LAMBDA, "Invocations", stable, start, end, 1, "Sum")
+    for _, name, dims in scopes:
+        queries[("dlq", name)] = MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, dims, start, end, 1, "Sum")
+    series = dict(zip(queries, ctx.platform.metrics(list(queries.values())), strict=True))
+    alone_from = ctx.alone_since if ctx.alone_since is None or math.isinf(ctx.alone_since) \
+        else math.ceil(ctx.alone_since)  # the whole seconds after it
+
+    def total(key: tuple[str, ...], alone: bool = False) -> float:
+        """The series' sum since `since` (`alone`: over the seconds since `alone_since` only)."""
+        if not alone:
+            return sum(p.value for p in series[key])
+        return 0.0 if alone_from is None else sum(p.value for p in series[key] if p.timestamp >= alone_from)
+
+    def uncompared(alarm: str, fn_list: list[str]) -> str | None:
+        """Why no judge compared what `alarm` watches on `fn_list` (None: they did, at least before 100 %)."""
+        if not any(alarm in j.confirms for j in judges):
+            return "no judge watches it"
+        if ctx.alone_since is not None and math.isinf(ctx.alone_since):
+            return "no step split the traffic"
+        if not any(total((fn, "stable")) for fn in fn_list):
+            return "the stable version served no request"
+        return None
+
+    def rate(err: float, inv: float, limit: float) -> tuple[bool, str]:
+        r = 100.0 * err / inv
+        return r <= limit, f"{r:.1f} % ({err:.0f}/{inv:.0f}) vs {limit:g} %"
+
+    def alone(err: float, inv: float, why: str) -> tuple[bool, str]:
+        """The threshold on what no judge compared, as the error-rate alarm acting alone sees it."""
+        if inv < spec.min_invocations:
+            return True, f"{why}: {inv:.0f} invocations, fewer than {spec.min_invocations} to hold to {threshold:g} %"
+        ok, text = rate(err, inv, threshold)
+        return ok, f"{text} ({why})"
+
     checks = []
-    for i, fn in enumerate(fns):
-        inv = sum(p.value for p in series[3 * i])
-        err = sum(p.value for p in series[3 * i + 1])
-        durations = series[3 * i + 2]
-        if inv:
-            rate = 100.0 * err / inv
-            ok = rate <= limit_pct
-            checks.append(
-                {
-                    "name": f"{fn} error rate",
-                    "ok": ok,
-                    "detail": f"{rate:.1f} % ({err:.0f}/{inv:.0f}) vs {limit_pct:g} %"
-                              + (" (the ceiling: confirm_with_judge)" if confirm else ""),
-                }
-            )
+    for fn in fns:
+        inv, err = total((fn, "Invocations")), total((fn, "Errors"))
+        name = f"{fn} error rate"
+        why = uncompared(f"error-rate:{fn}", [fn]) if confirm and inv else None
+        if not inv:
+            checks.append({"name": name, "ok": True, "detail": "no invocations yet"})
+        elif not confirm:
+            ok, detail = rate(err, inv, threshold)
+            checks.append({"name": name, "ok": ok, "detail": detail})
+        elif why is not None:
+            ok, detail = alone(err, inv, f"no stable traffic to compare with: {why}")
+            checks.append({"name": name, "ok": ok, "detail": detail})
         else:
-            checks.append({"name": f"{fn} error rate", "ok": True, "detail": "no invocations yet"})
+            ok, detail = rate(err, inv, float(spec.error_rate_ceiling))
+            detail += " (the ceiling: confirm_with_judge)"
+            inv_alone = total((fn, "Invocations"), alone=True)
+            if inv_alone:
+                ok_alone, text = alone(total((fn, "Errors"), alone=True), inv_alone,
+                                       "at 100 %, no stable traffic to compare with")
+                ok, detail = ok and ok_alone, f"{detail}; since the new version took all the traffic: {text}"
+            checks.append({"name": name, "ok": ok, "detail": detail})
         limit = limits.get(fn)
+        durations = series[(fn, "Duration")]
         n = sum(p.sample_count for p in durations)
         if n and limit is not None:
             avg = sum(p.value * p.sample_count for p in durations) / n  # the Duration metric is in ms
@@ -167,16 +215,20 @@ def _post_checks(ctx: HookContext) -> list[dict[str, Any]]:
                     "detail": f"{avg:.0f} ms vs limit {limit * 1000.0:g} ms",
                 }
             )
-    for k, (q, _) in enumerate(scopes):
-        arrivals = sum(p.value for p in series[3 * len(fns) + k])
-        checks.append(
-            {
-                "name": f"DLQ {q}",
-                "ok": arrivals == 0 or confirm,
-                "detail": f"{arrivals:.0f} arrival(s) since r{ctx.release} took traffic"
-                          + (" (confirm_with_judge: left to the judges)" if arrivals and confirm else ""),
-            }
-        )
+    for q, name, _ in scopes:
+        arrivals = total(("dlq", name))
+        detail = f"{arrivals:.0f} arrival(s) since r{ctx.release} took traffic"
+        ok = arrivals == 0
+        if confirm and arrivals:
+            sources = {n for n, qs in ctx.manifest.queues.items() if qs.dead_letter_queue == q}
+            consumers = [fn for fn in fns if fn in ctx.manifest.functions
+                         and any(e.queue in sources for e in ctx.manifest.functions[fn].queue_events)]
+            why = uncompared(name, consumers)
+            if why is None:
+                ok, detail = True, f"{detail} (confirm_with_judge: left to the judges)"
+            else:
+                detail = f"{detail} (no stable traffic to compare with: {why})"
+        checks.append({"name": f"DLQ {q}", "ok": ok, "detail": detail})
     return checks
 
 

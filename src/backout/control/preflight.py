@@ -1,14 +1,20 @@
 """The pre-flight check of `deploy`: would a threshold fire on a canary exactly as healthy as the stable version?
 
-The procedure's thresholds (error rate > 5 %, API 5xx > 5 per 5 min, any DLQ arrival) assume a stable
-version with almost no failures. Before traffic shifts, this check measures the stable version's own
-rates over the last `preflight_window` (one batched metrics call: Invocations/Errors per function,
-Count/5XXError of the API, DLQ arrivals) and simulates each threshold rule on a canary with those
-rates, at the strategy's weights and holds (`RUNS` seeded runs, per-second Poisson traffic, the rule's
-sliding window and minimum count). A rule that fires in at least `judge_alpha` of the runs is a
-warning, with the probability and the median time to the false alarm; `deploy` shows it and it is
-kept as the deployment's `preflight` event. With `confirm_with_judge` such an alarm only waits for
-its judge; without, it would roll the healthy canary back.
+The procedure's thresholds (error rate > `error_rate_threshold` — 10 % by default, 5 % in the
+repository's prod —, API 5xx > 5 per 5 min, any DLQ arrival the new version received last) assume a
+stable version with almost no failures. Before traffic shifts, this check measures the stable
+version's own rates over the last `preflight_window` (one batched metrics call: Invocations/Errors
+per function, Count/5XXError of the API, the DLQ arrivals its consumers received last) and simulates
+each threshold rule on a canary with those rates, at the strategy's weights and holds (`RUNS` seeded
+runs, per-second Poisson traffic, the rule's sliding window and minimum count). A rule that fires in
+at least `judge_alpha` of the runs is a warning, with the probability and the *expected* (mean) time
+to the false alarm; `deploy` shows it and it is kept as the deployment's `preflight` event.
+
+The mean is over every run, those that never fired within the simulated time (`HORIZON` at least)
+counted at its end: when some did not fire it is a lower bound, shown as "≥". With `confirm_with_judge`
+an alarm that a judge confirms only waits for it while traffic is split; at 100 % (where no judge can
+compare) it acts alone, and ceilings and alarms no judge watches always do: those would roll the
+healthy canary back.
 
 `first_breach` (vectorised over runs) is also what `bench/detection.py` simulates backout's
 thresholds with.
@@ -22,19 +28,21 @@ from typing import Any
 
 import numpy as np
 
+from backout.control.alarms import dlq_scopes
+from backout.control.analysis import default_judges
 from backout.manifest import Manifest
 from backout.platforms.base import DLQ_ARRIVALS, NS_API, NS_BACKOUT, NS_LAMBDA, MetricQuery, Metrics
 
 RUNS = 100
-HORIZON = 900  # seconds simulated at least (the median time to a false alarm may lie past the holds)
+HORIZON = 900  # seconds simulated at least (the time to a false alarm may lie past the holds)
 
 
 def first_breach(requests: np.ndarray, failures: np.ndarray, window: int, threshold: float,
-                 min_requests: float = 0.0, rate: bool = True) -> np.ndarray:
+                 min_requests: float = 0.0, rate: bool = True, where: np.ndarray | None = None) -> np.ndarray:
     """Per run (rows), the first second (column index) at whose end a sliding `window`-second sum of
     `failures` breaches: as a percentage of `requests` > `threshold` with at least `min_requests`
     (`rate`), or as a count > `threshold`; -1 where it never does. Windows start at second 0, as the
-    deployment's alarms do."""
+    deployment's alarms do. `where` (per second): only the seconds it marks count."""
     def sliding(x: np.ndarray) -> np.ndarray:
         c = np.cumsum(x, axis=1)
         c[:, window:] -= c[:, :-window].copy()
@@ -46,6 +54,8 @@ def first_breach(requests: np.ndarray, failures: np.ndarray, window: int, thresh
         hit = (n >= max(min_requests, 1e-9)) & (100.0 * f > threshold * np.maximum(n, 1e-9))
     else:
         hit = f > threshold
+    if where is not None:
+        hit &= where
     first = np.argmax(hit, axis=1)
     return np.where(hit.any(axis=1), first, -1)
 
@@ -58,7 +68,8 @@ class Finding:
     stable_rate: float  # failures per request (or per second for DLQ arrivals)
     requests_per_second: float
     probability: float  # of a false alarm during the strategy's holds
-    median_seconds: float | None  # to the false alarm (None: beyond HORIZON)
+    mean_seconds: float | None  # expected time to the false alarm (None: no run fired in the simulated time)
+    mean_at_least: bool  # some runs never fired in the simulated time: `mean_seconds` is a lower bound
     warn: bool
     sentence: str
 
@@ -82,9 +93,13 @@ def _weights(steps: list[tuple[float, float]], seconds: int) -> np.ndarray:
 
 
 def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str, str],
-          steps: list[tuple[float, float]], now: float, seed: int = 0) -> list[Finding]:
-    """Every threshold rule of `default_rules` with the stable versions' measured rates."""
+          steps: list[tuple[float, float]], now: float, seed: int = 0,
+          target: dict[str, str] | None = None) -> list[Finding]:
+    """Every threshold rule of `default_rules` with the stable versions' measured rates. `target`: the new
+    versions (which functions change, so which alarms a judge confirms); by default every function changes."""
     env = manifest.environment(env_name)
+    target = target or {fn: f"{v}-new" for fn, v in stable.items()}
+    judged = {a for j in default_judges(manifest, env_name, target, stable, now) for a in j.confirms}
     window = float(env.preflight_window)
     end = float(math.floor(now))
     fns = [fn for fn in stable if fn in manifest.functions]
@@ -100,7 +115,10 @@ def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str
                 "ExecutedVersion": stable[http[0]] if http else ""}
     if http:
         qs += [MetricQuery.of(NS_API, m, api_dims, end - whole, end, period) for m in ("Count", "5XXError")]
-    qs += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, {"QueueName": q}, end - whole, end, period) for q in dlqs]
+    # as the DLQ rule counts them: the arrivals the stable consumer received last (the whole queue when no
+    # deployed function consumes it)
+    scopes = [(q, name, dims) for q in dlqs for name, dims in dlq_scopes(manifest, q, stable)]
+    qs += [MetricQuery.of(NS_BACKOUT, DLQ_ARRIVALS, dims, end - whole, end, period) for _, _, dims in scopes]
     got = platform.metrics(qs) if qs else []
     sums = [sum(p.value for p in pts) for pts in got]
     # rates per second over the time the stable version has had traffic in the window, not the window
@@ -118,7 +136,12 @@ def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str
         n = rng.poisson(lam * (1.0 if shared else w), size=(RUNS, seconds))
         f = rng.binomial(n, min(max(p, 0.0), 1.0))
         first = first_breach(n, f, win, threshold, min_n, rate)
-        _finding(out, env, name, lam, p, first, hold, what)
+        alone = None  # an alarm that never waits for a judge
+        if env.confirm_with_judge and "ceiling" not in name and name in judged:
+            at_100 = _alone(w, win)  # where it would act alone all the same
+            alone = first_breach(n, f, win, threshold, min_n, rate, where=at_100) if at_100.any() \
+                else np.full(RUNS, -1)
+        _finding(out, env, name, lam, p, first, hold, seconds, what, alone)
 
     for i, fn in enumerate(fns):
         inv, err = sums[2 * i], sums[2 * i + 1]
@@ -139,25 +162,55 @@ def check(manifest: Manifest, env_name: str, platform: Metrics, stable: dict[str
             name = "api-5xx" if len({stable[fn] for fn in http}) == 1 else f"api-5xx:{http[0]}"
             simulate(name, count / whole, fivexx / count, int(round(float(env.api_5xx_period))),
                      float(env.api_5xx_threshold), 0, False, what)
-    for j, q in enumerate(dlqs):
+    for j, (q, name, dims) in enumerate(scopes):
         arrivals = sums[k + j] / whole
-        if arrivals > 0:
-            # the DLQ carries no version: every arrival counts, the stable version's too
-            simulate(f"dlq-arrivals:{q}", arrivals, 1.0, seconds, 0.0, 0, False,
-                     f"{q} receives {arrivals * 60:.2g} messages/min from the stable version", shared=True)
+        if arrivals <= 0:
+            continue
+        if "ExecutedVersion" in dims:  # the canary's own arrivals: its share of the consumer's messages
+            simulate(name, arrivals, 1.0, seconds, 0.0, 0, False,
+                     f"{q} receives {arrivals * 60:.2g} messages/min that stable v{dims['ExecutedVersion']} "
+                     "received last")
+        else:  # no deployed consumer: the rule counts every arrival, the stable version's too
+            simulate(name, arrivals, 1.0, seconds, 0.0, 0, False,
+                     f"{q} receives {arrivals * 60:.2g} messages/min", shared=True)
     return out
 
 
+def _alone(w: np.ndarray, window: int) -> np.ndarray:
+    """Per second, whether an alarm's `window` ending there lies wholly at 100 % (from second 0, as the
+    deployment's windows): no judge can confirm what it saw, so it acts alone (`analysis.unjudged`)."""
+    split = np.concatenate([[0], np.cumsum(w < 1.0)])  # seconds below 100 % before each second
+    t = np.arange(w.size)
+    return split[t + 1] - split[np.maximum(t - window + 1, 0)] == 0
+
+
 def _finding(out: list[Finding], env: Any, name: str, lam: float, p: float, first: np.ndarray, hold: int,
-             what: str) -> None:
+             simulated: int, what: str, alone: np.ndarray | None) -> None:
+    """`simulated`: the seconds each run lasted; `alone`: per run, the first second it fires where it would act
+    alone all the same (-1: nowhere; None: it never waits for a judge)."""
     fired = first >= 0
-    probability = float(np.mean(fired & (first < max(hold, 1))))
-    median = float(np.median(np.where(fired, first, np.inf))) + 1.0
-    median_s = None if math.isinf(median) else median
+    within = fired & (first < max(hold, 1))
+    probability = float(np.mean(within))
+    # a run that never fired counts at the end of the simulated time: the mean is then a lower bound
+    mean_s = float(np.mean(np.where(fired, first + 1.0, simulated))) if fired.any() else None
+    at_least = not bool(fired.all())
     warn = probability >= float(env.judge_alpha)
-    when = f"median after {median_s:.0f} s" if median_s is not None else "median beyond the simulated time"
-    consequence = ("it waits for its judge (confirm_with_judge)" if env.confirm_with_judge
-                   and "ceiling" not in name else "it would roll the healthy canary back")
+    if mean_s is None:
+        when = f"no run fired it within the {simulated} s simulated"
+    elif at_least:
+        when = (f"mean ≥ {mean_s:.0f} s: {int((~fired).sum())} of {first.size} runs did not fire it within the "
+                f"{simulated} s simulated")
+    else:
+        when = f"mean after {mean_s:.0f} s"
+    p_alone = 0.0 if alone is None else float(np.mean((alone >= 0) & (alone < max(hold, 1))))
+    if alone is None:
+        consequence = "it would roll the healthy canary back"
+    elif p_alone == 0:
+        consequence = "it waits for its judge (confirm_with_judge)"
+    else:
+        consequence = (f"at 100 %, where no judge can compare, it would roll the healthy canary back (P ≈ "
+                       f"{100 * p_alone:.0f} %)" + ("; below 100 % it waits for its judge (confirm_with_judge)"
+                                                    if p_alone < probability else ""))
     sentence = (f"{name}: {what}; a canary as healthy fires it with P ≈ {100 * probability:.0f} % during the "
                 f"{hold} s of holds ({when}): {consequence}")
-    out.append(Finding(name, p, lam, probability, median_s, warn, sentence))
+    out.append(Finding(name, p, lam, probability, mean_s, at_least, warn, sentence))
