@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -426,9 +427,9 @@ class LocalPlatform:
         tmp.mkdir(parents=True)
         files: dict[str, dict[str, Any]] = {}
         dbs: list[str] = []
-        for p in sorted(self.data_dir.rglob("*")):
+        for p in _walk_files(self.data_dir):
             rel = p.relative_to(self.data_dir).as_posix()
-            if p.is_dir() or p.name.endswith(("-wal", "-shm", "-journal")):
+            if p.name.endswith(("-wal", "-shm", "-journal")):
                 continue
             dest = tmp / "data" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -643,3 +644,14 @@ def _is_sqlite_sidecar(p: Path) -> bool:
 
 def _str_version(r: InvokeResult) -> InvokeResult:
     return dataclasses.replace(r, version=str(r.version))
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every file under `root`, a directory at a time in name order: a backup of a data dir with
+    thousands of job files never holds a sorted list of all of them (the peak stays in the
+    supervisor's RSS)."""
+    for d, dirs, names in os.walk(root):
+        dirs.sort()
+        base = Path(d)
+        for name in sorted(names):
+            yield base / name
