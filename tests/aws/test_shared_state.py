@@ -202,6 +202,17 @@ def test_the_guard_rolls_back_an_orphaned_split_and_opens_an_incident(
     assert guard.handler({}, Context()) == {"rolled_back": [], "left": [other.id], "failed": []}
 
 
+def _orphaned(table: Any, stack: Stack, stable: dict[str, str]) -> tuple[SharedStore, Any]:
+    """A prod deployment at its 25 % step whose driver died 3 minutes ago (its lease expired 2 minutes
+    ago, by the clock it wrote it with): the store of that dead driver, and the deployment."""
+    dead = SharedStore(table, holder="ci-runner:101:dead", expiry=60, functions=stack.functions,
+                       clock=lambda: time.time() - 180)
+    d = dead.create_deployment("prod", Release(1, stable, "a", 0),
+                               Release(2, {fn: "2" for fn in stack.functions}, "b", 0), CANARY)
+    dead.transition(d.id, st.IN_PROGRESS, current_step=0, current_weight=25.0)
+    return dead, d
+
+
 def test_a_guard_run_that_cannot_move_an_alias_keeps_the_lock_and_the_next_run_finishes_the_rollback(
         split: tuple[Stack, dict[str, str]], table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lambda refuses one `update_alias` of the guard's first run: the deployment stays RolledBack
@@ -213,11 +224,7 @@ def test_a_guard_run_that_cannot_move_an_alias_keeps_the_lock_and_the_next_run_f
     from backout_lambda import guard
 
     stack, stable = split
-    dead = SharedStore(table, holder="ci-runner:101:dead", expiry=60, functions=stack.functions,
-                       clock=lambda: time.time() - 180)
-    d = dead.create_deployment("prod", Release(1, stable, "a", 0),
-                               Release(2, {fn: "2" for fn in stack.functions}, "b", 0), CANARY)
-    dead.transition(d.id, st.IN_PROGRESS, current_step=0, current_weight=25.0)
+    dead, d = _orphaned(table, stack, stable)
     stubborn = next(iter(stack.functions.values()))
     calls: list[str] = []
     refused: list[str] = []
@@ -275,11 +282,7 @@ def test_the_guard_finishes_a_rollback_its_driver_recorded_but_did_not_complete(
     from backout_lambda import guard
 
     stack, stable = split
-    dead = SharedStore(table, holder="ci-runner:101:dead", expiry=60, functions=stack.functions,
-                       clock=lambda: time.time() - 180)
-    d = dead.create_deployment("prod", Release(1, stable, "a", 0),
-                               Release(2, {fn: "2" for fn in stack.functions}, "b", 0), CANARY)
-    dead.transition(d.id, st.IN_PROGRESS, current_step=0, current_weight=25.0)
+    dead, d = _orphaned(table, stack, stable)
     dead.transition(d.id, st.ROLLED_BACK, reason="errors:api 31 % > 5 %")  # … and the driver dies here
     assert dead.active_deployment("prod") is None
     with pytest.raises(st.AlreadyActive, match="is rolling back"):

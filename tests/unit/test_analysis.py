@@ -4,7 +4,7 @@ seconds, and the judges over the local platform's real metric store, alone and b
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -440,6 +440,19 @@ def test_query_budget_of_the_sda_manifest_with_judges(src: Source) -> None:
         alarms_module.__doc__.split())
 
 
+def _failing_every(n: int) -> Callable[[object], object]:
+    """A FakePlatform handler whose every n-th call fails: a background error rate of 1/n."""
+    calls = [0]
+
+    def handle(c: object) -> object:
+        calls[0] += 1
+        if calls[0] % n == 0:
+            raise RuntimeError("background failure")
+        return c.default()  # type: ignore[attr-defined]
+
+    return handle
+
+
 def test_preflight_warns_when_a_threshold_would_fire_on_a_canary_as_healthy_as_stable() -> None:
     from backout.control import preflight
     from fakes import FakeClock, FakePlatform
@@ -447,15 +460,7 @@ def test_preflight_warns_when_a_threshold_would_fire_on_a_canary_as_healthy_as_s
     m = load_manifest(ROOT / "backout.toml")
     clock = FakeClock()
     fake = FakePlatform(m, "prod", clock=clock)
-    calls = [0]
-
-    def one_in_a_hundred(c: object) -> object:
-        calls[0] += 1
-        if calls[0] % 100 == 0:
-            raise RuntimeError("background failure")
-        return c.default()  # type: ignore[attr-defined]
-
-    fake.handle("api", one_in_a_hundred)
+    fake.handle("api", _failing_every(100))
     for s in range(50):  # 50 s of 20 req/s, 1 % failing
         fake.traffic("api", 20, at=clock.now() - 50 + s)
     stable = {fn: fake.get_weights(fn).stable for fn in fake.functions()}
@@ -498,16 +503,8 @@ def test_preflight_says_which_alarms_wait_for_a_judge_and_scales_dlq_arrivals_to
     m = load_manifest(ROOT / "backout.toml")
     clock = FakeClock()
     fake = FakePlatform(m, "prod", clock=clock)
-    calls = [0]
-
-    def one_in_ten(c: object) -> object:
-        calls[0] += 1
-        if calls[0] % 10 == 0:
-            raise RuntimeError("background failure")
-        return c.default()  # type: ignore[attr-defined]
-
-    fake.handle("repair", one_in_ten)
-    fake.handle("api", one_in_ten)
+    fake.handle("repair", _failing_every(10))
+    fake.handle("api", _failing_every(10))
     stable = {fn: fake.get_weights(fn).stable for fn in fake.functions()}
     for s in range(300):  # 300 s: repair and api 10 req/s failing 10 %, one DLQ arrival every 100 s
         fake.traffic("repair", 10, at=clock.now() - 300 + s)
