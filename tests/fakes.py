@@ -173,6 +173,20 @@ def raising(message: str = "injected failure", test_events: bool = False, ms: fl
     return handler
 
 
+def failing(p: float, message: str = "background failure") -> Handler:
+    """A fraction `p` of the invocations fails, evenly (every 1/p-th); backout's probes pass."""
+    acc = [0.0]
+
+    def handler(c: Call) -> Any:
+        acc[0] += p
+        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
+            acc[0] -= 1.0
+            raise FunctionError(message)
+        return c.default()
+
+    return handler
+
+
 def corrupting(c: Call) -> Any:
     """A worker version that answers fine and finishes its jobs with garbage (data corruption)."""
     out = c.default()

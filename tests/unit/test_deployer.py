@@ -19,7 +19,7 @@ from backout.control.probes import is_probe
 from backout.errors import UsageError
 from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
-from fakes import CrashingStore, FunctionError, Killed, Reply, World, hook_answer, raising, slow, status
+from fakes import CrashingStore, Killed, Reply, World, failing, hook_answer, raising, slow, status
 
 pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
@@ -373,20 +373,6 @@ def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tm
 
 # --- confirm_with_judge: thresholds as guardrails -----------------------------------------------------------
 CONFIRM = "confirm_with_judge = true"
-
-
-def failing(p: float) -> Any:
-    """A worker handler failing exactly a fraction `p` of its invocations, evenly (as the fake's faults)."""
-    acc = [0.0]
-
-    def handler(c: Any) -> Any:
-        acc[0] += p
-        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
-            acc[0] -= 1.0
-            raise FunctionError("background failure")
-        return c.default()
-
-    return handler
 
 
 def run_seconds(w: World, deployment_id: str, per_second: int, seconds: int) -> None:

@@ -16,7 +16,7 @@ from backout.control.hooks import HookContext, HookResult, run_hook, run_hooks
 from backout.control.probes import is_probe
 from backout.manifest import HookSpec, load_manifest
 from backout.platforms.base import Release
-from fakes import Call, FakeClock, FakePlatform, hook_answer, new_source, raising, slow, status, write_manifest
+from fakes import Call, FakeClock, FakePlatform, failing, hook_answer, new_source, raising, slow, status, write_manifest
 
 
 @pytest.fixture
@@ -42,20 +42,6 @@ def ctx_for(fake: FakePlatform, target: Release, since: float | None = None,
     stable = fake.releases()[0]
     return HookContext(fake.manifest, "staging", fake, "d-0007", dict(stable.versions), dict(target.versions),
                        fake.clock.now() if since is None else since, target.id, alone_since=alone_since)
-
-
-def failing(p: float) -> Any:
-    """A handler failing exactly a fraction `p` of its invocations, evenly."""
-    acc = [0.0]
-
-    def handler(c: Call) -> Any:
-        acc[0] += p
-        if acc[0] >= 1.0 - 1e-9 and not c.is_test:
-            acc[0] -= 1.0
-            raise RuntimeError("failure")
-        return c.default()
-
-    return handler
 
 
 def release2(fake: FakePlatform, root: Path) -> Release:
