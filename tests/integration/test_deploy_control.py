@@ -94,10 +94,13 @@ def test_sigkill_of_the_supervisor_mid_deployment_resumes_consistently(world: Wo
     assert [e["data"]["step"] for e in steps] == [0, 1], "step 1 not re-announced, step 2 reached once"
     # the hold went on from the stored step start: neither cut short nor started again
     assert steps[1]["ts"] >= steps[0]["ts"] + 8.0 - 0.5
-    # (a hold started again would put step 2 ≥ 8 s after the restart; warming step 2's instances, which the
-    # step records, and a store write may come between, however loaded the machine)
+    # A hold started again would begin after the `resumed` event, so it would put step 2 at least 8 s after
+    # it. Warming step 2's instances (the step records how long) and the restarted supervisor's first
+    # evaluation come between; on a loaded machine that took 2.8 s once, so the bound allows 5 s for them.
     warm = steps[1]["data"]["warm_seconds"]
-    assert steps[1]["ts"] - warm < max(resumed["ts"], steps[0]["ts"] + 8.0) + 2.0, (warm, resumed, steps)
+    reached = steps[1]["ts"] - warm
+    assert reached < resumed["ts"] + 8.0 - 0.5, ("the hold started again", warm, resumed, steps)
+    assert reached < max(resumed["ts"], steps[0]["ts"] + 8.0) + 5.0, (warm, resumed, steps)
     assert_all_on(env, after["target_release"])
     r = env.cli("verify")
     assert r.returncode == 0, r.stdout + r.stderr
