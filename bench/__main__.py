@@ -1,7 +1,7 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
 Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection,lease,
-crash_deployments,crash_jobs,soak` (the last three: issue 12, figures in RELIABILITY.md),
+crash_deployments,crash_jobs,soak,backup` (crash_deployments, crash_jobs and soak: issue 12, figures in RELIABILITY.md),
 `--quick` (shorter runs, for a smoke check), `--json PATH` (also write the figures and the machine as JSON).
 BENCHMARKS.md explains each figure and records a run.
 """
@@ -15,10 +15,12 @@ import time
 from dataclasses import asdict
 
 from bench import (
+    backup,
     crash_deployments,
     crash_jobs,
     deploy,
     detection,
+    lease,
     platform,
     sda,
     sda_accuracy,
@@ -27,14 +29,10 @@ from bench import (
     wrapper,
 )
 
-# each: BENCHMARKS (names) and run(only, quick) -> list[Figure]
-MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection, crash_deployments, crash_jobs, soak)
-NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
-
-# issue 9: driver death → every alias back on stable (shared state, lease, guard)
-from bench import lease  # noqa: E402
-
-MODULES = (*MODULES, lease)
+# each: BENCHMARKS (names) and run(only, quick) -> list[Figure]; lease: driver death → every alias back
+# on stable (shared state, lease, guard); backup: the local platform's pre-deployment backup
+MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection, crash_deployments, crash_jobs, soak,
+           lease, backup)
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 

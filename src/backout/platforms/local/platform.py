@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from backout.platforms.local.metrics import MetricStore
 from backout.platforms.local.queues import QueueStats, QueueStore
 from backout.platforms.local.releases import Releases, VersionInfo
 from backout.platforms.local.runtime import Runtime
+from backout.platforms.local.snapshots import Snapshots
 from backout.platforms.local.sqs import REGION, SqsEndpoint
 from backout.statefiles import check_database
 
@@ -72,6 +71,7 @@ class LocalPlatform:
         self.state_dir = (state_dir or manifest.state_dir(env)).resolve()
         self.data_dir = self.state_dir / "data"
         self.snapshot_dir = self.state_dir / "snapshots"
+        self.snapshots = Snapshots(self.data_dir, self.snapshot_dir)
         for d in (self.state_dir, self.data_dir, self.snapshot_dir, self.state_dir / "logs"):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.state_dir / PLATFORM_DB
@@ -420,94 +420,25 @@ class LocalPlatform:
             raise UsageError(f"no queue named {dlq!r}")
         return [RedriveTask(**t) for t in self._settings.get(f"redrive:{dlq}", [])]
 
-    # --- data: SQLite online backup of every db in the data dir + a copy of the files -----------
+    # --- data: snapshots of the data dir (SQLite online backups + the files, unchanged ones linked) ----
     def backup(self, label: str = "") -> Backup:
-        sid = time.strftime("snap-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        tmp = self.snapshot_dir / f".{sid}.tmp"
-        tmp.mkdir(parents=True)
-        files: dict[str, dict[str, Any]] = {}
-        dbs: list[str] = []
-        for p in _walk_files(self.data_dir):
-            rel = p.relative_to(self.data_dir).as_posix()
-            if p.name.endswith(("-wal", "-shm", "-journal")):
-                continue
-            dest = tmp / "data" / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if _is_sqlite(p):
-                src = sqlite3.connect(p)
-                dst = sqlite3.connect(dest)
-                try:
-                    src.backup(dst)
-                finally:
-                    dst.close()
-                    src.close()
-                dbs.append(rel)
-            else:
-                try:
-                    shutil.copy2(p, dest)
-                except FileNotFoundError:  # written to a temp name and renamed meanwhile: the new name
-                    continue  # is listed by the rglob above, or was created after the backup started
-                files[rel] = {"size": dest.stat().st_size}
-        info = Backup(sid, time.time(), label, {"databases": dbs, "files": len(files)})
-        (tmp / "snapshot.json").write_text(
-            json.dumps(
-                {"id": sid, "created_at": info.created_at, "label": label, "databases": dbs, "files": files}
-            )
-        )
-        tmp.rename(self.snapshot_dir / sid)
-        return info
+        return self.snapshots.take(label)
 
     def backups(self) -> list[Backup]:
-        out = []
-        for d in sorted(self.snapshot_dir.iterdir()):
-            meta = d / "snapshot.json"
-            if d.name.startswith(".") or not meta.exists():
-                continue
-            m = json.loads(meta.read_text())
-            out.append(
-                Backup(
-                    m["id"],
-                    m["created_at"],
-                    m["label"],
-                    {"databases": m["databases"], "files": len(m["files"])},
-                )
-            )
-        return sorted(out, key=lambda s: s.created_at)
+        return self.snapshots.list()
 
     def snapshot_path(self, snapshot_id: str) -> Path:
-        d = self.snapshot_dir / snapshot_id
-        if not (d / "snapshot.json").exists():
-            raise UsageError(f"no backup {snapshot_id!r} (see `backout backup list`)")
-        return d / "data"
+        return self.snapshots.path(snapshot_id)
 
     def restore_to_side(self, backup_id: str) -> str:
         """The backup is already a side copy (its own directory of databases and files): the
         service's repair code reads it there, nothing live is touched."""
-        return str(self.snapshot_path(backup_id))
+        return str(self.snapshots.path(backup_id))
 
     def restore(self, backup_id: str) -> None:
-        src_root = self.snapshot_path(backup_id)
+        self.snapshots.path(backup_id)  # an unknown id is refused before anything changes
         self._settings.put("data_tables", {})  # the snapshot's schema is the expected one from now on
-        meta = json.loads((src_root.parent / "snapshot.json").read_text())
-        for rel in meta["databases"]:
-            src = sqlite3.connect(src_root / rel)
-            dst = sqlite3.connect(self.data_dir / rel, timeout=30)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-                src.close()
-        keep = set(meta["files"]) | set(meta["databases"])
-        for p in sorted(self.data_dir.rglob("*"), reverse=True):
-            rel = p.relative_to(self.data_dir).as_posix()
-            if p.is_file() and rel not in keep and not _is_sqlite_sidecar(p) and not _is_sqlite(p):
-                p.unlink()
-        for rel in meta["files"]:
-            dest = self.data_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".restore")
-            shutil.copy2(src_root / rel, tmp)
-            tmp.replace(dest)
+        self.snapshots.restore(backup_id)
         if self.emulator is not None:  # its journal came back with the files: replay it
             self.emulator.reload()
 
@@ -630,28 +561,7 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
 
 
-def _is_sqlite(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            return f.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
-def _is_sqlite_sidecar(p: Path) -> bool:
-    return p.name.endswith(("-wal", "-shm", "-journal"))
-
-
 def _str_version(r: InvokeResult) -> InvokeResult:
     return dataclasses.replace(r, version=str(r.version))
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Every file under `root`, a directory at a time in name order: a backup of a data dir with
-    thousands of job files never holds a sorted list of all of them (the peak stays in the
-    supervisor's RSS)."""
-    for d, dirs, names in os.walk(root):
-        dirs.sort()
-        base = Path(d)
-        for name in sorted(names):
-            yield base / name

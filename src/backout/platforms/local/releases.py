@@ -11,7 +11,6 @@ and renamed into place, and the index is replaced atomically: a crash never leav
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import fcntl
 import hashlib
@@ -20,6 +19,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -164,7 +165,12 @@ class Releases:
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dst)
                 # Compile now: the release is read-only, so workers could never cache bytecode later.
-                compileall.compile_dir(tmp, ddir=str(final), quiet=2, workers=1)
+                # In a child process: compiling in the supervisor held its GIL from the gateway and left
+                # the parser's memory in its arenas at every deployment (a soak's supervisor stepped up).
+                # A file that does not compile is the worker's init error, as before.
+                subprocess.run([sys.executable, "-I", "-m", "compileall", "-qq", "-d", str(final), str(tmp)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=False, timeout=600)
                 _make_read_only(tmp)
                 os.rename(tmp, final)
             except BaseException:
