@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,93 +29,91 @@ control_port = 0
 """
 
 
-def test_unchanged_files_are_linked_changed_ones_copied_and_each_snapshot_restores_what_it_saw(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[LocalPlatform]:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "app.py").write_text("def handler(event, context):\n    return {}\n")
     (tmp_path / "backout.toml").write_text(MANIFEST)
-    platform = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test")
+    p = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test")
     try:
-        data = platform.data_dir
-        (data / "jobs").mkdir()
-        (data / "jobs" / "kept.bin").write_bytes(b"k" * 4096)
-        (data / "appended.log").write_text("one\n")
-        (data / "rewritten.txt").write_text("AAAA")
-        (data / "removed.txt").write_text("gone later")
-        first = platform.backup("first")
-        assert first.detail["unchanged"] == 0
-
-        with (data / "appended.log").open("a") as f:
-            f.write("two\n")
-        st = (data / "rewritten.txt").stat()
-        (data / "rewritten.txt").write_text("BBBB")  # same size, and its mtime put back: the ctime tells
-        os.utime(data / "rewritten.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
-        (data / "removed.txt").unlink()
-        (data / "jobs" / "new.bin").write_bytes(b"n")
-        second = platform.backup("second")
-        assert second.detail == {"databases": [], "files": 4, "unchanged": 1}
-        assert platform.backups()[-1] == second
-
-        one, two = platform.snapshot_path(first.id), platform.snapshot_path(second.id)
-        assert (two / "jobs" / "kept.bin").stat().st_ino == (one / "jobs" / "kept.bin").stat().st_ino
-        for rel in ("appended.log", "rewritten.txt"):
-            assert (two / rel).stat().st_ino != (one / rel).stat().st_ino, rel
-        assert (two / "rewritten.txt").read_text() == "BBBB" and (one / "rewritten.txt").read_text() == "AAAA"
-
-        # a third backup links from the second, whose links lead back to the first: the chain holds
-        third = platform.backup("third")
-        assert third.detail["unchanged"] == 4
-
-        platform.restore(first.id)
-        assert (data / "appended.log").read_text() == "one\n"
-        assert (data / "rewritten.txt").read_text() == "AAAA"
-        assert (data / "removed.txt").read_text() == "gone later"
-        assert not (data / "jobs" / "new.bin").exists()
-        (data / "jobs" / "kept.bin").write_bytes(b"changed in place")  # the live copy, not a snapshot's
-        assert (one / "jobs" / "kept.bin").read_bytes() == b"k" * 4096
-
-        platform.restore(second.id)
-        assert (data / "appended.log").read_text() == "one\ntwo\n"
-        assert (data / "rewritten.txt").read_text() == "BBBB"
-        assert not (data / "removed.txt").exists()
-        assert (data / "jobs" / "kept.bin").read_bytes() == b"k" * 4096
-        assert (data / "jobs" / "new.bin").read_bytes() == b"n"
-        # restored files are new files: the next backup copies them rather than trust their identity
-        assert platform.backup("after restore").detail["unchanged"] == 0
+        yield p
     finally:
-        platform.close()
+        p.close()
+
+
+def test_unchanged_files_are_linked_changed_ones_copied_and_each_snapshot_restores_what_it_saw(
+    platform: LocalPlatform,
+) -> None:
+    data = platform.data_dir
+    (data / "jobs").mkdir()
+    (data / "jobs" / "kept.bin").write_bytes(b"k" * 4096)
+    (data / "appended.log").write_text("one\n")
+    (data / "rewritten.txt").write_text("AAAA")
+    (data / "removed.txt").write_text("gone later")
+    first = platform.backup("first")
+    assert first.detail["unchanged"] == 0
+
+    with (data / "appended.log").open("a") as f:
+        f.write("two\n")
+    st = (data / "rewritten.txt").stat()
+    (data / "rewritten.txt").write_text("BBBB")  # same size, and its mtime put back: the ctime tells
+    os.utime(data / "rewritten.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (data / "removed.txt").unlink()
+    (data / "jobs" / "new.bin").write_bytes(b"n")
+    second = platform.backup("second")
+    assert second.detail == {"databases": [], "files": 4, "unchanged": 1}
+    assert platform.backups()[-1] == second
+
+    one, two = platform.snapshot_path(first.id), platform.snapshot_path(second.id)
+    assert (two / "jobs" / "kept.bin").stat().st_ino == (one / "jobs" / "kept.bin").stat().st_ino
+    for rel in ("appended.log", "rewritten.txt"):
+        assert (two / rel).stat().st_ino != (one / rel).stat().st_ino, rel
+    assert (two / "rewritten.txt").read_text() == "BBBB" and (one / "rewritten.txt").read_text() == "AAAA"
+
+    # a third backup links from the second, whose links lead back to the first: the chain holds
+    third = platform.backup("third")
+    assert third.detail["unchanged"] == 4
+
+    platform.restore(first.id)
+    assert (data / "appended.log").read_text() == "one\n"
+    assert (data / "rewritten.txt").read_text() == "AAAA"
+    assert (data / "removed.txt").read_text() == "gone later"
+    assert not (data / "jobs" / "new.bin").exists()
+    (data / "jobs" / "kept.bin").write_bytes(b"changed in place")  # the live copy, not a snapshot's
+    assert (one / "jobs" / "kept.bin").read_bytes() == b"k" * 4096
+
+    platform.restore(second.id)
+    assert (data / "appended.log").read_text() == "one\ntwo\n"
+    assert (data / "rewritten.txt").read_text() == "BBBB"
+    assert not (data / "removed.txt").exists()
+    assert (data / "jobs" / "kept.bin").read_bytes() == b"k" * 4096
+    assert (data / "jobs" / "new.bin").read_bytes() == b"n"
+    # restored files are new files: the next backup copies them rather than trust their identity
+    assert platform.backup("after restore").detail["unchanged"] == 0
 
 
 def test_a_snapshot_written_before_the_index_still_lists_and_restores_and_an_odd_id_is_refused(
-    tmp_path: Path,
+    platform: LocalPlatform,
 ) -> None:
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "app.py").write_text("def handler(event, context):\n    return {}\n")
-    (tmp_path / "backout.toml").write_text(MANIFEST)
-    platform = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test")
-    try:
-        data = platform.data_dir
-        (data / "a.txt").write_text("old")
-        old = platform.backup("old")
-        # as an earlier backout wrote it: the files in snapshot.json, no index
-        root = platform.snapshot_path(old.id).parent
-        meta = json.loads((root / "snapshot.json").read_text())
-        meta["files"] = {"a.txt": {"size": 3}}
-        del meta["index"], meta["unchanged"]
-        (root / "snapshot.json").write_text(json.dumps(meta))
-        (root / "files.db").unlink()
-        assert platform.backups()[0].detail == {"databases": [], "files": 1, "unchanged": 0}
+    data = platform.data_dir
+    (data / "a.txt").write_text("old")
+    old = platform.backup("old")
+    # as an earlier backout wrote it: the files in snapshot.json, no index
+    root = platform.snapshot_path(old.id).parent
+    meta = json.loads((root / "snapshot.json").read_text())
+    meta["files"] = {"a.txt": {"size": 3}}
+    del meta["index"], meta["unchanged"]
+    (root / "snapshot.json").write_text(json.dumps(meta))
+    (root / "files.db").unlink()
+    assert platform.backups()[0].detail == {"databases": [], "files": 1, "unchanged": 0}
 
-        (data / "a.txt").write_text("new")
-        (data / "b.txt").write_text("added")
-        assert platform.backup("after").detail["unchanged"] == 0  # nothing to link from: copied
-        platform.restore(old.id)
-        assert sorted(p.name for p in data.iterdir()) == ["a.txt"] and (data / "a.txt").read_text() == "old"
+    (data / "a.txt").write_text("new")
+    (data / "b.txt").write_text("added")
+    assert platform.backup("after").detail["unchanged"] == 0  # nothing to link from: copied
+    platform.restore(old.id)
+    assert sorted(p.name for p in data.iterdir()) == ["a.txt"] and (data / "a.txt").read_text() == "old"
 
-        for bad in ("../snapshots", ".last-snapshot", "", "snap-nope"):
-            with pytest.raises(UsageError, match="no backup"):
-                platform.restore(bad)
-        assert (data / "a.txt").read_text() == "old"
-    finally:
-        platform.close()
+    for bad in ("../snapshots", ".last-snapshot", "", "snap-nope"):
+        with pytest.raises(UsageError, match="no backup"):
+            platform.restore(bad)
+    assert (data / "a.txt").read_text() == "old"
