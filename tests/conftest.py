@@ -12,8 +12,9 @@ import pytest
 
 # End-to-end modules. xdist hands each of its 4 workers one module, then a second one each, then the rest as
 # workers free up: so the four longest come first, each followed (in the second round) by a short one,
-# and the middle-sized ones go to whichever worker finishes first. Sizes: --durations of the whole suite beside a 30-minute soak at 50 req/s (2026-11-30; ≈ 1.7× a quiet
-# run's). A simulation of this hand-out with those sizes ends all four workers within 3 s of each other.
+# and the middle-sized ones go to whichever worker finishes first. Sizes: --durations of the whole suite
+# beside a 30-minute soak at 50 req/s (2026-11-30; ≈ 1.7× a quiet run's). A simulation of this hand-out
+# with those sizes ends all four workers within 3 s of each other.
 SLOW_MODULES = (  # seconds of one run with the other modules beside it
     "integration/test_runbooks.py",  # ≈ 242 s
     "integration/test_deploy.py",  # ≈ 243 s
