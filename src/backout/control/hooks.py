@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from backout import outbound
 from backout.control.alarms import dlq_scopes
 from backout.control.analysis import default_judges
 from backout.control.probes import Probe, probe_for
@@ -286,7 +287,7 @@ def _http_hook(hook: HookSpec, ctx: HookContext) -> tuple[bool, str]:
         method, target = "GET", hook.http
     url = target if target.startswith("http") else f"{ctx.gateway_url.rstrip('/')}{target}"
     try:
-        r = httpx.request(method, url, timeout=hook.timeout)
+        r = outbound.request(method, url, timeout=hook.timeout)
     except httpx.HTTPError as e:
         return False, f"{method} {url} failed: {e}"
     return 200 <= r.status_code < 300, f"{method} {url} → {r.status_code}: {r.text[:300]}"

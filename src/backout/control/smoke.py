@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from backout import outbound
 from backout.manifest import Manifest, SmokeSpec
 
 
@@ -41,14 +42,14 @@ def _run_one(spec: SmokeSpec, root: Path, env: str, base: str, timeout: float) -
         url = path if path.startswith("http") else f"{base.rstrip('/')}{path}"
         try:
             deadline, delay = t0 + min(timeout, 30.0), 0.1
-            r = httpx.request(method, url, timeout=timeout)
+            r = outbound.request(method, url, timeout=timeout)
             # throttled (the function's concurrency is in use): ask again, as the AWS SDKs do — a busy
             # service is not a failed smoke test, unless it stays busy past the deadline
             while (r.status_code in THROTTLED and r.status_code != spec.expect_status
                    and time.monotonic() + delay < deadline):
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                r = httpx.request(method, url, timeout=timeout)
+                r = outbound.request(method, url, timeout=timeout)
             ok = r.status_code == spec.expect_status
             detail = f"{spec.http} → {r.status_code}" + (
                 "" if ok else f" (expected {spec.expect_status}): {r.text[:200]}"

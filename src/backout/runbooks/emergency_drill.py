@@ -19,8 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
+from backout import outbound
 from backout.control.notify import Notification
 from backout.errors import UsageError
 from backout.runbooks import emergency
@@ -147,7 +146,7 @@ def _holds(ctx: RunbookContext, traffic: SyntheticTraffic, tag: str) -> tuple[bo
     paused."""
     problems, seen = [], []
     if traffic.paths:
-        r = httpx.get(f"{ctx.platform.endpoint()}{traffic.paths[0]}", headers={DRILL_HEADER: tag},
+        r = outbound.get(f"{ctx.platform.endpoint()}{traffic.paths[0]}", headers={DRILL_HEADER: tag},
                       timeout=CHECK_TIMEOUT)
         seen.append(f"GET {traffic.paths[0]} → {r.status_code}")
         if r.status_code != 429:

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from backout import outbound
 from backout.control import states as st
 from backout.control.alarms import ALARM, AlarmSet, default_rules
 from backout.control.hooks import probe_check
@@ -137,7 +138,7 @@ def _api(manifest: Manifest, platform: Platform) -> list[Check]:
         return [Check("api", "API health", ok, f"API blocked (throttle 0); {fn} GET /health → {status} {body}", ms)]
     url = platform.endpoint()
     try:
-        resp = httpx.get(f"{url}/health", timeout=CHECK_TIMEOUT)
+        resp = outbound.get(f"{url}/health", timeout=CHECK_TIMEOUT)
         ms = (time.perf_counter() - t0) * 1000
         body = _json(resp.text)
         ok = resp.status_code == 200 and body.get("status") == "healthy"
