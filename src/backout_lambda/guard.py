@@ -254,12 +254,19 @@ def _finish(table: Any, lam: Any, item: dict[str, Any], holder: str, notify: Cal
                                 trigger={"kind": "guard", "reason": reason, "decided_at": decided,
                                          "completed_at": done, "holder": old_holder},
                                 evidence={"alarms": evidence}, opened_at=done)
-        incident = inc["id"]
-        _fenced(table, did, holder, fence,
-                {**t.incident_key(incident), **t.encode(inc), "record": "incident"},
-                {t.PK: f"DEP#{did}", t.SK: f"INC#{incident}", "incident": incident},
-                _event_item(table, "incident_opened", f"incident {incident} opened for {did} by the guard", did,
-                            incident, now(), None))
+        try:  # with the marker that makes it the deployment's one rollback incident
+            _fenced(table, did, holder, fence,
+                    {**t.incident_key(inc["id"]), **t.encode(inc), "record": "incident"},
+                    {t.PK: f"DEP#{did}", t.SK: f"INC#{inc['id']}", "incident": inc["id"]},
+                    _event_item(table, "incident_opened", f"incident {inc['id']} opened for {did} by the guard",
+                                did, inc["id"], now(), None),
+                    once=t.rollback_incident_marker(table, did, inc["id"]))
+            incident = inc["id"]
+        except Exception as e:  # a restarted driver finishing the same rollback opened it first: take that one
+            first = t.rollback_incident_of(table, did) if t.condition_failed(e) else None
+            if first is None:
+                raise
+            incident = first
     if "guard_notified" not in item:  # at least once: a run stopped after this notifies again
         try:
             notify({"kind": "rolled_back", "environment": env, "severity": "critical", "deployment_id": did,
@@ -285,13 +292,16 @@ def _finish(table: Any, lam: Any, item: dict[str, Any], holder: str, notify: Cal
     return {"deployment": did, "incident": incident, "seconds": round(done - decided, 3)}
 
 
-def _fenced(table: Any, did: str, holder: str, fence: int, *items: dict[str, Any]) -> None:
-    """Put `items` only while this run holds `did`'s lease (a slower run that lost it writes nothing)."""
+def _fenced(table: Any, did: str, holder: str, fence: int, *items: dict[str, Any],
+            once: dict[str, Any] | None = None) -> None:
+    """Put `items` only while this run holds `did`'s lease (a slower run that lost it writes nothing),
+    and `once` (a conditional Put) with them."""
     table.meta.client.transact_write_items(TransactItems=[
         {"ConditionCheck": {"TableName": table.name, "Key": t.deployment_key(did),
                             "ConditionExpression": "holder = :me AND fence = :f",
                             "ExpressionAttributeValues": {":me": holder, ":f": fence}}},
-        *({"Put": {"TableName": table.name, "Item": item}} for item in items)])
+        *({"Put": {"TableName": table.name, "Item": item}} for item in items),
+        *([once] if once is not None else [])])
 
 
 def _event_item(table: Any, kind: str, message: str, did: str, incident: str | None, ts: float,

@@ -41,6 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 PK, SK = "pk", "sk"
+ROLLBACK_INCIDENT = "ONCE#rollback-incident"  # under DEP#<id>: which incident is the deployment's rollback's
 KIND_INDEX, INCIDENT_INDEX = "by_kind", "by_incident"
 ACTIVE_STATUSES = ("Created", "AwaitingApproval", "PreTraffic", "InProgress", "PostTraffic")
 ROLLED_BACK = "RolledBack"
@@ -150,15 +151,47 @@ def incident_record(seq: int, env: str, title: str, *, severity: str, deployment
             "evidence": evidence}
 
 
-def put_incident(table: Any, record: Mapping[str, Any]) -> None:
-    """The incident and, when it has one, the pointer from its deployment."""
+class AlreadyOpened(Exception):
+    """The deployment's rollback incident was opened first by another writer (its id)."""
+
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(incident_id)
+        self.incident_id = incident_id
+
+
+def rollback_incident_marker(table: Any, deployment_id: str, incident_id: str) -> dict[str, Any]:
+    """A transaction's conditional Put that makes an incident the deployment's one rollback incident:
+    of two writers that finish the same rollback (a restarted driver's reconcile, the guard), the
+    second's transaction is refused and it takes the first one's incident."""
+    return {"Put": {"TableName": table.name, "Item": {PK: f"DEP#{deployment_id}", SK: ROLLBACK_INCIDENT,
+                                                      "incident": incident_id},
+                    "ConditionExpression": "attribute_not_exists(pk)"}}
+
+
+def rollback_incident_of(table: Any, deployment_id: str) -> str | None:
+    item = table.get_item(Key={PK: f"DEP#{deployment_id}", SK: ROLLBACK_INCIDENT}, ConsistentRead=True).get("Item")
+    return None if item is None else str(item["incident"])
+
+
+def put_incident(table: Any, record: Mapping[str, Any], rollback: bool = False) -> None:
+    """The incident and, when it has one, the pointer from its deployment. `rollback`: the
+    deployment's one rollback incident; raises AlreadyOpened when another writer opened it first."""
     item = {**incident_key(record["id"]), **encode(record), "record": "incident"}
-    if record.get("deployment_id"):
-        table.meta.client.transact_write_items(TransactItems=[
-            {"Put": {"TableName": table.name, "Item": (item)}},
-            {"Put": {"TableName": table.name, "Item": (
-                {PK: f"DEP#{record['deployment_id']}", SK: f"INC#{record['id']}", "incident": record["id"]})}},
-        ])
+    did = record.get("deployment_id")
+    if did:
+        marker = [rollback_incident_marker(table, did, record["id"])] if rollback else []
+        try:
+            table.meta.client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": table.name, "Item": (item)}},
+                {"Put": {"TableName": table.name, "Item": (
+                    {PK: f"DEP#{did}", SK: f"INC#{record['id']}", "incident": record["id"]})}},
+                *marker,
+            ])
+        except Exception as e:
+            first = rollback_incident_of(table, did) if rollback and condition_failed(e) else None
+            if first is None:
+                raise
+            raise AlreadyOpened(first) from None
     else:
         table.put_item(Item=item)
 

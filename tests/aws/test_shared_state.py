@@ -341,3 +341,32 @@ def test_a_stop_from_another_machine_and_a_takeover_that_cannot_trust_the_step(t
     finally:
         b.close()
         w.close()
+
+
+def test_the_guard_and_a_restarted_driver_finishing_one_rollback_open_one_incident(
+        split: tuple[Stack, dict[str, str]], table: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that recorded RolledBack and died: a restarted `backout up` (its reconcile) and the guard
+    both finish that rollback. Whichever opens the incident second gets the first one's, even when it
+    looked for one just before the other wrote it."""
+    from backout_lambda import guard
+
+    stack, stable = split
+    dead, d = _orphaned(table, stack, stable)
+    dead.transition(d.id, st.ROLLED_BACK, reason="errors:api 31 % > 5 %")
+    restarted = SharedStore(table, holder="laptop:7:up", functions=stack.functions)
+    first = restarted.open_incident("prod", f"{d.id} rolled back", deployment_id=d.id,
+                                    trigger={"kind": "internal"}, rollback=True)
+    assert SharedStore(table).open_incident("prod", "again", deployment_id=d.id, rollback=True) == first
+    monkeypatch.setattr(guard, "_incident_of", lambda table, did: None)  # it read before the restart wrote
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack.url)
+    monkeypatch.setenv("BACKOUT_STATE_TABLE", table.name)
+
+    class Context:
+        aws_request_id = "req-1"
+
+    out = guard.handler({}, Context())
+    assert [(r["deployment"], r["incident"]) for r in out["rolled_back"]] == [(d.id, first.id)]
+    assert live(stack) == {fn: ("1", {}) for fn in stack.functions}
+    reader = SharedStore(table)
+    assert [i.id for i in reader.incidents("prod")] == [first.id]
+    assert reader.get(d.id).rollback_completed_at is not None

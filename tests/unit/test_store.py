@@ -346,3 +346,15 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         again = s.get(d.id)
         assert again.status == "InProgress" and again.step_started_at == 50.0
         assert s.active_deployment("staging") == again
+
+
+def test_a_deployment_has_one_rollback_incident_and_other_incidents_besides(store: Store) -> None:
+    d = store.create_deployment("prod", rel(1), rel(2), Strategy("AllAtOnce", (Step(100.0, 0.0),)))
+    first = store.open_incident("prod", "d-0001 rolled back", deployment_id=d.id, trigger={"kind": "alarm"},
+                                rollback=True)
+    again = store.open_incident("prod", "d-0001 rolled back: restart", deployment_id=d.id,
+                                trigger={"kind": "internal"}, rollback=True)
+    assert again == first and first.trigger == {"kind": "alarm", "rollback_incident": True}
+    emergency = store.open_incident("prod", "emergency stop", deployment_id=d.id, trigger={"kind": "emergency"})
+    assert emergency.id != first.id
+    assert sorted(i.id for i in store.incidents("prod")) == sorted([first.id, emergency.id])

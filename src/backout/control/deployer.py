@@ -532,8 +532,12 @@ class Deployer:
 
     def open_incident(self, env: str, title: str, **kw: Any) -> Incident:
         """`Store.open_incident`, announced: every incident (rollback, emergency stop) is notified as
-        `incident_opened` with its id, why, and the commands that show it and the procedure."""
+        `incident_opened` with its id, why, and the commands that show it and the procedure. A rollback
+        incident another writer opened first (the guard, on a shared store) is returned, not announced again."""
+        opened_at = kw.setdefault("opened_at", self.clock())
         inc = self.store.open_incident(env, title, **kw)
+        if (inc.opened_at, inc.title) != (opened_at, title):
+            return inc
         try:
             self.notifier.notify(Notification(
                 kind="incident_opened", environment=env, severity=NOTIFY_SEVERITY.get(inc.severity, "critical"),
@@ -610,7 +614,7 @@ class Deployer:
         trigger = {"reason": d.reason, "decided_at": d.rollback_decided_at, "completed_at": d.rollback_completed_at,
                    **data, "kind": kind}
         inc = self.open_incident(self.env, f"{d.id} rolled back: {d.reason}", severity="critical",
-                                 deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence})
+                                 deployment_id=d.id, trigger=trigger, evidence={"alarms": evidence}, rollback=True)
         self.store.add_event("incident_opened", f"incident {inc.id} opened for {d.id} after a restart",
                              deployment_id=d.id, incident_id=inc.id, severity="critical", ts=self.clock())
         self._notify("rolled_back", d, reason=d.reason, evidence=evidence, incident_id=inc.id,
@@ -993,6 +997,7 @@ class Deployer:
             deployment_id=d.id,
             trigger={"kind": rb.trigger, "reason": rb.reason, "decided_at": decided, "completed_at": done, **rb.data},
             evidence={"alarms": rb.evidence, "impact": impact},
+            rollback=True,
         )
         self.store.add_event(
             "incident_opened",

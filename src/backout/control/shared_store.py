@@ -517,7 +517,8 @@ class SharedStore:
                         notes=list(d.get("notes") or []), lessons=list(d.get("lessons") or []))
 
     def open_incident(self, env: str, title: str, *, severity: str = "critical", deployment_id: str | None = None,
-                      trigger: Any = None, evidence: Any = None, opened_at: float | None = None) -> Incident:
+                      trigger: Any = None, evidence: Any = None, opened_at: float | None = None,
+                      rollback: bool = False) -> Incident:
         if severity not in INCIDENT_SEVERITIES:
             raise ValueError(f"severity must be one of {INCIDENT_SEVERITIES}, not {severity!r}")
         seq = t.next_id(self.table, "incident")
@@ -525,7 +526,10 @@ class SharedStore:
                                    deployment_id=None if deployment_id is None else canonical_id("d-", deployment_id),
                                    trigger=trigger, evidence=evidence,
                                    opened_at=self.clock() if opened_at is None else opened_at)
-        t.put_incident(self.table, record)
+        try:
+            t.put_incident(self.table, record, rollback=rollback and deployment_id is not None)
+        except t.AlreadyOpened as first:
+            return self.get_incident(first.incident_id)
         return self._incident(record)
 
     def _incident_raw(self, incident_id: str) -> dict[str, Any]:

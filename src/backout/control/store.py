@@ -67,6 +67,7 @@ from backout.platforms.base import Release
 from backout.statefiles import check_database
 
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+_ROLLBACK_MARK = "rollback_incident"  # in the trigger of the deployment's one rollback incident (open_incident)
 
 
 # --- ORM rows (private) ---------------------------------------------------------------------
@@ -385,7 +386,11 @@ class ControlStore(Protocol):
                                 ts: float | None = None) -> AlarmEvaluation: ...
     def alarm_evaluations(self, deployment_id: str, alarm: str | None = None) -> list[AlarmEvaluation]: ...
     def open_incident(self, env: str, title: str, *, severity: str = "critical", deployment_id: str | None = None,
-                      trigger: Any = None, evidence: Any = None, opened_at: float | None = None) -> Incident: ...
+                      trigger: Any = None, evidence: Any = None, opened_at: float | None = None,
+                      rollback: bool = False) -> Incident:
+        """`rollback`: the deployment's one rollback incident — when another writer (a restarted driver,
+        the guard) opened it first, that one is returned and nothing new is written."""
+        ...
     def get_incident(self, incident_id: str) -> Incident: ...
     def incidents(self, env: str | None = None, status: str | None = None,
                   limit: int | None = None) -> list[Incident]: ...
@@ -703,10 +708,17 @@ class Store:
         trigger: Any = None,
         evidence: Any = None,
         opened_at: float | None = None,
+        rollback: bool = False,
     ) -> Incident:
         if severity not in INCIDENT_SEVERITIES:
             raise ValueError(f"severity must be one of {INCIDENT_SEVERITIES}, not {severity!r}")
         with self._write() as s:
+            if rollback and deployment_id is not None:  # one writer at a time here: the check is the guarantee
+                did = canonical_id("d-", deployment_id)
+                for row in s.scalars(select(_IncidentRow).where(_IncidentRow.deployment_id == did)):
+                    if isinstance(row.trigger, dict) and row.trigger.get(_ROLLBACK_MARK):
+                        return _incident(row)
+                trigger = {**(trigger if isinstance(trigger, dict) else {"value": trigger}), _ROLLBACK_MARK: True}
             seq = self._next_seq(s, _IncidentRow)
             row = _IncidentRow(
                 seq=seq, id=f"INC-{seq:04d}", env=env,
