@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from backout.control.notify import Notification, Notifier
 from backout.control.probes import is_probe
@@ -1264,3 +1264,42 @@ class World:
     def close(self) -> None:
         self.deployer.close()
         self.fake.close()
+
+
+# --- the control API over a FakePlatform ------------------------------------------------------------------------------
+class ControlPlane:
+    """A FakePlatform on a FakeClock, a Controller driven by that clock, the control API's app and a TestClient
+    over it: what every control-API unit test builds. `client` options (`follow_redirects`, …) pass through
+    to the TestClient, which is not entered (enter it, `with plane.client`, for one event loop and the lifespan).
+    """
+
+    def __init__(self, root: Path, env: str = "staging", token: str = "s3cret", manifest: Manifest | None = None,
+                 state_dir: Path | None = None, **client: Any) -> None:
+        from fastapi.testclient import TestClient  # here, as World's Deployer: FastAPI only where it is used
+
+        from backout.server.app import build_app
+        from backout.server.controller import Controller
+
+        self.root = root
+        self.env = env
+        self.token = token
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.manifest = write_manifest(root) if manifest is None else manifest
+        self.fake = FakePlatform(self.manifest, env, clock=FakeClock())
+        state = root / "state" / env if state_dir is None else state_dir
+        self.controller = Controller(self.manifest, env, self.fake, state)
+        self.controller.deployer.clock = self.fake.clock.now
+        self.app = build_app(self.controller, token)
+        self.client = TestClient(self.app, **client)
+
+    def close(self) -> None:
+        """The client first (no request in flight), then the controller's runners, then the platform they drive."""
+        self.client.close()
+        self.controller.close()
+        self.fake.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,7 +20,7 @@ from backout.manifest import EnvironmentSpec
 from backout.server.app import build_app
 from backout.server.controller import Controller
 from backout.server.endpoints import TOKEN, read_token
-from fakes import FakeClock, FakePlatform, write_manifest
+from fakes import ControlPlane
 from served import serve
 
 SECRET = "s3cret-token"
@@ -28,18 +28,20 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 @pytest.fixture
-def controller(tmp_path: Path, fast_evaluations: None) -> Iterator[Controller]:
-    manifest = write_manifest(tmp_path)
-    fake = FakePlatform(manifest, "staging", clock=FakeClock())
-    c = Controller(manifest, "staging", fake, tmp_path / "state" / "staging")
-    yield c
-    c.close()
-    fake.close()
+def plane(tmp_path: Path, fast_evaluations: None) -> Iterator[ControlPlane]:
+    with ControlPlane(tmp_path, token=SECRET) as p:
+        yield p
 
 
 @pytest.fixture
-def client(controller: Controller) -> Iterator[TestClient]:
-    with TestClient(build_app(controller, SECRET)) as c:
+def controller(plane: ControlPlane) -> Controller:
+    return plane.controller
+
+
+@pytest.fixture
+def client(plane: ControlPlane) -> Iterator[TestClient]:
+    """Entered: its lifespan runs, and every request on one event loop."""
+    with plane.client as c:
         yield c
 
 

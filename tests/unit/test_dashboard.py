@@ -28,11 +28,10 @@ from backout.platforms.local.gateway import Gateway
 from backout.platforms.local.metrics import MetricStore
 from backout.runbooks.incidents.chart import gapped, rate_points
 from backout.server.app import build_app
-from backout.server.controller import Controller
 from backout.server.dashboard.charts import ChartData, svg, weight_steps
 from backout.server.dashboard.state import alarms as alarm_rows
 from backout.server.metrics import ControlPlaneCollector, lease_age, with_env
-from fakes import FakeClock, FakePlatform, new_source, write_manifest
+from fakes import ControlPlane, new_source
 from support import wait_for
 
 TOKEN = "s3cret-token"
@@ -41,17 +40,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "observability"
 
 
-class Ui:
-    """A controller over a FakePlatform and a browser-like client (cookies kept, redirects not followed)."""
+class Ui(ControlPlane):
+    """The control plane with a browser-like client (cookies kept, redirects not followed)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.manifest = write_manifest(root)
-        self.fake = FakePlatform(self.manifest, "staging", clock=FakeClock())
-        self.controller = Controller(self.manifest, "staging", self.fake, root / "state" / "staging")
-        self.controller.deployer.clock = self.fake.clock.now
-        self.app = build_app(self.controller, TOKEN)
-        self.client = TestClient(self.app, follow_redirects=False)
+        super().__init__(root, token=TOKEN, follow_redirects=False)
 
     def login(self, who: str = "dana") -> str:
         r = self.client.post("/ui/login", data={"who": who, "token": TOKEN})
@@ -73,17 +66,11 @@ class Ui:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         return {f.name: f for f in text_string_to_metric_families(r.text)}
 
-    def close(self) -> None:
-        self.client.close()
-        self.controller.close()
-        self.fake.close()
-
 
 @pytest.fixture
 def ui(tmp_path: Path, fast_evaluations: None) -> Iterator[Ui]:
-    u = Ui(tmp_path)
-    yield u
-    u.close()
+    with Ui(tmp_path) as u:
+        yield u
 
 
 def _value(families: dict[str, Any], name: str, **labels: str) -> float:

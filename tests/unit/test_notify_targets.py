@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from backout.cli import main as cli_main
@@ -21,9 +20,7 @@ from backout.control.notify import Notifier
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.manifest import NotifySpec
-from backout.server.app import build_app
-from backout.server.controller import Controller
-from fakes import FakeClock, FakePlatform, new_source, write_manifest
+from fakes import ControlPlane, new_source, write_manifest
 from support import Receiver, wait_for
 
 TOKEN = "control-token"
@@ -72,11 +69,8 @@ def test_every_kind_reaches_the_receiver_and_the_secret_appears_nowhere(
     assert secret not in (tmp_path / "backout.toml").read_text()
 
     # the supervisor's side: a deployment, an emergency stop that rolls it back, resume
-    fake = FakePlatform(m, "staging", clock=FakeClock())
-    controller = Controller(m, "staging", fake, m.state_dir("staging"))
-    controller.deployer.clock = fake.clock.now
-    api = TestClient(build_app(controller, TOKEN))
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    plane = ControlPlane(tmp_path, token=TOKEN, manifest=m, state_dir=m.state_dir("staging"))
+    fake, controller, api, auth = plane.fake, plane.controller, plane.client, plane.auth
     try:
         r1, r2 = fake.releases()[0], fake.publish(new_source(tmp_path, "v2", ["worker"]))
         d = controller.deployer.create(release=r2.id, strategy_obj=Strategy("Now", (Step(100.0, 0.0),)))
@@ -91,9 +85,7 @@ def test_every_kind_reaches_the_receiver_and_the_secret_appears_nowhere(
         assert secret not in status.text
         assert controller.notifier.flush(15)
     finally:
-        api.close()
-        controller.close()
-        fake.close()
+        plane.close()
 
     # after the fact, from the CLI (no supervisor): close the incident, with a second target that is down
     dead = f'{{ url = "json://127.0.0.1:{closed_port()}/down/${{{VAR}}}" }}'

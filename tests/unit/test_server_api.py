@@ -9,26 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from backout.server.app import build_app
-from backout.server.controller import Controller
-from fakes import FakeClock, FakePlatform, new_source, write_manifest
+from fakes import ControlPlane, new_source
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Api:
-    """A controller over a FakePlatform and a client that sends the token."""
+class Api(ControlPlane):
+    """The control plane with calls that send the token and check the status."""
 
     def __init__(self, root: Path, env: str = "staging") -> None:
-        self.root = root
-        self.manifest = write_manifest(root)
-        self.fake = FakePlatform(self.manifest, env, clock=FakeClock())
-        self.controller = Controller(self.manifest, env, self.fake, root / "state" / env)
-        self.controller.deployer.clock = self.fake.clock.now
-        self.client = TestClient(build_app(self.controller, TOKEN))
+        super().__init__(root, env, TOKEN)
 
     def get(self, path: str, status: int = 200, **kw: Any) -> Any:
         r = self.client.get(path, headers=AUTH, **kw)
@@ -51,17 +43,11 @@ class Api:
             t.join(5)
         return self.get(f"/deployments/{deployment_id}")
 
-    def close(self) -> None:
-        self.client.close()
-        self.controller.close()
-        self.fake.close()
-
 
 @pytest.fixture
 def api(tmp_path: Path, fast_evaluations: None) -> Iterator[Api]:
-    a = Api(tmp_path)
-    yield a
-    a.close()
+    with Api(tmp_path) as a:
+        yield a
 
 
 def test_every_route_but_healthz_needs_the_bearer_token(api: Api) -> None:

@@ -11,30 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from backout.cli import step_summary
-from backout.server.app import build_app
-from backout.server.controller import Controller
-from fakes import FakeClock, FakePlatform, new_source, raising, write_manifest
-
-TOKEN = "t0ken"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from fakes import ControlPlane, new_source, raising
 
 
-class Api:
+class Api(ControlPlane):
     """The control API over a FakePlatform, as the CLI reaches it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        manifest = write_manifest(root)
-        self.fake = FakePlatform(manifest, "staging", clock=FakeClock())
-        self.controller = Controller(manifest, "staging", self.fake, root / "state" / "staging")
-        self.controller.deployer.clock = self.fake.clock.now
-        self.client = TestClient(build_app(self.controller, TOKEN))
-
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        r = self.client.request(method, path, headers=AUTH, json=body)
+        r = self.client.request(method, path, headers=self.auth, json=body)
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -49,17 +35,11 @@ class Api:
             assert time.monotonic() < deadline, f"{deployment_id} still {d['status']}"
             time.sleep(0.02)
 
-    def close(self) -> None:
-        self.client.close()
-        self.controller.close()
-        self.fake.close()
-
 
 @pytest.fixture
 def api(tmp_path: Path, fast_evaluations: None) -> Iterator[Api]:
-    a = Api(tmp_path)
-    yield a
-    a.close()
+    with Api(tmp_path) as a:
+        yield a
 
 
 def test_a_rollback_by_an_alarm_shows_the_value_against_the_threshold_the_decision_and_the_incident(
