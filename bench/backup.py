@@ -33,10 +33,18 @@ source = "code"
 [functions.api]
 handler = "app.handler"
 
-[environments.bench]
+[environments.local]
 gateway_port = 0
 control_port = 0
 """
+
+
+def local_platform(root: Path) -> LocalPlatform:
+    """The local platform of a one-function service in `root` (its data dir is what gets backed up)."""
+    (root / "code").mkdir(exist_ok=True)
+    (root / "code" / "app.py").write_text("def handler(event, context):\n    return {}\n")
+    (root / "backout.toml").write_text(MANIFEST)
+    return LocalPlatform(load_manifest(root / "backout.toml"), "local")
 
 
 def _bytes_in(root: Path) -> int:
@@ -47,10 +55,7 @@ def _bytes_in(root: Path) -> int:
 def measure(files: int, kb: int, changed: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="backout-bench-backup-") as d:
         root = Path(d)
-        (root / "code").mkdir()
-        (root / "code" / "app.py").write_text("def handler(event, context):\n    return {}\n")
-        (root / "backout.toml").write_text(MANIFEST)
-        platform = LocalPlatform(load_manifest(root / "backout.toml"), "bench")
+        platform = local_platform(root)
         try:
             data = platform.data_dir
             blob = os.urandom(kb * 1024)

@@ -10,31 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.backup import local_platform
 
 from backout.errors import UsageError
-from backout.manifest import load_manifest
 from backout.platforms.local.platform import LocalPlatform
-
-MANIFEST = """
-[service]
-name = "svc"
-source = "code"
-
-[functions.api]
-handler = "app.handler"
-
-[environments.test]
-gateway_port = 0
-control_port = 0
-"""
 
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[LocalPlatform]:
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "app.py").write_text("def handler(event, context):\n    return {}\n")
-    (tmp_path / "backout.toml").write_text(MANIFEST)
-    p = LocalPlatform(load_manifest(tmp_path / "backout.toml"), "test")
+    p = local_platform(tmp_path)  # the backup benchmark's one-function service
     try:
         yield p
     finally:
