@@ -258,3 +258,23 @@ def test_a_snapshot_taken_before_any_data_is_an_empty_side_copy(tmp_path: Path) 
     assert side.job_files({"job_id": "job_20250101000000000_abcd", "client_slug": "acme", "project_slug": "p"}) == {}
     with pytest.raises(StorageUnavailable):
         LocalSideCopy(tmp_path / "nowhere" / "data")
+
+
+def test_an_aws_instance_remembers_a_bounded_number_of_job_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm API instance creates and reads job after job: what it remembers (job id → key) stays bounded,
+    and a job it has forgotten is still found through its pointer item."""
+    from moto import mock_aws
+
+    from sda.storage import aws
+
+    _aws_env(monkeypatch)
+    monkeypatch.setattr(aws, "PK_CACHE_SIZE", 2)
+    with mock_aws():
+        store = aws.AwsStorage("jobs", "files")
+        store.create_resources()
+        jobs = [_job("Acme Corp", f"Tower {i}") for i in range(4)]
+        for job in jobs:
+            store.create_job(job)
+        assert list(store._pk_cache) == [jobs[2]["job_id"], jobs[3]["job_id"]]
+        assert store.get_job(jobs[0]["job_id"]) == jobs[0]  # forgotten: read through the pointer
+        assert list(store._pk_cache) == [jobs[3]["job_id"], jobs[0]["job_id"]]

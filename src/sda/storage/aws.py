@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +32,7 @@ from sda.storage.base import Check, check_file_name, job_prefix
 
 PK = "company#client#job"
 POINTER_PREFIX = "jobid#"
+PK_CACHE_SIZE = 10_000  # job ids whose key an instance remembers
 INDEXES = {
     "StatusDateIndex": "status",
     "ClientProjectIndex": "client_name",
@@ -114,7 +116,8 @@ class AwsStorage:
         self.bucket = bucket
         self._ddb, resource, self._s3 = _clients(session)
         self._table = resource.Table(table_name)
-        self._pk_cache: dict[str, str] = {}
+        # job id → its key: a job's key never changes; bounded, so a warm instance does not grow with every job
+        self._pk_cache: OrderedDict[str, str] = OrderedDict()
 
     @staticmethod
     def _errors() -> tuple[type[Exception], ...]:
@@ -181,10 +184,11 @@ class AwsStorage:
             ):
                 raise JobExists(job["job_id"]) from exc
             raise _unavailable("DynamoDB create_job", exc) from exc
-        self._pk_cache[job["job_id"]] = job["company_client_job"]
+        self._remember(job["job_id"], job["company_client_job"])
 
     def _pk(self, job_id: str) -> str | None:
         if job_id in self._pk_cache:
+            self._pk_cache.move_to_end(job_id)
             return self._pk_cache[job_id]
         try:
             resp = self._table.get_item(Key={PK: POINTER_PREFIX + job_id}, ConsistentRead=True)
@@ -192,8 +196,14 @@ class AwsStorage:
             raise _unavailable("DynamoDB get_item", exc) from exc
         target = resp.get("Item", {}).get("target")
         if target:
-            self._pk_cache[job_id] = target
+            self._remember(job_id, target)
         return target
+
+    def _remember(self, job_id: str, pk: str) -> None:
+        self._pk_cache[job_id] = pk
+        self._pk_cache.move_to_end(job_id)
+        while len(self._pk_cache) > PK_CACHE_SIZE:
+            self._pk_cache.popitem(last=False)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         pk = self._pk(job_id)
@@ -263,7 +273,7 @@ class AwsStorage:
             self._table.put_item(Item={PK: POINTER_PREFIX + job["job_id"], "target": job["company_client_job"]})
         except self._errors() as exc:
             raise _unavailable("DynamoDB put_item", exc) from exc
-        self._pk_cache[job["job_id"]] = job["company_client_job"]
+        self._remember(job["job_id"], job["company_client_job"])
 
     def _query(self, index: str, key: str, value: str, limit: int, newest_first: bool) -> list[dict[str, Any]]:
         from boto3.dynamodb.conditions import Key
