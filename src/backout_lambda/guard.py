@@ -55,7 +55,7 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -254,16 +254,14 @@ def _finish(table: Any, lam: Any, item: dict[str, Any], holder: str, notify: Cal
                                 trigger={"kind": "guard", "reason": reason, "decided_at": decided,
                                          "completed_at": done, "holder": old_holder},
                                 evidence={"alarms": evidence}, opened_at=done)
-        try:  # with the marker that makes it the deployment's one rollback incident
+        try:  # as the deployment's one rollback incident
             _fenced(table, did, holder, fence,
-                    {**t.incident_key(inc["id"]), **t.encode(inc), "record": "incident"},
-                    {t.PK: f"DEP#{did}", t.SK: f"INC#{inc['id']}", "incident": inc["id"]},
                     _event_item(table, "incident_opened", f"incident {inc['id']} opened for {did} by the guard",
                                 did, inc["id"], now(), None),
-                    once=t.rollback_incident_marker(table, did, inc["id"]))
+                    puts=t.incident_puts(table, inc, rollback=True))
             incident = inc["id"]
         except Exception as e:  # a restarted driver finishing the same rollback opened it first: take that one
-            first = t.rollback_incident_of(table, did) if t.condition_failed(e) else None
+            first = t.taken_by(table, did, e)
             if first is None:
                 raise
             incident = first
@@ -293,15 +291,15 @@ def _finish(table: Any, lam: Any, item: dict[str, Any], holder: str, notify: Cal
 
 
 def _fenced(table: Any, did: str, holder: str, fence: int, *items: dict[str, Any],
-            once: dict[str, Any] | None = None) -> None:
-    """Put `items` only while this run holds `did`'s lease (a slower run that lost it writes nothing),
-    and `once` (a conditional Put) with them."""
+            puts: Sequence[dict[str, Any]] = ()) -> None:
+    """Put `items` (and the transaction elements `puts`) only while this run holds `did`'s lease (a
+    slower run that lost it writes nothing)."""
     table.meta.client.transact_write_items(TransactItems=[
         {"ConditionCheck": {"TableName": table.name, "Key": t.deployment_key(did),
                             "ConditionExpression": "holder = :me AND fence = :f",
                             "ExpressionAttributeValues": {":me": holder, ":f": fence}}},
-        *({"Put": {"TableName": table.name, "Item": item}} for item in items),
-        *([once] if once is not None else [])])
+        *puts,
+        *({"Put": {"TableName": table.name, "Item": item}} for item in items)])
 
 
 def _event_item(table: Any, kind: str, message: str, did: str, incident: str | None, ts: float,

@@ -159,16 +159,28 @@ class AlreadyOpened(Exception):
         self.incident_id = incident_id
 
 
-def rollback_incident_marker(table: Any, deployment_id: str, incident_id: str) -> dict[str, Any]:
-    """A transaction's conditional Put that makes an incident the deployment's one rollback incident:
-    of two writers that finish the same rollback (a restarted driver's reconcile, the guard), the
-    second's transaction is refused and it takes the first one's incident."""
-    return {"Put": {"TableName": table.name, "Item": {PK: f"DEP#{deployment_id}", SK: ROLLBACK_INCIDENT,
-                                                      "incident": incident_id},
-                    "ConditionExpression": "attribute_not_exists(pk)"}}
+def incident_puts(table: Any, record: Mapping[str, Any], rollback: bool = False) -> list[dict[str, Any]]:
+    """A transaction's Puts of an incident of a deployment: the incident, the pointer from its
+    deployment and, for the deployment's one rollback incident, a conditional marker — of two writers
+    that finish the same rollback (a restarted driver's reconcile, the guard), the second's transaction
+    is refused and it takes the first one's incident (`taken_by`)."""
+    did, iid = record["deployment_id"], record["id"]
+    puts: list[dict[str, Any]] = [
+        {"Put": {"TableName": table.name, "Item": {**incident_key(iid), **encode(record), "record": "incident"}}},
+        {"Put": {"TableName": table.name, "Item": {PK: f"DEP#{did}", SK: f"INC#{iid}", "incident": iid}}},
+    ]
+    if rollback:
+        puts.append({"Put": {"TableName": table.name,
+                             "Item": {PK: f"DEP#{did}", SK: ROLLBACK_INCIDENT, "incident": iid},
+                             "ConditionExpression": "attribute_not_exists(pk)"}})
+    return puts
 
 
-def rollback_incident_of(table: Any, deployment_id: str) -> str | None:
+def taken_by(table: Any, deployment_id: str, e: Exception) -> str | None:
+    """After a refused transaction with a rollback marker: the incident another writer made the
+    deployment's rollback incident, when that was the refusal (None otherwise)."""
+    if not condition_failed(e):
+        return None
     item = table.get_item(Key={PK: f"DEP#{deployment_id}", SK: ROLLBACK_INCIDENT}, ConsistentRead=True).get("Item")
     return None if item is None else str(item["incident"])
 
@@ -176,24 +188,17 @@ def rollback_incident_of(table: Any, deployment_id: str) -> str | None:
 def put_incident(table: Any, record: Mapping[str, Any], rollback: bool = False) -> None:
     """The incident and, when it has one, the pointer from its deployment. `rollback`: the
     deployment's one rollback incident; raises AlreadyOpened when another writer opened it first."""
-    item = {**incident_key(record["id"]), **encode(record), "record": "incident"}
     did = record.get("deployment_id")
     if did:
-        marker = [rollback_incident_marker(table, did, record["id"])] if rollback else []
         try:
-            table.meta.client.transact_write_items(TransactItems=[
-                {"Put": {"TableName": table.name, "Item": (item)}},
-                {"Put": {"TableName": table.name, "Item": (
-                    {PK: f"DEP#{did}", SK: f"INC#{record['id']}", "incident": record["id"]})}},
-                *marker,
-            ])
+            table.meta.client.transact_write_items(TransactItems=incident_puts(table, record, rollback))
         except Exception as e:
-            first = rollback_incident_of(table, did) if rollback and condition_failed(e) else None
+            first = taken_by(table, did, e) if rollback else None
             if first is None:
                 raise
             raise AlreadyOpened(first) from None
     else:
-        table.put_item(Item=item)
+        table.put_item(Item={**incident_key(record["id"]), **encode(record), "record": "incident"})
 
 
 def condition_failed(e: Exception) -> bool:
