@@ -258,7 +258,7 @@ def test_api_failing_half_its_requests_rolls_back_under_load_and_no_job_is_lost(
     env = world.env
     stable = env.latest()
     before = env.weights()
-    with Load(env.gateway_url, rate=20, post_every=20) as load:
+    with Load(env.gateway_url, rate=20, post_every=10) as load:  # two drawings a second
         time.sleep(1.0)
         started = time.time()
         r = env.cli("deploy", "--strategy", "Canary20", "--set-env", "BACKOUT_FAULT=errors=0.5")
