@@ -10,9 +10,11 @@ the state dir.
 
 Figures: the RSS slope (MB/h, least squares after the first fifth of the run: imports and caches
 warm up then) of the supervisor and of each worker process that lived through at least half the
-run, the supervisor's growth over the run, the fd and WAL maxima, the 5xx answered by a version
-other than a faulty canary (must be 0), and each deployment's outcome (faulty → RolledBack,
-healthy → Succeeded, the live aliases on the winner).
+run, the same once each process first reached its median RSS (an API instance's one jump at its
+first upload, which may come late in the run, is warm-up, not growth), the supervisor's growth
+over the run, the fd and WAL maxima, the 5xx answered by a version other than a faulty canary
+(must be 0), and each deployment's outcome (faulty → RolledBack, healthy → Succeeded, the live
+aliases on the winner).
 
 `python -m bench.soak [--minutes 30] [--rate 50] [--every 300] [--sample 10] [--json PATH]`;
 `python -m bench --only soak` (`--quick`: 3 minutes).
@@ -105,6 +107,13 @@ def slope_mb_per_h(series: list[tuple[float, int]], skip: float) -> float | None
     return float(np.polyfit(t / 3600.0, r / MB, 1)[0])
 
 
+def settled_at(series: list[tuple[float, int]]) -> float:
+    """When a process first reached its median RSS: its own warm-up (lazy imports at the first
+    upload, caches) is over by then, and a process that keeps growing still shows it afterwards."""
+    median = float(np.median([r for _, r in series]))
+    return next(t for t, r in series if r >= median)
+
+
 def per_minute(series: list[tuple[float, int]]) -> list[float]:
     """The first RSS sample of each minute, in MB: the shape of the curve in a line."""
     out: dict[int, float] = {}
@@ -178,13 +187,16 @@ def run_soak(env: FaultEnv, minutes: float, rate: float, every: float, sample: f
 def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: float, env: FaultEnv) -> dict[str, Any]:
     faulty_targets = {str(d.target) for d in deployed if d.faulty}
     skip = duration / 5.0
-    slopes = {}
+    slopes, settled = {}, {}
     for key, series in s.rss.items():
         lived = series[-1][0] - series[0][0]
         if key == "supervisor" or lived >= duration / 2:
             v = slope_mb_per_h(series, skip)
             if v is not None:
                 slopes[key] = round(v, 1)
+            w = slope_mb_per_h(series, max(skip, settled_at(series)))
+            if w is not None:
+                settled[key] = round(w, 1)
     sup = s.rss.get("supervisor", [(0.0, 0)])
     after = [r for t, r in sup if t >= skip] or [sup[0][1]]
     # the metric store fills its in-memory window (METRIC_MEMORY) first: the slope once it is full
@@ -202,6 +214,7 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
         "deployments_as_expected": sum(
             (d.status == ("RolledBack" if d.faulty else "Succeeded")) and d.aliases_agree for d in deployed),
         "rss_slope_mb_per_h": slopes,
+        "rss_slope_once_settled_mb_per_h": settled,
         "supervisor_rss_slope_after_metric_window_mb_per_h": None if late is None else round(late, 1),
         "supervisor_rss_mb_each_minute": per_minute(sup),
         "supervisor_rss_mb": {"first": round(sup[0][1] / MB, 1), "after_warmup": round(after[0] / MB, 1),
