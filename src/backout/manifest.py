@@ -446,6 +446,9 @@ class EnvironmentSpec(_Model):
     api_5xx_threshold: int = Field(default=5, ge=0, description="5xx answers of the new version within "
                                    "`api_5xx_period` that roll it back")
     api_5xx_period: Duration = Field(default=300.0, description="the window of `api_5xx_threshold`")
+    backups_keep: int = Field(default=30, ge=0, description="backups kept: after each new one (`backout backup "
+                              "create`, or the one before a deployment's traffic) the oldest beyond this many "
+                              "are deleted (0: keep every one)")
     rollback_window: Duration = Field(default=900.0, description="the old version's instances are kept warm this "
                                       "long after a deployment, so a rollback is instant")
     duration_p99_limits: dict[str, DurationMs] = Field(

@@ -22,6 +22,7 @@ from backout.control.deployer import Deployer
 from backout.control.notify import Notifier
 from backout.control.store import Store
 from backout.control.strategies import Step, Strategy
+from backout.errors import UsageError
 from backout.manifest import load_manifest
 from backout.platforms import open_platform
 from backout.platforms.base import InvokeResult
@@ -304,5 +305,19 @@ def test_peek_delete_tagged_and_purge(stack: Stack) -> None:
         assert sorted(m.body for m in p.peek_messages(q)) == ["job0", "job1", "job2"]
         assert p.purge_queue(q) == 3
         assert p.queue_attributes(q).visible == 0
+    finally:
+        plane.close()
+
+
+def test_backups_beyond_backups_keep_are_deleted_from_dynamodb(stack: Stack) -> None:
+    plane = Plane(stack, extra_env="backups_keep = 2")
+    try:
+        p, ddb = plane.platform, client(stack.url, "dynamodb")
+        taken = [p.backup(f"b{i}") for i in range(3)]
+        assert [b.id for b in p.backups()] == [b.id for b in taken[1:]]
+        gone = taken[0].detail["tables"]["jobs"]
+        assert gone not in {s["BackupArn"] for s in ddb.list_backups(TableName=stack.table)["BackupSummaries"]}
+        with pytest.raises(UsageError, match="no backup"):
+            p.restore_to_side(taken[0].id)
     finally:
         plane.close()

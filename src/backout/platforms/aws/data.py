@@ -6,6 +6,7 @@
   which `describe` checks). S3 keeps an object's LastModified to the second, so with buckets the
   backup returns only once the second it was taken in is over: an object the new release writes
   afterwards always carries a later second than the backup's instant.
+  After each backup, the oldest beyond the environment's `backups_keep` are deleted (`delete_backup`).
 - `restore_to_side`: `restore_table_from_backup` into a side table `<table>-side-<backup id>`
   (reused when it already exists); the live table is never touched. The location handed to the
   service's repair function is JSON: `{"tables": {name: side}, "live_tables": {name: live},
@@ -35,9 +36,10 @@ PROBE = "__backout_probe__"
 
 
 class AwsData:
-    def __init__(self, clients: Clients, resources: Callable[[], Resources]) -> None:
+    def __init__(self, clients: Clients, resources: Callable[[], Resources], keep: int = 0) -> None:
         self.clients = clients
         self.resources = resources
+        self.keep = keep  # after each backup, the oldest beyond this many are deleted (0: none)
 
     # --- backups ------------------------------------------------------------------------------------
     def backup(self, label: str = "") -> Backup:
@@ -58,7 +60,21 @@ class AwsData:
         as_of = min(taken, default=created)
         if buckets:
             time.sleep(max(0.0, math.floor(max([created, *taken])) + 1 - time.time()))
+        self.prune()
         return Backup(bid, created, label, {"tables": tables, "buckets": buckets, "as_of": as_of})
+
+    def prune(self) -> list[str]:
+        """`delete_backup` of every table backup of the backups beyond the newest `keep`; their ids.
+        (The buckets' part of a backup is an instant: nothing to delete.)"""
+        if self.keep <= 0:
+            return []
+        ddb = self.clients("dynamodb")
+        old = self.backups()[: -self.keep]
+        for b in old:
+            for name, arn in b.detail["tables"].items():
+                with aws_errors(f"deleting backup {b.id} of table {name}"):
+                    ddb.delete_backup(BackupArn=arn)
+        return [b.id for b in old]
 
     def backups(self) -> list[Backup]:
         ddb = self.clients("dynamodb")

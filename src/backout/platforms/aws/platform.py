@@ -71,7 +71,7 @@ class AwsPlatform:
         self.ingress = AwsIngress(self.clients, self.resources, Throttle(spec.throttle_rate, spec.throttle_burst))
         self.processing = AwsProcessing(manifest, self.clients, self.resources)
         self.queue_ops = AwsQueues(manifest, self.clients, self.resources)
-        self.data = AwsData(self.clients, self.resources)
+        self.data = AwsData(self.clients, self.resources, keep=spec.backups_keep)
         self.reader = MetricReader(manifest, env, self.clients, self.resources)
         self.stack = AwsStack(self.clients, self.aws.stack, self.aws.region)
 

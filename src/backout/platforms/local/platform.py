@@ -71,7 +71,7 @@ class LocalPlatform:
         self.state_dir = (state_dir or manifest.state_dir(env)).resolve()
         self.data_dir = self.state_dir / "data"
         self.snapshot_dir = self.state_dir / "snapshots"
-        self.snapshots = Snapshots(self.data_dir, self.snapshot_dir)
+        self.snapshots = Snapshots(self.data_dir, self.snapshot_dir, keep=self.spec.backups_keep)
         for d in (self.state_dir, self.data_dir, self.snapshot_dir, self.state_dir / "logs"):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.state_dir / PLATFORM_DB

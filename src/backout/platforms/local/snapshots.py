@@ -8,7 +8,8 @@ snapshot is never listed.
 A file whose identity has not changed since the newest snapshot is hard-linked from it instead of
 copied again, as `rsync --link-dest` does: a backup before every deployment costs the data that
 changed, not all of it. Snapshot files are never written after their snapshot is sealed (a restore
-copies out of them), so sharing them is safe, and deleting a snapshot drops only its links.
+copies out of them), so sharing them is safe, and deleting a snapshot drops only its links: after
+each snapshot the oldest beyond the environment's `backups_keep` are deleted.
 
 Everything streams: the data dir is walked a directory at a time with plain strings, the list of
 files goes to `files.db` row by row, and lookups in the newest snapshot are by primary key. The
@@ -41,9 +42,10 @@ _BATCH = 500
 class Snapshots:
     """The snapshots of one data dir, kept in `root`."""
 
-    def __init__(self, data_dir: Path, root: Path) -> None:
+    def __init__(self, data_dir: Path, root: Path, keep: int = 0) -> None:
         self.data_dir = data_dir
         self.root = root
+        self.keep = keep  # after each snapshot, the oldest beyond this many are deleted (0: none)
 
     def take(self, label: str = "") -> Backup:
         sid = time.strftime("snap-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -99,7 +101,23 @@ class Snapshots:
         pointer = self.root / f"{LAST}.tmp"
         pointer.write_text(sid)
         pointer.replace(self.root / LAST)
+        self.prune()
         return info
+
+    def prune(self) -> list[str]:
+        """Delete the oldest snapshots beyond `keep`; their ids. Each is renamed out of the listing
+        first, so a crash mid-delete leaves a hidden directory (removed by the next prune), never a
+        listed snapshot with files missing. Newer snapshots keep their own links to shared files."""
+        for leftover in self.root.glob(".*.del"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if self.keep <= 0:
+            return []
+        old = self.list()[: -self.keep]
+        for b in old:
+            gone = self.root / f".{b.id}.del"
+            (self.root / b.id).rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        return [b.id for b in old]
 
     def list(self) -> list[Backup]:
         out = []
