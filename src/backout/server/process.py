@@ -34,6 +34,7 @@ import uvicorn
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.server.endpoints import ENDPOINTS, LOCK, read_endpoints, read_token
+from backout.server.memory import Trimmer
 from backout.statefiles import secure_state_dir
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
@@ -219,8 +220,11 @@ class Supervisor:
         await asyncio.gather(*(srv.serve(sockets=[sock]) for srv, sock in zip(self._servers, socks, strict=True)))
 
     def _tick(self, platform: Hosted | None, controller: Controller) -> None:
-        """Once a second: a hosted platform samples and persists its metrics, then the control plane ticks."""
-        steps = [controller.tick] if platform is None else [platform.tick, controller.tick]
+        """Once a second: a hosted platform samples and persists its metrics, then the control plane
+        ticks; once a minute the process gives its freed heap back (`memory`)."""
+        steps = [controller.tick, Trimmer().tick]
+        if platform is not None:
+            steps.insert(0, platform.tick)
         if platform is not None:
             with contextlib.suppress(Exception):
                 platform.tick()
