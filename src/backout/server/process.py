@@ -34,7 +34,7 @@ import uvicorn
 from backout.errors import UsageError
 from backout.manifest import Manifest
 from backout.server.endpoints import ENDPOINTS, LOCK, read_endpoints, read_token
-from backout.server.memory import Trimmer
+from backout.server.memory import Trimmer, limit_arenas
 from backout.statefiles import secure_state_dir
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
@@ -115,6 +115,7 @@ class Supervisor:
         from backout.server.app import build_app
         from backout.server.controller import Controller
 
+        limit_arenas()  # before the servers' and the platform's threads start (server/memory.py)
         secure_state_dir(self.state_dir)  # 0700, and files this process and its workers create 0600
         with supervisor_lock(self.state_dir, self.env):
             (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
