@@ -23,6 +23,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -48,6 +50,21 @@ class Snapshots:
         self.keep = keep  # after each snapshot, the oldest beyond this many are deleted (0: none)
 
     def take(self, label: str = "") -> Backup:
+        """A new snapshot, then the oldest beyond `keep` pruned — in a child process: SQLite's online
+        backup and the copies allocate megabytes for a moment, and in the supervisor (a backup before
+        every deployment) that burst left its malloc arenas larger each time while long-lived
+        allocations landed in it. The child's error is raised here as its last line."""
+        r = subprocess.run(
+            [sys.executable, "-P", "-m", __name__, str(self.data_dir), str(self.root), str(self.keep), label],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+        )
+        if r.returncode != 0:
+            why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+            raise OSError(f"backup of {self.data_dir} failed: {why}")
+        return Backup(**json.loads(r.stdout))
+
+    def take_here(self, label: str = "") -> Backup:
+        """`take`, in this process (the child's side)."""
         sid = time.strftime("snap-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         tmp = self.root / f".{sid}.tmp"
         (tmp / "data").mkdir(parents=True)
@@ -241,3 +258,16 @@ def _link(src: str, dest: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def main(argv: list[str]) -> int:
+    """`python -m backout.platforms.local.snapshots DATA_DIR ROOT KEEP LABEL`: take one snapshot and
+    print it as JSON (what `Snapshots.take` runs)."""
+    data_dir, root, keep, label = argv
+    b = Snapshots(Path(data_dir), Path(root), int(keep)).take_here(label)
+    print(json.dumps({"id": b.id, "created_at": b.created_at, "label": b.label, "detail": b.detail}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
