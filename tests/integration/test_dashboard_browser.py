@@ -158,8 +158,10 @@ def test_a_faulty_deployment_rolls_back_in_the_page(browser: Any, env: RunningEn
             r = env.cli("deploy", "--strategy", "Canary20", "--set-env", "BACKOUT_FAULT=errors=0.5", "--no-wait",
                         "--json")
             assert r.returncode == 0, r.stdout + r.stderr
+            # the record says RolledBack from the decision on; the chart drops once the switch is done
             page.wait_for_function(
-                "() => document.getElementById('deployment-status')?.textContent === 'RolledBack'", timeout=WAIT)
+                "() => document.getElementById('deployment-status')?.textContent === 'RolledBack'"
+                " && document.querySelector('#s-deployment svg.chart')?.dataset.weight === '0'", timeout=WAIT)
         assert load.codes.get(200), load.codes
         page.screenshot(path=str(tmp_path / "rolled-back.png"), full_page=True, timeout=WAIT)
         assert_no_sideways_scroll(page, "the dashboard after the rollback")
