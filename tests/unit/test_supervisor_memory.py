@@ -13,7 +13,7 @@ import pytest
 from backout.server import memory
 
 MB = 1024 * 1024
-glibc = pytest.mark.skipif(memory._malloc_trim() is None, reason="needs glibc's malloc_trim")
+glibc = pytest.mark.skipif(memory._libc() is None, reason="needs glibc's malloc_trim and mallopt")
 
 
 @glibc

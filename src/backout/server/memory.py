@@ -29,19 +29,11 @@ def _libc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 - glibc has both; musl has neither
-    except (OSError, AttributeError):
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    except (OSError, AttributeError):  # not glibc (musl has neither)
         return None
     return libc
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    libc = _libc()
-    if libc is None:
-        return None
-    fn = libc.malloc_trim
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return fn
 
 
 def limit_arenas(n: int = ARENAS) -> bool:
@@ -54,8 +46,8 @@ def limit_arenas(n: int = ARENAS) -> bool:
 
 def release() -> bool:
     """Return free heap pages to the OS now; whether anything was released."""
-    fn = _malloc_trim()
-    return bool(fn(0)) if fn is not None else False
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 class Trimmer:

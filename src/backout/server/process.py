@@ -223,9 +223,7 @@ class Supervisor:
     def _tick(self, platform: Hosted | None, controller: Controller) -> None:
         """Once a second: a hosted platform samples and persists its metrics, then the control plane
         ticks; once a minute the process gives its freed heap back (`memory`)."""
-        steps = [controller.tick, Trimmer().tick]
-        if platform is not None:
-            steps.insert(0, platform.tick)
+        steps = [*([platform.tick] if platform is not None else []), controller.tick, Trimmer().tick]
         if platform is not None:
             with contextlib.suppress(Exception):
                 platform.tick()

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import asdict
 from pathlib import Path
 
 from backout.errors import UsageError
@@ -265,7 +266,7 @@ def main(argv: list[str]) -> int:
     print it as JSON (what `Snapshots.take` runs)."""
     data_dir, root, keep, label = argv
     b = Snapshots(Path(data_dir), Path(root), int(keep)).take_here(label)
-    print(json.dumps({"id": b.id, "created_at": b.created_at, "label": b.label, "detail": b.detail}))
+    print(json.dumps(asdict(b)))
     return 0
 
 
