@@ -340,6 +340,46 @@ def test_missed_progress_deadline_rolls_back_with_trigger_deadline(tmp_path: Pat
         w.close()
 
 
+def test_deadline_rolls_back_while_a_hook_still_blocks_the_runner(tmp_path: Path, caplog: Any) -> None:
+    """The deadline holds inside a blocking call too: a pre-traffic hook that never answers is rolled back
+    from outside the runner once the deadline has passed, with what the runner was waiting for as the
+    evidence; when the hook finally returns, the runner finds the deployment over and does nothing more."""
+    w = World(tmp_path, pre='{ builtin = "checks" }, { function = "checker" }')
+    try:
+        entered, gate = threading.Event(), threading.Event()
+
+        def stuck_hook(c: Any) -> Any:
+            entered.set()
+            gate.wait(30)
+            return {"status": "Succeeded"}
+
+        w.fake.handle("checker", stuck_hook)
+        d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: the deadline is 10 s after its start
+        assert entered.wait(10)
+        w.clock.advance(60)  # the hook has taken a minute, and still has not answered
+
+        def over() -> bool:
+            return not w.store.get(d.id).active
+
+        for _ in range(100):
+            if over():
+                break
+            threading.Event().wait(0.05)
+        assert over() and not gate.is_set(), "rolled back while the hook still blocks the runner"
+        assert w.fake.live_versions() == w.live(w.fake.releases()[0])
+        ev = w.event(d.id, "rolled_back").data
+        assert ev["trigger"] == "deadline" and ev["reason"] == "progress deadline exceeded (10 s)"
+        assert ev["evidence"] == ["deployment still in pre-traffic, running hook function:checker after the deadline"]
+        gate.set()
+        data, trigger = rolled_back(w, d.id, "low")  # no traffic ever reached the new version
+        assert trigger["kind"] == "deadline" and trigger["while"] == "in pre-traffic, running hook function:checker"
+        assert w.kinds(d.id).count("rolled_back") == 1 and w.notifier.kinds().count("deadline_exceeded") == 1
+        assert "step_reached" not in w.kinds(d.id), "the runner went no further once its hook returned"
+        assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+    finally:
+        w.close()
+
+
 def test_slow_canary_against_its_stable_version_rolls_back_with_trigger_judge(tmp_path: Path) -> None:
     w = World(tmp_path, judge=True)
     try:

@@ -67,6 +67,8 @@ class Live:
     approved: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
     lease_lost: str | None = None  # why this process no longer drives it (shared store)
+    doing: str = ""  # the blocking call the runner is in, for the deadline's evidence ("running hook X")
+    deadline_claimed: bool = False  # the runner or the watchdog acts on the deadline, never both
 
 
 class RollbackNeeded(Exception):
@@ -677,6 +679,8 @@ class Deployer:
                 d = self.store.transition(d.id, st.PRE_TRAFFIC, expect=st.AWAITING_APPROVAL)
             deadline_base = self._started_at(d)
             deadline = deadline_base + progress_deadline(d.strategy_obj, self.spec.deadline_margin)
+            threading.Thread(target=self._hold_deadline, args=(d.id, deadline, threading.current_thread()),
+                             name=f"deadline-{d.id}", daemon=True).start()
             if d.status == st.PRE_TRAFFIC:
                 self._pre_traffic(d)
                 d = self.store.transition(d.id, st.IN_PROGRESS, expect=st.PRE_TRAFFIC)
@@ -695,14 +699,54 @@ class Deployer:
             raise
         except Exception as e:  # noqa: BLE001 - a crash of the runner must still restore stable traffic
             cur = self.store.get(d.id)
-            if not cur.active and self._live(d.id).stop_requested is not None:
-                log.info("deployment %s was stopped while its runner was busy (%s)", d.id, e)
+            if not cur.active:  # an operator's stop or the deadline's watchdog ended it while the runner was busy
+                log.info("deployment %s ended (%s) while its runner was busy (%s)", d.id, cur.status, e)
                 return
             log.exception("deployment %s crashed", d.id)
             if cur.active:
                 self._rollback(
                     cur, RollbackNeeded("internal", f"deployment runner failed: {type(e).__name__}: {e}", [])
                 )
+
+    def _hold_deadline(self, deployment_id: str, deadline: float, runner: threading.Thread) -> None:
+        """The progress deadline while the runner is blocked where it does not look at it (a backup,
+        instances starting, a hook): once the runner is past the deadline by more than its own checks
+        allow for, roll back from here, as an operator's stop does; the runner finds the deployment over
+        when its call returns. Why: `deadline_margin` promises that a deployment still running then is
+        rolled back, whatever it is waiting for."""
+        grace = 2 * evaluation_interval(self.platform, EVAL_INTERVAL) + 1.0
+        lv = self._live(deployment_id)
+        while True:
+            if not runner.is_alive():
+                return
+            left = deadline + grace - self.clock()
+            if left <= 0:
+                break
+            if self._closing.wait(min(left, 0.5)):
+                return
+        if lv.lease_lost is not None or (self.leases is not None and not self.leases.holds(deployment_id)):
+            return  # another process drives it now: its own deadline applies
+        d = self.store.get(deployment_id)
+        if not d.active:
+            return
+        doing = lv.doing or (f"at step {(d.current_step or 0) + 1}" if d.current_step is not None else d.status)
+        log.warning("deployment %s is past its progress deadline while %s: rolling back", d.id, doing)
+        rb = RollbackNeeded(
+            "deadline",
+            f"progress deadline exceeded ({deadline - self._started_at(d):.0f} s)",
+            [f"deployment still {doing} after the deadline"],
+            {"while": doing},
+        )
+        if self._claim_deadline(lv):
+            self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
+        self._rollback(d, rb)
+
+    def _claim_deadline(self, lv: Live) -> bool:
+        """Whether this caller is the first to act on the deadline (it notifies; `_rollback` itself
+        switches the traffic exactly once)."""
+        with self._lock:
+            first, lv.deadline_claimed = not lv.deadline_claimed, True
+            return first
 
     def _started_at(self, d: Deployment) -> float:
         """When the deployment left approval (the progress deadline and the alarm windows start here)."""
@@ -715,6 +759,8 @@ class Deployer:
     def _pre_traffic(self, d: Deployment) -> None:
         self._started_at(d)
         self._event(d, "pre_traffic_started", f"pre-traffic: back up data, warm {d.target}, run hooks")
+        lv = self._live(d.id)
+        lv.doing = "in pre-traffic, backing up the data"
         snap = self.platform.backup(label=f"before {d.id}")
         self.store.record_snapshot(self.env, snap.id, label=f"before {d.id}", deployment_id=d.id)
         self._event(
@@ -726,6 +772,7 @@ class Deployer:
         if isinstance(self.platform, Capacity):
             for fn in self.platform.functions():
                 v = d.target_versions[fn]
+                lv.doing = f"in pre-traffic, starting {fn} v{v}"
                 try:
                     self.platform.prewarm(fn, v)
                 except Exception as e:  # noqa: BLE001 - an init failure is a pre-traffic failure
@@ -735,8 +782,10 @@ class Deployer:
                         [f"{fn} v{v} init failed: {e}"],
                     ) from None
                 if fn in d.stable_versions:
+                    lv.doing = f"in pre-traffic, starting {fn} v{d.stable_versions[fn]}"
                     self.platform.prewarm(fn, d.stable_versions[fn])
         self._hooks("pre_traffic", d, self.clock())
+        lv.doing = ""
 
     def _hooks(self, phase: str, d: Deployment, since: float) -> list[HookResult]:
         ctx = HookContext(
@@ -751,7 +800,13 @@ class Deployer:
             alone_since=self._alone_since(d) if phase == "post_traffic" else None,
         )
 
+        lv = self._live(d.id)
+        names = [h.name for h in getattr(self.manifest.hooks, phase)]
+        lv.doing = f"in {phase.replace('_', '-')}, running hook {names[0]}" if names else ""
+
         def record(r: HookResult) -> bool:
+            names.pop(0)  # hooks run in order: the next one starts now
+            lv.doing = f"in {phase.replace('_', '-')}, running hook {names[0]}" if names else ""
             self._event(
                 d,
                 "hook_passed" if r.ok else "hook_failed",
@@ -803,6 +858,7 @@ class Deployer:
             peak = max((p.value for p in pts), default=0.0)
             want = max(1, min(cap, math.ceil(peak * min(weight, 100.0) / 100.0) + 1))
             v = d.target_versions[fn]
+            self._live(d.id).doing = f"warming {want} instance(s) of {fn} v{v} for {weight:g} %"
             try:
                 self.platform.prewarm(fn, v, want)
             except Exception as e:  # noqa: BLE001 - an instance that cannot start is a failed deployment
@@ -826,6 +882,7 @@ class Deployer:
             resuming = i == d.current_step and d.step_started_at is not None
             warm_from = self.clock()
             self._prewarm(d, step.weight)
+            lv.doing = ""
             started = d.step_started_at if resuming else self.clock()
             with self._switch:
                 d = self.store.transition(
@@ -927,7 +984,8 @@ class Deployer:
                 {"alarms": [e.as_dict() for e in v.firing]},
             )
         if self.clock() > deadline:
-            self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
+            if self._claim_deadline(lv):
+                self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
             raise RollbackNeeded(
                 "deadline",
                 f"progress deadline exceeded ({deadline - self._started_at(d):.0f} s)",
