@@ -315,17 +315,24 @@ def test_failing_post_traffic_hook_rolls_back_from_100_percent_with_trigger_post
         w.close()
 
 
+def gated_hook(w: World, most: float) -> tuple[threading.Event, threading.Event]:
+    """The pre-traffic hook `checker` answers Succeeded once `gate` is set (or after `most` s); `entered`
+    says it was called."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hook(c: Any) -> Any:
+        entered.set()
+        gate.wait(most)
+        return {"status": "Succeeded"}
+
+    w.fake.handle("checker", hook)
+    return entered, gate
+
+
 def test_missed_progress_deadline_rolls_back_with_trigger_deadline(tmp_path: Path) -> None:
     w = World(tmp_path, pre='{ builtin = "checks" }, { function = "checker" }')
     try:
-        entered, gate = threading.Event(), threading.Event()
-
-        def slow_hook(c: Any) -> Any:
-            entered.set()
-            gate.wait(10)
-            return {"status": "Succeeded"}
-
-        w.fake.handle("checker", slow_hook)
+        entered, gate = gated_hook(w, 10)
         d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: rolled back 10 s after its start
         assert entered.wait(10)
         w.clock.advance(11)  # the pre-traffic hook took 11 s
@@ -346,14 +353,7 @@ def test_deadline_rolls_back_while_a_hook_still_blocks_the_runner(tmp_path: Path
     evidence; when the hook finally returns, the runner finds the deployment over and does nothing more."""
     w = World(tmp_path, pre='{ builtin = "checks" }, { function = "checker" }')
     try:
-        entered, gate = threading.Event(), threading.Event()
-
-        def stuck_hook(c: Any) -> Any:
-            entered.set()
-            gate.wait(30)
-            return {"status": "Succeeded"}
-
-        w.fake.handle("checker", stuck_hook)
+        entered, gate = gated_hook(w, 30)
         d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: the deadline is 10 s after its start
         assert entered.wait(10)
         w.clock.advance(60)  # the hook has taken a minute, and still has not answered
