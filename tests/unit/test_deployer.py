@@ -357,15 +357,9 @@ def test_deadline_rolls_back_while_a_hook_still_blocks_the_runner(tmp_path: Path
         d = w.deploy(w.release("worker"))  # holds 5 s + deadline_margin 5 s: the deadline is 10 s after its start
         assert entered.wait(10)
         w.clock.advance(60)  # the hook has taken a minute, and still has not answered
-
-        def over() -> bool:
-            return not w.store.get(d.id).active
-
-        for _ in range(100):
-            if over():
-                break
-            threading.Event().wait(0.05)
-        assert over() and not gate.is_set(), "rolled back while the hook still blocks the runner"
+        # the status changes first, then the traffic switches, then the event is written: wait for the event
+        w.wait(lambda: "rolled_back" in w.kinds(d.id), what=f"{d.id} rolled back by the watchdog")
+        assert not w.store.get(d.id).active and not gate.is_set(), "rolled back while the hook still blocks the runner"
         assert w.fake.live_versions() == w.live(w.fake.releases()[0])
         ev = w.event(d.id, "rolled_back").data
         assert ev["trigger"] == "deadline" and ev["reason"] == "progress deadline exceeded (10 s)"

@@ -731,22 +731,21 @@ class Deployer:
             return
         doing = lv.doing or (f"at step {(d.current_step or 0) + 1}" if d.current_step is not None else d.status)
         log.warning("deployment %s is past its progress deadline while %s: rolling back", d.id, doing)
-        rb = RollbackNeeded(
+        self._rollback(d, self._deadline_passed(d, lv, deadline, doing))
+
+    def _deadline_passed(self, d: Deployment, lv: Live, deadline: float, doing: str) -> RollbackNeeded:
+        """The deadline's rollback, for the runner or the watchdog; the first of them to get here sends
+        the notification (`_rollback` itself switches the traffic exactly once)."""
+        with self._lock:
+            first, lv.deadline_claimed = not lv.deadline_claimed, True
+        if first:
+            self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
+        return RollbackNeeded(
             "deadline",
             f"progress deadline exceeded ({deadline - self._started_at(d):.0f} s)",
             [f"deployment still {doing} after the deadline"],
             {"while": doing},
         )
-        if self._claim_deadline(lv):
-            self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
-        self._rollback(d, rb)
-
-    def _claim_deadline(self, lv: Live) -> bool:
-        """Whether this caller is the first to act on the deadline (it notifies; `_rollback` itself
-        switches the traffic exactly once)."""
-        with self._lock:
-            first, lv.deadline_claimed = not lv.deadline_claimed, True
-            return first
 
     def _started_at(self, d: Deployment) -> float:
         """When the deployment left approval (the progress deadline and the alarm windows start here)."""
@@ -784,8 +783,7 @@ class Deployer:
                 if fn in d.stable_versions:
                     lv.doing = f"in pre-traffic, starting {fn} v{d.stable_versions[fn]}"
                     self.platform.prewarm(fn, d.stable_versions[fn])
-        self._hooks("pre_traffic", d, self.clock())
-        lv.doing = ""
+        self._hooks("pre_traffic", d, self.clock())  # leaves `doing` empty once its hooks are done
 
     def _hooks(self, phase: str, d: Deployment, since: float) -> list[HookResult]:
         ctx = HookContext(
@@ -801,23 +799,26 @@ class Deployer:
         )
 
         lv = self._live(d.id)
-        names = [h.name for h in getattr(self.manifest.hooks, phase)]
-        lv.doing = f"in {phase.replace('_', '-')}, running hook {names[0]}" if names else ""
+        label = phase.replace("_", "-")
+        # what the runner waits for while each hook runs (in order), then nothing
+        hooks = getattr(self.manifest.hooks, phase)
+        waiting = [f"in {label}, running hook {h.name}" for h in hooks] + [""]
+        lv.doing = waiting[0]
 
         def record(r: HookResult) -> bool:
-            names.pop(0)  # hooks run in order: the next one starts now
-            lv.doing = f"in {phase.replace('_', '-')}, running hook {names[0]}" if names else ""
+            waiting.pop(0)  # hooks run in order: the next one starts now
+            lv.doing = waiting[0]
             self._event(
                 d,
                 "hook_passed" if r.ok else "hook_failed",
-                f"{phase.replace('_', '-')} hook {r.name} {'passed' if r.ok else 'FAILED'} in {r.seconds:.1f} s: "
+                f"{label} hook {r.name} {'passed' if r.ok else 'FAILED'} in {r.seconds:.1f} s: "
                 f"{r.output[:500]}",
                 severity="info" if r.ok else "critical",
                 data={"phase": phase, "hook": r.name, "ok": r.ok, "output": r.output, "checks": r.checks},
             )
             return self.store.get(d.id).active  # an operator's rollback during a hook ends the phase
 
-        results = run_hooks(phase, getattr(self.manifest.hooks, phase), ctx, on_result=record)
+        results = run_hooks(phase, hooks, ctx, on_result=record)
         for r in results:
             if not r.ok:
                 self._notify(
@@ -829,7 +830,7 @@ class Deployer:
                 )
                 raise RollbackNeeded(
                     phase,
-                    f"{phase.replace('_', '-')} hook {r.name} failed",
+                    f"{label} hook {r.name} failed",
                     [r.output[:1000]],
                     {"hook": r.name, "output": r.output, "checks": r.checks},
                 )
@@ -984,13 +985,7 @@ class Deployer:
                 {"alarms": [e.as_dict() for e in v.firing]},
             )
         if self.clock() > deadline:
-            if self._claim_deadline(lv):
-                self._notify("deadline_exceeded", d, reason="progress deadline exceeded")
-            raise RollbackNeeded(
-                "deadline",
-                f"progress deadline exceeded ({deadline - self._started_at(d):.0f} s)",
-                [f"deployment still at step {(d.current_step or 0) + 1} after the deadline"],
-            )
+            raise self._deadline_passed(d, lv, deadline, f"at step {(d.current_step or 0) + 1}")
 
     def _check_stop(self, d: Deployment, lv: Live) -> None:
         if self._closing.is_set():
