@@ -169,7 +169,8 @@ def test_stop_rollback_deployments_and_incidents_on_machine_b_act_on_what_machin
     rolled = json.loads(done.stdout)
     assert (rolled["mode"], rolled["deployment"]) == ("stopped deployment", d2)
     # exit 1: the verify after it finds no API on moto (its health check), and says so
-    assert [c["name"] for c in rolled["verify"]["checks"] if not c["ok"]] == ["API health"]
+    failed = [c for c in rolled["verify"]["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["API health"], failed
     assert done.returncode == 1, done.stderr
     assert aliases(pair.stack) == stable
     view = a.api("GET", f"/deployments/{d2}")

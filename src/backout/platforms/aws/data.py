@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -181,7 +182,10 @@ class AwsData:
             if d.get("TableStatus") != "ACTIVE":
                 return CheckResult(f"table {name}", False, f"{table} is {d.get('TableStatus')}", _ms(t0))
             types = {a["AttributeName"]: a["AttributeType"] for a in d["AttributeDefinitions"]}
-            key = {k["AttributeName"]: _probe_value(types[k["AttributeName"]]) for k in d["KeySchema"]}
+            # a key of its own per check: two machines verifying at once (the lease holder after its
+            # rollback, an operator's verify elsewhere) would otherwise delete each other's probe
+            tag = secrets.randbits(40)
+            key = {k["AttributeName"]: _probe_value(types[k["AttributeName"]], tag) for k in d["KeySchema"]}
             ddb.put_item(TableName=table, Item={**key, "ts": {"N": str(time.time())}})
             ok = "Item" in ddb.get_item(TableName=table, Key=key, ConsistentRead=True)
             ddb.delete_item(TableName=table, Key=key)
@@ -214,8 +218,9 @@ def _scan(ddb: Any, table: str, keys: list[str] | None = None) -> list[dict[str,
     return out
 
 
-def _probe_value(kind: str) -> dict[str, Any]:
-    return {"S": PROBE} if kind == "S" else {"N": "-424242424242"} if kind == "N" else {"B": PROBE.encode()}
+def _probe_value(kind: str, tag: int) -> dict[str, Any]:
+    text = f"{PROBE}{tag:010x}"
+    return {"S": text} if kind == "S" else {"N": f"-{tag}"} if kind == "N" else {"B": text.encode()}
 
 
 def _epoch(v: Any) -> float:

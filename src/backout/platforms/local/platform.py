@@ -445,7 +445,7 @@ class LocalPlatform:
     def describe(self) -> list[CheckResult]:
         checks = self._database_checks()
         t0 = time.perf_counter()
-        probe = self.data_dir / ".health-probe"
+        probe = self.data_dir / f".health-probe-{uuid.uuid4().hex[:12]}"  # one per checker
         try:
             probe.write_text("ok")
             probe.unlink()
