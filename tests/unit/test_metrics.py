@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import statistics
+import sys
 import threading
 import time
 
@@ -290,7 +291,7 @@ def test_memory_holds_a_window_and_older_seconds_are_read_from_the_db(tmp_path) 
         if i % 500 == 0:
             bounded.flush(now=ts + 1)
     bounded.flush(now=now)
-    in_memory = {sec for s in bounded._series.values() for sec in [*s.cold, *s.hot]}
+    in_memory = {sec for s in bounded._series.values() for sec in [*s.cold.seconds(), *s.hot]}
     assert in_memory and min(in_memory) >= now - 120  # the rest is on disk only
     for period, stat in ((60, "p99"), (60, "SampleCount"), (10, "Sum"), (1, "Maximum"), (300, "Average")):
         q = MetricQuery.of(NS, "Duration" if stat != "Sum" else "Errors", DIMS, t0 - 60, now + 1, period, stat)
@@ -303,3 +304,45 @@ def test_memory_holds_a_window_and_older_seconds_are_read_from_the_db(tmp_path) 
     assert ("AWS/Lambda", "Duration", DIMS) in bounded.list_metrics(NS)
     bounded.close()
     reloaded.close()
+
+
+def test_late_samples_for_sealed_seconds_add_up_in_their_period() -> None:
+    """A sample for a second already packed is packed again beside it, out of time order: queries
+    see one datapoint per period with every sample, whatever the statistic."""
+    t0 = _base()
+    store = MetricStore()
+    for sec in (10, 11, 12):
+        store.record(NS, "Duration", DIMS, float(sec), "Milliseconds", ts=t0 + sec)
+    store.flush(now=t0 + 30)
+    store.record(NS, "Duration", DIMS, 100.0, "Milliseconds", ts=t0 + 11.5)  # late, for a sealed second
+    store.record(NS, "Duration", DIMS, 5.0, "Milliseconds", ts=t0 + 3)  # later still, and earlier in time
+    store.flush(now=t0 + 40)
+    q = MetricQuery.of(NS, "Duration", DIMS, t0, t0 + 60, 1, "SampleCount")
+    assert [(d.timestamp - t0, d.value) for d in store.query(q)] == [(3, 1), (10, 1), (11, 2), (12, 1)]
+    assert _one(store, "Maximum", t0, t0 + 60) == 100.0
+    assert _one(store, "Minimum", t0, t0 + 60) == 5.0
+    assert _one(store, "p50", t0, t0 + 60) == 11.0
+    assert _one(store, "Sum", t0 + 11, t0 + 12, period=1) == 111.0
+    assert _one(store, "TC(10:)", t0, t0 + 60) == 3
+
+
+def test_the_window_in_memory_is_a_few_blocks_per_series_minute_not_objects_per_second() -> None:
+    """Ten minutes of ten series at 50 samples a second, sealed: the packed window lives in a few
+    large numpy blocks per series, not in one small Python object per series-second (which, living
+    ten minutes among short-lived ones, kept the supervisor's small-object arenas from being freed)."""
+    t0 = _base()
+    store = MetricStore()
+    keys = [store.series_key(NS, m, {"FunctionName": f"f{i}"}) for i in range(5) for m in ("Errors", "Duration")]
+    rnd = random.Random(5)
+    before = sys.getallocatedblocks()
+    for i in range(600 * 50):
+        ts = t0 - 600 + i / 50
+        store.record_many([(k, float(rnd.random() < 0.02) if k[1] == "Errors" else rnd.random(), "Count")
+                           for k in keys], ts)
+        if i % 50 == 0:
+            store.flush(now=ts)
+    store.flush(now=t0 + 10)
+    grown = sys.getallocatedblocks() - before
+    sealed = sum(len(s.cold.seconds()) for s in store._series.values())
+    assert sealed >= 10 * 590
+    assert grown < 1500, f"{grown} small-object blocks for {sealed} sealed series-seconds"

@@ -7,7 +7,8 @@ compare distributions, and a second's worth of samples is small. Why this layout
   lock and a list append into the series' *hot* second.
 * `flush` (the supervisor calls it every second, and once more on close) appends every sample not
   yet on disk to `m_datapoints` in the platform db, and turns seconds that can no longer change
-  into compact sorted arrays (*cold*), run-length encoded when values repeat (counts of 0/1).
+  into compact sorted arrays (*cold*), run-length encoded when values repeat (counts of 0/1), kept
+  in chunks of 64 seconds per series (`_Cold`: a handful of large blocks instead of objects).
 * Memory holds only the last `memory` seconds (10 minutes: every default alarm window, and the
   canary judges read each second once, as it closes); older seconds are read from the db, kept for
   `retention`. Memory is then bounded by the traffic of `memory` seconds, not of six hours (a soak
@@ -31,7 +32,6 @@ import re
 import sqlite3
 import threading
 import time
-from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,51 +83,182 @@ CREATE INDEX IF NOT EXISTS m_datapoints_series ON m_datapoints (namespace, metri
 class _Packed:
     """The samples of one second (or one chunk of it), sorted; `counts` when values repeat."""
 
-    vals: array  # array('d')
-    counts: array | None  # array('q') or None: one sample per entry of vals
+    vals: np.ndarray  # float64
+    counts: np.ndarray | None  # int64, one per entry of vals; None: one sample per entry
     n: int
     total: float
     lo: float
     hi: float
 
     @staticmethod
-    def of(samples: Iterable[float]) -> _Packed:
-        s = sorted(samples)
+    def of(samples: Sequence[float] | np.ndarray) -> _Packed:
+        s = np.sort(np.asarray(samples, dtype=np.float64))
         n = len(s)
-        uniq: list[float] = []
-        cnt: list[int] = []
-        for v in s:
-            if uniq and uniq[-1] == v:
-                cnt[-1] += 1
-            else:
-                uniq.append(v)
-                cnt.append(1)
-        if len(uniq) * 2 <= n:
-            return _Packed(array("d", uniq), array("q", cnt), n, math.fsum(s), s[0], s[-1])
-        return _Packed(array("d", s), None, n, math.fsum(s), s[0], s[-1])
+        total = math.fsum(s.tolist())
+        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+        if len(starts) * 2 <= n:  # run-length: repeated values (counts of 0/1) as value + occurrences
+            counts = np.diff(np.append(starts, n)).astype(np.int64)
+            return _Packed(s[starts], counts, n, total, float(s[0]), float(s[-1]))
+        return _Packed(s, None, n, total, float(s[0]), float(s[-1]))
 
     @staticmethod
     def from_blobs(n: int, vals: bytes, counts: bytes | None) -> _Packed:
-        v = array("d")
-        v.frombytes(vals)
-        c: array | None = None
-        if counts is not None:
-            c = array("q")
-            c.frombytes(counts)
-        total = math.fsum(x * k for x, k in zip(v, c, strict=True)) if c is not None else math.fsum(v)
-        return _Packed(v, c, n, total, v[0], v[-1])
-
-    def samples(self) -> Iterator[float]:
-        if self.counts is None:
-            return iter(self.vals)
-        return (x for x, k in zip(self.vals, self.counts, strict=True) for _ in range(k))
+        v = np.frombuffer(vals, dtype=np.float64)
+        c = None if counts is None else np.frombuffer(counts, dtype=np.int64)
+        total = math.fsum((v * c).tolist()) if c is not None else math.fsum(v.tolist())
+        return _Packed(v, c, n, total, float(v[0]), float(v[-1]))
 
     def as_numpy(self) -> np.ndarray:
-        v = np.frombuffer(self.vals, dtype=np.float64)
-        return v if self.counts is None else np.repeat(v, np.frombuffer(self.counts, dtype=np.int64))
+        return self.vals if self.counts is None else np.repeat(self.vals, self.counts)
 
     def merge(self, other: _Packed) -> _Packed:
-        return _Packed.of([*self.samples(), *other.samples()])
+        return _Packed.of(np.concatenate((self.as_numpy(), other.as_numpy())))
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What a query reads of sealed seconds of one period: counts, sum, extremes, and the samples
+    (unsorted) when its statistic needs them."""
+
+    n: int
+    total: float
+    lo: float
+    hi: float
+    values: np.ndarray | None
+
+    def as_numpy(self) -> np.ndarray:
+        assert self.values is not None
+        return self.values
+
+
+_CHUNK = 64  # sealed seconds per chunk of a series' cold window
+_SEC, _N, _TOTAL, _LO, _HI, _OFF, _K, _RLE = range(8)  # the columns of a chunk's `meta`
+
+
+class _Chunk:
+    """Up to `_CHUNK` sealed seconds of one series in two numpy arrays: `meta` (a row per second:
+    second, samples, sum, min, max, where its values start, how many, run-length or not) and `data`
+    (the values, each run-length second's counts after its values, stored as int64 bits)."""
+
+    __slots__ = ("meta", "data", "used", "filled", "first", "last")
+
+    def __init__(self) -> None:
+        self.meta = np.empty((_CHUNK, 8), dtype=np.float64)
+        self.data = np.empty(256, dtype=np.float64)
+        self.used = 0  # rows of meta
+        self.filled = 0  # entries of data
+        self.first = math.inf  # the smallest and largest second held (late seconds may come out of order)
+        self.last = -math.inf
+
+    def add(self, sec: int, p: _Packed) -> None:
+        k = len(p.vals)
+        need = self.filled + (2 * k if p.counts is not None else k)
+        if need > len(self.data):
+            grown = np.empty(max(need, 2 * len(self.data)), dtype=np.float64)
+            grown[: self.filled] = self.data[: self.filled]
+            self.data = grown  # views handed out earlier keep the old buffer: written values never change
+        o = self.filled
+        self.data[o : o + k] = p.vals
+        if p.counts is not None:
+            self.data[o + k : o + 2 * k].view(np.int64)[:] = p.counts
+        self.meta[self.used] = (sec, p.n, p.total, p.lo, p.hi, o, k, p.counts is not None)
+        self.used += 1
+        self.filled = need
+        self.first, self.last = min(self.first, sec), max(self.last, sec)
+
+    def parts(self, lo: int, hi: int, period: int, values: bool) -> Iterator[tuple[int, _Part]]:
+        """The seconds lo <= s < hi, one part per aligned period: counts and sums vectorised, the
+        samples themselves (`values`) only for the statistics that need them."""
+        if self.last < lo or self.first >= hi:
+            return
+        m = self.meta[: self.used]
+        rows = m[(m[:, _SEC] >= lo) & (m[:, _SEC] < hi)]
+        if not len(rows):
+            return
+        starts = rows[:, _SEC].astype(np.int64)
+        starts -= starts % period
+        if len(rows) > 1 and np.any(starts[1:] < starts[:-1]):  # a late second: put periods in order
+            order = np.argsort(starts, kind="stable")
+            rows, starts = rows[order], starts[order]
+        cut = np.flatnonzero(np.concatenate(([True], starts[1:] != starts[:-1])))
+        n = np.add.reduceat(rows[:, _N], cut).tolist()
+        total = np.add.reduceat(rows[:, _TOTAL], cut).tolist()
+        mn = np.minimum.reduceat(rows[:, _LO], cut).tolist()
+        mx = np.maximum.reduceat(rows[:, _HI], cut).tolist()
+        bounds = [*cut.tolist(), len(rows)]
+        for g, start in enumerate(starts[cut].tolist()):
+            vals = self._values(rows[bounds[g] : bounds[g + 1]]) if values else None
+            yield start, _Part(int(n[g]), total[g], mn[g], mx[g], vals)
+
+    def _values(self, rows: np.ndarray) -> np.ndarray:
+        """Every sample of `rows`, unsorted: one slice when they lie side by side without counts."""
+        spans = rows[:, _OFF : _RLE + 1].tolist()
+        if not any(rle for _o, _k, rle in spans):
+            first, last = spans[0], spans[-1]
+            if int(last[0] + last[1] - first[0]) == int(rows[:, _K].sum()):
+                return self.data[int(first[0]) : int(last[0] + last[1])]
+        pieces = []
+        for o, k, rle in spans:
+            o, k = int(o), int(k)
+            v = self.data[o : o + k]
+            pieces.append(np.repeat(v, self.data[o + k : o + 2 * k].view(np.int64)) if rle else v)
+        return np.concatenate(pieces)
+
+    def totals(self, lo: int, hi: int) -> tuple[float, int]:
+        if self.last < lo or self.first >= hi:
+            return 0.0, 0
+        m = self.meta[: self.used]
+        inside = (m[:, _SEC] >= lo) & (m[:, _SEC] < hi)
+        return math.fsum(m[inside, _TOTAL].tolist()), int(m[inside, _N].sum())
+
+
+class _Cold:
+    """The sealed seconds of one series, oldest chunk first.
+
+    Why chunks of numpy arrays: the window holds every series' last 10 minutes, and one Python
+    object per series-second (with its arrays, key and dict slot) was ≈ 5 allocations a second per
+    series, each living 10 minutes, in Python's small-object allocator — the kind of population
+    that keeps its arenas from ever being returned. A chunk is two allocations per 64 seconds,
+    outside it. A late sample's second is added again (queries add up the parts of a second)."""
+
+    __slots__ = ("chunks", "floor")
+
+    def __init__(self) -> None:
+        self.chunks: list[_Chunk] = []
+        self.floor = -math.inf  # seconds before it are pruned, even if their chunk is still held
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+    def add(self, sec: int, p: _Packed) -> None:
+        if not self.chunks or self.chunks[-1].used == _CHUNK:
+            self.chunks.append(_Chunk())
+        self.chunks[-1].add(sec, p)
+
+    def parts(self, lo: int, hi: int, period: int, values: bool) -> Iterator[tuple[int, _Part]]:
+        lo = max(lo, self.floor)  # type: ignore[assignment]
+        for c in self.chunks:
+            yield from c.parts(lo, hi, period, values)
+
+    def totals(self, lo: int, hi: int) -> tuple[float, int]:
+        lo = max(lo, self.floor)  # type: ignore[assignment]
+        total, count = 0.0, 0
+        for c in self.chunks:
+            t, n = c.totals(lo, hi)
+            total += t
+            count += n
+        return total, count
+
+    def prune(self, before: int) -> None:
+        """Forget the seconds before `before`: whole chunks go once their newest second is older."""
+        self.floor = max(self.floor, before)
+        keep = [c for c in self.chunks if c.last >= before]
+        if len(keep) != len(self.chunks):
+            self.chunks = keep
+
+    def seconds(self) -> set[int]:
+        """The seconds held (tests look at what memory holds)."""
+        return {int(sec) for c in self.chunks for sec in c.meta[: c.used, _SEC].tolist() if sec >= self.floor}
 
 
 @dataclass(slots=True)
@@ -135,8 +266,7 @@ class _Series:
     unit: str
     hot: dict[int, list[float]] = field(default_factory=dict)  # seconds that may still grow
     saved: dict[int, int] = field(default_factory=dict)  # hot second → samples already on disk
-    cold: dict[int, _Packed] = field(default_factory=dict)  # sealed seconds, in time order unless `unordered`
-    unordered: bool = False
+    cold: _Cold = field(default_factory=_Cold)  # sealed seconds
     total: float = 0.0  # running sum and count since this store loaded (Prometheus counters)
     count: int = 0
     last: float = 0.0
@@ -226,17 +356,17 @@ class MetricStore:
                 raise UsageError(f"metric period must be a positive number of seconds, not {q.period}")
             key = (q.namespace, q.metric, tuple(sorted((k, str(v)) for k, v in q.dimensions)))
             asks.append((q, key, stat, pct, math.ceil(q.start), math.ceil(q.end)))  # start <= s < end
-        found: list[dict[int, list[_Packed | list[float]]]] = []
+        found: list[dict[int, list[_Part | _Packed | list[float]]]] = []
         with self._lock:
             mem_from = self._mem_from
             for q, key, _stat, _pct, lo, hi in asks:
-                periods: dict[int, list[_Packed | list[float]]] = {}
+                periods: dict[int, list[_Part | _Packed | list[float]]] = {}
                 s = self._series.get(key)
                 if self._reader is not None:  # before mem_from: the db's (a late sample's second is in both)
                     lo = max(lo, mem_from)
                 if s is not None and hi > lo:
-                    for sec, part in _in_window(s.cold, lo, hi):
-                        periods.setdefault(sec - sec % q.period, []).append(part)
+                    for start, part in s.cold.parts(lo, hi, q.period, stat in ("pct", "tc")):
+                        periods.setdefault(start, []).append(part)
                     for sec, part in _in_window(s.hot, lo, hi):
                         periods.setdefault(sec - sec % q.period, []).append(list(part))
                 found.append(periods)
@@ -296,13 +426,7 @@ class MetricStore:
                     else:
                         del s.hot[sec]
                         del s.saved[sec]
-                    old = s.cold.get(sec)
-                    if old is not None:
-                        s.cold[sec] = old.merge(p)
-                    else:
-                        if s.cold and sec < next(reversed(s.cold)):
-                            s.unordered = True  # a late second: _prune puts cold back in order
-                        s.cold[sec] = p
+                    s.cold.add(sec, p)  # a late sample's second again: queries add its parts up
             if self._db is not None:
                 self._write(rows, cutoff)
             with self._lock:  # after the write: a second leaves memory only once it is on disk
@@ -323,19 +447,12 @@ class MetricStore:
     def _prune(self, mem_cutoff: int, cutoff: int) -> None:
         """Drop seconds before `mem_cutoff` from memory (they are on disk: `flush` writes a second
         before it is ever this old), and series with nothing since `cutoff` (caller holds the lock).
-        Cold is in time order, so stop early."""
+        """
         if mem_cutoff > self._mem_from:
             self._mem_from = mem_cutoff
         empty: list[SeriesKey] = []
         for key, s in self._series.items():
-            if s.unordered:
-                s.cold = dict(sorted(s.cold.items()))
-                s.unordered = False
-            while s.cold:
-                first = next(iter(s.cold))
-                if first >= mem_cutoff:
-                    break
-                del s.cold[first]
+            s.cold.prune(mem_cutoff)
             on_disk = [sec for sec, b in s.hot.items() if sec < mem_cutoff and s.saved.get(sec) == len(b)]
             for sec in {sec for sec in s.hot if sec < cutoff}.union(on_disk):
                 del s.hot[sec]
@@ -404,7 +521,7 @@ class MetricStore:
                 s = self._series.get(key)
                 if s is None:
                     s = self._series[key] = _Series(units[key])
-                s.cold[sec] = p
+                s.cold.add(sec, p)
                 s.total += p.total
                 s.count += p.n
                 if sec >= s.last_ts:
@@ -418,9 +535,7 @@ class MetricStore:
         with self._lock:
             for key, s in self._series.items():
                 total, count = 0.0, 0
-                for _sec, part in _in_window(s.cold, lo, hi):
-                    total += part.total
-                    count += part.n
+                total, count = s.cold.totals(lo, hi)
                 for _sec, b in _in_window(s.hot, lo, hi):
                     total += math.fsum(b)
                     count += len(b)
@@ -466,22 +581,22 @@ def _statistic(name: str) -> tuple[str, float | Bounds | None]:
     )
 
 
-def _trimmed_count(parts: list[_Packed | list[float]], bounds: Bounds) -> float:
+def _trimmed_count(parts: list[_Part | _Packed | list[float]], bounds: Bounds) -> float:
     """The samples of `parts` with lower < value <= upper."""
     lo, hi = bounds
     n = 0
     for p in parts:
-        v = p.as_numpy() if isinstance(p, _Packed) else np.asarray(p, dtype=np.float64)
+        v = p.as_numpy() if not isinstance(p, list) else np.asarray(p, dtype=np.float64)
         n += int(np.count_nonzero((v > lo) & (v <= hi)))
     return float(n)
 
 
-def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: float | Bounds | None) -> Datapoint:
+def _datapoint(ts: int, parts: list[_Part | _Packed | list[float]], stat: str, pct: float | Bounds | None) -> Datapoint:
     n = 0
     total = 0.0
     lo, hi = math.inf, -math.inf
     for p in parts:
-        if isinstance(p, _Packed):
+        if not isinstance(p, list):  # a sealed part (memory or db); a list is a hot second
             n += p.n
             total += p.total
             lo, hi = min(lo, p.lo), max(hi, p.hi)
@@ -504,7 +619,7 @@ def _datapoint(ts: int, parts: list[_Packed | list[float]], stat: str, pct: floa
         value = _trimmed_count(parts, pct)
     else:
         assert isinstance(pct, float)
-        arrays = [p.as_numpy() if isinstance(p, _Packed) else np.asarray(p, dtype=np.float64) for p in parts]
+        arrays = [p.as_numpy() if not isinstance(p, list) else np.asarray(p, dtype=np.float64) for p in parts]
         value = float(np.percentile(np.concatenate(arrays), pct))
     return Datapoint(timestamp=float(ts), value=value, sample_count=float(n))
 
