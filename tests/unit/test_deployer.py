@@ -886,3 +886,20 @@ def test_require_traffic_rolls_back_a_deployment_without_enough_data(tmp_path: P
         assert w.fake.live_versions() == w.live(w.fake.releases()[0])
     finally:
         w.close()
+
+
+def test_a_long_lived_deployer_keeps_the_live_state_of_a_bounded_number_of_ended_deployments(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last alarm values and runner threads of ended deployments are dropped beyond the newest
+    few: a supervisor lives through thousands of deployments (the soak's per-deployment growth)."""
+    monkeypatch.setattr(deployer_mod, "KEEP_ENDED", 3)
+    ids = []
+    for i in range(8):
+        d = world.finish(world.deploy(world.release("worker" if i % 2 else "api"), (100, 0)).id)
+        assert d.status == st.SUCCEEDED
+        ids.append(d.id)
+    last = world.deploy(world.release("worker"))
+    world.wait_step(last.id, 0)
+    assert list(world.deployer.live) == [*ids[-3:], last.id]
+    assert set(world.deployer._threads) <= {*ids[-3:], last.id}
+    assert world.deployer.live[last.id].alarms, "the running deployment keeps its alarm values"

@@ -56,6 +56,9 @@ NOTIFY_SEVERITY = {"low": "info", "warning": "warning", "high": "warning", "crit
 EVAL_INTERVAL = 0.25  # seconds between alarm evaluations while traffic is on the new version
 
 
+KEEP_ENDED = 16  # ended deployments whose last alarm values stay in memory (their events stay in the store)
+
+
 @dataclass
 class Live:
     """What a follower of a running deployment sees besides the store: the alarms' current values."""
@@ -639,6 +642,7 @@ class Deployer:
     # --- the runner ---------------------------------------------------------------------------------
     def _spawn(self, d: Deployment, taken_over: bool = False) -> None:
         with self._lock:
+            self._forget_ended()
             t = self._threads.get(d.id)
             if t is not None and t.is_alive():
                 return
@@ -647,6 +651,18 @@ class Deployer:
             t.start()
             if self.leases is not None:
                 threading.Thread(target=self._keep_lease, args=(d.id, t), name=f"lease-{d.id}", daemon=True).start()
+
+    def _forget_ended(self) -> None:
+        """Keep the live state (last alarm values, threads) of the `KEEP_ENDED` newest deployments
+        no thread of this process runs any more, and drop the rest: a supervisor lives through
+        thousands of deployments (caller holds the lock)."""
+        running = {k for k, t in (*self._threads.items(), *self._followers.items()) if t.is_alive()}
+        ended = [k for k in self.live if k not in running]
+        for k in ended[: max(0, len(ended) - KEEP_ENDED)]:
+            del self.live[k]
+        for threads in (self._threads, self._followers):
+            for k in [k for k in threads if k not in running and k not in self.live]:
+                del threads[k]
 
     def _live(self, deployment_id: str) -> Live:
         with self._lock:
