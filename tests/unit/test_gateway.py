@@ -21,6 +21,7 @@ import uvicorn
 from backout.errors import UsageError
 from backout.manifest import load_manifest
 from backout.platforms.base import NS_API, InvokeResult, MetricQuery, Throttle
+from backout.platforms.local import gateway as gateway_mod
 from backout.platforms.local.gateway import Gateway, Route, routes_from_manifest
 from backout.platforms.local.metrics import MetricStore
 
@@ -337,6 +338,23 @@ def test_every_response_is_counted_with_its_executed_version(served: Served) -> 
     assert total("5XXError", base) == 1 and total("5XXError", v3) == 1
     assert total("Latency", base, "SampleCount") == 6
     assert 0 < total("Latency", v3, "Maximum") < 10_000
+
+
+def test_a_gateway_living_through_many_versions_keeps_the_metric_state_of_the_newest_few() -> None:
+    """Series keys and latency histograms per version are dropped beyond the newest `KEEP_VERSIONS`
+    (a supervisor lives through thousands of deployments); every response is still counted."""
+    metrics = MetricStore()
+    gw = Gateway(ROUTES, invoke, metrics, "sda", "staging", MAX_BODY, Throttle(1000, 1000))
+    t0 = time.time() - 1
+    for v in range(1, 21):
+        for status in (200, 502):
+            gw._record(status, str(v), 5.0)
+    keep = gateway_mod.KEEP_VERSIONS
+    assert list(gw._keys) == [str(v) for v in range(21 - keep, 21)]
+    exposed = {s.labels["version"] for fam in gw.registry.collect() for s in fam.samples}
+    assert exposed == {str(v) for v in range(21 - keep, 21)}
+    q = MetricQuery.of(NS_API, "Count", {"ApiName": "sda", "Stage": "staging"}, t0, time.time() + 2, 60, "Sum")
+    assert sum(d.value for d in metrics.query(q)) == 40
 
 
 def test_routes_from_manifest(tmp_path) -> None:

@@ -77,6 +77,7 @@ ACCOUNT_ID = "000000000000"
 _TEXT_TYPES = frozenset(
     {"application/json", "application/x-www-form-urlencoded", "application/xml", "application/javascript"}
 )
+KEEP_VERSIONS = 8  # versions whose metric series keys and latency histograms the gateway keeps
 _API_METRICS = ("Count", "4XXError", "5XXError", "Latency")  # the order _record fills them in
 _RESULT_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", "isBase64Encoded"})
 _HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
@@ -369,9 +370,20 @@ class Gateway:
         drill = any(k == _DRILL_HEADER for k, _ in scope["headers"])
         self._record(resp.status, resp.version, (time.perf_counter() - t0) * 1000.0, drill)
 
+    def _forget_old_versions(self) -> None:
+        """Before a new version's first response: drop the series keys and histogram children of all
+        but the `KEEP_VERSIONS` newest versions seen, so a gateway living through thousands of
+        deployments holds a bounded set (an old version's children leave the Prometheus output)."""
+        for old in list(self._keys)[: max(0, len(self._keys) - KEEP_VERSIONS + 1)]:
+            del self._keys[old]
+            for v, cls in [k for k in self._observers if k[0] == old]:
+                del self._observers[(v, cls)]
+                self._latency.remove(v, f"{cls}xx")
+
     def _record(self, status: int, version: str, latency_ms: float, drill: bool = False) -> None:
         keys = self._keys.get(version)
         if keys is None:
+            self._forget_old_versions()
             keys = self._keys[version] = [
                 tuple(MetricStore.series_key(NS_API, m, dims) for m in _API_METRICS)
                 for dims in (self._dims, {**self._dims, "ExecutedVersion": version})

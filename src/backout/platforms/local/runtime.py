@@ -462,6 +462,8 @@ class Runtime:
     def retire(self, fn: str, version: int) -> None:
         """Stop `version`'s idle workers now; busy ones stop when their invocation finishes."""
         self._spec(fn)
+        for via_alias in (False, True):  # its metric series keys come back if it is ever invoked again
+            self._metric_keys.pop((fn, version, via_alias), None)
         pool = self._pools.get((fn, version))
         if pool is None:
             return
