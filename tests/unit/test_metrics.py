@@ -346,3 +346,18 @@ def test_the_window_in_memory_is_a_few_blocks_per_series_minute_not_objects_per_
     sealed = sum(len(s.cold.seconds()) for s in store._series.values())
     assert sealed >= 10 * 590
     assert grown < 1500, f"{grown} small-object blocks for {sealed} sealed series-seconds"
+
+
+def test_one_batch_mixes_statistics_that_need_the_samples_and_those_that_do_not() -> None:
+    """`query_many` reads each query's sealed seconds for its own statistic: a percentile after a
+    sum, or a sum after a percentile, in one batch (the metric summary asks both)."""
+    t0 = _base()
+    store = MetricStore()
+    for i in range(300):
+        store.record(NS, "Duration", DIMS, float(i), "Milliseconds", ts=t0 + i / 5)
+    store.flush(now=t0 + 120)
+    arr = np.arange(300.0)
+    asks = ["p99", "Sum", "TC(100:)", "SampleCount", "p50"]
+    got = store.query_many([MetricQuery.of(NS, "Duration", DIMS, t0, t0 + 60, 60, s) for s in asks])
+    assert [dp[0].value for dp in got] == pytest.approx(
+        [np.percentile(arr, 99), arr.sum(), np.count_nonzero(arr > 100), 300, np.percentile(arr, 50)])

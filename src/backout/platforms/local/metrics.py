@@ -359,7 +359,7 @@ class MetricStore:
         found: list[dict[int, list[_Part | _Packed | list[float]]]] = []
         with self._lock:
             mem_from = self._mem_from
-            for q, key, _stat, _pct, lo, hi in asks:
+            for q, key, stat, _pct, lo, hi in asks:
                 periods: dict[int, list[_Part | _Packed | list[float]]] = {}
                 s = self._series.get(key)
                 if self._reader is not None:  # before mem_from: the db's (a late sample's second is in both)
