@@ -1,7 +1,8 @@
 """`python -m bench` (what `make bench` runs): every benchmark, then a table of the figures.
 
 Options: `--only throughput,latency,queue,weights,memory,deploy,sda,sda_accuracy,sqs,wrapper,detection,lease,
-crash_deployments,crash_jobs,soak,backup` (crash_deployments, crash_jobs and soak: issue 12, figures in RELIABILITY.md),
+crash_deployments,crash_jobs,soak,backup,metric_window` (crash_deployments, crash_jobs, soak and metric_window:
+issue 12, figures in RELIABILITY.md),
 `--quick` (shorter runs, for a smoke check), `--json PATH` (also write the figures and the machine as JSON).
 BENCHMARKS.md explains each figure and records a run.
 """
@@ -21,6 +22,7 @@ from bench import (
     deploy,
     detection,
     lease,
+    metric_window,
     platform,
     sda,
     sda_accuracy,
@@ -32,7 +34,7 @@ from bench import (
 # each: BENCHMARKS (names) and run(only, quick) -> list[Figure]; lease: driver death → every alias back
 # on stable (shared state, lease, guard); backup: the local platform's pre-deployment backup
 MODULES = (platform, deploy, sda, sda_accuracy, sqs_endpoint, wrapper, detection, crash_deployments, crash_jobs, soak,
-           lease, backup)
+           lease, backup, metric_window)
 NAMES = tuple(n for m in MODULES for n in m.BENCHMARKS)
 
 

@@ -91,15 +91,23 @@ class _Packed:
     hi: float
 
     @staticmethod
-    def of(samples: Sequence[float] | np.ndarray) -> _Packed:
-        s = np.sort(np.asarray(samples, dtype=np.float64))
+    def of(samples: Iterable[float]) -> _Packed:
+        """Pack one second: plain Python for the few dozen samples a second usually holds (several
+        times faster than numpy's per-call overhead at that size), numpy arrays out."""
+        s = sorted(samples)
         n = len(s)
-        total = math.fsum(s.tolist())
-        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-        if len(starts) * 2 <= n:  # run-length: repeated values (counts of 0/1) as value + occurrences
-            counts = np.diff(np.append(starts, n)).astype(np.int64)
-            return _Packed(s[starts], counts, n, total, float(s[0]), float(s[-1]))
-        return _Packed(s, None, n, total, float(s[0]), float(s[-1]))
+        uniq: list[float] = []
+        cnt: list[int] = []
+        for v in s:
+            if uniq and uniq[-1] == v:
+                cnt[-1] += 1
+            else:
+                uniq.append(v)
+                cnt.append(1)
+        total = math.fsum(s)
+        if len(uniq) * 2 <= n:  # run-length: repeated values (counts of 0/1) as value + occurrences
+            return _Packed(np.array(uniq, dtype=np.float64), np.array(cnt, dtype=np.int64), n, total, s[0], s[-1])
+        return _Packed(np.array(s, dtype=np.float64), None, n, total, s[0], s[-1])
 
     @staticmethod
     def from_blobs(n: int, vals: bytes, counts: bytes | None) -> _Packed:
@@ -112,7 +120,7 @@ class _Packed:
         return self.vals if self.counts is None else np.repeat(self.vals, self.counts)
 
     def merge(self, other: _Packed) -> _Packed:
-        return _Packed.of(np.concatenate((self.as_numpy(), other.as_numpy())))
+        return _Packed.of(np.concatenate((self.as_numpy(), other.as_numpy())).tolist())
 
 
 @dataclass(frozen=True, slots=True)
