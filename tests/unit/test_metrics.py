@@ -361,3 +361,27 @@ def test_one_batch_mixes_statistics_that_need_the_samples_and_those_that_do_not(
     got = store.query_many([MetricQuery.of(NS, "Duration", DIMS, t0, t0 + 60, 60, s) for s in asks])
     assert [dp[0].value for dp in got] == pytest.approx(
         [np.percentile(arr, 99), np.count_nonzero(arr > 100), np.percentile(arr, 50), 300, arr.sum()])
+
+
+def test_a_series_idle_longer_than_the_window_leaves_memory_but_not_the_disk(tmp_path) -> None:
+    """Each release's version series stop at the next release: with a db they leave memory once
+    their last sample is older than the window, and are still listed and answered from disk; a store
+    without a db keeps them until retention."""
+    now = int(time.time())
+    old = {"FunctionName": "api", "ExecutedVersion": "1"}
+    new = {"FunctionName": "api", "ExecutedVersion": "2"}
+    bounded, full = MetricStore(tmp_path / "m.db", memory=60), MetricStore()
+    for store in (bounded, full):
+        for i in range(30):
+            store.record(NS, "Invocations", old, 1, "Count", ts=now - 200 + i)
+        store.record(NS, "Invocations", new, 1, "Count", ts=now - 5)
+        store.flush(now=now)
+    in_memory = {dict(d)["ExecutedVersion"] for _ns, _m, d in bounded._series}
+    assert in_memory == {"2"}
+    assert {dict(d)["ExecutedVersion"] for _ns, _m, d in full._series} == {"1", "2"}
+    assert (NS, "Invocations", old) in bounded.list_metrics(NS)
+    q = MetricQuery.of(NS, "Invocations", old, now - 300, now + 1, 300, "Sum")
+    assert [d.value for d in bounded.query(q)] == [d.value for d in full.query(q)] != []
+    bounded.record(NS, "Invocations", old, 1, "Count", ts=now)  # back again: a new entry in memory
+    assert sum(d.value for d in bounded.query(q)) == 31
+    bounded.close()

@@ -275,7 +275,7 @@ class _Series:
     hot: dict[int, list[float]] = field(default_factory=dict)  # seconds that may still grow
     saved: dict[int, int] = field(default_factory=dict)  # hot second → samples already on disk
     cold: _Cold = field(default_factory=_Cold)  # sealed seconds
-    total: float = 0.0  # running sum and count since this store loaded (Prometheus counters)
+    total: float = 0.0  # running sum and count since it came into memory (Prometheus counters)
     count: int = 0
     last: float = 0.0
     last_ts: float = 0.0
@@ -390,14 +390,19 @@ class MetricStore:
         return out
 
     def list_metrics(self, namespace: str | None = None) -> list[tuple[str, str, dict[str, str]]]:
-        """Every series with samples in memory or recorded since this store loaded (ListMetrics), sorted."""
+        """Every series with samples in memory or on disk (ListMetrics), sorted."""
         with self._lock:
-            keys = list(self._series)
+            keys = set(self._series)
+        with self._read_lock:
+            if self._reader is not None:  # series that left memory (their samples are older than it)
+                rows = self._reader.execute("SELECT DISTINCT namespace, metric, dimensions FROM m_datapoints")
+                keys.update((ns, m, tuple(sorted(json.loads(d).items()))) for ns, m, d in rows)
         return [(ns, m, dict(d)) for ns, m, d in sorted(keys) if namespace is None or ns == namespace]
 
     def prometheus(self, now: float | None = None) -> str:
         """Prometheus text exposition: per series the last minute's sum/count (last value for gauges)
-        and running totals since this store loaded."""
+        and running totals since the series came into memory (this store's load, or its first sample
+        after it left memory)."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self, now))
         return generate_latest(registry).decode()
@@ -454,10 +459,16 @@ class MetricStore:
 
     def _prune(self, mem_cutoff: int, cutoff: int) -> None:
         """Drop seconds before `mem_cutoff` from memory (they are on disk: `flush` writes a second
-        before it is ever this old), and series with nothing since `cutoff` (caller holds the lock).
-        """
+        before it is ever this old), and series with nothing since then (caller holds the lock).
+
+        With a db, a series leaves memory once its last sample is older than the window: every
+        release adds its versions' series and stops the previous ones, and a supervisor that kept
+        them until retention (6 h) grew by ≈ 1,000 small objects a deployment in the soak. Its data
+        stays on disk (queries, `list_metrics`); its Prometheus counters restart from 0 if it ever
+        gets samples again (a counter reset, which Prometheus handles). Without a db, at retention."""
         if mem_cutoff > self._mem_from:
             self._mem_from = mem_cutoff
+        gone = mem_cutoff if self._db is not None else cutoff
         empty: list[SeriesKey] = []
         for key, s in self._series.items():
             s.cold.prune(mem_cutoff)
@@ -465,7 +476,7 @@ class MetricStore:
             for sec in {sec for sec in s.hot if sec < cutoff}.union(on_disk):
                 del s.hot[sec]
                 s.saved.pop(sec, None)
-            if not s.cold and not s.hot and s.last_ts < cutoff:
+            if not s.cold and not s.hot and s.last_ts < gone:
                 empty.append(key)
         for key in empty:
             del self._series[key]
