@@ -592,6 +592,7 @@ def test_retire_stops_idle_workers_after_in_flight_finish(
         assert len(v1_pids) == 2
         rt.retire("f", v1)
         assert not rt.is_warm("f", v1) and rt.warm_versions() == {"f": [2]}
+        assert rt._pools[("f", v1)].env is None  # a retired version keeps no copy of the environment
         assert not busy.done()
         assert wait_for(lambda: sum(map(gone, v1_pids)) == 1, 5)  # the idle one stopped at once
         result = busy.result()
@@ -600,6 +601,7 @@ def test_retire_stops_idle_workers_after_in_flight_finish(
     assert not gone(v2_pid) and rt.invoke("f", v2, {}).payload["pid"] == v2_pid
     # A retired version can still be invoked (e.g. a rollback target): it starts cold again.
     assert rt.invoke("f", v1, {}).payload["tag"] == "one"
+    assert rt._pools[("f", v1)].env["AWS_LAMBDA_FUNCTION_VERSION"] == str(v1)  # built anew for it
 
 
 def test_close_drains_in_flight_then_stops_workers(service: Callable[..., Service], tmp_path: Path) -> None:

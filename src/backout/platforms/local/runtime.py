@@ -133,7 +133,10 @@ class _Pool:
         self, fn: str, version: int, config: FunctionConfig, env: dict[str, str], code_dir: Path, log_path: Path
     ) -> None:
         self.fn, self.version, self.config = fn, version, config
-        self.env, self.code_dir, self.log_path = env, code_dir, log_path
+        # None once retired: a copy of the supervisor's whole environment per version, kept for
+        # every version ever deployed, was the runtime's share of the soak's per-deployment growth
+        self.env: dict[str, str] | None = env
+        self.code_dir, self.log_path = code_dir, log_path
         self.idle: list[_Worker] = []
         self.live: set[_Worker] = set()  # idle + busy
         self.starting = 0
@@ -323,7 +326,11 @@ class Runtime:
     def _spawn(self, pool: _Pool) -> _Worker:
         """Start one worker and wait until it has imported the handler."""
         parent_sock, child_sock = socket.socketpair()
-        env = dict(pool.env)
+        base = pool.env
+        if base is None:  # retired, and invoked or warmed again: its environment is built anew
+            base = pool.env = self._pool_env(pool.fn, pool.version, self.releases.get(pool.version).environment,
+                                             pool.config, pool.code_dir)
+        env = dict(base)
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{time.strftime('%Y/%m/%d')}/[{pool.version}]{uuid.uuid4().hex}"
         try:
             pool.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,6 +476,7 @@ class Runtime:
             return
         with self._lock:
             pool.retired = True
+            pool.env = None
             pool.target = 0
             idle, pool.idle = pool.idle, []
             pool.live.difference_update(idle)
@@ -524,15 +532,9 @@ class Runtime:
             raise UsageError(f"unknown function {fn!r} (functions: {known})")
         return spec
 
-    def _pool(self, fn: str, version: int) -> _Pool:
-        pool = self._pools.get((fn, version))
-        if pool is not None:
-            return pool
-        spec = self._spec(fn)
-        info = self.releases.get(version)
-        config = info.configuration.get(fn) or self.default_config.get(fn) or FunctionConfig(
-            spec.handler, spec.timeout, spec.memory, dict(spec.environment))
-        code_dir = self.releases.code_dir(version)
+    def _pool_env(self, fn: str, version: int, release_env: dict[str, str], config: FunctionConfig,
+                  code_dir: Path) -> dict[str, str]:
+        """The environment a worker of `fn` `version` starts with."""
         env = dict(os.environ)
         env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
         if self.aws_env:  # the local endpoints' dummy keys, never the operator's own credentials
@@ -542,7 +544,7 @@ class Runtime:
         env.update(config.environment)
         env.update(self.extra_env)
         env.update(self.function_env.get(fn, {}))
-        env.update(info.environment)
+        env.update(release_env)
         env.update(
             {
                 "AWS_LAMBDA_FUNCTION_NAME": fn,
@@ -555,6 +557,18 @@ class Runtime:
         )
         env.setdefault("AWS_REGION", "local")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_IMPORT_ROOT, os.environ.get("PYTHONPATH")) if p)
+        return env
+
+    def _pool(self, fn: str, version: int) -> _Pool:
+        pool = self._pools.get((fn, version))
+        if pool is not None:
+            return pool
+        spec = self._spec(fn)
+        info = self.releases.get(version)
+        config = info.configuration.get(fn) or self.default_config.get(fn) or FunctionConfig(
+            spec.handler, spec.timeout, spec.memory, dict(spec.environment))
+        code_dir = self.releases.code_dir(version)
+        env = self._pool_env(fn, version, info.environment, config, code_dir)
         log_path = self.state_dir / "logs" / fn / f"v{version}.log"
         with self._lock:
             return self._pools.setdefault((fn, version), _Pool(fn, version, config, env, code_dir, log_path))
