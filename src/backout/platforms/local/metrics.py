@@ -553,7 +553,6 @@ class MetricStore:
         out = []
         with self._lock:
             for key, s in self._series.items():
-                total, count = 0.0, 0
                 total, count = s.cold.totals(lo, hi)
                 for _sec, b in _in_window(s.hot, lo, hi):
                     total += math.fsum(b)

@@ -129,13 +129,12 @@ class _Worker:
 class _Pool:
     """The workers of one (function, version)."""
 
-    def __init__(
-        self, fn: str, version: int, config: FunctionConfig, env: dict[str, str], code_dir: Path, log_path: Path
-    ) -> None:
+    def __init__(self, fn: str, version: int, config: FunctionConfig, code_dir: Path, log_path: Path) -> None:
         self.fn, self.version, self.config = fn, version, config
-        # None once retired: a copy of the supervisor's whole environment per version, kept for
-        # every version ever deployed, was the runtime's share of the soak's per-deployment growth
-        self.env: dict[str, str] | None = env
+        # built at the first spawn, None again once retired: a copy of the supervisor's whole
+        # environment per version, kept for every version ever deployed, was the runtime's share
+        # of the soak's per-deployment growth
+        self.env: dict[str, str] | None = None
         self.code_dir, self.log_path = code_dir, log_path
         self.idle: list[_Worker] = []
         self.live: set[_Worker] = set()  # idle + busy
@@ -327,9 +326,8 @@ class Runtime:
         """Start one worker and wait until it has imported the handler."""
         parent_sock, child_sock = socket.socketpair()
         base = pool.env
-        if base is None:  # retired, and invoked or warmed again: its environment is built anew
-            base = pool.env = self._pool_env(pool.fn, pool.version, self.releases.get(pool.version).environment,
-                                             pool.config, pool.code_dir)
+        if base is None:  # its first worker, or one after it was retired: built here, once
+            base = pool.env = self._pool_env(pool)
         env = dict(base)
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{time.strftime('%Y/%m/%d')}/[{pool.version}]{uuid.uuid4().hex}"
         try:
@@ -532,9 +530,9 @@ class Runtime:
             raise UsageError(f"unknown function {fn!r} (functions: {known})")
         return spec
 
-    def _pool_env(self, fn: str, version: int, release_env: dict[str, str], config: FunctionConfig,
-                  code_dir: Path) -> dict[str, str]:
-        """The environment a worker of `fn` `version` starts with."""
+    def _pool_env(self, pool: _Pool) -> dict[str, str]:
+        """The environment a worker of the pool's function version starts with."""
+        fn, version, config = pool.fn, pool.version, pool.config
         env = dict(os.environ)
         env.pop("BACKOUT_FAULT", None)  # faults come from a release's environment, never the supervisor's
         if self.aws_env:  # the local endpoints' dummy keys, never the operator's own credentials
@@ -544,7 +542,7 @@ class Runtime:
         env.update(config.environment)
         env.update(self.extra_env)
         env.update(self.function_env.get(fn, {}))
-        env.update(release_env)
+        env.update(self.releases.get(version).environment)
         env.update(
             {
                 "AWS_LAMBDA_FUNCTION_NAME": fn,
@@ -552,7 +550,7 @@ class Runtime:
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(config.memory),
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn}",
                 "_HANDLER": config.handler,
-                "LAMBDA_TASK_ROOT": str(code_dir),
+                "LAMBDA_TASK_ROOT": str(pool.code_dir),
             }
         )
         env.setdefault("AWS_REGION", "local")
@@ -568,10 +566,9 @@ class Runtime:
         config = info.configuration.get(fn) or self.default_config.get(fn) or FunctionConfig(
             spec.handler, spec.timeout, spec.memory, dict(spec.environment))
         code_dir = self.releases.code_dir(version)
-        env = self._pool_env(fn, version, info.environment, config, code_dir)
         log_path = self.state_dir / "logs" / fn / f"v{version}.log"
         with self._lock:
-            return self._pools.setdefault((fn, version), _Pool(fn, version, config, env, code_dir, log_path))
+            return self._pools.setdefault((fn, version), _Pool(fn, version, config, code_dir, log_path))
 
     # -- metrics -------------------------------------------------------------------------------
 
