@@ -12,7 +12,8 @@ Figures: the RSS slope (MB/h, least squares after the first fifth of the run: im
 warm up then) of the supervisor and of each worker process that lived through at least half the
 run, the same once each process first reached its median RSS (an API instance's one jump at its
 first upload, which may come late in the run, is warm-up, not growth), the supervisor's growth
-over the run, the fd and WAL maxima, the 5xx answered by a version other than a faulty canary
+over the run and what holds it (the slope of each part of `backout_supervisor_memory_bytes`, which
+the sampler scrapes from `/metrics`), the fd and WAL maxima, the 5xx answered by a version other than a faulty canary
 (must be 0), and each deployment's outcome (faulty → RolledBack, healthy → Succeeded, the live
 aliases on the winner).
 
@@ -33,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.crash_deployments import ENV_EXTRA, HOOKS
 from bench.deploy import OpenLoad
@@ -56,6 +59,7 @@ class Samples:
     worker_fds_max: list[int] = field(default_factory=list)
     wal_max: list[int] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
+    parts: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # the supervisor's, from /metrics
 
 
 class Sampler:
@@ -90,12 +94,26 @@ class Sampler:
         s.worker_fds_max.append(max(fds, default=0))
         s.processes.append(len(procs))
         s.wal_max.append(max(self.env.wal_bytes().values(), default=0))
+        for part, n in supervisor_memory(self.env).items():
+            s.parts.setdefault(part, []).append((t, n))
 
     def _run(self) -> None:
         while True:
             self.sample()
             if self._stop.wait(self.every):
                 return
+
+
+def supervisor_memory(env: FaultEnv) -> dict[str, int]:
+    """What holds the supervisor's memory, as its `/metrics` says (`backout_supervisor_memory_bytes`)."""
+    assert env.http is not None
+    try:
+        r = env.http.get("/metrics")
+        r.raise_for_status()
+    except httpx.HTTPError:
+        return {}
+    return {s.labels["part"]: int(s.value) for fam in text_string_to_metric_families(r.text)
+            if fam.name == "backout_supervisor_memory_bytes" for s in fam.samples}
 
 
 def slope_mb_per_h(series: list[tuple[float, int]], skip: float) -> float | None:
@@ -200,7 +218,8 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
     sup = s.rss.get("supervisor", [(0.0, 0)])
     after = [r for t, r in sup if t >= skip] or [sup[0][1]]
     # the metric store fills its in-memory window (METRIC_MEMORY) first: the slope once it is full
-    late = slope_mb_per_h(sup, max(skip, METRIC_MEMORY + 60)) if duration > 2 * METRIC_MEMORY else None
+    late_from = max(skip, METRIC_MEMORY + 60)
+    late = slope_mb_per_h(sup, late_from) if duration > 2 * METRIC_MEMORY else None
     answers = load.answers
     bad = [a for a in answers if a.status >= 500 and a.version not in faulty_targets]
     return {
@@ -216,6 +235,13 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
         "rss_slope_mb_per_h": slopes,
         "rss_slope_once_settled_mb_per_h": settled,
         "supervisor_rss_slope_after_metric_window_mb_per_h": None if late is None else round(late, 1),
+        # what grew: each part's slope over the same span as the line above (server/memory.py: usage)
+        "supervisor_parts_slope_after_metric_window_mb_per_h": {
+            part: round(v, 1) for part, series in s.parts.items()
+            if (v := slope_mb_per_h(series, late_from)) is not None and duration > 2 * METRIC_MEMORY},
+        "supervisor_parts_mb": {part: {"first": round(series[0][1] / MB, 2), "last": round(series[-1][1] / MB, 2),
+                                       "max": round(max(n for _, n in series) / MB, 2)}
+                                for part, series in s.parts.items()},
         "supervisor_rss_mb_each_minute": per_minute(sup),
         "supervisor_rss_mb": {"first": round(sup[0][1] / MB, 1), "after_warmup": round(after[0] / MB, 1),
                               "last": round(sup[-1][1] / MB, 1), "max": round(max(r for _, r in sup) / MB, 1)},

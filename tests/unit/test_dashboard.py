@@ -211,6 +211,8 @@ def test_metrics_export_the_control_plane_with_a_registry_per_app(ui: Ui) -> Non
     assert _value(fams, "backout_open_incidents", env="staging") == 2.0
     assert _value(fams, "backout_canary_weight_percent", function="worker", version="11") == 100.0
     assert _value(fams, "backout_queue_messages", queue="jobs-dlq", dlq="true", state="visible") == 0.0
+    assert _value(fams, "backout_supervisor_memory_bytes", part="rss") > _value(
+        fams, "backout_supervisor_memory_bytes", part="python_in_use") > 0
     assert fams["backout_rollbacks"].type == "counter" and fams["backout_drill_rollback_seconds"].type == "histogram"
 
 

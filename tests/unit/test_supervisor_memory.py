@@ -1,16 +1,24 @@
-"""The supervisor gives freed heap back to the OS (server/memory.py): glibc keeps what threads free."""
+"""The supervisor gives freed heap back to the OS (server/memory.py): glibc keeps what threads free; it
+says what holds its memory (`usage`); its SQLite connections have a small page cache (statefiles)."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
 
+from backout.control.store import Store
+from backout.platforms.local.aliases import Aliases
+from backout.platforms.local.metrics import MetricStore
+from backout.platforms.local.queues import QueueStore
 from backout.server import memory
+from backout.statefiles import CACHE_KIB, bound_cache
 
 MB = 1024 * 1024
 glibc = pytest.mark.skipif(memory._libc() is None, reason="needs glibc's malloc_trim and mallopt")
@@ -98,3 +106,72 @@ def test_release_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> No
         assert memory.release() is False
     finally:
         memory._libc.cache_clear()
+
+
+# --- what holds the memory (usage) and SQLite's share of it (statefiles.bound_cache) ---
+@glibc
+def test_usage_names_the_part_that_grew() -> None:
+    """Small objects show in Python's arenas, a large buffer in malloc's heap, an in-memory database's
+    pages in SQLite's share: each grows by about what was put there."""
+    before = memory.usage()
+    assert {"rss", "python_arenas", "python_in_use", "malloc_in_use", "malloc_free", "sqlite"} <= set(before)
+    assert before["python_in_use"] <= before["python_arenas"] < before["rss"]
+    small = [{"k": i} for i in range(100_000)]  # ≈ 100 B each (+ the list): well over 8 MB of blocks
+    big = bytearray(32 * MB)
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (x TEXT)")
+    con.executemany("INSERT INTO t VALUES (?)", ((str(i) * 40,) for i in range(100_000)))  # ≈ 20 MB of rows
+    after = memory.usage()
+    assert after["python_in_use"] - before["python_in_use"] > 8 * MB
+    assert after["malloc_in_use"] - before["malloc_in_use"] > 32 * MB + (after["sqlite"] - before["sqlite"])
+    assert after["sqlite"] - before["sqlite"] > 10 * MB
+    con.close()
+    assert memory.usage()["sqlite"] - before["sqlite"] < 1 * MB
+    del small, big
+
+
+def _cache_bytes_after_a_scan(db: Path, bound: bool) -> int:
+    con = sqlite3.connect(db)
+    if bound:
+        bound_cache(con)
+    base = memory.usage()["sqlite"]
+    assert con.execute("SELECT count(*), sum(length(x)) FROM t").fetchone()[0] == 40_000
+    grown = memory.usage()["sqlite"] - base
+    con.close()
+    return grown
+
+
+@pytest.mark.skipif(memory._sqlite_memory_used() is None, reason="needs sqlite3_memory_used")
+def test_a_bound_connection_keeps_its_page_cache_small(tmp_path: Path) -> None:
+    """Reading an 8 MB database fills a default connection's cache to SQLite's 2,000 KiB; a bound one
+    stays at CACHE_KIB."""
+    db = tmp_path / "big.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x TEXT)")
+    con.executemany("INSERT INTO t VALUES (?)", ((f"{i:0200d}",) for i in range(40_000)))
+    con.commit()
+    con.close()
+    assert db.stat().st_size > 8 * MB
+    default, bound = _cache_bytes_after_a_scan(db, bound=False), _cache_bytes_after_a_scan(db, bound=True)
+    assert default > 1.5 * MB, default
+    assert bound < (CACHE_KIB + 128) * 1024, bound
+
+
+def test_the_supervisors_long_lived_connections_are_bound(tmp_path: Path) -> None:
+    """The metric store's writer and reader, the queue store's per-thread connections, the aliases and
+    the control store: every connection the supervisor keeps open has the small cache."""
+    db = tmp_path / "platform.db"
+    metrics = MetricStore(db)
+    queues = QueueStore(db)
+    aliases = Aliases(db)
+    store = Store(tmp_path / "control.db")
+    try:
+        conns = [metrics._db, metrics._reader, queues._conn(), aliases._db]
+        assert [c.execute("PRAGMA cache_size").fetchone()[0] for c in conns] == [-CACHE_KIB] * 4  # type: ignore[union-attr]
+        with store._engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA cache_size").scalar() == -CACHE_KIB
+    finally:
+        metrics.close()
+        queues.close()
+        aliases.close()
+        store.close()

@@ -7,6 +7,10 @@ and backups) even though nothing is live any more; `malloc_trim(0)` releases eve
 every arena (madvise), in a few milliseconds, and two arenas for the whole process (`mallopt`)
 leave less free space scattered between them. Elsewhere (macOS, musl) there is nothing to call and
 this does nothing.
+
+`usage()` splits the resident size into what holds it (Python's small-object arenas, malloc's heap
+in use and free, SQLite's share of it), for `/metrics` and the soak: a slope of the RSS alone says
+that something grows, not what.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import re
 import sys
 import time
 from collections.abc import Callable
+
+import psutil
 
 EVERY = 60.0  # seconds between trims
 ARENAS = 2  # glibc malloc arenas for the whole process
@@ -34,6 +41,85 @@ def _libc() -> ctypes.CDLL | None:
     except (OSError, AttributeError):  # not glibc (musl has neither)
         return None
     return libc
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None  # glibc 2.33+
+    if fn is None:
+        return None
+    fn.argtypes, fn.restype = [], _MallInfo2
+    return fn  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _sqlite_memory_used() -> Callable[[], int] | None:
+    """`sqlite3_memory_used` of the very library the sqlite3 module runs on (looked up through the
+    extension's own handle, so a second SQLite on the system cannot answer instead)."""
+    try:
+        import _sqlite3
+
+        fn = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [], ctypes.c_int64
+    return fn  # type: ignore[no-any-return]
+
+
+_PY_ARENAS = re.compile(r"^(\d+) arenas \* (\d+) bytes/arena", re.M)
+_PY_IN_USE = re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", re.M)
+
+
+def _python_stats() -> str:
+    """CPython's small-object allocator report (what `sys._debugmallocstats` prints), written into
+    memory rather than to the process's stderr; "" where there is no such report."""
+    libc = _libc()
+    stats = getattr(ctypes.pythonapi, "_PyObject_DebugMallocStats", None)
+    if libc is None or stats is None or not hasattr(libc, "open_memstream"):
+        return ""
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.fclose.argtypes, libc.free.argtypes = [ctypes.c_void_p], [ctypes.c_void_p]
+    stats.argtypes, stats.restype = [ctypes.c_void_p], ctypes.c_int
+    buf, size = ctypes.c_void_p(), ctypes.c_size_t()
+    fp = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    if not fp:
+        return ""
+    try:
+        stats(fp)
+    finally:
+        libc.fclose(fp)  # sets buf and size
+    try:
+        return ctypes.string_at(buf.value, size.value).decode(errors="replace") if buf.value else ""
+    finally:
+        libc.free(buf)
+
+
+def usage() -> dict[str, int]:
+    """This process's memory by part, in bytes; a part this platform cannot tell is left out.
+
+    `rss`: resident; `python_arenas`: CPython's small-object arenas (freed only when empty) and
+    `python_in_use`: the blocks live in them; `malloc_in_use` / `malloc_free`: malloc's heap handed
+    out (larger Python objects, numpy arrays, SQLite) and held free; `sqlite`: SQLite's share."""
+    out = {"rss": psutil.Process().memory_info().rss}
+    text = _python_stats()
+    if (m := _PY_ARENAS.search(text)) is not None:
+        out["python_arenas"] = int(m[1]) * int(m[2])
+    if (m := _PY_IN_USE.search(text)) is not None:
+        out["python_in_use"] = int(m[1].replace(",", ""))
+    if (mallinfo := _mallinfo2()) is not None:
+        mi = mallinfo()
+        out["malloc_in_use"] = mi.uordblks + mi.hblkhd
+        out["malloc_free"] = mi.fordblks
+    if (used := _sqlite_memory_used()) is not None:
+        out["sqlite"] = int(used())
+    return out
 
 
 def limit_arenas(n: int = ARENAS) -> bool:

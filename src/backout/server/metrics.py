@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backout.control.states import ALARM_STATES, ROLLED_BACK, STATUSES
 from backout.platforms.base import PrometheusExport
+from backout.server import memory
 
 if TYPE_CHECKING:
     from backout.control.store import AlarmEvaluation, Deployment
@@ -199,6 +200,15 @@ class ControlPlaneCollector:
             lease.add_metric([env], age)
         yield lease
         yield from self._switches(env)
+        yield self._memory(env)
+
+    @staticmethod
+    def _memory(env: str) -> Metric:
+        fam = GaugeMetricFamily("backout_supervisor_memory_bytes",
+                                "This process's memory by part (server/memory.py: usage)", labels=["env", "part"])
+        for part, n in memory.usage().items():
+            fam.add_metric([env, part], float(n))
+        return fam
 
     def _deployment(self, env: str, d: Deployment | None) -> Iterator[Metric]:
         info = GaugeMetricFamily("backout_deployment_info", "The newest deployment (1)",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backout.errors import UsageError
+from backout.statefiles import bound_cache
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aliases (
@@ -58,7 +59,8 @@ class Aliases:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db = bound_cache(
+            sqlite3.connect(self.db_path, timeout=30, check_same_thread=False, isolation_level=None))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
         self._cache: dict[str, Weights] = {}

@@ -44,6 +44,7 @@ from prometheus_client.samples import Sample
 
 from backout.errors import UsageError
 from backout.platforms.base import Datapoint, MetricQuery
+from backout.statefiles import bound_cache
 
 Dims = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, str, Dims]
@@ -298,14 +299,14 @@ class MetricStore:
         self._mem_from = int(time.time() - self.memory)
         if db_path is not None:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
+            self._db = bound_cache(sqlite3.connect(
                 str(db_path), timeout=30, check_same_thread=False, isolation_level=None
-            )
+            ))
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
-            self._reader = sqlite3.connect(
+            self._reader = bound_cache(sqlite3.connect(
                 str(db_path), timeout=30, check_same_thread=False, isolation_level=None
-            )
+            ))
             self._load()
 
     # --- the sink -----------------------------------------------------------------------

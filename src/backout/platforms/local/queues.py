@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backout.errors import UsageError
+from backout.statefiles import bound_cache
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class QueueStore:
         )
         c.execute(f"PRAGMA busy_timeout={0 if nowait else BUSY_TIMEOUT_MS}")
         c.execute("PRAGMA synchronous=NORMAL")
+        bound_cache(c)
         if nowait:  # its commits never run a checkpoint (an fsync) where the caller cannot wait: `checkpoint`
             c.execute("PRAGMA wal_autocheckpoint=0")
         setattr(self._local, "fast" if nowait else "conn", c)
