@@ -20,6 +20,7 @@ from backout.errors import UsageError
 from backout.runbooks import incidents
 from backout.runbooks.verify import expected_versions
 from fakes import CrashingStore, Killed, Reply, World, failing, hook_answer, raising, slow, status
+from support import wait_for
 
 pytestmark = pytest.mark.usefixtures("fast_evaluations")  # every test here (conftest.py)
 
@@ -898,6 +899,10 @@ def test_a_long_lived_deployer_keeps_the_live_state_of_a_bounded_number_of_ended
         d = world.finish(world.deploy(world.release("worker" if i % 2 else "api"), (100, 0)).id)
         assert d.status == st.SUCCEEDED
         ids.append(d.id)
+    # a runner may still be finishing (its lease, its last event) after the status is terminal, and a
+    # running deployment's state is kept whatever its status: let them end, as they do between deployments
+    wait_for(lambda: not any(t.is_alive() for t in world.deployer._threads.values()), timeout=30,
+             what="the ended deployments' runner threads")
     last = world.deploy(world.release("worker"))
     world.wait_step(last.id, 0)
     assert list(world.deployer.live) == [*ids[-3:], last.id]
