@@ -218,8 +218,8 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
     sup = s.rss.get("supervisor", [(0.0, 0)])
     after = [r for t, r in sup if t >= skip] or [sup[0][1]]
     # the metric store fills its in-memory window (METRIC_MEMORY) first: the slope once it is full
-    late_from = max(skip, METRIC_MEMORY + 60)
-    late = slope_mb_per_h(sup, late_from) if duration > 2 * METRIC_MEMORY else None
+    late_from, window_filled = max(skip, METRIC_MEMORY + 60), duration > 2 * METRIC_MEMORY
+    late = slope_mb_per_h(sup, late_from) if window_filled else None
     answers = load.answers
     bad = [a for a in answers if a.status >= 500 and a.version not in faulty_targets]
     return {
@@ -238,7 +238,7 @@ def figures(load: OpenLoad, s: Samples, deployed: list[Deployed], duration: floa
         # what grew: each part's slope over the same span as the line above (server/memory.py: usage)
         "supervisor_parts_slope_after_metric_window_mb_per_h": {
             part: round(v, 1) for part, series in s.parts.items()
-            if (v := slope_mb_per_h(series, late_from)) is not None and duration > 2 * METRIC_MEMORY},
+            if (v := slope_mb_per_h(series, late_from)) is not None} if window_filled else {},
         "supervisor_parts_mb": {part: {"first": round(series[0][1] / MB, 2), "last": round(series[-1][1] / MB, 2),
                                        "max": round(max(n for _, n in series) / MB, 2)}
                                 for part, series in s.parts.items()},

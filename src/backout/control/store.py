@@ -64,7 +64,7 @@ from backout.control.states import (  # noqa: F401 - re-exported: the store's re
 from backout.control.strategies import Step, Strategy
 from backout.errors import UsageError
 from backout.platforms.base import Release
-from backout.statefiles import CACHE_KIB, check_database
+from backout.statefiles import bound_cache, check_database
 
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
 _ROLLBACK_MARK = "rollback_incident"  # in the trigger of the deployment's one rollback incident (open_incident)
@@ -434,8 +434,8 @@ class Store:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # a known ceiling (statefiles)
             cur.close()
+            bound_cache(dbapi_conn)
 
         @event.listens_for(self._engine, "begin")
         def _on_begin(conn: Any) -> None:

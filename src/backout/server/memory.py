@@ -76,17 +76,28 @@ _PY_ARENAS = re.compile(r"^(\d+) arenas \* (\d+) bytes/arena", re.M)
 _PY_IN_USE = re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", re.M)
 
 
-def _python_stats() -> str:
-    """CPython's small-object allocator report (what `sys._debugmallocstats` prints), written into
-    memory rather than to the process's stderr; "" where there is no such report."""
+@functools.cache
+def _memstream_stats() -> tuple[ctypes.CDLL, Callable[..., int]] | None:
+    """libc (for `open_memstream`) and CPython's `_PyObject_DebugMallocStats`, prototyped once; None
+    where either is missing."""
     libc = _libc()
     stats = getattr(ctypes.pythonapi, "_PyObject_DebugMallocStats", None)
     if libc is None or stats is None or not hasattr(libc, "open_memstream"):
-        return ""
+        return None
     libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
     libc.open_memstream.restype = ctypes.c_void_p
     libc.fclose.argtypes, libc.free.argtypes = [ctypes.c_void_p], [ctypes.c_void_p]
     stats.argtypes, stats.restype = [ctypes.c_void_p], ctypes.c_int
+    return libc, stats
+
+
+def _python_stats() -> str:
+    """CPython's small-object allocator report (what `sys._debugmallocstats` prints), written into
+    memory rather than to the process's stderr; "" where there is no such report."""
+    found = _memstream_stats()
+    if found is None:
+        return ""
+    libc, stats = found
     buf, size = ctypes.c_void_p(), ctypes.c_size_t()
     fp = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
     if not fp:
