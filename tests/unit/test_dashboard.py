@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from backout.control.alarms import CanaryEvidence, Evaluation
@@ -30,7 +31,7 @@ from backout.runbooks.incidents.chart import gapped, rate_points
 from backout.server.app import build_app
 from backout.server.dashboard.charts import ChartData, svg, weight_steps
 from backout.server.dashboard.state import alarms as alarm_rows
-from backout.server.metrics import ControlPlaneCollector, lease_age, with_env
+from backout.server.metrics import ControlPlaneCollector, _PlatformCollector, lease_age
 from fakes import ControlPlane, new_source
 from support import wait_for
 
@@ -314,8 +315,12 @@ def test_the_platforms_families_get_the_env_label_the_control_plane_families_hav
     gw._record(200, "3", 12.0)
     gw._record(503, "4", 40.0)
     before = {f.name: f for f in text_string_to_metric_families(generate_latest(gw.registry).decode())}
-    text = with_env(generate_latest(gw.registry).decode() + '# TYPE x gauge\nx{env="prod"} 1.0\n', "staging")
-    after = {f.name: f for f in text_string_to_metric_families(text)}
+    x = GaugeMetricFamily("x", "set by the platform", labels=["env"])
+    x.add_metric(["prod"], 1.0)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_PlatformCollector(SimpleNamespace(metric_families=lambda: [*gw.registry.collect(), x]),  # type: ignore[arg-type]
+                                    "staging"))
+    after = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
     latency = after["backout_gateway_request_duration_seconds"]
     assert latency.type == "histogram" and {s.labels["env"] for s in latency.samples} == {"staging"}
     strip = [(s.name, {k: v for k, v in s.labels.items() if k != "env"}, s.value) for s in latency.samples]

@@ -340,21 +340,27 @@ def test_every_response_is_counted_with_its_executed_version(served: Served) -> 
     assert 0 < total("Latency", v3, "Maximum") < 10_000
 
 
-def test_a_gateway_living_through_many_versions_keeps_the_metric_state_of_the_newest_few() -> None:
-    """Series keys and latency histograms per version are dropped beyond the newest `KEEP_VERSIONS`
-    (a supervisor lives through thousands of deployments); every response is still counted."""
+def test_a_gateway_living_through_many_versions_keeps_the_metric_state_of_the_last_answering_few() -> None:
+    """Series keys and latency histograms per version are dropped beyond the `KEEP_VERSIONS` that answered
+    last (a supervisor lives through thousands of deployments); every response is still counted. The
+    stable version, first seen long before 20 canaries that each answered and left, keeps its histogram."""
     metrics = MetricStore()
     gw = Gateway(ROUTES, invoke, metrics, "sda", "staging", MAX_BODY, Throttle(1000, 1000))
     t0 = time.time() - 1
+    gw._record(200, "stable", 5.0)
     for v in range(1, 21):
         for status in (200, 502):
             gw._record(status, str(v), 5.0)
+        gw._record(200, "stable", 5.0)
     keep = gateway_mod.KEEP_VERSIONS
-    assert list(gw._keys) == [str(v) for v in range(21 - keep, 21)]
+    assert list(gw._keys) == [str(v) for v in range(22 - keep, 21)] + ["stable"]
     exposed = {s.labels["version"] for fam in gw.registry.collect() for s in fam.samples}
-    assert exposed == {str(v) for v in range(21 - keep, 21)}
+    assert exposed == {str(v) for v in range(22 - keep, 21)} | {"stable"}
+    (stable,) = [s for fam in gw.registry.collect() for s in fam.samples
+                 if s.name.endswith("_count") and s.labels["version"] == "stable"]
+    assert stable.value == 21, "the stable version's histogram was never reset"
     q = MetricQuery.of(NS_API, "Count", {"ApiName": "sda", "Stage": "staging"}, t0, time.time() + 2, 60, "Sum")
-    assert sum(d.value for d in metrics.query(q)) == 40
+    assert sum(d.value for d in metrics.query(q)) == 61
 
 
 def test_routes_from_manifest(tmp_path) -> None:

@@ -16,10 +16,13 @@ A capability a platform lacks is declared by not implementing its protocol (`Cap
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 # Metric namespaces and names shared by platforms and the control plane (CloudWatch's where they exist).
 NS_LAMBDA = "AWS/Lambda"  # Invocations, Errors, Throttles, Duration, ConcurrentExecutions
@@ -523,8 +526,9 @@ class AwsEndpoints(Protocol):
 
 @runtime_checkable
 class PrometheusExport(Protocol):
-    def prometheus(self) -> str:
-        """The platform's own figures in the Prometheus text format."""
+    def metric_families(self) -> Iterable[Metric]:
+        """The platform's own figures as prometheus_client families, collected at the call (objects,
+        not text: the server adds its labels without parsing an exposition at every scrape)."""
 
 
 def evaluation_interval(platform: object, default: float) -> float:

@@ -20,12 +20,11 @@ platform that runs the gateway (local); `/metrics` serves it next to these, with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from backout.control.states import ALARM_STATES, ROLLED_BACK, STATUSES
 from backout.platforms.base import PrometheusExport
@@ -45,42 +44,38 @@ EMERGENCY = "emergency"
 
 
 def registry(controller: Controller) -> CollectorRegistry:
-    """A registry of its own for one app, holding the control-plane collector."""
+    """A registry of its own for one app: the control-plane collector, then the platform's own figures
+    when it exports any."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(ControlPlaneCollector(controller))
+    if isinstance(controller.platform, PrometheusExport):
+        reg.register(_PlatformCollector(controller.platform, controller.env))
     return reg
 
 
-def exposition(controller: Controller, reg: CollectorRegistry) -> str:
-    """The control plane's families, then the platform's own figures when it exports any."""
-    text = generate_latest(reg).decode()
-    p = controller.platform
-    if isinstance(p, PrometheusExport):
-        text += with_env(p.prometheus(), controller.env)
-    return text
-
-
-def with_env(text: str, env: str) -> str:
-    """The platform's exposition with an `env` label on every sample that has none. The platform serves one
-    environment, but its own figures (the gateway's latency histogram) do not name it: without the label
-    a dashboard or an alert over several environments' /metrics would mix them."""
-    families = list(text_string_to_metric_families(text))
-    for fam in families:
-        fam.samples = [s if "env" in s.labels else s._replace(labels={"env": env, **s.labels})
-                       for s in fam.samples]
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Fixed(families))
+def exposition(reg: CollectorRegistry) -> str:
+    """What `/metrics` answers: every family of `reg` in the text format."""
     return generate_latest(reg).decode()
 
 
-class _Fixed:
-    """A collector of families read already."""
+def with_env(families: Iterable[Metric], env: str) -> Iterator[Metric]:
+    """Each family with an `env` label on every sample that has none. The platform serves one environment,
+    but its own figures (the gateway's latency histogram) do not name it: without the label a dashboard
+    or an alert over several environments' /metrics would mix them."""
+    for fam in families:
+        fam.samples = [s if "env" in s.labels else s._replace(labels={"env": env, **s.labels})
+                       for s in fam.samples]
+        yield fam
 
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
+
+class _PlatformCollector:
+    """The platform's families, labelled with the environment, collected at each scrape."""
+
+    def __init__(self, platform: PrometheusExport, env: str) -> None:
+        self.platform, self.env = platform, env
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
+        return with_env(self.platform.metric_families(), self.env)
 
 
 def histogram(name: str, doc: str, labels: dict[str, str], values: Sequence[float], buckets: Sequence[float],

@@ -49,6 +49,7 @@ import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -310,7 +311,8 @@ class Gateway:
         # A plain executor rather than anyio.to_thread + CapacityLimiter: same bound, ~20 % more req/s.
         self._pool = ThreadPoolExecutor(INVOKE_THREADS, thread_name_prefix="gateway-invoke")
         self._dims = {"ApiName": api_name, "Stage": stage}
-        self._keys: dict[str, list[tuple[SeriesKey, ...]]] = {}  # ExecutedVersion → metric series
+        # ExecutedVersion → metric series, the least recently answering version first
+        self._keys: OrderedDict[str, list[tuple[SeriesKey, ...]]] = OrderedDict()
         self.registry = CollectorRegistry(auto_describe=False)  # the platform's /metrics text serves it
         self._latency = Histogram("backout_gateway_request_duration_seconds",
                                   "Gateway request latency (request received → response sent)",
@@ -372,8 +374,10 @@ class Gateway:
 
     def _forget_old_versions(self) -> None:
         """Before a new version's first response: drop the series keys and histogram children of all
-        but the `KEEP_VERSIONS` newest versions seen, so a gateway living through thousands of
-        deployments holds a bounded set (an old version's children leave the Prometheus output)."""
+        but the `KEEP_VERSIONS` versions that answered last, so a gateway living through thousands of
+        deployments holds a bounded set (an old version's children leave the Prometheus output). Least
+        recently answering, not first seen: a stable version that outlives many rolled-back canaries
+        keeps its histogram (a reset would read as a counter restart on every dashboard)."""
         for old in list(self._keys)[: max(0, len(self._keys) - KEEP_VERSIONS + 1)]:
             del self._keys[old]
             for v, cls in [k for k in self._observers if k[0] == old]:
@@ -382,7 +386,9 @@ class Gateway:
 
     def _record(self, status: int, version: str, latency_ms: float, drill: bool = False) -> None:
         keys = self._keys.get(version)
-        if keys is None:
+        if keys is not None:
+            self._keys.move_to_end(version)
+        else:
             self._forget_old_versions()
             keys = self._keys[version] = [
                 tuple(MetricStore.series_key(NS_API, m, dims) for m in _API_METRICS)

@@ -408,6 +408,10 @@ class MetricStore:
         registry.register(_Collector(self, now))
         return generate_latest(registry).decode()
 
+    def families(self, now: float | None = None) -> Iterator[Metric]:
+        """The same figures as prometheus_client families, for a registry that serves them with others."""
+        return _Collector(self, now).collect()
+
     # --- persistence --------------------------------------------------------------------
     def flush(self, now: float | None = None) -> int:
         """Write every sample not yet on disk, pack settled seconds, drop what is past retention.

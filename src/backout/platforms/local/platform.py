@@ -15,9 +15,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backout.errors import UsageError
 from backout.manifest import Manifest
@@ -51,6 +51,9 @@ from backout.platforms.local.runtime import Runtime
 from backout.platforms.local.snapshots import Snapshots, walk
 from backout.platforms.local.sqs import REGION, SqsEndpoint
 from backout.statefiles import check_database
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +334,9 @@ class LocalPlatform:
             raise UsageError(f"{len(queries)} metric queries in one call: GetMetricData takes at most {MAX_QUERIES}")
         return self.metrics_store.query_many(queries)
 
-    def prometheus(self) -> str:
-        from prometheus_client import generate_latest
-
-        return self.metrics_store.prometheus() + generate_latest(self.gateway.registry).decode()
+    def metric_families(self) -> Iterator[Metric]:
+        yield from self.metrics_store.families()
+        yield from self.gateway.registry.collect()
 
     # --- ingress -----------------------------------------------------------------------------
     def endpoint(self) -> str:

@@ -51,6 +51,6 @@ def router(c: Controller) -> APIRouter:
 
     @r.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.exposition(c, registry), media_type=metrics.EXPOSITION)
+        return PlainTextResponse(metrics.exposition(registry), media_type=metrics.EXPOSITION)
 
     return r
