@@ -501,6 +501,18 @@ def test_control_api_needs_the_token(svc: Svc) -> None:
     assert env.api("GET", "/platform")["env"] == "staging"
 
 
+def test_the_supervisor_runs_on_malloc_and_its_workers_on_pythons_own_allocator(svc: Svc) -> None:
+    """server/memory.py: supervisor_environ. /proc shows each process's environment as it started."""
+    sup = psutil.Process(svc.env.pid)
+    assert sup.environ().get("PYTHONMALLOC") == "malloc"
+    workers = [c for c in sup.children() if "backout.platforms.local.worker" in c.cmdline()]
+    assert workers, [c.cmdline() for c in sup.children()]
+    assert all("PYTHONMALLOC" not in w.environ() for w in workers)
+    fams = {f.name: f for f in text_string_to_metric_families(svc.env.http.get("/metrics").text)}
+    parts = {s.labels["part"] for s in fams["backout_supervisor_memory_bytes"].samples}
+    assert {"rss", "malloc_in_use", "malloc_free", "sqlite"} <= parts and "python_arenas" not in parts
+
+
 def test_second_up_is_refused(svc: Svc) -> None:
     env = svc.env
     for args in (("up", "--detach"), ("up",)):

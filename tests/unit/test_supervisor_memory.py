@@ -4,6 +4,7 @@ says what holds its memory (`usage`); its SQLite connections have a small page c
 from __future__ import annotations
 
 import gc
+import os
 import sqlite3
 import subprocess
 import sys
@@ -107,6 +108,77 @@ def test_release_is_a_no_op_without_glibc(monkeypatch: pytest.MonkeyPatch) -> No
         assert memory.release() is False
     finally:
         memory._libc.cache_clear()
+
+
+# --- the supervisor's allocator (memory.supervisor_environ) ---
+_BURST = textwrap.dedent("""
+    import gc, psutil
+    from backout.server import memory
+    rss = lambda: psutil.Process().memory_info().rss
+    gc.collect(); memory.release()
+    base = rss()
+    burst = [bytes(100) + i.to_bytes(8, "little") for i in range(400_000)]  # ≈ 56 MB of 141-byte objects
+    survivors = burst[::5000]  # one in 5,000 lives on: one per ≈ 0.7 MB, so in every 1 MiB arena
+    peak = rss()
+    del burst; gc.collect(); memory.release()
+    print((peak - base) / 2**20, (rss() - base) / 2**20)
+""")
+
+
+@glibc
+def test_a_burst_with_a_few_survivors_is_given_back_on_the_supervisors_allocator() -> None:
+    """Why the supervisor runs on malloc: a burst of small objects of which a few live on keeps every
+    1 MiB arena of CPython's allocator, but only the survivors' 4 KiB pages of glibc's trimmed heap."""
+    kept = {}
+    for name, env in (("pymalloc", {**os.environ, "PYTHONMALLOC": "pymalloc"}),
+                      ("supervisor", memory.supervisor_environ(_without_allocator()))):
+        r = subprocess.run([sys.executable, "-c", _BURST], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        peak, kept[name] = map(float, r.stdout.split())
+        assert peak > 40, (name, peak)
+    assert kept["pymalloc"] > 40 and kept["supervisor"] < 4, kept
+
+
+def _without_allocator() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", memory._CHOSEN)}
+
+
+def test_the_supervisor_gets_malloc_unless_the_user_chose_and_its_children_get_the_users_allocator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = memory.supervisor_environ({"PATH": "/bin"})
+    assert env["PYTHONMALLOC"] == "malloc" and env[memory._CHOSEN] == "1" and env["PATH"] == "/bin"
+    assert memory.supervisor_environ({"PYTHONMALLOC": "pymalloc_debug"}) == {"PYTHONMALLOC": "pymalloc_debug"}
+    # started with backout's choice: the workers and hooks it starts inherit none of it
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    memory.restore_environ()
+    assert "PYTHONMALLOC" not in os.environ and memory._CHOSEN not in os.environ
+    # started with the user's: kept for its children too
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")
+    memory.restore_environ()
+    assert os.environ["PYTHONMALLOC"] == "malloc"
+    # without glibc nothing would trim malloc's heap: CPython's allocator stays
+    monkeypatch.setattr(memory, "_libc", lambda: None)
+    assert memory.supervisor_environ({"PATH": "/bin"}) == {"PATH": "/bin"}
+    monkeypatch.delenv("PYTHONMALLOC")
+    assert memory.reexec_argv(["python", "-m", "backout.cli.main", "up"]) is None
+
+
+def test_a_foreground_up_starts_again_on_the_supervisors_allocator_only_as_the_backout_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    py = sys.executable
+    assert memory.reexec_argv(["python", "-m", "backout.cli.main", "up"]) == [py, "-m", "backout.cli.main", "up"]
+    assert memory.reexec_argv(["python", "/v/bin/backout", "up", "--env", "prod"]) == [
+        py, "/v/bin/backout", "up", "--env", "prod"]
+    assert memory.reexec_argv(["python", "-P", "-m", "backout.cli.main", "up"]) == [
+        py, "-P", "-m", "backout.cli.main", "up"]
+    assert memory.reexec_argv(["python", "-m", "pytest", "tests"]) is None  # the CLI called in a test process
+    assert memory.reexec_argv(["python"]) is None
+    monkeypatch.setenv("PYTHONMALLOC", "malloc")  # already on it (after the exec), or the user's choice
+    assert memory.reexec_argv(["python", "-m", "backout.cli.main", "up"]) is None
 
 
 # --- what holds the memory (usage) and SQLite's share of it (statefiles.bound_cache) ---

@@ -129,9 +129,14 @@ def up(
                 console.print(f"deploying the source tree: {d['id']} ({d['stable']} → {d['target']}); "
                               f"follow it with `backout deployment follow {d['id']} --env {name}`")
         return
+    import os
+
     from backout import logs
+    from backout.server import memory
     from backout.server.process import Supervisor
 
+    if (argv := memory.reexec_argv()) is not None:  # the allocator is chosen as the interpreter starts
+        os.execve(sys.executable, argv, memory.supervisor_environ())
     logs.configure(logging.WARNING)  # JSON lines on stderr (supervisor.log when detached)
     Supervisor(m, name, publish=publish).run()
 

@@ -8,6 +8,11 @@ every arena (madvise), in a few milliseconds, and two arenas for the whole proce
 leave less free space scattered between them. Elsewhere (macOS, musl) there is nothing to call and
 this does nothing.
 
+The supervisor's Python objects come from malloc too (`PYTHONMALLOC=malloc`, set as it starts:
+`supervisor_environ`), so that trim reaches them: CPython's own allocator returns memory only in
+whole 1 MiB arenas, and a few long-lived objects born in each burst kept a new arena every few
+minutes. Its workers and hooks keep the allocator the user has.
+
 `usage()` splits the resident size into what holds it (Python's small-object arenas, malloc's heap
 in use and free, SQLite's share of it), for `/metrics` and the soak: a slope of the RSS alone says
 that something grows, not what.
@@ -18,16 +23,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
+import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import psutil
 
 EVERY = 60.0  # seconds between trims
 ARENAS = 2  # glibc malloc arenas for the whole process
 _M_ARENA_MAX = -8  # mallopt's parameter (malloc.h)
+ALLOCATOR = "malloc"  # the supervisor's PYTHONMALLOC: Python's objects from glibc, trimmed with the rest
+_CHOSEN = "BACKOUT_SUPERVISOR_PYTHONMALLOC"  # set when backout, not the user, chose PYTHONMALLOC
 
 
 @functools.cache
@@ -159,3 +169,37 @@ class Trimmer:
         if now >= self._next:
             self._next = now + self.every
             release()
+
+
+def supervisor_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a supervisor starts in: Python's small objects from malloc, unless the user chose
+    an allocator (any `PYTHONMALLOC` set is kept) or there is no glibc to trim it.
+
+    Why: CPython's own allocator (pymalloc) gives a 1 MiB arena back only once every object in it is
+    dead. A long-lived object born during a burst (a scrape, a deployment's creation, a rollback) pins
+    the arena the burst opened, so a supervisor that lives through bursts all day gains an arena every
+    few minutes while what lives in them stays flat. glibc's heap is returned page by page (4 KiB) by
+    the trim this process already runs every minute, so a pinned page holds 4 KiB, not 1 MiB."""
+    env = dict(os.environ if environ is None else environ)
+    if "PYTHONMALLOC" not in env and _libc() is not None:
+        env["PYTHONMALLOC"], env[_CHOSEN] = ALLOCATOR, "1"
+    return env
+
+
+def restore_environ() -> None:
+    """In the supervisor once started: the processes it starts (workers, hooks, backups) get the
+    allocator the user has (pymalloc unless they chose another), as Lambda's runtime does."""
+    if os.environ.pop(_CHOSEN, None) is not None:
+        os.environ.pop("PYTHONMALLOC", None)
+
+
+def reexec_argv(orig_argv: Sequence[str] | None = None) -> list[str] | None:
+    """The command line to start this `backout` process again with the supervisor's allocator (the
+    allocator is fixed when the interpreter starts); None when it runs with it already, when the user
+    chose one, or when this process is not the `backout` command (a test calling the CLI in process)."""
+    argv = list(sys.orig_argv if orig_argv is None else orig_argv)
+    if "PYTHONMALLOC" in os.environ or _libc() is None or len(argv) < 2:
+        return None
+    ours = ("-m", "backout.cli.main") in itertools.pairwise(argv) or Path(argv[1]).name == "backout"
+    return [sys.executable, *argv[1:]] if ours else None
+

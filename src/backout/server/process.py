@@ -33,8 +33,8 @@ import uvicorn
 
 from backout.errors import UsageError
 from backout.manifest import Manifest
+from backout.server import memory
 from backout.server.endpoints import ENDPOINTS, LOCK, read_endpoints, read_token
-from backout.server.memory import Trimmer, limit_arenas
 from backout.statefiles import secure_state_dir
 
 if TYPE_CHECKING:  # imported lazily at run time: `backout down` and friends need none of it
@@ -115,7 +115,8 @@ class Supervisor:
         from backout.server.app import build_app
         from backout.server.controller import Controller
 
-        limit_arenas()  # before the servers' and the platform's threads start (server/memory.py)
+        memory.restore_environ()  # its workers and hooks run on the allocator the user has
+        memory.limit_arenas()  # before the servers' and the platform's threads start (server/memory.py)
         secure_state_dir(self.state_dir)  # 0700, and files this process and its workers create 0600
         with supervisor_lock(self.state_dir, self.env):
             (self.state_dir / ENDPOINTS).unlink(missing_ok=True)
@@ -223,7 +224,7 @@ class Supervisor:
     def _tick(self, platform: Hosted | None, controller: Controller) -> None:
         """Once a second: a hosted platform samples and persists its metrics, then the control plane
         ticks; once a minute the process gives its freed heap back (`memory`)."""
-        steps = [*([platform.tick] if platform is not None else []), controller.tick, Trimmer().tick]
+        steps = [*([platform.tick] if platform is not None else []), controller.tick, memory.Trimmer().tick]
         if platform is not None:
             with contextlib.suppress(Exception):
                 platform.tick()
@@ -270,6 +271,7 @@ def start_detached(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        env=memory.supervisor_environ(),
     )
     on_progress(f"supervisor started (pid {proc.pid}): loading the release, starting workers")
     deadline = time.time() + timeout
