@@ -129,6 +129,7 @@ def up(
                 console.print(f"deploying the source tree: {d['id']} ({d['stable']} → {d['target']}); "
                               f"follow it with `backout deployment follow {d['id']} --env {name}`")
         return
+    import contextlib
     import os
 
     from backout import logs
@@ -136,7 +137,8 @@ def up(
     from backout.server.process import Supervisor
 
     if (argv := memory.reexec_argv()) is not None:  # the allocator is chosen as the interpreter starts
-        os.execve(sys.executable, argv, memory.supervisor_environ())
+        with contextlib.suppress(OSError):  # could not start again: run on the allocator it has
+            os.execve(sys.executable, argv, memory.supervisor_environ())
     logs.configure(logging.WARNING)  # JSON lines on stderr (supervisor.log when detached)
     Supervisor(m, name, publish=publish).run()
 
