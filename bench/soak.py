@@ -82,9 +82,9 @@ class Sampler:
         fds = []
         procs = self.env.processes()
         for key, p in procs.items():
-            try:
-                s.rss.setdefault(key, []).append((t, p.memory_info().rss))
-                n = p.num_fds()
+            try:  # read first: a process gone meanwhile leaves no empty series behind
+                rss, n = p.memory_info().rss, p.num_fds()
+                s.rss.setdefault(key, []).append((t, rss))
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             if key == "supervisor":

@@ -5,10 +5,15 @@ and generous bounds on resources (a loaded 2-core machine): no timing assertions
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
+import psutil
 import pytest
-from bench.soak import build_env, run_soak
+from bench.soak import Sampler, build_env, run_soak
 
 pytestmark = pytest.mark.slow
 
@@ -28,3 +33,17 @@ def test_a_short_soak_stays_correct_and_bounded(tmp_path: Path) -> None:
     assert sup["last"] - sup["first"] < 300, sup  # a leak of a request's worth per request would be GBs
     assert f["supervisor_fds"]["max"] < 1000 and f["worker_fds_max"] < 200, (f["supervisor_fds"], f["worker_fds_max"])
     assert f["wal_max_mb"] < 64, f["wal_last"]
+
+
+def test_a_process_gone_between_listing_and_sampling_leaves_no_empty_series() -> None:
+    """A worker retired between `processes()` and its reading is skipped, not recorded as an empty series
+    (which ended a 30-minute soak in an IndexError while computing its figures)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc = psutil.Process(gone.pid)
+    gone.wait()
+    live = psutil.Process()
+    env = SimpleNamespace(processes=lambda: {"supervisor": live, "worker:1": proc}, wal_bytes=dict,
+                          http=httpx.Client(base_url="http://127.0.0.1:9", timeout=1))
+    sampler = Sampler(env, every=1.0)  # type: ignore[arg-type]
+    sampler.sample()
+    assert set(sampler.samples.rss) == {"supervisor"} and sampler.samples.supervisor_fds
