@@ -31,8 +31,9 @@ def rolled_back(w: World, deployment_id: str, severity: str = "critical") -> tup
     "critical"."""
     d = w.finish(deployment_id)
     assert d.status == st.ROLLED_BACK, d
-    inc = w.store.incident_for_deployment(d.id)
-    assert inc is not None and inc.severity == severity, inc
+    # a rollback from outside the runner (the deadline's watchdog) opens the incident after the runner ends
+    inc = w.wait(lambda: w.store.incident_for_deployment(d.id), what=f"the incident of {d.id}")
+    assert inc.severity == severity, inc
     return w.event(d.id, "rolled_back").data, inc.trigger
 
 
