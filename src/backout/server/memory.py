@@ -8,10 +8,8 @@ every arena (madvise), in a few milliseconds, and two arenas for the whole proce
 leave less free space scattered between them. Elsewhere (macOS, musl) there is nothing to call and
 this does nothing.
 
-The supervisor's Python objects come from malloc too (`PYTHONMALLOC=malloc`, set as it starts:
-`supervisor_environ`), so that trim reaches them: CPython's own allocator returns memory only in
-whole 1 MiB arenas, and a few long-lived objects born in each burst kept a new arena every few
-minutes. Its workers and hooks keep the allocator the user has.
+The supervisor's Python objects come from malloc too, so that trim reaches them (why:
+`supervisor_environ`). Its workers and hooks keep the allocator the user has.
 
 `usage()` splits the resident size into what holds it (Python's small-object arenas, malloc's heap
 in use and free, SQLite's share of it), for `/metrics` and the soak: a slope of the RSS alone says
@@ -181,9 +179,15 @@ def supervisor_environ(environ: Mapping[str, str] | None = None) -> dict[str, st
     few minutes while what lives in them stays flat. glibc's heap is returned page by page (4 KiB) by
     the trim this process already runs every minute, so a pinned page holds 4 KiB, not 1 MiB."""
     env = dict(os.environ if environ is None else environ)
-    if "PYTHONMALLOC" not in env and _libc() is not None:
+    if _chooses(env):
         env["PYTHONMALLOC"], env[_CHOSEN] = ALLOCATOR, "1"
     return env
+
+
+def _chooses(env: Mapping[str, str]) -> bool:
+    """Whether backout picks a supervisor's allocator in `env`: the user chose none, and glibc is there
+    to trim what malloc frees."""
+    return "PYTHONMALLOC" not in env and _libc() is not None
 
 
 def restore_environ() -> None:
@@ -198,7 +202,7 @@ def reexec_argv(orig_argv: Sequence[str] | None = None) -> list[str] | None:
     allocator is fixed when the interpreter starts); None when it runs with it already, when the user
     chose one, or when this process is not the `backout` command (a test calling the CLI in process)."""
     argv = list(sys.orig_argv if orig_argv is None else orig_argv)
-    if "PYTHONMALLOC" in os.environ or _libc() is None or len(argv) < 2:
+    if not _chooses(os.environ) or len(argv) < 2:
         return None
     ours = ("-m", "backout.cli.main") in itertools.pairwise(argv) or Path(argv[1]).name == "backout"
     return [sys.executable, *argv[1:]] if ours else None
